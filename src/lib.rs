@@ -1,0 +1,14 @@
+//! duet: two servers, one virtual IP.
+//!
+//! Layout follows DESIGN.md section 5: `wire` turns bytes into types,
+//! `election`, `health`, `forward` and `sync` are sans-IO machines driven by
+//! an explicit clock, `sys` owns every syscall and the event loops.
+pub mod config;
+pub mod election;
+pub mod forward;
+pub mod health;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod sys;
+pub mod wire;

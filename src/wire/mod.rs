@@ -1,0 +1,4 @@
+//! Wire formats: bytes in, typed values out, and back. Nothing here decides.
+pub mod frame;
+pub mod heartbeat;
+pub mod sync;
