@@ -1,1 +1,721 @@
-//! placeholder
+//! The TOML configuration (DESIGN.md section 4): serde structs with defaults,
+//! then `validate()` which reports every semantic problem at once, each with
+//! the file, line and column of the key at fault (keepalived's
+//! `--config-test` habit: one run shows all mistakes).
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A duration written as "100ms", "1s", "10m", "2h" (or a bare number of seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("bad duration {s:?}: expected e.g. \"100ms\", \"10s\""))?;
+        let scale = match unit.trim() {
+            "ms" => 1e-3,
+            "s" | "" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("bad duration unit {u:?} in {s:?} (use ms, s, m, h)")),
+        };
+        let secs = n * scale;
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+            return Err(format!("duration {s:?} out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Secs(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
+            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: Cluster,
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub heartbeat: Heartbeat,
+    #[serde(rename = "service", default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub vip: Spanned<Ipv4Addr>,
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    #[serde(default = "default_vrid")]
+    pub vrid: Spanned<u8>,
+    pub key_file: Spanned<PathBuf>,
+    /// Loopback by default: nothing listens wider than configured.
+    #[serde(default = "default_status_listen")]
+    pub status_listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub admin_token_file: Option<Spanned<PathBuf>>,
+    /// Port of the connection-sync stream (UDP, authenticated like the heartbeat).
+    #[serde(default = "default_sync_port")]
+    pub sync_port: u16,
+    /// Upper bound of the connection table; new flows beyond it are dropped and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: Spanned<String>,
+    pub address: Spanned<Ipv4Addr>,
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Weight of this node as a backend of `serve_local` services.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default = "default_interval")]
+    pub interval: Spanned<Dur>,
+    #[serde(default = "default_dead_after")]
+    pub dead_after: Spanned<Dur>,
+    #[serde(default)]
+    pub preempt: bool,
+    #[serde(default)]
+    pub ping: Vec<Ipv4Addr>,
+    #[serde(default = "default_hb_port")]
+    pub port: u16,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            interval: default_interval(),
+            dead_after: default_dead_after(),
+            preempt: false,
+            ping: Vec::new(),
+            port: default_hb_port(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub port: Spanned<u16>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    #[serde(default = "default_scheduler")]
+    pub scheduler: Spanned<String>,
+    #[serde(default)]
+    pub persistence: Option<Dur>,
+    #[serde(default)]
+    pub persistence_netmask: Option<Ipv4Addr>,
+    #[serde(default = "default_true")]
+    pub serve_local: bool,
+    #[serde(default)]
+    pub backends: Vec<Spanned<BackendSpec>>,
+    #[serde(default)]
+    pub fallback: Option<Spanned<String>>,
+    #[serde(default)]
+    pub check: Option<Check>,
+}
+
+/// A real server: `"198.18.0.20"` or `{ name = "db1", address = "198.18.0.20", weight = 2 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BackendSpec {
+    Addr(Ipv4Addr),
+    Full {
+        #[serde(default)]
+        name: Option<String>,
+        address: Ipv4Addr,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+impl BackendSpec {
+    pub fn address(&self) -> Ipv4Addr {
+        match self {
+            BackendSpec::Addr(a) => *a,
+            BackendSpec::Full { address, .. } => *address,
+        }
+    }
+    pub fn name(&self) -> String {
+        match self {
+            BackendSpec::Full { name: Some(n), .. } => n.clone(),
+            _ => self.address().to_string(),
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            BackendSpec::Addr(_) => 1,
+            BackendSpec::Full { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKindName {
+    Http,
+    Tcp,
+    Exec,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub kind: CheckKindName,
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub receive: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Port to probe; defaults to the service port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_rise_fall")]
+    pub rise: u32,
+    #[serde(default = "default_rise_fall")]
+    pub fall: u32,
+    #[serde(default = "default_true")]
+    pub quiescent: bool,
+}
+
+fn default_interface() -> String {
+    "eth0".into()
+}
+fn default_vrid() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+fn default_status_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/duet")
+}
+fn default_sync_port() -> u16 {
+    695
+}
+fn default_max_connections() -> usize {
+    1 << 20
+}
+fn default_priority() -> u8 {
+    100
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_interval() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_millis(100)))
+}
+fn default_dead_after() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(1)))
+}
+fn default_hb_port() -> u16 {
+    694
+}
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+fn default_scheduler() -> Spanned<String> {
+    Spanned::new(0..0, "wlc".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_check_timeout() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+fn default_rise_fall() -> u32 {
+    2
+}
+
+/// Scheduler names accepted by `[[service]].scheduler`.
+pub const SCHEDULERS: [&str; 6] = ["rr", "wrr", "lc", "wlc", "sh", "mh"];
+
+/// One problem found in a config file, located where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem of one file; `Display` prints one `file:line:column: message` per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                p.line,
+                p.column,
+                p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+struct Problems<'a> {
+    text: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: Range<usize>, message: String) {
+        let (line, column) = if span.is_empty() && span.start == 0 {
+            (0, 0)
+        } else {
+            line_col(self.text, span.start)
+        };
+        self.list.push(Problem {
+            line,
+            column,
+            message,
+        });
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates; `base` resolves relative paths (the config's directory).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| ConfigError {
+            file: path.to_owned(),
+            problems,
+        })
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            vec![Problem {
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }]
+        })?;
+        cfg.resolve_paths(base);
+        let mut p = Problems {
+            text,
+            list: Vec::new(),
+        };
+        cfg.validate(&mut p);
+        if p.list.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(p.list)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(self.cluster.key_file.get_mut());
+        if let Some(t) = self.cluster.admin_token_file.as_mut() {
+            fix(t.get_mut());
+        }
+        fix(&mut self.cluster.state_dir);
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        let c = &self.cluster;
+        let vip = *c.vip.get_ref();
+        if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback() {
+            p.at(c.vip.span(), format!("cluster.vip {vip} is not a usable unicast address"));
+        }
+        if *c.vrid.get_ref() == 0 {
+            p.at(c.vrid.span(), "cluster.vrid must be 1..=255".into());
+        }
+        match read_secret(c.key_file.get_ref()) {
+            Ok(k) if k.len() < 16 => p.at(
+                c.key_file.span(),
+                format!(
+                    "cluster.key_file {}: secret has {} bytes, needs at least 16",
+                    c.key_file.get_ref().display(),
+                    k.len()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => p.at(
+                c.key_file.span(),
+                format!("cluster.key_file {}: {e}", c.key_file.get_ref().display()),
+            ),
+        }
+        if let Some(t) = &c.admin_token_file {
+            if let Err(e) = read_secret(t.get_ref()) {
+                p.at(
+                    t.span(),
+                    format!("cluster.admin_token_file {}: {e}", t.get_ref().display()),
+                );
+            }
+        }
+        if self.nodes.is_empty() {
+            p.at(0..0, "no [[node]] entries: a cluster needs its nodes".into());
+        }
+        if self.nodes.len() > 2 {
+            p.at(
+                self.nodes[2].name.span(),
+                "duet runs exactly one pair: at most two [[node]] entries".into(),
+            );
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.get_ref().is_empty() {
+                p.at(n.name.span(), "node.name must not be empty".into());
+            }
+            if *n.address.get_ref() == vip {
+                p.at(
+                    n.address.span(),
+                    format!("node {:?} address equals the VIP {vip}", n.name.get_ref()),
+                );
+            }
+            for m in &self.nodes[..i] {
+                if m.name.get_ref() == n.name.get_ref() {
+                    p.at(
+                        n.name.span(),
+                        format!("duplicate node name {:?}", n.name.get_ref()),
+                    );
+                }
+                if m.address.get_ref() == n.address.get_ref() {
+                    p.at(
+                        n.address.span(),
+                        format!("duplicate node address {}", n.address.get_ref()),
+                    );
+                }
+            }
+        }
+        let hb = &self.heartbeat;
+        if hb.interval.get_ref().0 < Duration::from_millis(10) {
+            p.at(
+                hb.interval.span(),
+                "heartbeat.interval must be at least 10ms".into(),
+            );
+        }
+        if hb.dead_after.get_ref().0 < hb.interval.get_ref().0 * 3 {
+            p.at(
+                hb.dead_after.span(),
+                "heartbeat.dead_after must be at least 3 intervals".into(),
+            );
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if *s.port.get_ref() == 0 {
+                p.at(s.port.span(), "service.port must be 1..=65535".into());
+            }
+            for t in &self.services[..i] {
+                if t.port.get_ref() == s.port.get_ref() && t.protocol == s.protocol {
+                    p.at(
+                        s.port.span(),
+                        format!(
+                            "duplicate service {}/{}",
+                            s.protocol.name(),
+                            s.port.get_ref()
+                        ),
+                    );
+                }
+            }
+            if !SCHEDULERS.contains(&s.scheduler.get_ref().as_str()) {
+                p.at(
+                    s.scheduler.span(),
+                    format!(
+                        "unknown scheduler {:?} (rr, wrr, lc, wlc, sh, mh)",
+                        s.scheduler.get_ref()
+                    ),
+                );
+            }
+            if !s.serve_local && s.backends.is_empty() {
+                p.at(
+                    s.port.span(),
+                    "service has serve_local = false and no backends".into(),
+                );
+            }
+            for b in &s.backends {
+                let a = b.get_ref().address();
+                if a == vip || self.nodes.iter().any(|n| *n.address.get_ref() == a) {
+                    p.at(
+                        b.span(),
+                        format!("backend {a} is the VIP or a node (nodes serve through serve_local)"),
+                    );
+                }
+            }
+            if let Some(f) = &s.fallback {
+                if let Err(e) = parse_fallback(f.get_ref()) {
+                    p.at(f.span(), e);
+                }
+            }
+            if let Some(ch) = &s.check {
+                if ch.kind == CheckKindName::Exec && ch.command.is_none() {
+                    p.at(
+                        s.port.span(),
+                        "check kind \"exec\" needs a command".into(),
+                    );
+                }
+                if ch.rise == 0 || ch.fall == 0 {
+                    p.at(s.port.span(), "check rise and fall must be at least 1".into());
+                }
+                if ch.timeout.0 > ch.interval.0 {
+                    p.at(s.port.span(), "check timeout exceeds its interval".into());
+                }
+            }
+        }
+    }
+
+    /// Which `[[node]]` this process is: by name, or by matching local addresses.
+    pub fn find_node(&self, name: Option<&str>, local: &[Ipv4Addr]) -> Result<usize, String> {
+        if let Some(name) = name {
+            return self
+                .nodes
+                .iter()
+                .position(|n| n.name.get_ref() == name)
+                .ok_or_else(|| format!("--node {name}: no [[node]] with that name"));
+        }
+        self.nodes
+            .iter()
+            .position(|n| local.contains(n.address.get_ref()))
+            .ok_or_else(|| {
+                "none of this host's addresses matches a [[node]].address (use --node NAME)"
+                    .to_string()
+            })
+    }
+}
+
+/// Fallback server: `"127.0.0.1:8081"`, `"198.18.0.30"` or `"198.18.0.30:80"`.
+pub fn parse_fallback(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    if let Ok(sa) = s.parse::<std::net::SocketAddrV4>() {
+        return Ok((*sa.ip(), Some(sa.port())));
+    }
+    s.parse::<Ipv4Addr>()
+        .map(|a| (a, None))
+        .map_err(|_| format!("fallback {s:?} is not ADDRESS or ADDRESS:PORT"))
+}
+
+/// A secret file: text, surrounding whitespace ignored.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty".into());
+    }
+    Ok(t.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_key() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("duet-cfg-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("key"), "0123456789abcdef0123\n").unwrap();
+        d
+    }
+
+    const GOOD: &str = r#"
+[cluster]
+vip = "198.18.0.100"
+interface = "eth0"
+vrid = 1
+key_file = "key"
+status_listen = "0.0.0.0:8080"
+
+[[node]]
+name = "web1"
+address = "198.18.0.1"
+priority = 150
+[[node]]
+name = "web2"
+address = "198.18.0.2"
+
+[heartbeat]
+interval = "100ms"
+dead_after = "1s"
+ping = ["198.18.0.254"]
+
+[[service]]
+port = 80
+scheduler = "wlc"
+persistence = "600s"
+backends = ["198.18.0.20", { name = "db", address = "198.18.0.21", weight = 3 }]
+fallback = "127.0.0.1:8081"
+check = { kind = "http", request = "/ldirector.html", receive = "Test Page", interval = "1s", timeout = "500ms", rise = 2, fall = 2, quiescent = true }
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let d = dir_with_key();
+        let c = Config::parse(GOOD, &d).unwrap();
+        assert_eq!(*c.cluster.vip.get_ref(), Ipv4Addr::new(198, 18, 0, 100));
+        assert_eq!(c.nodes[1].priority, 100);
+        assert_eq!(c.heartbeat.interval.get_ref().0, Duration::from_millis(100));
+        let s = &c.services[0];
+        assert_eq!(s.persistence, Some(Dur(Duration::from_secs(600))));
+        assert_eq!(s.backends[1].get_ref().weight(), 3);
+        assert_eq!(s.backends[1].get_ref().name(), "db");
+        assert_eq!(s.check.as_ref().unwrap().timeout.0, Duration::from_millis(500));
+        assert_eq!(c.cluster.key_file.get_ref(), &d.join("key"));
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        Config::parse(text, &dir_with_key()).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let bad = GOOD.replace("vrid = 1", "vrid = 1\nbogus = 2");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 6, "{p:?}");
+        assert!(p[0].message.contains("bogus"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_duration_and_address() {
+        let p = problems(&GOOD.replace("\"100ms\"", "\"100 parsecs\""));
+        assert!(p[0].message.contains("duration"), "{p:?}");
+        assert_eq!(p[0].line, 18);
+        let p = problems(&GOOD.replace("198.18.0.100", "198.18.0.300"));
+        assert!(p[0].message.contains("address"), "{p:?}");
+        assert_eq!(p[0].line, 3);
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let bad = GOOD
+            .replace("address = \"198.18.0.2\"", "address = \"198.18.0.100\"")
+            .replace("name = \"web2\"", "name = \"web1\"")
+            .replace("key_file = \"key\"", "key_file = \"missing\"")
+            .replace("\"wlc\"", "\"fastest\"");
+        let p = problems(&bad);
+        let text: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
+        assert!(text.iter().any(|m| m.contains("equals the VIP")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("duplicate node name")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("key_file")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("unknown scheduler")), "{text:?}");
+        assert!(p.iter().all(|p| p.line > 0), "{p:?}");
+    }
+
+    #[test]
+    fn short_key_rejected() {
+        let d = dir_with_key();
+        std::fs::write(d.join("key"), "short").unwrap();
+        let p = Config::parse(GOOD, &d).unwrap_err();
+        assert!(p[0].message.contains("at least 16"), "{p:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert!(Dur::parse("ms").is_err());
+        assert!(Dur::parse("-1s").is_err());
+        assert!(Dur::parse("1e400s").is_err());
+    }
+
+    #[test]
+    fn find_node_by_address_or_name() {
+        let c = Config::parse(GOOD, &dir_with_key()).unwrap();
+        assert_eq!(c.find_node(None, &[Ipv4Addr::new(198, 18, 0, 2)]), Ok(1));
+        assert_eq!(c.find_node(Some("web1"), &[]), Ok(0));
+        assert!(c.find_node(None, &[Ipv4Addr::LOCALHOST]).is_err());
+    }
+}

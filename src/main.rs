@@ -1,1 +1,218 @@
-fn main() {}
+//! The `duet` command line: the daemon and the tools around it.
+use clap::{Parser, Subcommand};
+use duet::config::{self, Config};
+use duet::status::client;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_CONFIG: &str = "/etc/duet/duet.toml";
+
+#[derive(Parser)]
+#[command(name = "duet", version, about = "Two servers, one virtual IP")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Which [[node]] this is (default: the one whose address is local).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Validate a config file: exit 0, or print every problem with line:column.
+    CheckConfig {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the local daemon's view of the cluster.
+    Status {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Status address (default: cluster.status_listen of the config).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Stop sending new connections to a backend; established ones continue.
+    Drain(AdminArgs),
+    /// Undo `drain`.
+    Undrain(AdminArgs),
+    /// Planned switchover: the director hands the VIP to its peer.
+    Failover {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Configure a plain real server: VIP on lo and the ARP sysctls.
+    Realserver {
+        #[arg(value_parser = ["up", "down"])]
+        action: String,
+        #[arg(long)]
+        vip: Ipv4Addr,
+        #[arg(long, default_value = "eth0")]
+        interface: String,
+    },
+    /// Print the duet.toml equivalent of an ldirectord.cf (and ha.cf).
+    ImportLdirectord {
+        ldirectord_cf: PathBuf,
+        ha_cf: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminTarget {
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// File holding the admin token (default: cluster.admin_token_file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    backend: String,
+    #[command(flatten)]
+    target: AdminTarget,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, String> {
+    Config::load(path).map_err(|e| format!("invalid configuration:\n{e}"))
+}
+
+/// Where the local daemon's status server answers: a wildcard listen address
+/// is reached on loopback.
+fn status_addr(config: &PathBuf, addr: Option<SocketAddr>) -> Result<SocketAddr, String> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    let mut a = load(config)?.cluster.status_listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(a)
+}
+
+fn admin(t: &AdminTarget, path: &str) -> Result<(), String> {
+    let addr = status_addr(&t.config, t.addr)?;
+    let token_file = match &t.token_file {
+        Some(f) => f.clone(),
+        None => load(&t.config)?
+            .cluster
+            .admin_token_file
+            .map(|s| s.into_inner())
+            .ok_or("no --token-file and no cluster.admin_token_file")?,
+    };
+    let token = String::from_utf8_lossy(&config::read_secret(&token_file)?).into_owned();
+    let (code, body) = client::request(addr, "POST", path, Some(&token), Duration::from_secs(5))?;
+    if code == 200 {
+        println!("{}", body.trim());
+        Ok(())
+    } else {
+        Err(format!("{code}: {}", body.trim()))
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Run { config, node } => {
+            let cfg = load(&config)?;
+            duet::sys::daemon::run(cfg, node.as_deref()).map_err(|e| e.to_string())
+        }
+        Cmd::CheckConfig { config } => {
+            load(&config)?;
+            println!("{}: OK", config.display());
+            Ok(())
+        }
+        Cmd::Status { config, json, addr } => {
+            let addr = status_addr(&config, addr)?;
+            let (code, body) =
+                client::request(addr, "GET", "/api/status", None, Duration::from_secs(3))?;
+            if code != 200 {
+                return Err(format!("status server answered {code}: {}", body.trim()));
+            }
+            if json {
+                println!("{}", body.trim());
+            } else {
+                print_status(&body)?;
+            }
+            Ok(())
+        }
+        Cmd::Drain(a) => admin(&a.target, &format!("/api/backends/{}/drain", a.backend)),
+        Cmd::Undrain(a) => admin(&a.target, &format!("/api/backends/{}/undrain", a.backend)),
+        Cmd::Failover { target } => admin(&target, "/api/failover"),
+        Cmd::Realserver {
+            action,
+            vip,
+            interface,
+        } => duet::sys::realserver(&action, vip, &interface),
+        Cmd::ImportLdirectord {
+            ldirectord_cf,
+            ha_cf,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let ld = read(&ldirectord_cf)?;
+            let ha = ha_cf.as_ref().map(read).transpose()?;
+            let out = duet::import::import(&ld, ha.as_deref());
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", out.toml);
+            Ok(())
+        }
+    }
+}
+
+fn print_status(body: &str) -> Result<(), String> {
+    let r: duet::status::model::StatusReport =
+        serde_json::from_str(body).map_err(|e| format!("bad status JSON: {e}"))?;
+    println!(
+        "node {} is {} (term {}), VIP {} held by {}",
+        r.node,
+        r.role,
+        r.term,
+        r.vip,
+        r.vip_holder.as_deref().unwrap_or("nobody")
+    );
+    for p in &r.peers {
+        let heard = p
+            .last_heard_ms
+            .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        println!("  peer {} ({}) {} — heard {heard}", p.node, p.address, p.role);
+    }
+    for b in &r.backends {
+        println!(
+            "  {:<12} {:<15} {:<7} {:<9} weight {:<3}{} active {} total {}",
+            b.name,
+            b.address,
+            b.service,
+            if b.healthy { "up" } else { "DOWN" },
+            b.weight,
+            if b.drained { " (drained)" } else { "" },
+            b.active_connections,
+            b.total_connections
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,30 @@
-//! placeholder
+//! Everything that touches the kernel: sockets, devices, sysctls, and the
+//! event loops that drive the sans-IO machines.
+pub mod daemon;
+pub mod dataplane;
+pub mod neigh;
+pub mod netlink;
+pub mod packet;
+pub mod signals;
+pub mod sysctl;
+pub mod tun;
+
+use std::net::Ipv4Addr;
+
+/// `duet realserver up|down`: what a plain real server of the Ultra Monkey
+/// layout needs — the VIP on lo, and a kernel that never answers ARP for it.
+pub fn realserver(action: &str, vip: Ipv4Addr, iface: &str) -> Result<(), String> {
+    match action {
+        "up" => {
+            let mut saved = sysctl::Saved::default();
+            sysctl::arp_settings(&mut saved, iface).map_err(|e| format!("ARP sysctls: {e}"))?;
+            netlink::add_addr("lo", vip, 32).map_err(|e| format!("adding {vip}/32 to lo: {e}"))?;
+            println!("real server ready: {vip}/32 on lo, arp_ignore=1 arp_announce=2 on all,{iface}");
+        }
+        _ => {
+            netlink::del_addr("lo", vip, 32).map_err(|e| format!("removing {vip}/32 from lo: {e}"))?;
+            println!("{vip}/32 removed from lo (ARP sysctls left as they are)");
+        }
+    }
+    Ok(())
+}

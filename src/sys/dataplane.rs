@@ -1,0 +1,392 @@
+//! The hot path: one thread that owns the packet socket, the TUN device and
+//! the forwarding engine. It never waits on the control plane: role,
+//! backend snapshot and announcement requests arrive through `Shared`,
+//! checked with one atomic load per batch and locked only when changed.
+use crate::forward::{Engine, Snapshot, Timeouts, Verdict};
+use crate::wire::frame::{self, Classified, Mac};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::packet::{PacketSocket, RxBatch, VNET_HDR_LEN};
+use super::tun::Tun;
+
+/// Gratuitous ARPs after a takeover: spaced so one lost frame is not fatal.
+const GARP_BURST: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(700),
+    Duration::from_millis(1500),
+];
+/// Re-announce well inside a switch's ~300 s MAC ageing.
+const GARP_PERIOD: Duration = Duration::from_secs(60);
+const BATCH: usize = 32;
+
+/// What the control plane tells the data plane.
+#[derive(Clone)]
+pub struct Control {
+    pub active: bool,
+    pub snapshot: Arc<Snapshot>,
+    /// Bumped to ask for a fresh burst of gratuitous ARPs.
+    pub announce: u64,
+}
+
+/// What the data plane reports back, published a few times a second.
+#[derive(Clone, Default, Debug)]
+pub struct DpStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub local_packets: u64,
+    pub connections: usize,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub backends: Vec<(Ipv4Addr, crate::forward::BackendCounters)>,
+    pub vip_conflicts: u64,
+}
+
+pub struct Shared {
+    version: AtomicU64,
+    control: Mutex<Control>,
+    stop: AtomicBool,
+    pub stats: Mutex<DpStats>,
+}
+
+impl Shared {
+    pub fn new(control: Control) -> Arc<Shared> {
+        Arc::new(Shared {
+            version: AtomicU64::new(1),
+            control: Mutex::new(control),
+            stop: AtomicBool::new(false),
+            stats: Mutex::new(DpStats::default()),
+        })
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Control)) {
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub fn stats(&self) -> DpStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub struct Params {
+    pub vip: Ipv4Addr,
+    pub vmac: Mac,
+    pub own_mac: Mac,
+    pub max_connections: usize,
+}
+
+struct Plane {
+    p: Params,
+    sock: PacketSocket,
+    tun: Tun,
+    shared: Arc<Shared>,
+    engine: Engine,
+    active: bool,
+    seen_version: u64,
+    announce_seen: u64,
+    garp_due: Vec<Instant>,
+    next_periodic_garp: Instant,
+    last_conflict_log: Option<Instant>,
+    stats: DpStats,
+}
+
+/// Starts the data-plane thread; it runs until `shared.stop()`.
+pub fn spawn(
+    p: Params,
+    sock: PacketSocket,
+    tun: Tun,
+    shared: Arc<Shared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let control = shared.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let engine = Engine::new(control.snapshot.clone(), p.max_connections, Timeouts::default());
+    let now = Instant::now();
+    let plane = Plane {
+        p,
+        sock,
+        tun,
+        shared,
+        engine,
+        active: false,
+        seen_version: 0,
+        announce_seen: control.announce,
+        garp_due: Vec::new(),
+        next_periodic_garp: now + GARP_PERIOD,
+        last_conflict_log: None,
+        stats: DpStats::default(),
+    };
+    std::thread::Builder::new()
+        .name("duet-dataplane".into())
+        .spawn(move || plane.run())
+}
+
+impl Plane {
+    fn run(mut self) {
+        let mut rx = RxBatch::new(BATCH);
+        let mut out: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
+        let mut last_publish = Instant::now();
+        let mut last_expire = Instant::now();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            if let Err(e) = self.sock.wait(20) {
+                log::error!("data plane poll: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let now = Instant::now();
+            self.apply_control(now);
+            self.send_due_garps(now);
+            loop {
+                let n = match self.sock.recv_batch(&mut rx) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::error!("data plane receive: {e}");
+                        break;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                out.clear();
+                for i in 0..n {
+                    let len = rx.lens[i];
+                    if let Some(send_len) = self.handle(now, &mut rx.bufs[i][..len]) {
+                        out.push((i, send_len));
+                    }
+                }
+                if !out.is_empty() {
+                    let frames: Vec<&[u8]> = out.iter().map(|&(i, l)| &rx.bufs[i][..l]).collect();
+                    match self.sock.send_batch(&frames) {
+                        Ok(k) => self.stats.tx_packets += k as u64,
+                        Err(e) => log::warn!("data plane send: {e}"),
+                    }
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+            if now.duration_since(last_expire) >= Duration::from_millis(100) {
+                self.engine.expire(now, 4096);
+                last_expire = now;
+            }
+            if now.duration_since(last_publish) >= Duration::from_millis(200) {
+                self.publish();
+                last_publish = now;
+            }
+        }
+        if self.active {
+            if let Err(e) = self.sock.leave(self.p.vmac) {
+                log::warn!("leaving virtual MAC: {e}");
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.stats.connections = self.engine.len();
+        self.stats.backends = self
+            .engine
+            .counters()
+            .into_iter()
+            .collect();
+        for (reason, n) in self.engine.drops().iter() {
+            self.stats.drops.insert(reason, n);
+        }
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
+    }
+
+    fn apply_control(&mut self, now: Instant) {
+        let v = self.shared.version.load(Ordering::Acquire);
+        if v == self.seen_version {
+            return;
+        }
+        self.seen_version = v;
+        let c = self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !Arc::ptr_eq(&c.snapshot, self.engine.snapshot()) {
+            self.engine.set_snapshot(c.snapshot.clone());
+        }
+        if c.active != self.active {
+            let r = if c.active {
+                self.sock.join(self.p.vmac)
+            } else {
+                self.sock.leave(self.p.vmac)
+            };
+            if let Err(e) = r {
+                log::error!("virtual MAC membership (active={}): {e}", c.active);
+            }
+            self.active = c.active;
+            if c.active {
+                self.schedule_burst(now);
+            } else {
+                self.garp_due.clear();
+            }
+        }
+        if c.announce != self.announce_seen {
+            self.announce_seen = c.announce;
+            if self.active {
+                self.schedule_burst(now);
+            }
+        }
+    }
+
+    fn schedule_burst(&mut self, now: Instant) {
+        self.garp_due = GARP_BURST.iter().map(|d| now + *d).collect();
+        self.next_periodic_garp = now + GARP_PERIOD;
+    }
+
+    fn send_due_garps(&mut self, now: Instant) {
+        if !self.active {
+            return;
+        }
+        let before = self.garp_due.len();
+        self.garp_due.retain(|t| *t > now);
+        let mut due = before - self.garp_due.len();
+        if now >= self.next_periodic_garp {
+            self.next_periodic_garp = now + GARP_PERIOD;
+            due += 1;
+        }
+        if due > 0 {
+            self.send_garp();
+        }
+    }
+
+    fn send_garp(&mut self) {
+        let arp = frame::build_arp(1, self.p.vmac, self.p.vip, [0; 6], self.p.vip, [0xff; 6]);
+        self.send_control_frame(&arp);
+    }
+
+    fn send_control_frame(&mut self, f: &[u8]) {
+        let mut buf = [0u8; VNET_HDR_LEN + 64];
+        buf[VNET_HDR_LEN..VNET_HDR_LEN + f.len()].copy_from_slice(f);
+        if let Err(e) = self.sock.send_batch(&[&buf[..VNET_HDR_LEN + f.len()]]) {
+            log::warn!("sending ARP: {e}");
+        } else {
+            self.stats.tx_packets += 1;
+        }
+    }
+
+    fn drop(&mut self, reason: &'static str) {
+        *self.stats.drops.entry(reason).or_default() += 1;
+    }
+
+    /// Handles one received slot (virtio header + frame). Returns the length
+    /// to send back out on the LAN when the frame goes to a remote backend.
+    fn handle(&mut self, now: Instant, slot: &mut [u8]) -> Option<usize> {
+        if slot.len() < VNET_HDR_LEN {
+            self.drop("truncated");
+            return None;
+        }
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += (slot.len() - VNET_HDR_LEN) as u64;
+        let (vnet, frame) = slot.split_at_mut(VNET_HDR_LEN);
+        let classified = match frame::classify(frame, self.p.vip) {
+            Ok(c) => c,
+            Err(r) => {
+                self.drop(r.as_str());
+                return None;
+            }
+        };
+        match classified {
+            Classified::NotOurs => None,
+            Classified::Arp(a) => {
+                self.handle_arp(now, &a);
+                None
+            }
+            Classified::ToVip { key, tcp_flags, .. } => {
+                if !self.active {
+                    self.drop("not_director");
+                    return None;
+                }
+                let len = frame.len();
+                match self.engine.decide(now, &key, tcp_flags, len) {
+                    Verdict::Forward { mac, local: false, .. } => {
+                        frame::rewrite_macs(frame, mac, self.p.own_mac);
+                        Some(VNET_HDR_LEN + len)
+                    }
+                    Verdict::Forward { local: true, .. } => {
+                        self.deliver_local(vnet, frame);
+                        None
+                    }
+                    Verdict::Drop(d) => {
+                        self.drop(d.as_str());
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_local(&mut self, vnet: &[u8], frame: &[u8]) {
+        if frame.len() <= 14 {
+            self.drop("truncated");
+            return;
+        }
+        // The TUN device takes IP packets: offsets in the header that count
+        // from the MAC header move back by the 14 bytes removed.
+        let mut h = [0u8; VNET_HDR_LEN];
+        h.copy_from_slice(vnet);
+        let field = |h: &[u8; VNET_HDR_LEN], at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+        let hdr_len = field(&h, 2).saturating_sub(14);
+        h[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+        if h[0] & 1 != 0 {
+            let csum_start = field(&h, 6).saturating_sub(14);
+            h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+        }
+        match self.tun.write(&h, &frame[14..]) {
+            Ok(()) => self.stats.local_packets += 1,
+            Err(e) => {
+                self.drop("local_delivery");
+                log::debug!("TUN write: {e}");
+            }
+        }
+    }
+
+    fn handle_arp(&mut self, now: Instant, a: &frame::ArpInfo) {
+        if !self.active {
+            return;
+        }
+        if a.sender_ip == self.p.vip && a.sender_mac != self.p.vmac {
+            // Someone else claims the VIP: say it louder, and tell the operator.
+            self.stats.vip_conflicts += 1;
+            let quiet = self
+                .last_conflict_log
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5));
+            if !quiet {
+                log::warn!(
+                    "VIP {} announced by {}: re-announcing",
+                    self.p.vip,
+                    fmt_mac(&a.sender_mac)
+                );
+                self.last_conflict_log = Some(now);
+                self.send_garp();
+            }
+            return;
+        }
+        if a.op == 1 && a.target_ip == self.p.vip && a.sender_ip != self.p.vip {
+            let reply = frame::build_arp(
+                2,
+                self.p.vmac,
+                self.p.vip,
+                a.sender_mac,
+                a.sender_ip,
+                a.sender_mac,
+            );
+            self.send_control_frame(&reply);
+        }
+    }
+}
+
+pub fn fmt_mac(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}

@@ -1,0 +1,107 @@
+//! Addresses and links through rtnetlink, driven on smol (no tokio).
+//! Each call opens a short-lived connection: these run at start, at exit
+//! and on role changes, never on the packet path.
+use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T, rtnetlink::Error>) -> io::Result<T> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection_with_socket::<rtnetlink::sys::SmolSocket>()?;
+    smol::block_on(async move {
+        let task = smol::spawn(conn);
+        let r = f(handle).await;
+        drop(task);
+        r.map_err(to_io)
+    })
+}
+
+fn to_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+pub struct Link {
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+pub fn link(name: &str) -> io::Result<Link> {
+    let name = name.to_string();
+    with_handle(async move |h| {
+        let mut links = h.link().get().match_name(name).execute();
+        let msg = links
+            .try_next()
+            .await?
+            .ok_or(rtnetlink::Error::RequestFailed)?;
+        let mut mac = [0u8; 6];
+        for a in &msg.attributes {
+            if let LinkAttribute::Address(m) = a {
+                if m.len() == 6 {
+                    mac.copy_from_slice(m);
+                }
+            }
+        }
+        Ok(Link {
+            index: msg.header.index,
+            mac,
+        })
+    })
+}
+
+pub fn set_up(name: &str) -> io::Result<()> {
+    let l = link(name)?;
+    with_handle(async move |h| {
+        h.link()
+            .set(LinkUnspec::new_with_index(l.index).up().build())
+            .execute()
+            .await
+    })
+}
+
+/// Every IPv4 address configured on this host.
+pub fn local_ipv4() -> io::Result<Vec<Ipv4Addr>> {
+    with_handle(async move |h| {
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().execute();
+        while let Some(m) = addrs.try_next().await? {
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                    if !out.contains(v4) {
+                        out.push(*v4);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Adds `addr/prefix` to `ifname`; an address already present is fine.
+pub fn add_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let l = link(ifname)?;
+    let r = with_handle(async move |h| h.address().add(l.index, IpAddr::V4(addr), prefix).execute().await);
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes `addr/prefix` from `ifname`; an address already gone is fine.
+pub fn del_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let l = link(ifname)?;
+    let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(l.index)
+        .address(addr, prefix)
+        .build();
+    let r = with_handle(async move |h| h.address().del(msg).execute().await);
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
+        other => other,
+    }
+}

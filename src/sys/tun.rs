@@ -1,0 +1,71 @@
+//! The TUN device (`duet0`) through which the director hands packets for its
+//! own backend to its own stack. `IFF_VNET_HDR` + `TUNSETOFFLOAD` let GSO
+//! super-frames and partial checksums in whole (DESIGN.md section 9).
+use std::io;
+use std::mem::zeroed;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::packet::VNET_HDR_LEN;
+
+pub struct Tun {
+    fd: OwnedFd,
+    pub name: String,
+}
+
+impl Tun {
+    pub fn open(name: &str) -> io::Result<Tun> {
+        let path = c"/dev/net/tun";
+        // SAFETY: path is a valid C string.
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed ifreq is valid.
+        let mut ifr: libc::ifreq = unsafe { zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let ioctl = |req: libc::Ioctl, arg: *mut libc::c_void| -> io::Result<()> {
+            // SAFETY: each request below takes the pointer type passed.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) } < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        ioctl(libc::TUNSETIFF, (&mut ifr as *mut libc::ifreq).cast())?;
+        let mut sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        ioctl(libc::TUNSETVNETHDRSZ, (&mut sz as *mut libc::c_int).cast())?;
+        let offload = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as usize;
+        ioctl(libc::TUNSETOFFLOAD, offload as *mut libc::c_void)?;
+        Ok(Tun {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    /// Writes one IP packet behind its virtio header (already adjusted for
+    /// the removed Ethernet header).
+    pub fn write(&self, vnet: &[u8], ip: &[u8]) -> io::Result<()> {
+        let iov = [
+            libc::iovec {
+                iov_base: vnet.as_ptr() as *mut _,
+                iov_len: vnet.len(),
+            },
+            libc::iovec {
+                iov_base: ip.as_ptr() as *mut _,
+                iov_len: ip.len(),
+            },
+        ];
+        // SAFETY: two iovecs over live slices.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
