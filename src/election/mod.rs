@@ -328,11 +328,16 @@ impl Election {
     /// Ping and service are assumed fine until the driver says otherwise, so
     /// the driver should report its first ping result promptly.
     pub fn new(params: Params, now: Instant) -> Self {
-        let peers = params
-            .peers
-            .iter()
-            .filter(|&&a| a != params.me)
-            .map(|&addr| Peer {
+        let mut addrs: Vec<Ipv4Addr> = Vec::with_capacity(params.peers.len());
+        for &a in &params.peers {
+            // A duplicate entry would never be heard (lookups find the first).
+            if a != params.me && !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        let peers = addrs
+            .into_iter()
+            .map(|addr| Peer {
                 info: PeerInfo {
                     addr,
                     role: Role::Starting,

@@ -254,6 +254,14 @@ fn simultaneous_start_elects_exactly_one_director_quickly() {
         assert_eq!(pair.role_changes_since(1, pair.epoch), 1);
         assert_eq!(pair.el(0).term(), 1);
         assert_eq!(pair.el(1).term(), 1, "standby adopts the director's term");
+        for (i, peer) in [(0, B), (1, A)] {
+            let ups = pair.nodes[i]
+                .events
+                .iter()
+                .filter(|(_, e)| *e == Event::PeerUp { peer })
+                .count();
+            assert_eq!(ups, 1);
+        }
     }
 }
 
@@ -776,6 +784,20 @@ fn drops_are_classified_and_counted() {
     );
     let peer = &el.peers()[0];
     assert_eq!((peer.boot_id, peer.sync_pos, peer.backends_up), (11, 9, 1));
+}
+
+#[test]
+fn own_address_and_duplicates_in_peer_list_are_ignored() {
+    let t0 = Instant::now();
+    let mut p = params(A, 150);
+    p.peers = vec![B, A, B];
+    let mut el = Election::new(p, t0);
+    assert_eq!(el.peers().len(), 1);
+    let mut dsts = Vec::new();
+    while let Some((dst, _)) = el.poll_transmit() {
+        dsts.push(dst);
+    }
+    assert_eq!(dsts, vec![B]);
 }
 
 #[test]
