@@ -7,6 +7,7 @@ pub mod config;
 pub mod election;
 pub mod forward;
 pub mod health;
+pub mod import;
 pub mod status;
 pub mod store;
 pub mod sync;

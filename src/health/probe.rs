@@ -93,7 +93,8 @@ fn http_request_bytes(req: &HttpRequest, target: SocketAddr) -> Result<String, F
         None => target.to_string(),
     };
     Ok(format!(
-        "GET {slash}{} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: duet-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "GET {slash}{} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: duet-health\r\nAccept: \
+            */*\r\nConnection: close\r\n\r\n",
         req.path
     ))
 }
@@ -550,7 +551,10 @@ mod tests {
     #[test]
     fn exec_sees_the_backend_in_its_environment() {
         let addr: SocketAddr = "198.18.0.20:8080".parse().unwrap();
-        let cmd = r#"[ "$DUET_BACKEND_ADDR" = 198.18.0.20 ] && [ "$DUET_BACKEND_PORT" = 8080 ] && [ "$DUET_BACKEND_NAME" = web1 ]"#;
+        let cmd = concat!(
+            r#"[ "$DUET_BACKEND_ADDR" = 198.18.0.20 ] && "#,
+            r#"[ "$DUET_BACKEND_PORT" = 8080 ] && [ "$DUET_BACKEND_NAME" = web1 ]"#
+        );
         assert!(probe(&exec_kind(cmd), addr, "web1", T).is_ok());
         assert_eq!(
             probe(&exec_kind(cmd), addr, "web2", T),
