@@ -8,6 +8,7 @@ pub mod import;
 pub mod election;
 pub mod forward;
 pub mod health;
+pub mod import;
 pub mod status;
 pub mod store;
 pub mod sync;

@@ -1,1 +1,113 @@
-//! placeholder
+//! Backend health checks with ldirectord parity.
+//!
+//! Three layers, kept apart so the decisions are testable without sockets:
+//!
+//! - [`checker`]: the sans-IO rise/fall hysteresis. It is fed probe results
+//!   with an explicit `now` and says when a backend changes state.
+//! - [`probe`]: one blocking check (`http`, `tcp`, `exec`, `none`) with its
+//!   timeout enforced, returning the latency or a [`Failure`].
+//! - [`monitor`]: one thread per backend that probes every `interval`, feeds
+//!   the checker, keeps a snapshot for the status page and reports
+//!   transitions through a callback. Checks of different backends never wait
+//!   on each other; `stop` wakes every thread at once.
+//!
+//! # Initial state
+//!
+//! A backend whose state was restored from the store starts in that state
+//! (`initial_up = Some(..)`) and needs `rise` successes or `fall` failures to
+//! change, as usual. A backend never seen before starts *unknown*, and
+//! unknown is served as **up**: a restarted or freshly promoted director must
+//! not blackhole a healthy pool while its first checks run. (ldirectord
+//! instead adds a server only on its first successful check, which leaves a
+//! new director empty for a whole check interval.) Unknown becomes known
+//! after `fall` consecutive failures (down) or `rise` consecutive successes
+//! (up); both are reported as transitions, so the event log records the
+//! first verdict on every backend.
+//!
+//! # HTTP checks
+//!
+//! Written by hand over `std::net::TcpStream`: `GET <request> HTTP/1.0` with
+//! a `Host` header (configured, else the backend address) and
+//! `Connection: close`. HTTP/1.0 keeps servers from answering with chunked
+//! encoding, so `receive` is matched against the plain body. The status must
+//! equal `expect_status` when one is configured, else be 2xx or 3xx.
+pub mod checker;
+pub mod monitor;
+pub mod probe;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use checker::{Checker, Transition};
+pub use monitor::{HealthState, Monitor, Target};
+pub use probe::probe;
+
+/// What a check does against one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `GET request`; up when the status is acceptable and the body contains
+    /// `receive` (if set).
+    Http {
+        request: String,
+        receive: Option<String>,
+        host: Option<String>,
+        expect_status: Option<u16>,
+    },
+    /// Up when a TCP connection to the check port is accepted.
+    Tcp,
+    /// `/bin/sh -c command` with `DUET_BACKEND_ADDR`, `DUET_BACKEND_PORT` and
+    /// `DUET_BACKEND_NAME` in its environment; exit status 0 means up.
+    Exec { command: String },
+    /// Always up: the backend is trusted (ldirectord's `checktype=on`).
+    None,
+}
+
+/// A check with its schedule and hysteresis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub kind: CheckKind,
+    /// Port the probe connects to (normally the service port).
+    pub port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes needed to bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures needed to take a backend down.
+    pub fall: u32,
+}
+
+/// Why one probe failed. `Display` is a short reason for logs and the status
+/// page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// No connection, response or exit within the check timeout.
+    Timeout,
+    /// The backend actively refused the connection (nothing listening).
+    Refused,
+    /// HTTP status other than the expected one.
+    WrongStatus(u16),
+    /// HTTP body does not contain the `receive` string.
+    BodyMismatch,
+    /// The backend answered something that is not HTTP.
+    BadResponse(String),
+    /// The exec check exited non-zero (128 + signal when killed by a signal).
+    Exit(i32),
+    /// Any other I/O error (unreachable network, reset, spawn failure).
+    Io(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("timeout"),
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::WrongStatus(s) => write!(f, "HTTP status {s}"),
+            Failure::BodyMismatch => f.write_str("receive string not found"),
+            Failure::BadResponse(why) => write!(f, "bad response: {why}"),
+            Failure::Exit(code) => write!(f, "exit status {code}"),
+            Failure::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
