@@ -4,7 +4,6 @@
 //! `election`, `health`, `forward` and `sync` are sans-IO machines driven by
 //! an explicit clock, `sys` owns every syscall and the event loops.
 pub mod config;
-pub mod import;
 pub mod election;
 pub mod forward;
 pub mod health;
