@@ -552,9 +552,6 @@ impl Config {
                 if ch.rise == 0 || ch.fall == 0 {
                     p.at(s.port.span(), "check rise and fall must be at least 1".into());
                 }
-                if ch.timeout.0 > ch.interval.0 {
-                    p.at(s.port.span(), "check timeout exceeds its interval".into());
-                }
             }
         }
     }
