@@ -421,9 +421,10 @@ impl Engine {
                 log::warn!("forward: duplicate service {}/{} ignored", s.proto, s.port);
                 continue;
             }
-            let mut ids = Vec::with_capacity(s.backends.len());
+            // (address, weight, fallback, dest id) of each distinct backend.
+            let mut members: Vec<(Ipv4Addr, u32, bool, u32)> = Vec::with_capacity(s.backends.len());
             for b in &s.backends {
-                if ids.iter().any(|&id| self.dests[id as usize].addr == b.addr) {
+                if members.iter().any(|m| m.0 == b.addr) {
                     log::warn!(
                         "forward: duplicate backend {} in service {}/{} ignored",
                         b.addr,
@@ -439,31 +440,41 @@ impl Engine {
                 d.up = b.up;
                 d.local = b.local;
                 d.in_snapshot = true;
-                ids.push(id);
+                let usable_weight = if b.up { b.weight } else { 0 };
+                members.push((b.addr, usable_weight, b.fallback, id));
             }
             let usable = |fallback: bool| -> Vec<(Ipv4Addr, u32)> {
-                s.backends
+                members
                     .iter()
-                    .filter(|b| b.fallback == fallback && b.up && b.weight > 0)
-                    .map(|b| (b.addr, b.weight))
+                    .filter(|m| m.2 == fallback && m.1 > 0)
+                    .map(|m| (m.0, m.1))
                     .collect()
             };
             let mut eligible = usable(false);
             if eligible.is_empty() {
                 eligible = usable(true);
             }
-            let sched = match old
+            let mut sched = match old
                 .iter()
                 .position(|o| o.proto == s.proto && o.port == s.port)
             {
                 Some(i) if old[i].sched.same_as(s.scheduler, &eligible) => old.swap_remove(i).sched,
-                _ => SchedState::new(s.scheduler, eligible),
+                _ => SchedState::new(s.scheduler, eligible.clone()),
             };
-            let eligible_ids = sched
-                .eligible
-                .iter()
-                .map(|(addr, _)| self.dest_index[&(s.proto, s.port, *addr)])
-                .collect();
+            let ids_of = |sched: &SchedState| -> Vec<u32> {
+                sched
+                    .eligible
+                    .iter()
+                    .filter_map(|(addr, _)| members.iter().find(|m| m.0 == *addr).map(|m| m.3))
+                    .collect()
+            };
+            let mut eligible_ids = ids_of(&sched);
+            if eligible_ids.len() != sched.eligible.len() {
+                // Cannot happen (same_as compared the sets); rebuild rather
+                // than let the two lists disagree.
+                sched = SchedState::new(s.scheduler, eligible);
+                eligible_ids = ids_of(&sched);
+            }
             services.push(Service {
                 proto: s.proto,
                 port: s.port,
@@ -651,7 +662,8 @@ impl Engine {
             p.expires = now + timeout;
             p.timeout = timeout;
             self.dests[new as usize].templates += 1;
-            self.dests[old as usize].templates -= 1;
+            self.dests[old as usize].templates =
+                self.dests[old as usize].templates.saturating_sub(1);
             self.maybe_free_dest(old);
             return Some((new, pi));
         }
@@ -716,7 +728,8 @@ impl Engine {
 
     fn remove_persist(&mut self, pi: u32) {
         if let Some((_, p)) = self.persists.remove_at(pi) {
-            self.dests[p.dest as usize].templates -= 1;
+            self.dests[p.dest as usize].templates =
+                self.dests[p.dest as usize].templates.saturating_sub(1);
             self.maybe_free_dest(p.dest);
         }
     }
@@ -757,7 +770,11 @@ impl Engine {
         if d.in_snapshot || d.referenced() {
             return;
         }
-        if self.dest_index.remove(&(d.proto, d.port, d.addr)).is_some() {
+        let key = (d.proto, d.port, d.addr);
+        // A freed record keeps its old key; only the live holder of the key
+        // may release it.
+        if self.dest_index.get(&key) == Some(&id) {
+            self.dest_index.remove(&key);
             self.dest_free.push(id);
         }
     }
@@ -967,7 +984,8 @@ impl Engine {
             let old = std::mem::replace(&mut p.dest, dest);
             p.expires = e.expires;
             self.dests[dest as usize].templates += 1;
-            self.dests[old as usize].templates -= 1;
+            self.dests[old as usize].templates =
+                self.dests[old as usize].templates.saturating_sub(1);
             self.maybe_free_dest(old);
             return true;
         }

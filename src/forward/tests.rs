@@ -728,3 +728,43 @@ fn duplicate_services_and_backends_are_ignored() {
     backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
     assert_eq!(e.service_counters().len(), 1);
 }
+
+#[test]
+fn backend_records_are_recycled_without_mixing_up_counters() {
+    let now = Instant::now();
+    let s = |bs: Vec<BackendSnap>| vec![svc(6, 80, Scheduler::Rr, bs)];
+    let mut e = engine(s(vec![be(1, 1), be(2, 1)]), 100);
+    // Both records freed, then one backend returns on a recycled record.
+    e.set_snapshot(snap(2, s(vec![])));
+    assert!(e.service_counters().is_empty());
+    e.set_snapshot(snap(3, s(vec![be(1, 1)])));
+    assert_eq!(e.service_counters().len(), 1);
+    backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
+    e.set_snapshot(snap(4, s(vec![be(1, 1), be(2, 1)])));
+    e.set_snapshot(snap(5, s(vec![be(2, 1), be(1, 1)])));
+    let c = e.counters();
+    assert_eq!(c.len(), 2);
+    let one = c.iter().find(|(a, _)| *a == addr(1)).unwrap().1;
+    assert_eq!((one.total, one.inactive), (1, 1));
+    assert_eq!(backend_of(e.decide(now, &tcp_key(1, 1), ACK, 60)), addr(1));
+}
+
+#[test]
+fn a_gone_backend_keeps_its_record_until_its_flows_end() {
+    let now = Instant::now();
+    let s = |bs: Vec<BackendSnap>| vec![svc(6, 80, Scheduler::Rr, bs)];
+    let mut e = engine(s(vec![be(1, 1)]), 100);
+    let k = tcp_key(1, 1);
+    backend_of(e.decide(now, &k, SYN, 60));
+    e.set_snapshot(snap(2, s(vec![be(2, 1)])));
+    e.set_snapshot(snap(3, s(vec![be(3, 1), be(2, 1)])));
+    assert!(e.counters().iter().any(|(a, _)| *a == addr(1)));
+    // The flow's handshake expires; its backend's record goes with it.
+    assert_eq!(e.expire(now + secs(60), 10), 1);
+    let addrs: Vec<Ipv4Addr> = e.counters().iter().map(|(a, _)| *a).collect();
+    assert!(!addrs.contains(&addr(1)), "{addrs:?}");
+    // Coming back, it starts afresh and takes flows.
+    e.set_snapshot(snap(4, s(vec![be(3, 1), be(2, 1), be(1, 1)])));
+    let c = distribute(&mut e, now, 30);
+    assert_eq!(c.len(), 3);
+}
