@@ -1,1 +1,1016 @@
-//! placeholder
+//! The forwarding decision: flow key in, backend out. Sans-IO: the caller
+//! classifies frames (`wire::frame`), passes `now`, and applies the verdict.
+//!
+//! Per packet: the connection table (5-tuple → backend) is consulted first;
+//! a new flow goes through the service's persistence table, then its
+//! scheduler. All tables are preallocated, so [`Engine::decide`] does not
+//! allocate, takes no locks and does O(1) work for a table hit (O(backends)
+//! for a new flow under wrr/lc/wlc, as IPVS).
+//!
+//! Policies (IPVS-like, chosen where IPVS has a knob):
+//! - **Mid-flow packets of unknown TCP flows** (no SYN) are scheduled and
+//!   get an entry, like IPVS with `sloppy_tcp = 1`: after a takeover without
+//!   synced state, mh/sh send them to the backend that already has the
+//!   connection, and other schedulers send them somewhere that answers with
+//!   a RST rather than letting the client hang.
+//! - **RST of an unknown flow and ICMP errors** never create state: they
+//!   follow an existing entry, else a persistence template, else the sh/mh
+//!   hash; otherwise they are dropped as [`ForwardDrop::NoConnection`].
+//! - **A SYN on an entry in TIME_WAIT or CLOSE** (port reuse) is scheduled
+//!   afresh, like IPVS `conn_reuse_mode = 1`, so a drained backend does not
+//!   keep receiving new connections through recycled ports.
+//! - **Table full**: a packet that would create an entry is dropped
+//!   ([`ForwardDrop::TableFull`]) instead of being forwarded statelessly,
+//!   so the load counters lc/wlc see stay truthful; established flows are
+//!   not affected.
+//! - **Snapshots**: flows stay on their backend while it is `up`, whatever
+//!   its weight (weight 0 = quiescent/drain: no new flows). A flow whose
+//!   backend is no longer `up` or no longer in the snapshot loses its entry
+//!   on its next packet, which is dropped as [`ForwardDrop::BackendDown`];
+//!   the retransmission is scheduled anew (and typically reset by the new
+//!   backend), as IPVS with `expire_nodest_conn = 1`.
+//! - **Persistence** templates (client & mask → backend, per service) live
+//!   while they have connections and `persistence` after the last one, as
+//!   IPVS templates; a template pointing at a backend that cannot take new
+//!   flows (weight 0 or down) is re-pointed, as `expire_quiescent_template`.
+
+mod conntable;
+mod maglev;
+mod sched;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::conntable::BoundedMap;
+pub use self::conntable::TcpState;
+use self::sched::{Load, SchedState};
+use crate::wire::frame::{FlowKey, Mac, TCP_ACK, TCP_RST, TCP_SYN};
+
+/// How a service picks a backend for a new flow (IPVS names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin.
+    Rr,
+    /// Weighted round robin, interleaved as IPVS does.
+    Wrr,
+    /// Least connections: active × 256 + inactive.
+    Lc,
+    /// Weighted least connections: (active × 256 + inactive) / weight.
+    Wlc,
+    /// Source hashing on the client address, weighted, over a consistent
+    /// (Maglev) table so a backend change moves few clients.
+    Sh,
+    /// Maglev hashing on client address and port: consistent across both
+    /// directors, so a takeover without synced state keeps most flows.
+    Mh,
+}
+
+impl Scheduler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown scheduler name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduler {0:?} (expected rr, wrr, lc, wlc, sh or mh)")]
+pub struct UnknownScheduler(pub String);
+
+impl FromStr for Scheduler {
+    type Err = UnknownScheduler;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "rr" => Scheduler::Rr,
+            "wrr" => Scheduler::Wrr,
+            "lc" => Scheduler::Lc,
+            "wlc" => Scheduler::Wlc,
+            "sh" => Scheduler::Sh,
+            "mh" => Scheduler::Mh,
+            other => return Err(UnknownScheduler(other.to_string())),
+        })
+    }
+}
+
+/// One backend of a service as the control plane sees it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSnap {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub mac: Mac,
+    /// Effective weight: 0 when drained or quiescent-down (keeps its flows,
+    /// gets no new ones).
+    pub weight: u32,
+    /// False when removed (non-quiescent down): its flows are cut.
+    pub up: bool,
+    /// The director itself: hand the packet to the local stack.
+    pub local: bool,
+    /// Used only while no non-fallback backend is up with weight > 0.
+    pub fallback: bool,
+}
+
+/// One virtual service on the VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSnap {
+    /// 6 TCP, 17 UDP.
+    pub proto: u8,
+    pub port: u16,
+    pub scheduler: Scheduler,
+    pub persistence: Option<Duration>,
+    /// Clients whose address & mask match share a persistence template.
+    pub persist_mask: Ipv4Addr,
+    pub backends: Vec<BackendSnap>,
+}
+
+/// The whole forwarding configuration; immutable, swapped in as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub services: Vec<ServiceSnap>,
+}
+
+/// Idle timeouts per connection state (IPVS defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// ESTABLISHED.
+    pub tcp: Duration,
+    /// FIN_WAIT and TIME_WAIT.
+    pub tcp_fin: Duration,
+    pub udp: Duration,
+    /// SYN_RECV: a handshake the client has not completed.
+    pub syn: Duration,
+    /// CLOSE: after a RST.
+    pub close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp: Duration::from_secs(900),
+            tcp_fin: Duration::from_secs(120),
+            udp: Duration::from_secs(300),
+            syn: Duration::from_secs(60),
+            close: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send to this backend: rewrite MACs (or hand to the local stack when
+    /// `local`).
+    Forward {
+        addr: Ipv4Addr,
+        mac: Mac,
+        local: bool,
+    },
+    Drop(ForwardDrop),
+}
+
+/// Why the engine dropped a packet that classified fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardDrop {
+    /// No service for this protocol and port on the VIP.
+    NoService,
+    /// The service has no backend that can take a new flow.
+    NoBackend,
+    /// The connection table is full; the flow would have needed an entry.
+    TableFull,
+    /// The flow's backend was removed or is down; its entry is gone now and
+    /// the next packet is scheduled anew.
+    BackendDown,
+    /// A packet that must not create state (ICMP error, RST) for which no
+    /// connection, persistence template or hash gives a backend.
+    NoConnection,
+}
+
+impl ForwardDrop {
+    pub const ALL: [ForwardDrop; 5] = [
+        ForwardDrop::NoService,
+        ForwardDrop::NoBackend,
+        ForwardDrop::TableFull,
+        ForwardDrop::BackendDown,
+        ForwardDrop::NoConnection,
+    ];
+
+    /// A stable snake_case label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardDrop::NoService => "no_service",
+            ForwardDrop::NoBackend => "no_backend",
+            ForwardDrop::TableFull => "table_full",
+            ForwardDrop::BackendDown => "backend_down",
+            ForwardDrop::NoConnection => "no_connection",
+        }
+    }
+}
+
+/// Drop counts by reason, plus events that are not drops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    pub no_service: u64,
+    pub no_backend: u64,
+    pub table_full: u64,
+    pub backend_down: u64,
+    pub no_connection: u64,
+    /// Not a drop: a new flow was scheduled without persistence because the
+    /// persistence table was full.
+    pub persist_table_full: u64,
+}
+
+impl DropCounters {
+    pub fn get(&self, reason: ForwardDrop) -> u64 {
+        match reason {
+            ForwardDrop::NoService => self.no_service,
+            ForwardDrop::NoBackend => self.no_backend,
+            ForwardDrop::TableFull => self.table_full,
+            ForwardDrop::BackendDown => self.backend_down,
+            ForwardDrop::NoConnection => self.no_connection,
+        }
+    }
+
+    fn count(&mut self, reason: ForwardDrop) {
+        let c = match reason {
+            ForwardDrop::NoService => &mut self.no_service,
+            ForwardDrop::NoBackend => &mut self.no_backend,
+            ForwardDrop::TableFull => &mut self.table_full,
+            ForwardDrop::BackendDown => &mut self.backend_down,
+            ForwardDrop::NoConnection => &mut self.no_connection,
+        };
+        *c += 1;
+    }
+}
+
+/// Traffic and connection counts of a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Entries in ESTABLISHED (IPVS ActiveConn).
+    pub active: u64,
+    /// All other entries, UDP included (IPVS InActConn).
+    pub inactive: u64,
+    /// Entries created by scheduling here (not those installed by sync).
+    pub total: u64,
+}
+
+/// Counters of one backend within one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceBackendCounters {
+    pub proto: u8,
+    pub port: u16,
+    pub addr: Ipv4Addr,
+    pub counters: BackendCounters,
+}
+
+/// A connection entry as exported to / imported from connection sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub key: FlowKey,
+    pub backend: Ipv4Addr,
+    pub state: TcpState,
+    pub expires: Instant,
+}
+
+/// A persistence template as exported to / imported from connection sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistEntry {
+    pub proto: u8,
+    pub port: u16,
+    /// Client address already masked with the service's `persist_mask`.
+    pub client: Ipv4Addr,
+    pub backend: Ipv4Addr,
+    pub expires: Instant,
+}
+
+const NO_PERSIST: u32 = u32::MAX;
+
+/// A backend of a service as the engine tracks it. Ids are stable while
+/// anything refers to them, across snapshots, so counters survive reloads.
+struct Dest {
+    proto: u8,
+    port: u16,
+    addr: Ipv4Addr,
+    mac: Mac,
+    weight: u32,
+    up: bool,
+    local: bool,
+    in_snapshot: bool,
+    counters: BackendCounters,
+    /// Persistence templates pointing here.
+    templates: u64,
+}
+
+impl Dest {
+    fn takes_new_flows(&self) -> bool {
+        self.up && self.weight > 0
+    }
+
+    fn referenced(&self) -> bool {
+        self.counters.active + self.counters.inactive + self.templates > 0
+    }
+
+    fn verdict(&self) -> Verdict {
+        Verdict::Forward {
+            addr: self.addr,
+            mac: self.mac,
+            local: self.local,
+        }
+    }
+}
+
+struct Conn {
+    dest: u32,
+    state: TcpState,
+    expires: Instant,
+    /// The template this connection was scheduled through, or NO_PERSIST.
+    persist: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PersistKey {
+    proto: u8,
+    port: u16,
+    client: Ipv4Addr,
+}
+
+struct Persist {
+    dest: u32,
+    expires: Instant,
+    timeout: Duration,
+    /// Connections scheduled through this template that are still alive.
+    conns: u64,
+}
+
+struct Service {
+    proto: u8,
+    port: u16,
+    persistence: Option<Duration>,
+    mask: u32,
+    sched: SchedState,
+    /// Dest ids parallel to `sched.eligible`.
+    eligible: Vec<u32>,
+}
+
+/// The forwarding engine of one director. See the module docs for policies.
+pub struct Engine {
+    snapshot: Arc<Snapshot>,
+    timeouts: Timeouts,
+    services: Vec<Service>,
+    dests: Vec<Dest>,
+    dest_free: Vec<u32>,
+    dest_index: HashMap<(u8, u16, Ipv4Addr), u32>,
+    conns: BoundedMap<FlowKey, Conn>,
+    persists: BoundedMap<PersistKey, Persist>,
+    drops: DropCounters,
+}
+
+impl Engine {
+    /// `capacity` bounds both the connection and the persistence table; all
+    /// memory for them is allocated here.
+    pub fn new(snapshot: Arc<Snapshot>, capacity: usize, timeouts: Timeouts) -> Self {
+        let mut e = Engine {
+            snapshot: Arc::new(Snapshot::default()),
+            timeouts,
+            services: Vec::new(),
+            dests: Vec::new(),
+            dest_free: Vec::new(),
+            dest_index: HashMap::new(),
+            conns: BoundedMap::new(capacity),
+            persists: BoundedMap::new(capacity),
+            drops: DropCounters::default(),
+        };
+        e.set_snapshot(snapshot);
+        e
+    }
+
+    /// Swaps in a new configuration. Work is O(services + backends + tracked
+    /// backends); connection entries are not touched: a flow whose backend
+    /// is gone or down is dropped on its next packet. A service keeps its
+    /// scheduler state (round-robin position, Maglev table) when its
+    /// scheduler and weighted backend set are unchanged.
+    pub fn set_snapshot(&mut self, snap: Arc<Snapshot>) {
+        for d in &mut self.dests {
+            d.in_snapshot = false;
+        }
+        let mut old: Vec<Service> = std::mem::take(&mut self.services);
+        let mut services = Vec::with_capacity(snap.services.len());
+        for s in &snap.services {
+            if services
+                .iter()
+                .any(|x: &Service| x.proto == s.proto && x.port == s.port)
+            {
+                log::warn!("forward: duplicate service {}/{} ignored", s.proto, s.port);
+                continue;
+            }
+            // (address, weight, fallback, dest id) of each distinct backend.
+            let mut members: Vec<(Ipv4Addr, u32, bool, u32)> = Vec::with_capacity(s.backends.len());
+            for b in &s.backends {
+                if members.iter().any(|m| m.0 == b.addr) {
+                    log::warn!(
+                        "forward: duplicate backend {} in service {}/{} ignored",
+                        b.addr,
+                        s.proto,
+                        s.port
+                    );
+                    continue;
+                }
+                let id = self.dest_for(s.proto, s.port, b.addr);
+                let d = &mut self.dests[id as usize];
+                d.mac = b.mac;
+                d.weight = b.weight;
+                d.up = b.up;
+                d.local = b.local;
+                d.in_snapshot = true;
+                let usable_weight = if b.up { b.weight } else { 0 };
+                members.push((b.addr, usable_weight, b.fallback, id));
+            }
+            let usable = |fallback: bool| -> Vec<(Ipv4Addr, u32)> {
+                members
+                    .iter()
+                    .filter(|m| m.2 == fallback && m.1 > 0)
+                    .map(|m| (m.0, m.1))
+                    .collect()
+            };
+            let mut eligible = usable(false);
+            if eligible.is_empty() {
+                eligible = usable(true);
+            }
+            let mut sched = match old
+                .iter()
+                .position(|o| o.proto == s.proto && o.port == s.port)
+            {
+                Some(i) if old[i].sched.same_as(s.scheduler, &eligible) => old.swap_remove(i).sched,
+                _ => SchedState::new(s.scheduler, eligible.clone()),
+            };
+            let ids_of = |sched: &SchedState| -> Vec<u32> {
+                sched
+                    .eligible
+                    .iter()
+                    .filter_map(|(addr, _)| members.iter().find(|m| m.0 == *addr).map(|m| m.3))
+                    .collect()
+            };
+            let mut eligible_ids = ids_of(&sched);
+            if eligible_ids.len() != sched.eligible.len() {
+                // Cannot happen (same_as compared the sets); rebuild rather
+                // than let the two lists disagree.
+                sched = SchedState::new(s.scheduler, eligible);
+                eligible_ids = ids_of(&sched);
+            }
+            services.push(Service {
+                proto: s.proto,
+                port: s.port,
+                persistence: s.persistence,
+                mask: u32::from(s.persist_mask),
+                sched,
+                eligible: eligible_ids,
+            });
+        }
+        self.services = services;
+        for id in 0..self.dests.len() as u32 {
+            let d = &mut self.dests[id as usize];
+            if !d.in_snapshot {
+                d.up = false;
+                d.weight = 0;
+                self.maybe_free_dest(id);
+            }
+        }
+        log::debug!(
+            "forward: snapshot generation {} -> {}",
+            self.snapshot.generation,
+            snap.generation
+        );
+        self.snapshot = snap;
+    }
+
+    /// The snapshot in use.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Decides where a TCP/UDP packet of `key` goes, updating the connection
+    /// state, timeouts and counters. `tcp_flags` is 0 for UDP; `len` is the
+    /// frame length, for byte counters.
+    pub fn decide(&mut self, now: Instant, key: &FlowKey, tcp_flags: u8, len: usize) -> Verdict {
+        let tcp = key.proto == FlowKey::TCP;
+        if let Some(ci) = self.conns.find(key) {
+            match self.hit(now, ci, tcp, tcp_flags, len) {
+                Some(v) => return v,
+                None => self.remove_conn(ci),
+            }
+        }
+        let Some(si) = self.service_index(key) else {
+            return self.drop(ForwardDrop::NoService);
+        };
+        if tcp && tcp_flags & TCP_RST != 0 {
+            return self.stateless(now, si, key, len);
+        }
+        if self.conns.is_full() {
+            return self.drop(ForwardDrop::TableFull);
+        }
+        let Some((dest, persist)) = self.schedule(now, si, key) else {
+            return self.drop(ForwardDrop::NoBackend);
+        };
+        let state = if tcp {
+            TcpState::after(None, tcp_flags)
+        } else {
+            TcpState::Udp
+        };
+        let conn = Conn {
+            dest,
+            state,
+            expires: now + state.timeout(&self.timeouts),
+            persist,
+        };
+        if self.conns.insert(*key, conn).is_none() {
+            // Unreachable after the is_full check; stay consistent anyway.
+            self.release_template(persist);
+            return self.drop(ForwardDrop::TableFull);
+        }
+        if let Some(p) = self.persists.at_mut(persist) {
+            p.1.conns += 1;
+        }
+        let d = &mut self.dests[dest as usize];
+        d.counters.total += 1;
+        count_state(&mut d.counters, state, 1);
+        d.counters.packets += 1;
+        d.counters.bytes += len as u64;
+        d.verdict()
+    }
+
+    /// Decides where an ICMP error about `key`'s flow (already turned to
+    /// client → VIP) goes: like [`Engine::decide`] but it never creates or
+    /// advances state.
+    pub fn decide_related(&mut self, now: Instant, key: &FlowKey, len: usize) -> Verdict {
+        let Some(si) = self.service_index(key) else {
+            return self.drop(ForwardDrop::NoService);
+        };
+        self.stateless(now, si, key, len)
+    }
+
+    /// Table hit: `None` when the entry is stale and must be removed before
+    /// scheduling; a verdict otherwise.
+    fn hit(&mut self, now: Instant, ci: u32, tcp: bool, flags: u8, len: usize) -> Option<Verdict> {
+        let timeouts = self.timeouts;
+        let (_, c) = self.conns.at_mut(ci)?;
+        if c.expires <= now {
+            return None;
+        }
+        let d = &mut self.dests[c.dest as usize];
+        if !d.up {
+            self.remove_conn(ci);
+            return Some(self.drop(ForwardDrop::BackendDown));
+        }
+        let reuse = flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+            && matches!(c.state, TcpState::TimeWait | TcpState::Close);
+        if tcp && reuse {
+            return None;
+        }
+        let state = if tcp {
+            TcpState::after(Some(c.state), flags)
+        } else {
+            TcpState::Udp
+        };
+        if state != c.state {
+            count_state(&mut d.counters, c.state, -1);
+            count_state(&mut d.counters, state, 1);
+            c.state = state;
+        }
+        c.expires = now + state.timeout(&timeouts);
+        d.counters.packets += 1;
+        d.counters.bytes += len as u64;
+        Some(d.verdict())
+    }
+
+    /// The path for packets that must not create state.
+    fn stateless(&mut self, now: Instant, si: usize, key: &FlowKey, len: usize) -> Verdict {
+        let from_conn = self.conns.find(key).and_then(|ci| {
+            let (_, c) = self.conns.at(ci)?;
+            (c.expires > now).then_some(c.dest)
+        });
+        let dest = match from_conn {
+            Some(d) if self.dests[d as usize].up => Some(d),
+            Some(_) => return self.drop(ForwardDrop::BackendDown),
+            None => self.template_dest(now, si, key).or_else(|| {
+                let s = &self.services[si];
+                s.sched.pick_stateless(key).map(|i| s.eligible[i])
+            }),
+        };
+        let Some(dest) = dest else {
+            return self.drop(ForwardDrop::NoConnection);
+        };
+        let d = &mut self.dests[dest as usize];
+        d.counters.packets += 1;
+        d.counters.bytes += len as u64;
+        d.verdict()
+    }
+
+    fn persist_key(&self, si: usize, key: &FlowKey) -> PersistKey {
+        let s = &self.services[si];
+        PersistKey {
+            proto: s.proto,
+            port: s.port,
+            client: Ipv4Addr::from(u32::from(key.src) & s.mask),
+        }
+    }
+
+    /// The backend of a live template for this client that can take new flows.
+    fn template_dest(&self, now: Instant, si: usize, key: &FlowKey) -> Option<u32> {
+        self.services[si].persistence?;
+        let pi = self.persists.find(&self.persist_key(si, key))?;
+        let (_, p) = self.persists.at(pi)?;
+        let live = p.conns > 0 || p.expires > now;
+        (live && self.dests[p.dest as usize].takes_new_flows()).then_some(p.dest)
+    }
+
+    /// Picks a backend for a new flow: persistence template, else scheduler.
+    /// Returns the dest and the template index (or NO_PERSIST).
+    fn schedule(&mut self, now: Instant, si: usize, key: &FlowKey) -> Option<(u32, u32)> {
+        let Some(timeout) = self.services[si].persistence else {
+            return self.pick(si, key).map(|d| (d, NO_PERSIST));
+        };
+        let pkey = self.persist_key(si, key);
+        if let Some(pi) = self.persists.find(&pkey) {
+            if let Some(d) = self.template_dest(now, si, key) {
+                let (_, p) = self.persists.at_mut(pi)?;
+                p.expires = p.expires.max(now + timeout);
+                return Some((d, pi));
+            }
+            // Expired, or its backend takes no new flows: re-point in place
+            // (connections may still refer to this template by index).
+            let new = self.pick(si, key)?;
+            let (_, p) = self.persists.at_mut(pi)?;
+            let old = std::mem::replace(&mut p.dest, new);
+            p.expires = now + timeout;
+            p.timeout = timeout;
+            self.dests[new as usize].templates += 1;
+            self.dests[old as usize].templates =
+                self.dests[old as usize].templates.saturating_sub(1);
+            self.maybe_free_dest(old);
+            return Some((new, pi));
+        }
+        let dest = self.pick(si, key)?;
+        let template = Persist {
+            dest,
+            expires: now + timeout,
+            timeout,
+            conns: 0,
+        };
+        match self.persists.insert(pkey, template) {
+            Some(pi) => {
+                self.dests[dest as usize].templates += 1;
+                Some((dest, pi))
+            }
+            None => {
+                self.drops.persist_table_full += 1;
+                Some((dest, NO_PERSIST))
+            }
+        }
+    }
+
+    fn pick(&mut self, si: usize, key: &FlowKey) -> Option<u32> {
+        let s = &mut self.services[si];
+        let dests = &self.dests;
+        let eligible = &s.eligible;
+        let i = s.sched.pick(key, |i| {
+            let c = &dests[eligible[i] as usize].counters;
+            Load {
+                active: c.active,
+                inactive: c.inactive,
+            }
+        })?;
+        Some(s.eligible[i])
+    }
+
+    fn service_index(&self, key: &FlowKey) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| s.proto == key.proto && s.port == key.dport)
+    }
+
+    fn drop(&mut self, reason: ForwardDrop) -> Verdict {
+        self.drops.count(reason);
+        Verdict::Drop(reason)
+    }
+
+    fn remove_conn(&mut self, ci: u32) {
+        let Some((_, c)) = self.conns.remove_at(ci) else {
+            return;
+        };
+        count_state(&mut self.dests[c.dest as usize].counters, c.state, -1);
+        self.release_template(c.persist);
+        self.maybe_free_dest(c.dest);
+    }
+
+    fn release_template(&mut self, pi: u32) {
+        if let Some((_, p)) = self.persists.at_mut(pi) {
+            p.conns = p.conns.saturating_sub(1);
+        }
+    }
+
+    fn remove_persist(&mut self, pi: u32) {
+        if let Some((_, p)) = self.persists.remove_at(pi) {
+            self.dests[p.dest as usize].templates =
+                self.dests[p.dest as usize].templates.saturating_sub(1);
+            self.maybe_free_dest(p.dest);
+        }
+    }
+
+    fn dest_for(&mut self, proto: u8, port: u16, addr: Ipv4Addr) -> u32 {
+        if let Some(&id) = self.dest_index.get(&(proto, port, addr)) {
+            return id;
+        }
+        let d = Dest {
+            proto,
+            port,
+            addr,
+            mac: [0; 6],
+            weight: 0,
+            up: false,
+            local: false,
+            in_snapshot: false,
+            counters: BackendCounters::default(),
+            templates: 0,
+        };
+        let id = match self.dest_free.pop() {
+            Some(id) => {
+                self.dests[id as usize] = d;
+                id
+            }
+            None => {
+                self.dests.push(d);
+                (self.dests.len() - 1) as u32
+            }
+        };
+        self.dest_index.insert((proto, port, addr), id);
+        id
+    }
+
+    /// Forgets a backend that left the snapshot once nothing refers to it.
+    fn maybe_free_dest(&mut self, id: u32) {
+        let d = &self.dests[id as usize];
+        if d.in_snapshot || d.referenced() {
+            return;
+        }
+        let key = (d.proto, d.port, d.addr);
+        // A freed record keeps its old key; only the live holder of the key
+        // may release it.
+        if self.dest_index.get(&key) == Some(&id) {
+            self.dest_index.remove(&key);
+            self.dest_free.push(id);
+        }
+    }
+
+    /// Removes expired entries, visiting at most `budget` connection slots
+    /// and `budget` persistence slots. Returns how many entries were removed.
+    /// Calling it with budget ≥ `capacity / calls-per-timeout` keeps memory
+    /// tight; lookups ignore expired entries regardless.
+    pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget.min(self.conns.slot_count()) {
+            let Some(ci) = self.conns.sweep_next() else {
+                break;
+            };
+            if matches!(self.conns.at(ci), Some((_, c)) if c.expires <= now) {
+                self.remove_conn(ci);
+                removed += 1;
+            }
+        }
+        for _ in 0..budget.min(self.persists.slot_count()) {
+            let Some(pi) = self.persists.sweep_next() else {
+                break;
+            };
+            let Some((_, p)) = self.persists.at_mut(pi) else {
+                continue;
+            };
+            if p.expires > now {
+                continue;
+            }
+            if p.conns > 0 {
+                // Templates outlive their connections by the timeout.
+                p.expires = now + p.timeout;
+                continue;
+            }
+            self.remove_persist(pi);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Live connection entries.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.len() == 0
+    }
+
+    /// Live persistence templates.
+    pub fn persist_len(&self) -> usize {
+        self.persists.len()
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Counters per backend address, summed over services (what the status
+    /// page shows). Backends that left the snapshot appear while they still
+    /// have entries.
+    pub fn counters(&self) -> Vec<(Ipv4Addr, BackendCounters)> {
+        let mut out: Vec<(Ipv4Addr, BackendCounters)> = Vec::new();
+        for c in self.service_counters() {
+            match out.iter_mut().find(|(a, _)| *a == c.addr) {
+                Some((_, sum)) => {
+                    sum.packets += c.counters.packets;
+                    sum.bytes += c.counters.bytes;
+                    sum.active += c.counters.active;
+                    sum.inactive += c.counters.inactive;
+                    sum.total += c.counters.total;
+                }
+                None => out.push((c.addr, c.counters)),
+            }
+        }
+        out
+    }
+
+    /// Counters per (service, backend).
+    pub fn service_counters(&self) -> Vec<ServiceBackendCounters> {
+        self.dest_index
+            .values()
+            .map(|&id| {
+                let d = &self.dests[id as usize];
+                ServiceBackendCounters {
+                    proto: d.proto,
+                    port: d.port,
+                    addr: d.addr,
+                    counters: d.counters,
+                }
+            })
+            .collect()
+    }
+
+    /// Live connection entries, for a full sync to the peer.
+    pub fn export(&self, now: Instant) -> Vec<ConnEntry> {
+        self.conns
+            .iter()
+            .filter(|(_, (_, c))| c.expires > now)
+            .map(|(_, (key, c))| ConnEntry {
+                key: *key,
+                backend: self.dests[c.dest as usize].addr,
+                state: c.state,
+                expires: c.expires,
+            })
+            .collect()
+    }
+
+    /// One entry by key, for incremental sync after a packet changed it.
+    pub fn lookup(&self, now: Instant, key: &FlowKey) -> Option<ConnEntry> {
+        let (k, c) = self.conns.at(self.conns.find(key)?)?;
+        (c.expires > now).then(|| ConnEntry {
+            key: *k,
+            backend: self.dests[c.dest as usize].addr,
+            state: c.state,
+            expires: c.expires,
+        })
+    }
+
+    /// Live persistence templates, for a full sync to the peer.
+    pub fn export_persist(&self, now: Instant) -> Vec<PersistEntry> {
+        self.persists
+            .iter()
+            .filter(|(_, (_, p))| p.conns > 0 || p.expires > now)
+            .map(|(_, (k, p))| PersistEntry {
+                proto: k.proto,
+                port: k.port,
+                client: k.client,
+                backend: self.dests[p.dest as usize].addr,
+                expires: p.expires.max(now),
+            })
+            .collect()
+    }
+
+    /// Installs (or overwrites) a connection learnt from the peer. Returns
+    /// false when it is expired, its service or backend is unknown here or
+    /// down, or the table is full.
+    pub fn install(&mut self, now: Instant, e: ConnEntry) -> bool {
+        if e.expires <= now {
+            return false;
+        }
+        let Some(si) = self.service_index(&e.key) else {
+            return false;
+        };
+        let s = &self.services[si];
+        let Some(&dest) = self.dest_index.get(&(s.proto, s.port, e.backend)) else {
+            return false;
+        };
+        if !self.dests[dest as usize].up {
+            return false;
+        }
+        let state = if e.key.proto == FlowKey::TCP {
+            e.state
+        } else {
+            TcpState::Udp
+        };
+        if let Some(ci) = self.conns.find(&e.key) {
+            self.remove_conn(ci);
+        }
+        let conn = Conn {
+            dest,
+            state,
+            expires: e.expires,
+            persist: NO_PERSIST,
+        };
+        if self.conns.insert(e.key, conn).is_none() {
+            return false;
+        }
+        count_state(&mut self.dests[dest as usize].counters, state, 1);
+        true
+    }
+
+    /// Installs (or overwrites) a persistence template learnt from the peer.
+    /// Same refusals as [`Engine::install`], plus a service without
+    /// persistence.
+    pub fn install_persist(&mut self, now: Instant, e: PersistEntry) -> bool {
+        if e.expires <= now {
+            return false;
+        }
+        let Some(si) = self
+            .services
+            .iter()
+            .position(|s| s.proto == e.proto && s.port == e.port)
+        else {
+            return false;
+        };
+        let s = &self.services[si];
+        let Some(timeout) = s.persistence else {
+            return false;
+        };
+        let client = Ipv4Addr::from(u32::from(e.client) & s.mask);
+        let Some(&dest) = self.dest_index.get(&(s.proto, s.port, e.backend)) else {
+            return false;
+        };
+        if !self.dests[dest as usize].up {
+            return false;
+        }
+        let pkey = PersistKey {
+            proto: e.proto,
+            port: e.port,
+            client,
+        };
+        if let Some(pi) = self.persists.find(&pkey) {
+            let Some((_, p)) = self.persists.at_mut(pi) else {
+                return false;
+            };
+            let old = std::mem::replace(&mut p.dest, dest);
+            p.expires = e.expires;
+            self.dests[dest as usize].templates += 1;
+            self.dests[old as usize].templates =
+                self.dests[old as usize].templates.saturating_sub(1);
+            self.maybe_free_dest(old);
+            return true;
+        }
+        let template = Persist {
+            dest,
+            expires: e.expires,
+            timeout,
+            conns: 0,
+        };
+        if self.persists.insert(pkey, template).is_none() {
+            return false;
+        }
+        self.dests[dest as usize].templates += 1;
+        true
+    }
+}
+
+fn count_state(c: &mut BackendCounters, state: TcpState, delta: i64) {
+    let n = if state.is_active() {
+        &mut c.active
+    } else {
+        &mut c.inactive
+    };
+    *n = n.saturating_add_signed(delta);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,770 @@
+//! Engine tests: simulated time, hand-built snapshots, flow keys in.
+
+use super::*;
+use crate::wire::frame::{TCP_FIN, TCP_PSH};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const SYN: u8 = TCP_SYN;
+const ACK: u8 = TCP_ACK;
+const FIN: u8 = TCP_FIN | TCP_ACK;
+const RST: u8 = TCP_RST;
+
+fn be(last: u8, weight: u32) -> BackendSnap {
+    BackendSnap {
+        name: format!("b{last}"),
+        addr: Ipv4Addr::new(10, 0, 0, last),
+        mac: [2, 0, 0, 0, 0, last],
+        weight,
+        up: true,
+        local: last == 1,
+        fallback: false,
+    }
+}
+
+fn addr(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, last)
+}
+
+fn svc(proto: u8, port: u16, scheduler: Scheduler, backends: Vec<BackendSnap>) -> ServiceSnap {
+    ServiceSnap {
+        proto,
+        port,
+        scheduler,
+        persistence: None,
+        persist_mask: Ipv4Addr::BROADCAST,
+        backends,
+    }
+}
+
+fn snap(generation: u64, services: Vec<ServiceSnap>) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        generation,
+        services,
+    })
+}
+
+fn engine(services: Vec<ServiceSnap>, capacity: usize) -> Engine {
+    Engine::new(snap(1, services), capacity, Timeouts::default())
+}
+
+fn tcp_key(client: u32, sport: u16) -> FlowKey {
+    FlowKey {
+        proto: FlowKey::TCP,
+        src: Ipv4Addr::from(0xc633_0000 + client),
+        sport,
+        dst: VIP,
+        dport: 80,
+    }
+}
+
+fn udp_key(client: u32, sport: u16) -> FlowKey {
+    FlowKey {
+        proto: FlowKey::UDP,
+        dport: 53,
+        ..tcp_key(client, sport)
+    }
+}
+
+fn backend_of(v: Verdict) -> Ipv4Addr {
+    match v {
+        Verdict::Forward { addr, .. } => addr,
+        Verdict::Drop(d) => panic!("dropped: {d:?}"),
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Distribution of `flows` new flows (distinct clients and ports) over
+/// backends, keyed by last address octet.
+fn distribute(e: &mut Engine, now: Instant, flows: u32) -> HashMap<u8, u32> {
+    let mut counts = HashMap::new();
+    for i in 0..flows {
+        let v = e.decide(now, &tcp_key(i * 7, 1024 + (i % 60_000) as u16), SYN, 60);
+        *counts.entry(backend_of(v).octets()[3]).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn scheduler_distribution_follows_weights() {
+    // Backends 1 and 2 with weights 1:2, backend 3 drained (weight 0).
+    let backends = || vec![be(1, 1), be(2, 2), be(3, 0)];
+    let cases: &[(Scheduler, f64)] = &[
+        (Scheduler::Rr, 1.0),
+        (Scheduler::Wrr, 2.0),
+        (Scheduler::Lc, 1.0),
+        (Scheduler::Wlc, 2.0),
+        (Scheduler::Sh, 2.0),
+        (Scheduler::Mh, 2.0),
+    ];
+    let now = Instant::now();
+    for &(kind, want_ratio) in cases {
+        let mut e = engine(vec![svc(6, 80, kind, backends())], 20_000);
+        let c = distribute(&mut e, now, 10_000);
+        assert_eq!(c.get(&3), None, "{kind}: weight 0 got flows");
+        let ratio = f64::from(c[&2]) / f64::from(c[&1]);
+        assert!(
+            (ratio - want_ratio).abs() / want_ratio < 0.05,
+            "{kind}: ratio {ratio} want {want_ratio} ({c:?})"
+        );
+        assert_eq!(e.len(), 10_000);
+    }
+}
+
+#[test]
+fn scheduler_names_parse_and_serialize() {
+    for s in ["rr", "wrr", "lc", "wlc", "sh", "mh"] {
+        let k: Scheduler = s.parse().unwrap();
+        assert_eq!(k.as_str(), s);
+        assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{s}\""));
+        assert_eq!(
+            serde_json::from_str::<Scheduler>(&format!("\"{s}\"")).unwrap(),
+            k
+        );
+    }
+    assert!("maglev".parse::<Scheduler>().is_err());
+}
+
+#[test]
+fn lc_balances_live_connections() {
+    let mut e = engine(
+        vec![svc(6, 80, Scheduler::Lc, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let now = Instant::now();
+    // Two established flows on each backend; then backend 1's both close.
+    let keys: Vec<FlowKey> = (0..4).map(|i| tcp_key(i, 1000)).collect();
+    let mut on = HashMap::new();
+    for k in &keys {
+        on.insert(*k, backend_of(e.decide(now, k, SYN, 60)));
+        e.decide(now, k, ACK, 60);
+    }
+    for k in keys.iter().filter(|k| on[*k] == addr(1)) {
+        e.decide(now, k, RST, 60);
+    }
+    // Closed entries count as inactive (1/256 of an active one): backend 1
+    // gets the next two flows.
+    for i in 10..12 {
+        assert_eq!(backend_of(e.decide(now, &tcp_key(i, 1), SYN, 60)), addr(1));
+    }
+}
+
+#[test]
+fn table_hit_keeps_backend_and_counts() {
+    let mut e = engine(
+        vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let now = Instant::now();
+    let k = tcp_key(1, 40000);
+    let first = backend_of(e.decide(now, &k, SYN, 60));
+    for i in 1..20u64 {
+        let v = e.decide(now + secs(i), &k, ACK | TCP_PSH, 1000);
+        assert_eq!(backend_of(v), first);
+    }
+    assert_eq!(e.len(), 1);
+    let c = e.counters();
+    let (_, mine) = c.iter().find(|(a, _)| *a == first).unwrap();
+    assert_eq!(
+        *mine,
+        BackendCounters {
+            packets: 20,
+            bytes: 60 + 19 * 1000,
+            active: 1,
+            inactive: 0,
+            total: 1
+        }
+    );
+    assert_eq!(e.lookup(now, &k).unwrap().state, TcpState::Established);
+}
+
+#[test]
+fn verdict_carries_mac_and_local() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1)])], 10);
+    let v = e.decide(Instant::now(), &tcp_key(1, 1), SYN, 60);
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            addr: addr(1),
+            mac: [2, 0, 0, 0, 0, 1],
+            local: true
+        }
+    );
+}
+
+#[test]
+fn no_service_and_no_backend() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Wlc, vec![be(1, 0)])], 10);
+    let now = Instant::now();
+    let other_port = FlowKey {
+        dport: 443,
+        ..tcp_key(1, 1)
+    };
+    assert_eq!(
+        e.decide(now, &other_port, SYN, 60),
+        Verdict::Drop(ForwardDrop::NoService)
+    );
+    assert_eq!(
+        e.decide(now, &udp_key(1, 1), 0, 60),
+        Verdict::Drop(ForwardDrop::NoService)
+    );
+    assert_eq!(
+        e.decide(now, &tcp_key(1, 1), SYN, 60),
+        Verdict::Drop(ForwardDrop::NoBackend)
+    );
+    assert_eq!(e.drops().no_service, 2);
+    assert_eq!(e.drops().get(ForwardDrop::NoBackend), 1);
+    assert_eq!(e.len(), 0);
+}
+
+#[test]
+fn expiry_per_state() {
+    let t = Timeouts::default();
+    // (description, packets sent at t=0, timeout expected)
+    let cases: &[(&str, FlowKey, &[u8], Duration)] = &[
+        ("syn only", tcp_key(1, 1), &[SYN], t.syn),
+        ("established", tcp_key(2, 1), &[SYN, ACK], t.tcp),
+        ("client fin", tcp_key(3, 1), &[SYN, ACK, FIN], t.tcp_fin),
+        ("reset", tcp_key(4, 1), &[SYN, ACK, RST], t.close),
+        ("mid-flow unknown", tcp_key(5, 1), &[ACK], t.tcp),
+        ("udp", udp_key(6, 1), &[0], t.udp),
+    ];
+    let services = vec![
+        svc(6, 80, Scheduler::Rr, vec![be(1, 1)]),
+        svc(17, 53, Scheduler::Rr, vec![be(1, 1)]),
+    ];
+    for (desc, key, flags, timeout) in cases {
+        let mut e = engine(services.clone(), 16);
+        let t0 = Instant::now();
+        for f in *flags {
+            backend_of(e.decide(t0, key, *f, 60));
+        }
+        let before = t0 + *timeout - Duration::from_millis(1);
+        assert!(e.lookup(before, key).is_some(), "{desc}: expired early");
+        assert_eq!(e.expire(before, 100), 0, "{desc}");
+        assert_eq!(e.len(), 1, "{desc}");
+        let after = t0 + *timeout;
+        assert!(e.lookup(after, key).is_none(), "{desc}: still live");
+        assert_eq!(e.expire(after, 100), 1, "{desc}");
+        assert_eq!(e.len(), 0, "{desc}");
+        let c = e.counters();
+        assert_eq!(
+            c[0].1.active + c[0].1.inactive,
+            0,
+            "{desc}: counts released"
+        );
+    }
+}
+
+#[test]
+fn traffic_refreshes_the_deadline() {
+    let mut e = engine(vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1)])], 16);
+    let t0 = Instant::now();
+    let k = udp_key(1, 1);
+    for i in 0..10 {
+        backend_of(e.decide(t0 + secs(200 * i), &k, 0, 60));
+    }
+    assert_eq!(e.expire(t0 + secs(1800 + 299), 10), 0);
+    assert_eq!(e.expire(t0 + secs(1800 + 300), 10), 1);
+}
+
+#[test]
+fn expire_work_is_bounded_by_budget() {
+    let mut e = engine(vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1)])], 1000);
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        backend_of(e.decide(t0, &udp_key(i, 1), 0, 60));
+    }
+    let later = t0 + secs(301);
+    assert_eq!(e.expire(later, 100), 100);
+    assert_eq!(e.len(), 900);
+    let mut calls = 0;
+    while !e.is_empty() {
+        e.expire(later, 100);
+        calls += 1;
+    }
+    assert_eq!(calls, 9);
+}
+
+#[test]
+fn full_table_drops_new_flows_only() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)])], 4);
+    let t0 = Instant::now();
+    for i in 0..4 {
+        backend_of(e.decide(t0, &tcp_key(i, 1), SYN, 60));
+    }
+    assert_eq!(
+        e.decide(t0, &tcp_key(9, 1), SYN, 60),
+        Verdict::Drop(ForwardDrop::TableFull)
+    );
+    assert_eq!(e.drops().table_full, 1);
+    // Existing flows are unaffected.
+    for i in 0..4 {
+        backend_of(e.decide(t0, &tcp_key(i, 1), ACK, 60));
+    }
+    // A reset flow expires after the CLOSE timeout and frees its slot.
+    backend_of(e.decide(t0, &tcp_key(0, 1), RST, 60));
+    let t1 = t0 + secs(10);
+    assert_eq!(
+        e.decide(t1, &tcp_key(9, 1), SYN, 60),
+        Verdict::Drop(ForwardDrop::TableFull)
+    );
+    assert_eq!(e.expire(t1, 16), 1);
+    backend_of(e.decide(t1, &tcp_key(9, 1), SYN, 60));
+    assert_eq!(e.len(), 4);
+}
+
+#[test]
+fn fallback_only_when_all_down() {
+    let mut fb = be(9, 1);
+    fb.fallback = true;
+    let with = |b1: BackendSnap, b2: BackendSnap| {
+        vec![svc(6, 80, Scheduler::Rr, vec![b1, b2, fb.clone()])]
+    };
+    let mut e = engine(with(be(1, 1), be(2, 1)), 1000);
+    let now = Instant::now();
+    let c = distribute(&mut e, now, 100);
+    assert_eq!(c.get(&9), None);
+    // One down, one drained: still no fallback? Drained has weight 0, down
+    // is not up: nothing can take new flows, so the fallback does.
+    let mut down = be(1, 1);
+    down.up = false;
+    e.set_snapshot(snap(2, with(down.clone(), be(2, 0))));
+    assert_eq!(
+        backend_of(e.decide(now, &tcp_key(5000, 1), SYN, 60)),
+        addr(9)
+    );
+    // Backend 2 back with weight: fallback unused again for new flows.
+    e.set_snapshot(snap(3, with(down, be(2, 1))));
+    assert_eq!(
+        backend_of(e.decide(now, &tcp_key(5001, 1), SYN, 60)),
+        addr(2)
+    );
+    assert_eq!(
+        backend_of(e.decide(now, &tcp_key(5002, 1), SYN, 60)),
+        addr(2)
+    );
+}
+
+#[test]
+fn snapshot_keeps_drained_flows_and_cuts_removed_ones() {
+    let mut e = engine(
+        vec![svc(
+            6,
+            80,
+            Scheduler::Rr,
+            vec![be(1, 1), be(2, 1), be(3, 1)],
+        )],
+        100,
+    );
+    let now = Instant::now();
+    let mut on: HashMap<u8, FlowKey> = HashMap::new();
+    for i in 0..3 {
+        let k = tcp_key(i, 1);
+        let b = backend_of(e.decide(now, &k, SYN, 60));
+        e.decide(now, &k, ACK, 60);
+        on.insert(b.octets()[3], k);
+    }
+    assert_eq!(on.len(), 3);
+    // 1 drained (weight 0), 2 removed (down, non-quiescent), 3 gone entirely.
+    let mut removed = be(2, 1);
+    removed.up = false;
+    e.set_snapshot(snap(
+        2,
+        vec![svc(6, 80, Scheduler::Rr, vec![be(1, 0), removed, be(4, 1)])],
+    ));
+    assert_eq!(backend_of(e.decide(now, &on[&1], ACK, 60)), addr(1));
+    assert_eq!(
+        e.decide(now, &on[&2], ACK, 60),
+        Verdict::Drop(ForwardDrop::BackendDown)
+    );
+    assert_eq!(
+        e.decide(now, &on[&3], ACK, 60),
+        Verdict::Drop(ForwardDrop::BackendDown)
+    );
+    assert_eq!(e.drops().backend_down, 2);
+    // Their retransmissions are scheduled anew, onto the only eligible backend.
+    assert_eq!(backend_of(e.decide(now, &on[&2], ACK, 60)), addr(4));
+    assert_eq!(backend_of(e.decide(now, &on[&3], ACK, 60)), addr(4));
+    // New flows never go to the drained backend.
+    let c = distribute(&mut e, now, 50);
+    assert_eq!(c.keys().collect::<Vec<_>>(), vec![&4]);
+    // The gone backend is forgotten once it has no entries left.
+    assert!(e.counters().iter().all(|(a, _)| *a != addr(3)));
+    let one = e
+        .counters()
+        .into_iter()
+        .find(|(a, _)| *a == addr(1))
+        .unwrap()
+        .1;
+    assert_eq!((one.active, one.total), (1, 1));
+}
+
+#[test]
+fn counters_survive_unrelated_snapshot_changes() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Wlc, vec![be(1, 1)])], 100);
+    let now = Instant::now();
+    backend_of(e.decide(now, &tcp_key(1, 1), SYN, 100));
+    e.set_snapshot(snap(
+        2,
+        vec![svc(6, 80, Scheduler::Wlc, vec![be(1, 5), be(2, 1)])],
+    ));
+    let c = e
+        .counters()
+        .into_iter()
+        .find(|(a, _)| *a == addr(1))
+        .unwrap()
+        .1;
+    assert_eq!((c.packets, c.bytes, c.total, c.inactive), (1, 100, 1, 1));
+    assert_eq!(e.snapshot().generation, 2);
+}
+
+#[test]
+fn persistence_sticks_per_masked_client_until_expiry() {
+    let mut s = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1), be(3, 1)]);
+    s.persistence = Some(secs(600));
+    s.persist_mask = Ipv4Addr::new(255, 255, 255, 0);
+    let mut e = engine(vec![s], 1000);
+    let t0 = Instant::now();
+    let client = |last: u8, sport: u16| FlowKey {
+        src: Ipv4Addr::new(203, 0, 113, last),
+        ..tcp_key(0, sport)
+    };
+    let first = backend_of(e.decide(t0, &client(1, 1000), SYN, 60));
+    // Many flows from the same /24, interleaved with other clients that
+    // advance the round robin: all land on the same backend.
+    for i in 0..30u16 {
+        let other = FlowKey {
+            src: Ipv4Addr::new(192, 0, i as u8, 1),
+            ..tcp_key(0, i)
+        };
+        backend_of(e.decide(t0, &other, SYN, 60));
+        let k = client((i % 200) as u8 + 2, 2000 + i);
+        assert_eq!(backend_of(e.decide(t0 + secs(1), &k, SYN, 60)), first);
+    }
+    assert_eq!(e.persist_len(), 31);
+    // The template outlives its connections by the persistence timeout: the
+    // handshakes expire at 61 s, the template 600 s after its last use.
+    let later = t0 + secs(62);
+    while e.expire(later, 1000) > 0 {}
+    assert_eq!(e.len(), 0);
+    assert_eq!(e.persist_len(), 31);
+    assert_eq!(
+        backend_of(e.decide(later, &client(77, 5000), SYN, 60)),
+        first
+    );
+    // Long after: the template is gone and the client is scheduled afresh.
+    let much_later = later + secs(60 + 601);
+    while e.expire(much_later, 1000) > 0 {}
+    assert_eq!(e.len(), 0);
+    assert_eq!(e.persist_len(), 0);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..3u16 {
+        // Different /24s each time, so each gets a new template.
+        let k = FlowKey {
+            src: Ipv4Addr::new(203, 0, 114 + i as u8, 1),
+            ..tcp_key(0, i)
+        };
+        seen.insert(backend_of(e.decide(much_later, &k, SYN, 60)));
+    }
+    assert_eq!(seen.len(), 3, "round robin resumes for new clients");
+}
+
+#[test]
+fn persistence_template_lives_while_connections_do() {
+    let mut s = svc(17, 53, Scheduler::Rr, vec![be(1, 1), be(2, 1)]);
+    s.persistence = Some(secs(10));
+    let mut e = engine(vec![s], 100);
+    let t0 = Instant::now();
+    let k = udp_key(1, 1);
+    let b = backend_of(e.decide(t0, &k, 0, 60));
+    // Keep the UDP flow alive past the persistence timeout.
+    for i in 1..=10 {
+        e.decide(t0 + secs(100 * i), &k, 0, 60);
+        e.expire(t0 + secs(100 * i), 100);
+    }
+    assert_eq!(e.persist_len(), 1);
+    // A second flow of the same client still follows the template.
+    let k2 = udp_key(1, 2);
+    assert_eq!(backend_of(e.decide(t0 + secs(1001), &k2, 0, 60)), b);
+}
+
+#[test]
+fn persistence_repoints_away_from_drained_backend() {
+    let mut s = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)]);
+    s.persistence = Some(secs(600));
+    let mut e = engine(vec![s.clone()], 100);
+    let now = Instant::now();
+    let first = backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
+    let other = if first == addr(1) { 2 } else { 1 };
+    for b in &mut s.backends {
+        if b.addr == first {
+            b.weight = 0;
+        }
+    }
+    e.set_snapshot(snap(2, vec![s]));
+    // The old flow stays; a new flow of the same client moves.
+    assert_eq!(backend_of(e.decide(now, &tcp_key(1, 1), ACK, 60)), first);
+    assert_eq!(
+        backend_of(e.decide(now, &tcp_key(1, 2), SYN, 60)),
+        addr(other)
+    );
+    assert_eq!(
+        backend_of(e.decide(now, &tcp_key(1, 3), SYN, 60)),
+        addr(other)
+    );
+    assert_eq!(e.persist_len(), 1);
+}
+
+#[test]
+fn rst_and_icmp_errors_never_create_state() {
+    let rr = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)]);
+    let mut e = engine(vec![rr], 100);
+    let now = Instant::now();
+    assert_eq!(
+        e.decide(now, &tcp_key(1, 1), RST, 60),
+        Verdict::Drop(ForwardDrop::NoConnection)
+    );
+    assert_eq!(
+        e.decide_related(now, &tcp_key(1, 1), 60),
+        Verdict::Drop(ForwardDrop::NoConnection)
+    );
+    assert_eq!(e.len(), 0);
+    // With a connection, the ICMP error follows it without touching state.
+    let b = backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
+    assert_eq!(backend_of(e.decide_related(now, &tcp_key(1, 1), 590)), b);
+    assert_eq!(
+        e.lookup(now, &tcp_key(1, 1)).unwrap().state,
+        TcpState::SynRecv
+    );
+    assert_eq!(e.drops().no_connection, 2);
+
+    // Under mh, stray packets go by hash: where the flow would have been.
+    let mut m = engine(
+        vec![svc(6, 80, Scheduler::Mh, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let k = tcp_key(7, 7);
+    let by_hash = backend_of(m.decide_related(now, &k, 60));
+    assert_eq!(backend_of(m.decide(now, &k, RST, 60)), by_hash);
+    assert_eq!(m.len(), 0);
+    assert_eq!(backend_of(m.decide(now, &k, SYN, 60)), by_hash);
+}
+
+#[test]
+fn syn_reusing_a_closed_flow_is_rescheduled() {
+    let mut e = engine(
+        vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let now = Instant::now();
+    let k = tcp_key(1, 1);
+    let first = backend_of(e.decide(now, &k, SYN, 60));
+    e.decide(now, &k, ACK, 60);
+    e.decide(now, &k, RST, 60);
+    assert_eq!(e.lookup(now, &k).unwrap().state, TcpState::Close);
+    let second = backend_of(e.decide(now, &k, SYN, 60));
+    assert_ne!(first, second, "round robin moved on");
+    assert_eq!(e.len(), 1);
+    let c: u64 = e
+        .counters()
+        .iter()
+        .map(|(_, c)| c.active + c.inactive)
+        .sum();
+    assert_eq!(c, 1, "old entry released");
+}
+
+#[test]
+fn mh_survives_takeover_without_sync() {
+    // Two directors with the same configuration (backends listed in a
+    // different order) agree on where mid-flow packets go.
+    let backends: Vec<BackendSnap> = (1..=5).map(|i| be(i, 1)).collect();
+    let mut reversed = backends.clone();
+    reversed.reverse();
+    let mut a = engine(vec![svc(6, 80, Scheduler::Mh, backends)], 20_000);
+    let mut b = engine(vec![svc(6, 80, Scheduler::Mh, reversed)], 20_000);
+    let now = Instant::now();
+    for i in 0..10_000 {
+        let k = tcp_key(i, (i % 50_000) as u16);
+        let on_a = backend_of(a.decide(now, &k, SYN, 60));
+        assert_eq!(backend_of(b.decide(now, &k, ACK, 60)), on_a);
+    }
+}
+
+#[test]
+fn mh_removal_moves_few_flows_through_the_engine() {
+    let all: Vec<BackendSnap> = (1..=10).map(|i| be(i, 1)).collect();
+    let keys: Vec<FlowKey> = (0..20_000)
+        .map(|i| tcp_key(i, 1000 + (i % 3) as u16))
+        .collect();
+    let now = Instant::now();
+    let mut e = engine(vec![svc(6, 80, Scheduler::Mh, all.clone())], 1);
+    let before: Vec<Ipv4Addr> = keys
+        .iter()
+        .map(|k| backend_of(e.decide_related(now, k, 60)))
+        .collect();
+    e.set_snapshot(snap(2, vec![svc(6, 80, Scheduler::Mh, all[1..].to_vec())]));
+    let after: Vec<Ipv4Addr> = keys
+        .iter()
+        .map(|k| backend_of(e.decide_related(now, k, 60)))
+        .collect();
+    let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    assert!(moved <= keys.len() / 10 + keys.len() / 50, "moved {moved}");
+    assert!(after.iter().all(|a| *a != addr(1)));
+}
+
+#[test]
+fn export_install_roundtrip() {
+    let mut persistent = svc(6, 80, Scheduler::Wlc, vec![be(1, 1), be(2, 1)]);
+    persistent.persistence = Some(secs(300));
+    let services = vec![
+        persistent,
+        svc(17, 53, Scheduler::Rr, vec![be(1, 1), be(2, 1)]),
+    ];
+    let mut director = engine(services.clone(), 100);
+    let mut standby = engine(services, 100);
+    let now = Instant::now();
+    for i in 0..10 {
+        let k = tcp_key(i, 1);
+        backend_of(director.decide(now, &k, SYN, 60));
+        if i % 2 == 0 {
+            director.decide(now, &k, ACK, 60);
+        }
+        backend_of(director.decide(now, &udp_key(i, 1), 0, 60));
+    }
+    let conns = director.export(now);
+    let templates = director.export_persist(now);
+    assert_eq!(conns.len(), 20);
+    assert_eq!(templates.len(), 10);
+    for c in &conns {
+        assert!(standby.install(now, *c));
+    }
+    for p in &templates {
+        assert!(standby.install_persist(now, *p));
+    }
+    let mut got = standby.export(now);
+    let mut want = conns.clone();
+    let order = |c: &ConnEntry| (c.key.proto, c.key.src, c.key.sport);
+    got.sort_by_key(order);
+    want.sort_by_key(order);
+    assert_eq!(got, want);
+    // The standby, now director, keeps every flow where it was.
+    for c in &conns {
+        let flags = if c.key.proto == FlowKey::TCP { ACK } else { 0 };
+        assert_eq!(
+            backend_of(standby.decide(now, &c.key, flags, 60)),
+            c.backend
+        );
+    }
+    let active = |e: &Engine| e.counters().iter().map(|(_, c)| c.active).sum::<u64>();
+    assert_eq!(active(&standby), 10);
+    // New flows of a synced client follow its template.
+    let t = templates[0];
+    let k = FlowKey {
+        src: t.client,
+        sport: 999,
+        ..tcp_key(0, 0)
+    };
+    assert_eq!(backend_of(standby.decide(now, &k, SYN, 60)), t.backend);
+}
+
+#[test]
+fn install_refuses_what_it_cannot_honour() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1)])], 1);
+    let now = Instant::now();
+    let entry = |key, backend, expires| ConnEntry {
+        key,
+        backend,
+        state: TcpState::Established,
+        expires,
+    };
+    let later = now + secs(10);
+    assert!(
+        !e.install(now, entry(tcp_key(1, 1), addr(1), now)),
+        "expired"
+    );
+    assert!(
+        !e.install(now, entry(tcp_key(1, 1), addr(7), later)),
+        "unknown backend"
+    );
+    assert!(
+        !e.install(now, entry(udp_key(1, 1), addr(1), later)),
+        "unknown service"
+    );
+    assert!(e.install(now, entry(tcp_key(1, 1), addr(1), later)));
+    assert!(
+        e.install(now, entry(tcp_key(1, 1), addr(1), later)),
+        "overwrite"
+    );
+    assert!(
+        !e.install(now, entry(tcp_key(2, 1), addr(1), later)),
+        "full"
+    );
+    assert!(
+        !e.install_persist(
+            now,
+            PersistEntry {
+                proto: 6,
+                port: 80,
+                client: Ipv4Addr::new(1, 2, 3, 4),
+                backend: addr(1),
+                expires: later
+            }
+        ),
+        "service without persistence"
+    );
+    assert_eq!(e.len(), 1);
+    // Installed entries expire like any other.
+    assert_eq!(e.expire(later, 10), 1);
+}
+
+#[test]
+fn duplicate_services_and_backends_are_ignored() {
+    let s = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(1, 1)]);
+    let mut e = engine(vec![s.clone(), s], 10);
+    let now = Instant::now();
+    backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
+    assert_eq!(e.service_counters().len(), 1);
+}
+
+#[test]
+fn backend_records_are_recycled_without_mixing_up_counters() {
+    let now = Instant::now();
+    let s = |bs: Vec<BackendSnap>| vec![svc(6, 80, Scheduler::Rr, bs)];
+    let mut e = engine(s(vec![be(1, 1), be(2, 1)]), 100);
+    // Both records freed, then one backend returns on a recycled record.
+    e.set_snapshot(snap(2, s(vec![])));
+    assert!(e.service_counters().is_empty());
+    e.set_snapshot(snap(3, s(vec![be(1, 1)])));
+    assert_eq!(e.service_counters().len(), 1);
+    backend_of(e.decide(now, &tcp_key(1, 1), SYN, 60));
+    e.set_snapshot(snap(4, s(vec![be(1, 1), be(2, 1)])));
+    e.set_snapshot(snap(5, s(vec![be(2, 1), be(1, 1)])));
+    let c = e.counters();
+    assert_eq!(c.len(), 2);
+    let one = c.iter().find(|(a, _)| *a == addr(1)).unwrap().1;
+    assert_eq!((one.total, one.inactive), (1, 1));
+    assert_eq!(backend_of(e.decide(now, &tcp_key(1, 1), ACK, 60)), addr(1));
+}
+
+#[test]
+fn a_gone_backend_keeps_its_record_until_its_flows_end() {
+    let now = Instant::now();
+    let s = |bs: Vec<BackendSnap>| vec![svc(6, 80, Scheduler::Rr, bs)];
+    let mut e = engine(s(vec![be(1, 1)]), 100);
+    let k = tcp_key(1, 1);
+    backend_of(e.decide(now, &k, SYN, 60));
+    e.set_snapshot(snap(2, s(vec![be(2, 1)])));
+    e.set_snapshot(snap(3, s(vec![be(3, 1), be(2, 1)])));
+    assert!(e.counters().iter().any(|(a, _)| *a == addr(1)));
+    // The flow's handshake expires; its backend's record goes with it.
+    assert_eq!(e.expire(now + secs(60), 10), 1);
+    let addrs: Vec<Ipv4Addr> = e.counters().iter().map(|(a, _)| *a).collect();
+    assert!(!addrs.contains(&addr(1)), "{addrs:?}");
+    // Coming back, it starts afresh and takes flows.
+    e.set_snapshot(snap(4, s(vec![be(3, 1), be(2, 1), be(1, 1)])));
+    let c = distribute(&mut e, now, 30);
+    assert_eq!(c.len(), 3);
+}
