@@ -1,1 +1,13 @@
-//! placeholder
+//! Status and admin: the report model, its renderings (HTML page, JSON,
+//! Prometheus text), the HTTP server that serves them with bounded resources,
+//! and the small HTTP client the CLI uses to talk to a running daemon.
+
+pub mod client;
+pub mod model;
+pub mod render;
+pub mod server;
+
+pub use model::{
+    BackendStatus, DataplaneStats, EventRecord, HeartbeatStats, PeerStatus, StatusReport, SyncStats,
+};
+pub use server::{Admin, ServerConfig, StatusServer};

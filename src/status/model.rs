@@ -1,0 +1,116 @@
+//! The status report: one snapshot of what a node knows, filled by the daemon
+//! and rendered by `render` as HTML, JSON and Prometheus text.
+//!
+//! The JSON field names are a contract (DESIGN.md section 4): `node`, `role`,
+//! `term`, `vip`, `peers[].node/role/last_heard_ms`, `backends[].name/address/
+//! healthy/weight/drained/active_connections/total_connections` never change
+//! meaning. Fields may be added; every field has a serde default so that an
+//! older or newer daemon's report still parses in `duet status`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything the status page, `/api/status` and `/metrics` show.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct StatusReport {
+    /// This node's name (`[[node]].name`).
+    pub node: String,
+    /// "director", "standby", "starting" or "leaving".
+    pub role: String,
+    pub term: u64,
+    pub vip: String,
+    /// The node this one believes holds the VIP, if any.
+    pub vip_holder: Option<String>,
+    pub priority: u8,
+    /// Priority after ping-node and local-service penalties.
+    pub effective_priority: u8,
+    pub uptime_s: u64,
+    pub version: String,
+    pub peers: Vec<PeerStatus>,
+    pub backends: Vec<BackendStatus>,
+    pub heartbeat: HeartbeatStats,
+    pub dataplane: DataplaneStats,
+    pub sync: SyncStats,
+    /// Newest first.
+    pub events: Vec<EventRecord>,
+}
+
+/// What this node knows about another cluster member.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct PeerStatus {
+    pub node: String,
+    pub address: String,
+    pub role: String,
+    pub priority: u8,
+    /// Age of the last authenticated heartbeat; `None` if never heard.
+    pub last_heard_ms: Option<u64>,
+    pub term: u64,
+}
+
+/// One real server of one service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    /// "tcp/80".
+    pub service: String,
+    pub healthy: bool,
+    /// Weight in effect (0 when drained or quiesced).
+    pub weight: u32,
+    pub configured_weight: u32,
+    pub drained: bool,
+    /// This is the service's fallback server, used only when all others are down.
+    pub fallback: bool,
+    /// This backend is the node itself (`serve_local`).
+    pub local: bool,
+    pub active_connections: u64,
+    pub total_connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub check_latency_ms: Option<f64>,
+    /// Human-readable result of the last check ("ok", "timeout", ...).
+    pub last_check: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct HeartbeatStats {
+    pub sent: u64,
+    pub received: u64,
+    /// Dropped heartbeats by reason ("bad_hmac", "stale", "replay", ...).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct DataplaneStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    /// Entries in the connection table.
+    pub connections: u64,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct SyncStats {
+    pub connections_synced: u64,
+    /// Entries the peer has not yet acknowledged.
+    pub lag_entries: u64,
+    pub lag_ms: Option<u64>,
+}
+
+/// One line of the event log (role changes, health transitions, admin actions).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct EventRecord {
+    /// Unix time in milliseconds.
+    pub ts_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
