@@ -29,7 +29,11 @@ impl Dur {
             "s" | "" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            u => return Err(format!("bad duration unit {u:?} in {s:?} (use ms, s, m, h)")),
+            u => {
+                return Err(format!(
+                    "bad duration unit {u:?} in {s:?} (use ms, s, m, h)"
+                ))
+            }
         };
         let secs = n * scale;
         if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
@@ -422,7 +426,10 @@ impl Config {
         let c = &self.cluster;
         let vip = *c.vip.get_ref();
         if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback() {
-            p.at(c.vip.span(), format!("cluster.vip {vip} is not a usable unicast address"));
+            p.at(
+                c.vip.span(),
+                format!("cluster.vip {vip} is not a usable unicast address"),
+            );
         }
         if *c.vrid.get_ref() == 0 {
             p.at(c.vrid.span(), "cluster.vrid must be 1..=255".into());
@@ -451,7 +458,10 @@ impl Config {
             }
         }
         if self.nodes.is_empty() {
-            p.at(0..0, "no [[node]] entries: a cluster needs its nodes".into());
+            p.at(
+                0..0,
+                "no [[node]] entries: a cluster needs its nodes".into(),
+            );
         }
         if self.nodes.len() > 2 {
             p.at(
@@ -533,7 +543,9 @@ impl Config {
                 if a == vip || self.nodes.iter().any(|n| *n.address.get_ref() == a) {
                     p.at(
                         b.span(),
-                        format!("backend {a} is the VIP or a node (nodes serve through serve_local)"),
+                        format!(
+                            "backend {a} is the VIP or a node (nodes serve through serve_local)"
+                        ),
                     );
                 }
             }
@@ -544,13 +556,13 @@ impl Config {
             }
             if let Some(ch) = &s.check {
                 if ch.kind == CheckKindName::Exec && ch.command.is_none() {
-                    p.at(
-                        s.port.span(),
-                        "check kind \"exec\" needs a command".into(),
-                    );
+                    p.at(s.port.span(), "check kind \"exec\" needs a command".into());
                 }
                 if ch.rise == 0 || ch.fall == 0 {
-                    p.at(s.port.span(), "check rise and fall must be at least 1".into());
+                    p.at(
+                        s.port.span(),
+                        "check rise and fall must be at least 1".into(),
+                    );
                 }
             }
         }
@@ -648,7 +660,10 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(s.persistence, Some(Dur(Duration::from_secs(600))));
         assert_eq!(s.backends[1].get_ref().weight(), 3);
         assert_eq!(s.backends[1].get_ref().name(), "db");
-        assert_eq!(s.check.as_ref().unwrap().timeout.0, Duration::from_millis(500));
+        assert_eq!(
+            s.check.as_ref().unwrap().timeout.0,
+            Duration::from_millis(500)
+        );
         assert_eq!(c.cluster.key_file.get_ref(), &d.join("key"));
     }
 
@@ -684,10 +699,19 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
             .replace("\"wlc\"", "\"fastest\"");
         let p = problems(&bad);
         let text: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
-        assert!(text.iter().any(|m| m.contains("equals the VIP")), "{text:?}");
-        assert!(text.iter().any(|m| m.contains("duplicate node name")), "{text:?}");
+        assert!(
+            text.iter().any(|m| m.contains("equals the VIP")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|m| m.contains("duplicate node name")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|m| m.contains("key_file")), "{text:?}");
-        assert!(text.iter().any(|m| m.contains("unknown scheduler")), "{text:?}");
+        assert!(
+            text.iter().any(|m| m.contains("unknown scheduler")),
+            "{text:?}"
+        );
         assert!(p.iter().all(|p| p.line > 0), "{p:?}");
     }
 

@@ -95,13 +95,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, String> {
+fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| format!("invalid configuration:\n{e}"))
 }
 
 /// Where the local daemon's status server answers: a wildcard listen address
 /// is reached on loopback.
-fn status_addr(config: &PathBuf, addr: Option<SocketAddr>) -> Result<SocketAddr, String> {
+fn status_addr(config: &std::path::Path, addr: Option<SocketAddr>) -> Result<SocketAddr, String> {
     if let Some(a) = addr {
         return Ok(a);
     }
@@ -199,7 +199,10 @@ fn print_status(body: &str) -> Result<(), String> {
         let heard = p
             .last_heard_ms
             .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
-        println!("  peer {} ({}) {} — heard {heard}", p.node, p.address, p.role);
+        println!(
+            "  peer {} ({}) {} — heard {heard}",
+            p.node, p.address, p.role
+        );
     }
     for b in &r.backends {
         println!(

@@ -33,7 +33,10 @@ scheduler = "rr"
     let d = c.wait_one_director(Duration::from_secs(5));
     let v = c.client(&format!("count http://{VIP}/ 200"));
     let (a, b, errors) = names(&v);
-    eprintln!("200 connections: web1={a} web2={b} errors={errors} (director web{})", d + 1);
+    eprintln!(
+        "200 connections: web1={a} web2={b} errors={errors} (director web{})",
+        d + 1
+    );
     assert_eq!(errors, 0, "{v}");
     assert_eq!(a + b, 200, "{v}");
     // Equal weights: each node near half.
@@ -48,7 +51,10 @@ scheduler = "rr"
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let u = c.client(&format!("udp {VIP} 5353"));
-        let ans = u["answer"].as_str().unwrap_or_else(|| panic!("udp: {u}")).to_string();
+        let ans = u["answer"]
+            .as_str()
+            .unwrap_or_else(|| panic!("udp: {u}"))
+            .to_string();
         seen.insert(ans);
     }
     assert!(seen.contains("web1") || seen.contains("web2"), "{seen:?}");
@@ -82,7 +88,11 @@ fn bulk_transfers_both_paths_intact() {
             break;
         }
     }
-    assert_eq!(down.len(), 2, "downloads did not cover both paths: {down:?}");
+    assert_eq!(
+        down.len(),
+        2,
+        "downloads did not cover both paths: {down:?}"
+    );
     assert_eq!(up.len(), 2, "uploads did not cover both paths: {up:?}");
 }
 

@@ -11,7 +11,10 @@ fn two_nodes_elect_one_director_and_survive_kill9() {
     // Both see each other.
     let s = c.status(d).unwrap();
     assert_eq!(s["peers"].as_array().unwrap().len(), 1, "{s}");
-    assert!(s["peers"][0]["last_heard_ms"].as_u64().unwrap() < 1000, "{s}");
+    assert!(
+        s["peers"][0]["last_heard_ms"].as_u64().unwrap() < 1000,
+        "{s}"
+    );
     let other = 1 - d;
 
     let mut times = Vec::new();
@@ -26,18 +29,26 @@ fn two_nodes_elect_one_director_and_survive_kill9() {
         // The killed node comes back and, without preemption, stays standby.
         c.start_duet(director);
         assert!(
-            c.wait_role(director, "standby", Duration::from_secs(4)).is_some(),
+            c.wait_role(director, "standby", Duration::from_secs(4))
+                .is_some(),
             "restarted node did not become standby"
         );
         std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(c.role(director).as_deref(), Some("standby"), "preempted without preempt=true");
+        assert_eq!(
+            c.role(director).as_deref(),
+            Some("standby"),
+            "preempted without preempt=true"
+        );
         assert_eq!(c.role(survivor).as_deref(), Some("director"));
         director = survivor;
     }
     let _ = other;
     let med = median(times.clone());
     eprintln!("kill -9 takeover times (status-poll resolution 10 ms): {times:?}, median {med:?}");
-    assert!(med <= Duration::from_millis(1500), "median takeover {med:?} > 1.5 s");
+    assert!(
+        med <= Duration::from_millis(1500),
+        "median takeover {med:?} > 1.5 s"
+    );
 }
 
 #[test]
@@ -52,11 +63,20 @@ fn sigterm_hands_over_at_once() {
         .wait_role(peer, "director", Duration::from_secs(2))
         .expect("no takeover after SIGTERM");
     eprintln!("SIGTERM handover: {t:?}");
-    assert!(t <= Duration::from_millis(300), "SIGTERM handover took {t:?}");
-    assert!(c.wait_exit(d, Duration::from_secs(3)), "duet did not exit on SIGTERM");
+    assert!(
+        t <= Duration::from_millis(300),
+        "SIGTERM handover took {t:?}"
+    );
+    assert!(
+        c.wait_exit(d, Duration::from_secs(3)),
+        "duet did not exit on SIGTERM"
+    );
     // Clean exit removes the VIP from lo.
     let lo = c.exec(&c.nodes[d].ns, "ip -4 addr show dev lo");
-    assert!(!String::from_utf8_lossy(&lo.stdout).contains(VIP), "VIP left on lo");
+    assert!(
+        !String::from_utf8_lossy(&lo.stdout).contains(VIP),
+        "VIP left on lo"
+    );
 }
 
 #[test]
@@ -76,5 +96,8 @@ fn node_with_wrong_key_is_ignored_and_logged() {
         peers.iter().all(|p| p["last_heard_ms"].is_null()),
         "peer with a wrong key was heard: {s}"
     );
-    assert!(c.log(0).contains("rejected heartbeat"), "rejection not logged");
+    assert!(
+        c.log(0).contains("rejected heartbeat"),
+        "rejection not logged"
+    );
 }

@@ -72,7 +72,7 @@ impl Ctl {
 
     fn event(&self, kind: &str, message: &str) {
         if let Some(s) = &self.store {
-            s.log_event(kind, message);
+            store_warn("event log", s.log_event(kind, message));
         }
     }
 
@@ -136,6 +136,14 @@ impl Admin for Ctl {
     }
 }
 
+/// Losing a store write must not stop the cluster: it is logged, and the
+/// state stays right in memory.
+fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
+    if let Err(e) = r {
+        log::warn!("state store ({what}): {e}");
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,7 +204,11 @@ fn build_snapshot(
                 .health
                 .get(&health_key(port, &d.name))
                 .is_none_or(|h| h.up);
-            let mac = if d.local { Some(own_mac) } else { macs.get(&d.addr).copied() };
+            let mac = if d.local {
+                Some(own_mac)
+            } else {
+                macs.get(&d.addr).copied()
+            };
             let drained = st.drains.contains(&d.name);
             let weight = if drained || !healthy { 0 } else { d.weight };
             backends.push(BackendSnap {
@@ -213,7 +225,11 @@ fn build_snapshot(
         if let Some(f) = &svc.fallback {
             if let Ok((addr, _)) = config::parse_fallback(f.get_ref()) {
                 let local = addr.is_loopback() || addr == me;
-                let mac = if local { Some(own_mac) } else { macs.get(&addr).copied() };
+                let mac = if local {
+                    Some(own_mac)
+                } else {
+                    macs.get(&addr).copied()
+                };
                 backends.push(BackendSnap {
                     name: "fallback".into(),
                     addr: if local { me } else { addr },
@@ -278,18 +294,27 @@ fn report(ctl: &Ctl) -> StatusReport {
         .peers
         .iter()
         .map(|p| PeerStatus {
-            node: st.peer_names.get(&p.addr).cloned().unwrap_or_else(|| p.addr.to_string()),
+            node: st
+                .peer_names
+                .get(&p.addr)
+                .cloned()
+                .unwrap_or_else(|| p.addr.to_string()),
             address: p.addr.to_string(),
             role: p.role.to_string(),
             priority: p.priority,
-            last_heard_ms: p.last_heard.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            last_heard_ms: p
+                .last_heard
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             term: p.term,
         })
         .collect::<Vec<_>>();
     let vip_holder = if st.role == Role::Director {
         Some(st.node.clone())
     } else {
-        peers.iter().find(|p| p.role == "director").map(|p| p.node.clone())
+        peers
+            .iter()
+            .find(|p| p.role == "director")
+            .map(|p| p.node.clone())
     };
     let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
         dp.backends.iter().cloned().collect();
@@ -410,9 +435,10 @@ impl HostSetup {
 pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let local = netlink::local_ipv4().map_err(io("listing local addresses"))?;
-    let me_idx = cfg.find_node(node_name, &local).map_err(DaemonError::Config)?;
+    let me_idx = cfg
+        .find_node(node_name, &local)
+        .map_err(DaemonError::Config)?;
     let me = &cfg.nodes[me_idx];
-    let my_addr = *me.address.get_ref();
     let key = config::read_secret(cfg.cluster.key_file.get_ref())
         .map_err(|e| DaemonError::Config(format!("key file: {e}")))?;
     let token = match &cfg.cluster.admin_token_file {
@@ -425,9 +451,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
         ),
         None => None,
     };
-    let vip = *cfg.cluster.vip.get_ref();
-    let vrid = *cfg.cluster.vrid.get_ref();
-    let vmac = virtual_mac(vrid);
+    let vmac = virtual_mac(*cfg.cluster.vrid.get_ref());
     let iface = cfg.cluster.interface.clone();
     let link = netlink::link(&iface).map_err(io(format!("interface {iface}")))?;
 
@@ -445,12 +469,29 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
     let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     if let Some(s) = &store {
         log::info!("boot {} of node {}", s.boot_count(), me.name.get_ref());
-        s.log_event("start", &format!("duet {} started", env!("CARGO_PKG_VERSION")));
+        store_warn(
+            "event log",
+            s.log_event(
+                "start",
+                &format!("duet {} started", env!("CARGO_PKG_VERSION")),
+            ),
+        );
     }
 
     signals::install();
     let mut host = HostSetup::apply(&cfg)?;
-    let result = run_inner(&cfg, me_idx, key, token, vmac, link, store, drains, stored_health, &mut host);
+    let result = run_inner(
+        &cfg,
+        me_idx,
+        key,
+        token,
+        vmac,
+        link,
+        store,
+        drains,
+        stored_health,
+        &mut host,
+    );
     host.undo();
     log::info!("stopped; host settings restored");
     result
@@ -500,7 +541,9 @@ fn run_inner(
     };
     let mut generation = 1;
     let macs = neigh::read(&cfg.cluster.interface);
-    let snapshot = Arc::new(build_snapshot(cfg, my_addr, link.mac, &macs, &state, generation));
+    let snapshot = Arc::new(build_snapshot(
+        cfg, my_addr, link.mac, &macs, &state, generation,
+    ));
     let shared = Shared::new(Control {
         active: false,
         snapshot,
@@ -552,7 +595,7 @@ fn run_inner(
                 let state = if t.up { "up" } else { "down" };
                 c.event("health", &format!("{name} {state}: {}", t.reason));
                 if let Some(s) = &c.store {
-                    s.set_health(name, t.up);
+                    store_warn("health state", s.set_health(name, t.up));
                 }
                 c.lock().dirty = true;
                 c.wake.store(true, Ordering::Release);
@@ -577,8 +620,10 @@ fn run_inner(
     };
 
     let hb_port = cfg.heartbeat.port;
-    let udp = smol::block_on(async_net::UdpSocket::bind(SocketAddr::from((my_addr, hb_port))))
-        .map_err(io(format!("binding heartbeat socket {my_addr}:{hb_port}")))?;
+    let udp = smol::block_on(async_net::UdpSocket::bind(SocketAddr::from((
+        my_addr, hb_port,
+    ))))
+    .map_err(io(format!("binding heartbeat socket {my_addr}:{hb_port}")))?;
     let peers: Vec<Ipv4Addr> = cfg
         .nodes
         .iter()
@@ -673,20 +718,19 @@ fn run_inner(
                 if st.dirty {
                     st.dirty = false;
                     generation += 1;
-                    let snap = Arc::new(build_snapshot(cfg, my_addr, link.mac, &macs, &st, generation));
+                    let snap = Arc::new(build_snapshot(
+                        cfg, my_addr, link.mac, &macs, &st, generation,
+                    ));
                     drop(st);
                     shared.update(|c| c.snapshot = snap);
                 }
             }
 
             let deadline = el.poll_timeout().min(now + Duration::from_millis(50));
-            let got = smol::future::or(
-                async { Some(udp.recv_from(&mut buf).await) },
-                async {
-                    smol::Timer::at(deadline).await;
-                    None
-                },
-            )
+            let got = smol::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
+                smol::Timer::at(deadline).await;
+                None
+            })
             .await;
             let now = Instant::now();
             if let Some(r) = got {
@@ -736,9 +780,9 @@ fn run_inner(
         m.stop();
     }
     if let Some(s) = &ctl.store {
-        s.set_last_role("leaving", el.term());
-        s.log_event("stop", "duet stopped");
-        s.flush();
+        store_warn("last role", s.set_last_role("leaving", el.term()));
+        store_warn("event log", s.log_event("stop", "duet stopped"));
+        store_warn("flush", s.flush());
     }
     Ok(())
 }
@@ -774,7 +818,10 @@ fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool) {
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
         for d in backend_defs(cfg, svc, me) {
-            let healthy = st.health.get(&health_key(port, &d.name)).is_none_or(|h| h.up);
+            let healthy = st
+                .health
+                .get(&health_key(port, &d.name))
+                .is_none_or(|h| h.up);
             total = total.saturating_add(1);
             if healthy {
                 up = up.saturating_add(1);
@@ -797,7 +844,7 @@ fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
             log::info!("role {from} -> {to} (term {term}): {reason}");
             ctl.event("role", &format!("{from} -> {to} (term {term}): {reason}"));
             if let Some(s) = &ctl.store {
-                s.set_last_role(&to.to_string(), term);
+                store_warn("last role", s.set_last_role(&to.to_string(), term));
             }
             shared.update(|c| c.active = to == Role::Director);
         }

@@ -108,8 +108,16 @@ pub fn spawn(
     tun: Tun,
     shared: Arc<Shared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let control = shared.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let engine = Engine::new(control.snapshot.clone(), p.max_connections, Timeouts::default());
+    let control = shared
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let engine = Engine::new(
+        control.snapshot.clone(),
+        p.max_connections,
+        Timeouts::default(),
+    );
     let now = Instant::now();
     let plane = Plane {
         p,
@@ -192,14 +200,7 @@ impl Plane {
 
     fn publish(&mut self) {
         self.stats.connections = self.engine.len();
-        self.stats.backends = self
-            .engine
-            .counters()
-            .into_iter()
-            .collect();
-        for (reason, n) in self.engine.drops().iter() {
-            self.stats.drops.insert(reason, n);
-        }
+        self.stats.backends = self.engine.counters().into_iter().collect();
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
     }
 
@@ -209,7 +210,12 @@ impl Plane {
             return;
         }
         self.seen_version = v;
-        let c = self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let c = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if !Arc::ptr_eq(&c.snapshot, self.engine.snapshot()) {
             self.engine.set_snapshot(c.snapshot.clone());
         }
@@ -300,14 +306,25 @@ impl Plane {
                 self.handle_arp(now, &a);
                 None
             }
-            Classified::ToVip { key, tcp_flags, .. } => {
+            Classified::ToVip {
+                key,
+                tcp_flags,
+                icmp_error,
+            } => {
                 if !self.active {
                     self.drop("not_director");
                     return None;
                 }
                 let len = frame.len();
-                match self.engine.decide(now, &key, tcp_flags, len) {
-                    Verdict::Forward { mac, local: false, .. } => {
+                let verdict = if icmp_error {
+                    self.engine.decide_related(now, &key, len)
+                } else {
+                    self.engine.decide(now, &key, tcp_flags, len)
+                };
+                match verdict {
+                    Verdict::Forward {
+                        mac, local: false, ..
+                    } => {
                         frame::rewrite_macs(frame, mac, self.p.own_mac);
                         Some(VNET_HDR_LEN + len)
                     }

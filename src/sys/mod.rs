@@ -19,10 +19,13 @@ pub fn realserver(action: &str, vip: Ipv4Addr, iface: &str) -> Result<(), String
             let mut saved = sysctl::Saved::default();
             sysctl::arp_settings(&mut saved, iface).map_err(|e| format!("ARP sysctls: {e}"))?;
             netlink::add_addr("lo", vip, 32).map_err(|e| format!("adding {vip}/32 to lo: {e}"))?;
-            println!("real server ready: {vip}/32 on lo, arp_ignore=1 arp_announce=2 on all,{iface}");
+            println!(
+                "real server ready: {vip}/32 on lo, arp_ignore=1 arp_announce=2 on all,{iface}"
+            );
         }
         _ => {
-            netlink::del_addr("lo", vip, 32).map_err(|e| format!("removing {vip}/32 from lo: {e}"))?;
+            netlink::del_addr("lo", vip, 32)
+                .map_err(|e| format!("removing {vip}/32 from lo: {e}"))?;
             println!("{vip}/32 removed from lo (ARP sysctls left as they are)");
         }
     }

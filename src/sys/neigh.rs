@@ -12,7 +12,8 @@ pub fn parse_proc_arp(text: &str, iface: &str) -> HashMap<Ipv4Addr, [u8; 6]> {
         if f.len() < 6 || f[5] != iface {
             continue;
         }
-        let complete = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).is_ok_and(|fl| fl & 2 != 0);
+        let complete =
+            u32::from_str_radix(f[2].trim_start_matches("0x"), 16).is_ok_and(|fl| fl & 2 != 0);
         let (Ok(ip), Some(mac)) = (f[0].parse::<Ipv4Addr>(), parse_mac(f[3])) else {
             continue;
         };
@@ -58,7 +59,10 @@ mod tests {
                  garbage line\n";
         let m = parse_proc_arp(t, "eth0");
         assert_eq!(m.len(), 1);
-        assert_eq!(m[&Ipv4Addr::new(198, 18, 0, 2)], [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 2]);
+        assert_eq!(
+            m[&Ipv4Addr::new(198, 18, 0, 2)],
+            [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 2]
+        );
         assert_eq!(parse_mac("1:2:3:4:5"), None);
         assert_eq!(parse_mac("01:02:03:04:05:06:07"), None);
     }

@@ -9,8 +9,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T, rtnetlink::Error>) -> io::Result<T> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection_with_socket::<rtnetlink::sys::SmolSocket>()?;
+    let (conn, handle, _) = rtnetlink::new_connection_with_socket::<rtnetlink::sys::SmolSocket>()?;
     smol::block_on(async move {
         let task = smol::spawn(conn);
         let r = f(handle).await;
@@ -71,7 +70,9 @@ pub fn local_ipv4() -> io::Result<Vec<Ipv4Addr>> {
         let mut addrs = h.address().get().execute();
         while let Some(m) = addrs.try_next().await? {
             for a in &m.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                if let AddressAttribute::Local(IpAddr::V4(v4))
+                | AddressAttribute::Address(IpAddr::V4(v4)) = a
+                {
                     if !out.contains(v4) {
                         out.push(*v4);
                     }
@@ -85,7 +86,12 @@ pub fn local_ipv4() -> io::Result<Vec<Ipv4Addr>> {
 /// Adds `addr/prefix` to `ifname`; an address already present is fine.
 pub fn add_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let l = link(ifname)?;
-    let r = with_handle(async move |h| h.address().add(l.index, IpAddr::V4(addr), prefix).execute().await);
+    let r = with_handle(async move |h| {
+        h.address()
+            .add(l.index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+    });
     match r {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other,
@@ -101,7 +107,14 @@ pub fn del_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
         .build();
     let r = with_handle(async move |h| h.address().del(msg).execute().await);
     match r {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)
+            ) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

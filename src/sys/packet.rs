@@ -286,14 +286,19 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<bool> {
         data: u32,
     }
     // SAFETY: plain socket(2) for ioctls only.
-    let raw = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let raw =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fresh fd.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let call = |cmd: u32, data: u32| -> io::Result<u32> {
         let mut v = EthtoolValue { cmd, data };
         // SAFETY: zeroed ifreq is valid; name copied with a terminating NUL.
         let mut ifr: libc::ifreq = unsafe { zeroed() };
-        for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (d, s) in ifr
+            .ifr_name
+            .iter_mut()
+            .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *d = s as libc::c_char;
         }
         ifr.ifr_ifru.ifru_data = (&mut v as *mut EthtoolValue).cast();

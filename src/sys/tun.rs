@@ -24,7 +24,11 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: zeroed ifreq is valid.
         let mut ifr: libc::ifreq = unsafe { zeroed() };
-        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (d, s) in ifr
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *d = s as libc::c_char;
         }
         ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;

@@ -294,7 +294,11 @@ dead_after = "1s"
                 if o.status.success() {
                     break;
                 }
-                assert!(Instant::now() < deadline, "web server on {} never came up", n.name);
+                assert!(
+                    Instant::now() < deadline,
+                    "web server on {} never came up",
+                    n.name
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
