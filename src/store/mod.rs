@@ -19,6 +19,11 @@
 //! are returned as [`StoreError::Io`] and nothing is moved: the data is
 //! probably fine and the operator has to fix the environment.
 //!
+//! sled itself, on a damaged `db` file, often recovers by silently dropping
+//! what it cannot read (tried: random bytes, zeroes, truncation). That case
+//! is detected (sled's `conf` existed but our format record is gone) and
+//! reported with a warning and a `store` event.
+//!
 //! Writes return errors for the caller to log; reads of a failing store
 //! return empty values and log. Nothing here panics.
 
@@ -229,6 +234,10 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // sled writes `conf` when it creates a database. If it was there but
+        // our format record is not, sled threw away unreadable data while
+        // recovering (it does that silently for a damaged `db` file).
+        let existed = dir.join("conf").exists();
         let config = sled::Config::new()
             .path(dir)
             // A few KiB of state: keep sled's page cache (default 1 GiB) small.
@@ -262,6 +271,7 @@ impl Store {
             }
         };
 
+        let mut lost_state = false;
         match meta.get(K_FORMAT)? {
             Some(bytes) => {
                 let found = serde_json::from_slice::<Rec<FormatRec>>(&bytes)
@@ -279,6 +289,7 @@ impl Store {
                 }
             }
             None => {
+                lost_state = existed;
                 meta.insert(K_FORMAT, encode(FormatRec { format: FORMAT })?)?;
             }
         }
@@ -296,7 +307,7 @@ impl Store {
             None => 0,
         };
 
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             db,
             meta,
@@ -307,7 +318,18 @@ impl Store {
             boot,
             next_event: AtomicU64::new(next_event),
             moved_aside: None,
-        })
+        };
+        if lost_state {
+            let msg = format!(
+                "state in {} was unreadable and sled discarded it; drains and history reset",
+                dir.display()
+            );
+            log::warn!("store: {msg}");
+            if let Err(e) = store.log_event("store", &msg) {
+                log::warn!("store: cannot record the loss: {e}");
+            }
+        }
+        Ok(store)
     }
 
     /// Where [`Store::open`] moved damaged state to, if it did.
@@ -688,6 +710,29 @@ mod tests {
         assert_eq!(s.events(5)[0].kind, "store");
         drop(s);
         let _ = std::fs::remove_dir_all(&aside);
+    }
+
+    #[test]
+    fn silently_discarded_state_is_reported() {
+        let t = TempDir::new("discard");
+        let dir = t.state();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.set_drained("web2", true).unwrap();
+        }
+        let mut rng = fastrand::Rng::with_seed(9);
+        let junk: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
+        std::fs::write(dir.join("db"), &junk).unwrap();
+        let s = Store::open(&dir).unwrap();
+        // sled recovers by dropping what it cannot read; the loss is logged.
+        assert!(s.drains().is_empty());
+        let ev = s.events(5);
+        assert_eq!(ev[0].kind, "store");
+        assert!(ev[0].message.contains("discarded"), "{ev:?}");
+        drop(s);
+        // A clean reopen reports nothing.
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.events(5).len(), 1);
     }
 
     #[test]
