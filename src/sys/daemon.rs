@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::dataplane::{self, Control, Shared};
-use super::{neigh, netlink, packet, signals, sysctl, tun::Tun};
+use super::{neigh, netlink, packet, ping, signals, sysctl, tun::Tun};
 
 const TUN_NAME: &str = "duet0";
 
@@ -654,6 +654,19 @@ fn run_inner(
         dataplane::fmt_mac(&vmac)
     );
 
+    let pinger = if cfg.heartbeat.ping.is_empty() {
+        None
+    } else {
+        match ping::Pinger::start(cfg.heartbeat.ping.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::error!("ping nodes: cannot open an ICMP socket: {e}");
+                None
+            }
+        }
+    };
+    let mut ping_state = ping::UNKNOWN;
+
     let mut macs = macs;
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
@@ -672,6 +685,13 @@ fn run_inner(
                 if now.duration_since(t) > cfg.heartbeat.interval.get_ref().0 * 2 {
                     break;
                 }
+            }
+            if let Some(p) = &pinger {
+                let v = p.state.load(Ordering::Acquire);
+                if v != ping_state && v != ping::UNKNOWN {
+                    el.set_ping_ok(now, v == ping::REACHABLE);
+                }
+                ping_state = v;
             }
             if ctl.wake.swap(false, Ordering::AcqRel) {
                 let req = std::mem::take(&mut ctl.lock().failover_requested);

@@ -5,6 +5,7 @@ pub mod dataplane;
 pub mod neigh;
 pub mod netlink;
 pub mod packet;
+pub mod ping;
 pub mod signals;
 pub mod sysctl;
 pub mod tun;
