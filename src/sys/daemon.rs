@@ -1,25 +1,26 @@
 //! `duet run`: sets the host up, starts the data plane, the health checks and
 //! the status server, then drives the election over UDP until told to stop,
 //! and puts the host back as it found it.
-use crate::config::{self, CheckKindName, Config};
-use crate::election::{self, Election, Event, Role};
-use crate::forward::{BackendSnap, Scheduler, ServiceSnap, Snapshot};
-use crate::health::{self, CheckKind, CheckSpec, Monitor, Target, Transition};
-use crate::status::model::*;
-use crate::status::server::{Admin, ServerConfig, StatusServer};
+use crate::config::{self, Config};
+use crate::election::{self, Election, Role};
+use crate::health::{Monitor, Target, Transition};
+use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::Store;
 use crate::wire::frame::virtual_mac;
 use crate::wire::heartbeat::HeartbeatRepr;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::ctl::{handle_event, health_summary, store_warn, Ctl, State};
 use super::dataplane::{self, Control, Shared};
-use super::{neigh, netlink, packet, ping, signals, sysctl, tun::Tun};
+use super::host::HostSetup;
+use super::pool::{backend_defs, build_snapshot, check_spec, health_key};
+use super::{neigh, netlink, packet, ping, signals, tun::Tun};
 
-const TUN_NAME: &str = "duet0";
+pub const TUN_NAME: &str = "duet0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -32,404 +33,15 @@ pub enum DaemonError {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Io { what, source }
-}
-
-/// Everything the status server and admin actions read or change, owned by
-/// the control plane and shared under one short-held lock.
-struct State {
-    node: String,
-    vip: Ipv4Addr,
-    priority: u8,
-    effective_priority: u8,
-    role: Role,
-    term: u64,
-    peers: Vec<election::PeerInfo>,
-    peer_names: HashMap<Ipv4Addr, String>,
-    counters: election::Counters,
-    drains: BTreeSet<String>,
-    health: BTreeMap<String, health::HealthState>,
-    started: Instant,
-    failover_requested: bool,
-    /// Set whenever something that shapes the backend snapshot changed.
-    dirty: bool,
-}
-
-struct Ctl {
-    state: Mutex<State>,
-    store: Option<Store>,
-    shared: Arc<Shared>,
-    cfg: Arc<Config>,
-    wake: AtomicBool,
-}
-
-impl Ctl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn event(&self, kind: &str, message: &str) {
-        if let Some(s) = &self.store {
-            store_warn("event log", s.log_event(kind, message));
-        }
-    }
-
-    fn backend_names(&self) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
-        for s in &self.cfg.services {
-            if s.serve_local {
-                for n in &self.cfg.nodes {
-                    names.insert(n.name.get_ref().clone());
-                }
-            }
-            for b in &s.backends {
-                names.insert(b.get_ref().name());
-            }
-        }
-        names
-    }
-
-    fn set_drain(&self, name: &str, drained: bool) -> Result<(), String> {
-        if !self.backend_names().contains(name) {
-            return Err(format!("no backend named {name:?}"));
-        }
-        if let Some(s) = &self.store {
-            s.set_drained(name, drained)
-                .map_err(|e| format!("storing drain: {e}"))?;
-        }
-        {
-            let mut st = self.lock();
-            if drained {
-                st.drains.insert(name.to_string());
-            } else {
-                st.drains.remove(name);
-            }
-            st.dirty = true;
-        }
-        let verb = if drained { "drained" } else { "undrained" };
-        log::info!("admin: backend {name} {verb}");
-        self.event("admin", &format!("backend {name} {verb}"));
-        Ok(())
-    }
-}
-
-impl Admin for Ctl {
-    fn status(&self) -> StatusReport {
-        report(self)
-    }
-    fn drain(&self, backend: &str) -> Result<(), String> {
-        self.set_drain(backend, true)
-    }
-    fn undrain(&self, backend: &str) -> Result<(), String> {
-        self.set_drain(backend, false)
-    }
-    fn failover(&self) -> Result<String, String> {
-        let mut st = self.lock();
-        if st.role != Role::Director {
-            return Err(format!("this node is {}, not the director", st.role));
-        }
-        st.failover_requested = true;
-        self.wake.store(true, Ordering::Release);
-        Ok("failover requested".into())
-    }
-}
-
-/// Losing a store write must not stop the cluster: it is logged, and the
-/// state stays right in memory.
-fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
-    if let Err(e) = r {
-        log::warn!("state store ({what}): {e}");
-    }
 }
 
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn health_key(port: u16, name: &str) -> String {
-    format!("{port}/{name}")
-}
-
-/// One backend of one service as configured, before health and drains.
-struct BackendDef {
-    name: String,
-    addr: Ipv4Addr,
-    weight: u32,
-    local: bool,
-}
-
-fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<BackendDef> {
-    let mut out = Vec::new();
-    if svc.serve_local {
-        for n in &cfg.nodes {
-            out.push(BackendDef {
-                name: n.name.get_ref().clone(),
-                addr: *n.address.get_ref(),
-                weight: n.weight,
-                local: *n.address.get_ref() == me,
-            });
-        }
-    }
-    for b in &svc.backends {
-        let b = b.get_ref();
-        out.push(BackendDef {
-            name: b.name(),
-            addr: b.address(),
-            weight: b.weight(),
-            local: false,
-        });
-    }
-    out
-}
-
-fn build_snapshot(
-    cfg: &Config,
-    me: Ipv4Addr,
-    own_mac: [u8; 6],
-    macs: &HashMap<Ipv4Addr, [u8; 6]>,
-    st: &State,
-    generation: u64,
-) -> Snapshot {
-    let mut services = Vec::new();
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
-        let mut backends = Vec::new();
-        for d in backend_defs(cfg, svc, me) {
-            let healthy = st
-                .health
-                .get(&health_key(port, &d.name))
-                .is_none_or(|h| h.up);
-            let mac = if d.local {
-                Some(own_mac)
-            } else {
-                macs.get(&d.addr).copied()
-            };
-            let drained = st.drains.contains(&d.name);
-            let weight = if drained || !healthy { 0 } else { d.weight };
-            backends.push(BackendSnap {
-                name: d.name,
-                addr: d.addr,
-                mac: mac.unwrap_or([0; 6]),
-                weight,
-                // A remote backend whose MAC is unknown cannot be reached yet.
-                up: mac.is_some() && (healthy || quiescent),
-                local: d.local,
-                fallback: false,
-            });
-        }
-        if let Some(f) = &svc.fallback {
-            if let Ok((addr, _)) = config::parse_fallback(f.get_ref()) {
-                let local = addr.is_loopback() || addr == me;
-                let mac = if local {
-                    Some(own_mac)
-                } else {
-                    macs.get(&addr).copied()
-                };
-                backends.push(BackendSnap {
-                    name: "fallback".into(),
-                    addr: if local { me } else { addr },
-                    mac: mac.unwrap_or([0; 6]),
-                    weight: 1,
-                    up: mac.is_some(),
-                    local,
-                    fallback: true,
-                });
-            }
-        }
-        services.push(ServiceSnap {
-            proto: svc.protocol.number(),
-            port,
-            scheduler: svc
-                .scheduler
-                .get_ref()
-                .parse::<Scheduler>()
-                .unwrap_or(Scheduler::Wlc),
-            persistence: svc.persistence.map(|d| d.0),
-            persist_mask: svc.persistence_netmask.unwrap_or(Ipv4Addr::BROADCAST),
-            backends,
-        });
-    }
-    Snapshot {
-        generation,
-        services,
-    }
-}
-
-fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
-    let kind = match c.kind {
-        CheckKindName::Http => CheckKind::Http {
-            request: c.request.clone().unwrap_or_else(|| "/".into()),
-            receive: c.receive.clone(),
-            host: c.host.clone(),
-            expect_status: c.status,
-        },
-        CheckKindName::Tcp => CheckKind::Tcp,
-        CheckKindName::Exec => CheckKind::Exec {
-            command: c.command.clone().unwrap_or_default(),
-        },
-        CheckKindName::None => CheckKind::None,
-    };
-    CheckSpec {
-        kind,
-        port: c.port.unwrap_or(port),
-        interval: c.interval.0,
-        timeout: c.timeout.0,
-        rise: c.rise,
-        fall: c.fall,
-    }
-}
-
-fn report(ctl: &Ctl) -> StatusReport {
-    let dp = ctl.shared.stats();
-    let st = ctl.lock();
-    let now = Instant::now();
-    let me = ctl.cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
-    let my_addr = me.map(|n| *n.address.get_ref());
-    let peers = st
-        .peers
-        .iter()
-        .map(|p| PeerStatus {
-            node: st
-                .peer_names
-                .get(&p.addr)
-                .cloned()
-                .unwrap_or_else(|| p.addr.to_string()),
-            address: p.addr.to_string(),
-            role: p.role.to_string(),
-            priority: p.priority,
-            last_heard_ms: p
-                .last_heard
-                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
-            term: p.term,
-        })
-        .collect::<Vec<_>>();
-    let vip_holder = if st.role == Role::Director {
-        Some(st.node.clone())
-    } else {
-        peers
-            .iter()
-            .find(|p| p.role == "director")
-            .map(|p| p.node.clone())
-    };
-    let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
-        dp.backends.iter().cloned().collect();
-    let mut backends = Vec::new();
-    for svc in &ctl.cfg.services {
-        let port = *svc.port.get_ref();
-        let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
-        for d in backend_defs(&ctl.cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
-            let h = st.health.get(&health_key(port, &d.name));
-            let healthy = h.is_none_or(|h| h.up);
-            let drained = st.drains.contains(&d.name);
-            let c = counters.get(&d.addr).cloned().unwrap_or_default();
-            let _ = quiescent;
-            backends.push(BackendStatus {
-                name: d.name.clone(),
-                address: d.addr.to_string(),
-                service: format!("{}/{}", svc.protocol.name(), port),
-                healthy,
-                weight: if drained || !healthy { 0 } else { d.weight },
-                configured_weight: d.weight,
-                drained,
-                fallback: false,
-                local: d.local,
-                active_connections: c.active,
-                total_connections: c.total,
-                packets: c.packets,
-                bytes: c.bytes,
-                check_latency_ms: h.and_then(|h| h.last_latency_ms),
-                last_check: h.and_then(|h| h.last_reason.clone()),
-            });
-        }
-    }
-    let cnt = &st.counters;
-    let mut dropped = BTreeMap::new();
-    dropped.insert("auth".to_string(), cnt.dropped_auth);
-    dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
-    dropped.insert("replay".to_string(), cnt.dropped_replay);
-    dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
-    StatusReport {
-        node: st.node.clone(),
-        role: st.role.to_string(),
-        term: st.term,
-        vip: st.vip.to_string(),
-        vip_holder,
-        priority: st.priority,
-        effective_priority: st.effective_priority,
-        uptime_s: st.started.elapsed().as_secs(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        peers,
-        backends,
-        heartbeat: HeartbeatStats {
-            sent: cnt.sent,
-            received: cnt.received,
-            dropped,
-        },
-        dataplane: DataplaneStats {
-            rx_packets: dp.rx_packets,
-            tx_packets: dp.tx_packets,
-            rx_bytes: dp.rx_bytes,
-            connections: dp.connections as u64,
-            drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        },
-        sync: SyncStats::default(),
-        events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
-    }
-}
-
-/// Host changes made at start, undone at exit.
-struct HostSetup {
-    sysctls: sysctl::Saved,
-    vip: Ipv4Addr,
-    iface: String,
-    gro_was_on: Option<bool>,
-}
-
-impl HostSetup {
-    fn apply(cfg: &Config) -> Result<HostSetup, DaemonError> {
-        let vip = *cfg.cluster.vip.get_ref();
-        let iface = cfg.cluster.interface.clone();
-        let mut h = HostSetup {
-            sysctls: sysctl::Saved::default(),
-            vip,
-            iface: iface.clone(),
-            gro_was_on: None,
-        };
-        // ARP settings first, so the kernel never answers for the VIP once it is on lo.
-        sysctl::arp_settings(&mut h.sysctls, &iface).map_err(io("setting ARP sysctls"))?;
-        netlink::add_addr("lo", vip, 32).map_err(io("adding the VIP to lo"))?;
-        match packet::set_gro(&iface, false) {
-            Ok(was) => h.gro_was_on = Some(was),
-            Err(e) => log::warn!("cannot turn GRO off on {iface}: {e}"),
-        }
-        Ok(h)
-    }
-
-    fn local_path(&mut self) -> Result<(), DaemonError> {
-        // Packets from the TUN device carry client sources that route via the
-        // LAN: reverse-path filtering must not drop them.
-        for dev in ["all", TUN_NAME] {
-            self.sysctls
-                .set(&format!("net.ipv4.conf.{dev}.rp_filter"), "0")
-                .map_err(io("setting rp_filter"))?;
-        }
-        Ok(())
-    }
-
-    fn undo(&mut self) {
-        if let Err(e) = netlink::del_addr("lo", self.vip, 32) {
-            log::warn!("removing VIP from lo: {e}");
-        }
-        if let Some(true) = self.gro_was_on {
-            let _ = packet::set_gro(&self.iface, true);
-        }
-        self.sysctls.restore();
-    }
 }
 
 pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
@@ -542,7 +154,13 @@ fn run_inner(
     let mut generation = 1;
     let macs = neigh::read(&cfg.cluster.interface);
     let snapshot = Arc::new(build_snapshot(
-        cfg, my_addr, link.mac, &macs, &state, generation,
+        cfg,
+        my_addr,
+        link.mac,
+        &macs,
+        &state.health,
+        &state.drains,
+        generation,
     ));
     let shared = Shared::new(Control {
         active: false,
@@ -739,7 +357,7 @@ fn run_inner(
                     st.dirty = false;
                     generation += 1;
                     let snap = Arc::new(build_snapshot(
-                        cfg, my_addr, link.mac, &macs, &st, generation,
+                        cfg, my_addr, link.mac, &macs, &st.health, &st.drains, generation,
                     ));
                     drop(st);
                     shared.update(|c| c.snapshot = snap);
@@ -829,56 +447,4 @@ fn warn_rejected(from: SocketAddr, why: &str) {
 
 fn cluster_id(vip: Ipv4Addr, vrid: u8) -> u32 {
     u32::from(vip) ^ (u32::from(vrid) << 24)
-}
-
-/// (backends up, backends total, whether this node's own service is up).
-fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool) {
-    let st = ctl.lock();
-    let (mut up, mut total, mut own_ok) = (0u16, 0u16, true);
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        for d in backend_defs(cfg, svc, me) {
-            let healthy = st
-                .health
-                .get(&health_key(port, &d.name))
-                .is_none_or(|h| h.up);
-            total = total.saturating_add(1);
-            if healthy {
-                up = up.saturating_add(1);
-            } else if d.local {
-                own_ok = false;
-            }
-        }
-    }
-    (up, total, own_ok)
-}
-
-fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
-    match ev {
-        Event::RoleChanged {
-            from,
-            to,
-            term,
-            reason,
-        } => {
-            log::info!("role {from} -> {to} (term {term}): {reason}");
-            ctl.event("role", &format!("{from} -> {to} (term {term}): {reason}"));
-            if let Some(s) = &ctl.store {
-                store_warn("last role", s.set_last_role(&to.to_string(), term));
-            }
-            shared.update(|c| c.active = to == Role::Director);
-        }
-        Event::PeerUp { peer } => {
-            log::info!("peer {peer} up");
-            ctl.event("peer", &format!("peer {peer} up"));
-        }
-        Event::PeerLost { peer } => {
-            log::warn!("peer {peer} lost");
-            ctl.event("peer", &format!("peer {peer} lost"));
-        }
-        Event::Announce => {
-            log::info!("re-announcing the VIP");
-            shared.update(|c| c.announce += 1);
-        }
-    }
 }
