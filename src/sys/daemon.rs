@@ -286,6 +286,19 @@ fn run_inner(
     let mut ping_state = ping::UNKNOWN;
 
     let mut macs = macs;
+    let mut wanted_macs: Vec<Ipv4Addr> = peers.clone();
+    for svc in &cfg.services {
+        wanted_macs.extend(svc.backends.iter().map(|b| b.get_ref().address()));
+        if let Some((a, _)) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            if !a.is_loopback() && a != my_addr {
+                wanted_macs.push(a);
+            }
+        }
+    }
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
     let mut buf = vec![0u8; 2048];
@@ -321,20 +334,18 @@ fn run_inner(
                     }
                 }
             }
-            if now.duration_since(last_refresh) >= Duration::from_secs(1) {
+            // Learn missing backend MACs quickly; after that, a slow refresh.
+            let missing = wanted_macs.iter().any(|a| !macs.contains_key(a));
+            let period = if missing {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            if now.duration_since(last_refresh) >= period {
                 last_refresh = now;
                 let fresh = neigh::read(&cfg.cluster.interface);
-                for p in &peers {
-                    if !fresh.contains_key(p) {
-                        neigh::poke(*p);
-                    }
-                }
-                for svc in &cfg.services {
-                    for b in &svc.backends {
-                        if !fresh.contains_key(&b.get_ref().address()) {
-                            neigh::poke(b.get_ref().address());
-                        }
-                    }
+                for a in wanted_macs.iter().filter(|a| !fresh.contains_key(a)) {
+                    neigh::poke(*a);
                 }
                 if fresh != macs {
                     macs = fresh;
