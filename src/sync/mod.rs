@@ -544,6 +544,8 @@ pub struct ReceiverStats {
     pub duplicates: u64,
     /// Batches too far ahead of the applied sequence.
     pub out_of_window: u64,
+    /// Batches that arrived after a gap and waited in the buffer.
+    pub buffered_ahead: u64,
     /// Batches of a stream that is not ours and does not start a newer one.
     pub foreign_stream: u64,
     /// Entries that arrived with no lifetime left.
@@ -630,6 +632,9 @@ impl Receiver {
             return;
         }
         if !self.buffer.contains_key(&b.seq) {
+            if b.seq > self.applied + 1 {
+                self.stats.buffered_ahead += 1;
+            }
             let installs = self.convert(now, b);
             self.buffer.insert(
                 b.seq,

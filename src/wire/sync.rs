@@ -99,7 +99,7 @@ mod field {
 }
 
 /// Why a datagram is not an acceptable sync message.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SyncWireError {
     /// Shorter than a header plus a MAC: cannot even be authenticated.
     #[error("truncated: {len} bytes")]
