@@ -125,6 +125,7 @@ pub fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
 
 pub fn report(ctl: &Ctl) -> StatusReport {
     let dp = ctl.shared.stats();
+    let sync = ctl.shared.sync_status();
     let st = ctl.lock();
     let now = Instant::now();
     let me = ctl.cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
@@ -214,7 +215,11 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             connections: dp.connections as u64,
             drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         },
-        sync: SyncStats::default(),
+        sync: SyncStats {
+            connections_synced: sync.synced,
+            lag_entries: sync.lag_entries,
+            lag_ms: sync.lag_ms,
+        },
         events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
     }
 }

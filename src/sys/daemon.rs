@@ -18,7 +18,7 @@ use super::ctl::{handle_event, health_summary, store_warn, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, check_spec, health_key};
-use super::{neigh, netlink, packet, ping, signals, tun::Tun};
+use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
 
 pub const TUN_NAME: &str = "duet0";
 
@@ -180,6 +180,23 @@ fn run_inner(
     )
     .map_err(io("starting the data plane"))?;
 
+    let boot_id = unix_ms();
+    let sync_thread = match peers_of(cfg, my_addr).first() {
+        Some(peer) => Some(
+            syncer::spawn(
+                syncer::Params {
+                    bind: SocketAddr::from((my_addr, cfg.cluster.sync_port)),
+                    peer: SocketAddr::from((*peer, cfg.cluster.sync_port)),
+                    key: key.clone(),
+                    boot_id,
+                },
+                shared.clone(),
+            )
+            .map_err(io("starting connection sync"))?,
+        ),
+        None => None,
+    };
+
     let ctl = Arc::new(Ctl {
         state: Mutex::new(state),
         store,
@@ -242,13 +259,7 @@ fn run_inner(
         my_addr, hb_port,
     ))))
     .map_err(io(format!("binding heartbeat socket {my_addr}:{hb_port}")))?;
-    let peers: Vec<Ipv4Addr> = cfg
-        .nodes
-        .iter()
-        .filter(|n| *n.address.get_ref() != my_addr)
-        .map(|n| *n.address.get_ref())
-        .collect();
-    let boot_id = unix_ms();
+    let peers = peers_of(cfg, my_addr);
     let now = Instant::now();
     let mut el = Election::new(
         election::Params {
@@ -301,15 +312,38 @@ fn run_inner(
     }
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
+    let mut handover: Option<PendingHandover> = None;
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(256);
     smol::block_on(async {
         loop {
             let now = Instant::now();
-            if signals::terminating() && leaving_since.is_none() {
-                log::info!("terminating: handing over");
-                el.leave(now);
-                leaving_since = Some(now);
+            if signals::terminating() && leaving_since.is_none() && handover.is_none() {
+                handover = Some(begin_handover(&el, &shared, Handover::Leave, now));
+            }
+            if let Some(h) = handover {
+                if now >= h.deadline || shared.sync_caught_up.load(Ordering::Acquire) {
+                    if now >= h.deadline && h.wait_for_sync {
+                        log::warn!(
+                            "handing over before the standby confirmed the connection table"
+                        );
+                    }
+                    handover = None;
+                    match h.kind {
+                        Handover::Leave => {
+                            log::info!("terminating: handing over");
+                            el.leave(now);
+                            leaving_since = Some(now);
+                        }
+                        Handover::Failover => {
+                            if el.failover(now) {
+                                ctl.event("admin", "planned failover");
+                            } else {
+                                log::warn!("failover requested but no live eligible peer");
+                            }
+                        }
+                    }
+                }
             }
             if let Some(t) = leaving_since {
                 // Two intervals let the Leaving heartbeat reach the peer even if one is lost.
@@ -326,12 +360,8 @@ fn run_inner(
             }
             if ctl.wake.swap(false, Ordering::AcqRel) {
                 let req = std::mem::take(&mut ctl.lock().failover_requested);
-                if req {
-                    if el.failover(now) {
-                        ctl.event("admin", "planned failover");
-                    } else {
-                        log::warn!("failover requested but no live eligible peer");
-                    }
+                if req && handover.is_none() {
+                    handover = Some(begin_handover(&el, &shared, Handover::Failover, now));
                 }
             }
             // Learn missing backend MACs quickly; after that, a slow refresh.
@@ -422,6 +452,9 @@ fn run_inner(
     shared.update(|c| c.active = false);
     shared.stop();
     let _ = dp_thread.join();
+    if let Some(t) = sync_thread {
+        let _ = t.join();
+    }
     if let Some(s) = server {
         s.stop();
     }
@@ -434,6 +467,38 @@ fn run_inner(
         store_warn("flush", s.flush());
     }
     Ok(())
+}
+
+/// How long a planned handover waits for the standby to confirm it holds
+/// the connection table before going ahead anyway.
+const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy)]
+enum Handover {
+    Leave,
+    Failover,
+}
+
+#[derive(Clone, Copy)]
+struct PendingHandover {
+    kind: Handover,
+    deadline: Instant,
+    wait_for_sync: bool,
+}
+
+/// A director with a live standby first lets connection sync catch up (the
+/// sync thread re-confirms after this reset); anyone else goes at once.
+fn begin_handover(el: &Election, shared: &Shared, kind: Handover, now: Instant) -> PendingHandover {
+    let wait = el.role() == Role::Director && el.peers().iter().any(|p| p.alive);
+    if wait {
+        shared.sync_caught_up.store(false, Ordering::Release);
+        log::info!("handover: waiting for the standby to confirm the connection table");
+    }
+    PendingHandover {
+        kind,
+        deadline: if wait { now + HANDOVER_SYNC_WAIT } else { now },
+        wait_for_sync: wait,
+    }
 }
 
 /// Rejected heartbeats are logged at warn, at most once a minute per source.
@@ -454,6 +519,14 @@ fn warn_rejected(from: SocketAddr, why: &str) {
             log::warn!("rejected heartbeat from {from}: {why}");
         }
     }
+}
+
+fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {
+    cfg.nodes
+        .iter()
+        .map(|n| *n.address.get_ref())
+        .filter(|a| *a != me)
+        .collect()
 }
 
 fn cluster_id(vip: Ipv4Addr, vrid: u8) -> u32 {

@@ -10,6 +10,7 @@ pub mod packet;
 pub mod ping;
 mod pool;
 pub mod signals;
+pub mod syncer;
 pub mod sysctl;
 pub mod tun;
 
