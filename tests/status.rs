@@ -105,6 +105,12 @@ fn warm_up(c: &Cluster) {
     }
 }
 
+/// An admin change reaches the data plane asynchronously: within one turn
+/// of the control loop (50 ms) and one data-plane poll (20 ms) after the 200.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(150));
+}
+
 // ---------------------------------------------------------------- browser
 
 fn chromium() -> &'static str {
@@ -275,6 +281,71 @@ fn page_renders_in_headless_chromium() {
     eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
 }
 
+/// Runs tests/support/cdp.py (Chromium over the DevTools pipe) in the client
+/// namespace: presses `action` on `backend`'s row of node `i`'s page after
+/// saving `token` under Admin.
+fn page_action(c: &Cluster, i: usize, token: &str, action: &str, backend: &str) -> Value {
+    let profile = c.dir.join(format!("cdp-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&profile).unwrap();
+    let o = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &c.client, "python3"])
+        .arg(support("cdp.py"))
+        .arg(chromium())
+        .arg(&profile)
+        .args([&status_url(i, "/"), token, action, backend])
+        .output()
+        .expect("cdp.py");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cdp.py: {e}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    assert!(v.get("error").is_none(), "page {action} {backend}: {v}");
+    v
+}
+
+#[test]
+fn page_drain_button_needs_the_token_and_drains() {
+    let c = Cluster::new(Opts::default());
+    let d = c.wait_one_director(Duration::from_secs(5));
+    warm_up(&c);
+
+    // A wrong token saved in the browser: the server says 401, the page
+    // shows it, and web2 stays in service.
+    let v = page_action(&c, d, "not-the-token", "drain", "web2");
+    eprintln!("wrong token: {v}");
+    assert!(
+        v["msg"].as_str().unwrap().starts_with("drain web2: 401"),
+        "{v}"
+    );
+    assert_eq!(v["after"]["drained"], "false", "{v}");
+    assert!(!drained(&status_of(&c, d), "web2"));
+
+    let v = page_action(&c, d, TOKEN, "drain", "web2");
+    eprintln!("right token: {v}");
+    assert_eq!(v["before"]["drained"], "false", "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().starts_with("drain web2: 200"),
+        "{v}"
+    );
+    // The page refreshed itself after the action.
+    assert_eq!(v["after"]["drained"], "true", "{v}");
+    assert_eq!(v["after"]["button"], "undrain", "{v}");
+    assert!(drained(&status_of(&c, d), "web2"));
+    only_web1_for(&c, 1);
+
+    let v = page_action(&c, d, TOKEN, "undrain", "web2");
+    assert!(
+        v["msg"].as_str().unwrap().starts_with("undrain web2: 200"),
+        "{v}"
+    );
+    assert_eq!(v["after"]["drained"], "false", "{v}");
+    let (a, b, e) = spread(&c.client(&format!("count http://{VIP}/ 10")));
+    assert!(e == 0 && a > 0 && b > 0, "after undrain {a}/{b}/{e}");
+}
+
 // ------------------------------------------------------- metrics and JSON
 
 /// `/metrics` of node `i` through prometheus_client's parser.
@@ -330,6 +401,25 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
     let d = c.wait_one_director(Duration::from_secs(5));
     warm_up(&c);
     assert_eq!(spread(&c.client(&format!("count http://{VIP}/ 20"))).2, 0);
+    // The data plane publishes its counters every 200 ms.
+    let start = Instant::now();
+    loop {
+        let s = status_of(&c, d);
+        let total: u64 = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["total_connections"].as_u64().unwrap_or(0))
+            .sum();
+        if total >= 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "director counted {total} of 20+ connections: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     for i in 0..2 {
         let fams = parsed_metrics(&c, i);
@@ -514,6 +604,7 @@ fn admin_actions_need_the_token_and_act_on_the_data_plane() {
             .any(|(k, m)| k == "admin" && m.contains("web2") && m.contains("drained")),
         "no admin event for the drain: {s}"
     );
+    settle();
     let v = c.client(&format!("count http://{VIP}/ 20"));
     assert_eq!(spread(&v), (20, 0, 0), "after draining web2: {v}");
 
@@ -537,6 +628,7 @@ fn admin_actions_need_the_token_and_act_on_the_data_plane() {
     );
     assert_eq!(code, 200, "undrain: {body}");
     assert!(!drained(&status_of(&c, d), "web2"));
+    settle();
     let (a, b, e) = spread(&c.client(&format!("count http://{VIP}/ 20")));
     assert!(
         e == 0 && a >= 5 && b >= 5,
@@ -597,6 +689,7 @@ fn has_drain_event(s: &Value, name: &str) -> bool {
 
 /// New connections to the VIP for `secs`: every one must reach web1.
 fn only_web1_for(c: &Cluster, secs: u64) {
+    settle();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         let v = c.client(&format!("count http://{VIP}/ 10"));
@@ -668,6 +761,7 @@ fn drain_survives(stop: Stop) {
         Some(&auth),
     );
     assert_eq!(code, 200, "undrain: {body}");
+    settle();
     let v = c.client(&format!("count http://{VIP}/ 10"));
     let (a, b, e) = spread(&v);
     assert!(
