@@ -3,7 +3,8 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,11 +39,17 @@ fn probe_script() -> std::path::PathBuf {
 /// shares its 4-tuple with an earlier flow (see `syn_on_port_of_finished_flow`).
 static NEXT_PORT: AtomicU16 = AtomicU16::new(10000);
 
-fn probe_bg(c: &Cluster, secs: f64, period_ms: u64) -> Child {
+/// A running `probe.py series`, past its "started" line.
+struct Probe {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+fn probe_bg(c: &Cluster, secs: f64, period_ms: u64) -> Probe {
     let n = (secs * 1000.0 / period_ms as f64) as u16 + 10;
     let first = NEXT_PORT.fetch_add(n, Ordering::SeqCst);
     assert!(first + n < 32768, "probe source ports exhausted");
-    Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &c.client, "python3"])
         .arg(probe_script())
         .arg("series")
@@ -53,15 +60,21 @@ fn probe_bg(c: &Cluster, secs: f64, period_ms: u64) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("probe.py")
+        .expect("probe.py");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started", "probe.py did not start");
+    Probe { child, out }
 }
 
-fn probe_events(p: Child) -> Vec<(f64, String)> {
-    let out = p.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+fn probe_events(mut p: Probe) -> Vec<(f64, String)> {
+    let mut stdout = String::new();
+    p.out.read_to_string(&mut stdout).unwrap();
+    let out = p.child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
-            "probe.py: {e}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
+            "probe.py: {e}\nstdout: {stdout}\nstderr: {}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
@@ -146,7 +159,7 @@ fn measure_stop(c: &mut Cluster, victim: usize, lead: f64, window: f64) -> Durat
     let t_stop = wall();
     let events = probe_events(probe);
     let before = events.iter().filter(|e| e.0 < t_stop).count();
-    assert!(before > 5, "probe did not run before the stop: {events:?}");
+    assert!(before >= 3, "probe did not run before the stop: {events:?}");
     let last_bad = events
         .iter()
         .filter(|e| e.0 >= t_stop && e.1 != other)
@@ -199,7 +212,7 @@ fn stopped_server_gets_no_new_connections_and_returns() {
     let bound = Duration::from_secs(2 + 1);
     let mut lat = Vec::new();
     for (k, victim) in [1 - d, d].into_iter().cycle().take(runs(2)).enumerate() {
-        let l = measure_stop(&mut c, victim, 1.0, 4.5);
+        let l = measure_stop(&mut c, victim, 0.5, 4.5);
         lat.push(l);
         assert!(
             l <= bound,
@@ -242,7 +255,7 @@ fn fast_check_failure_latency() {
     let bound = Duration::from_millis(400 + 1000);
     let mut lat = Vec::new();
     for k in 0..runs(5) {
-        let l = measure_stop(&mut c, victim, 1.0, 2.5);
+        let l = measure_stop(&mut c, victim, 0.5, 2.5);
         lat.push(l);
         assert!(
             l <= bound,

@@ -4,8 +4,8 @@
 series URL SECONDS PERIOD_MS FIRST_PORT
     opens a new HTTP connection every PERIOD_MS for SECONDS, the k-th from
     source port FIRST_PORT + k (the caller keeps ranges apart, and below the
-    kernel's ephemeral range, so no two connections share a 4-tuple):
-    {"events": [[unix_time, answer, port], ...]}, answer being the body (the
+    kernel's ephemeral range, so no two connections share a 4-tuple);
+    prints a line "started", then {"events": [[unix_time, answer, port], ...]}, answer being the body (the
     node name) or "error: ..." (refused, timed out). Wall-clock times, so
     the test can relate them to the moment it stopped a server.
 once URL PORT
@@ -45,6 +45,8 @@ def main():
     if cmd == "series":
         url, secs, period, port = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]) / 1000, int(sys.argv[5])
         events = []
+        # Tells the caller the interpreter is up: the time that takes varies.
+        print("started", flush=True)
         end = time.monotonic() + secs
         while time.monotonic() < end:
             start = time.monotonic()
