@@ -198,7 +198,6 @@ fn runs(default: usize) -> usize {
 /// connection lands there; start it again: it gets traffic again. Done for
 /// the peer (DR path) and for the director's own backend (local path).
 #[test]
-#[ignore = "blocked: daemon health->snapshot race (src/sys/daemon.rs: the Monitor on_change callback sets dirty before st.health is refreshed; the 1 s refresh copies Monitor::states() without setting dirty), so a transition often never reaches the data plane"]
 fn stopped_server_gets_no_new_connections_and_returns() {
     let mut c = Cluster::new(Opts {
         services: service("1s", "500ms", ""),
@@ -242,7 +241,6 @@ fn stopped_server_gets_no_new_connections_and_returns() {
 /// The same with a fast check (200 ms, fall 2): the median over several runs
 /// is the number reported next to ldirectord's default 10 s interval.
 #[test]
-#[ignore = "blocked: daemon health->snapshot race (src/sys/daemon.rs: the Monitor on_change callback sets dirty before st.health is refreshed; the 1 s refresh copies Monitor::states() without setting dirty), so a transition often never reaches the data plane"]
 fn fast_check_failure_latency() {
     let mut c = Cluster::new(Opts {
         services: service("200ms", "150ms", ""),
@@ -275,7 +273,6 @@ fn fast_check_failure_latency() {
 /// A backend answering 200 with the wrong body is down: no traffic, and the
 /// status says healthy=false. Fixing the page brings it back.
 #[test]
-#[ignore = "blocked: daemon health->snapshot race (src/sys/daemon.rs: the Monitor on_change callback sets dirty before st.health is refreshed; the 1 s refresh copies Monitor::states() without setting dirty), so a transition often never reaches the data plane"]
 fn wrong_body_is_down() {
     let mut c = Cluster::new(Opts {
         services: service("1s", "500ms", ""),
@@ -311,7 +308,6 @@ fn wrong_body_is_down() {
 /// All backends down: the fallback real server answers; once a backend is
 /// back, new connections go to it again and not to the fallback.
 #[test]
-#[ignore = "blocked: daemon health->snapshot race (src/sys/daemon.rs: the Monitor on_change callback sets dirty before st.health is refreshed; the 1 s refresh copies Monitor::states() without setting dirty), so a transition often never reaches the data plane"]
 fn fallback_answers_when_all_down() {
     let mut c = Cluster::new(Opts {
         services: service("1s", "500ms", r#"fallback = "198.18.0.20""#),
@@ -459,7 +455,6 @@ fn drain_keeps_established_downloads_and_undrain_restores() {
 /// old one. In DR the director sees only client -> server packets, so after
 /// a server-closes-first HTTP exchange the entry stays in FIN_WAIT (120 s).
 #[test]
-#[ignore = "blocked: forward::Engine::hit reschedules a SYN only on TIME_WAIT/CLOSE entries, not on FIN_WAIT (where DR flows end), so a reused source port still reaches a down quiescent backend"]
 fn syn_on_port_of_finished_flow_is_rescheduled() {
     let mut c = Cluster::new(Opts {
         services: service("1s", "500ms", ""),

@@ -184,7 +184,6 @@ fn directors_seed_imports_to_a_config_check_config_accepts() {
 /// `persistence_netmask` in `[[service]]` (src/config.rs), so it should be
 /// imported rather than warned about.
 #[test]
-#[ignore = "blocked: src/import.rs warns 'the config has no persistence netmask' for netmask=, but config.rs has service.persistence_netmask"]
 fn netmask_becomes_persistence_netmask() {
     let (out, warnings) = import("ldirectord.cf", "ha.cf");
     let v: toml::Value = toml::from_str(&out).unwrap();

@@ -783,7 +783,6 @@ fn drain_and_events_survive_kill9_of_both() {
 /// The issue asks for admin actions to be flushed: a crash right after the
 /// 200 must not lose the drain nor its line in the event log.
 #[test]
-#[ignore = "blocked: Ctl::set_drain (src/sys/daemon.rs) flushes the drain but logs its event with Store::log_event, which is not flushed; kill -9 within sled's 500 ms flush interval loses the admin event"]
 fn admin_drain_is_flushed_before_the_answer() {
     let mut c = Cluster::new(Opts::default());
     let d = c.wait_one_director(Duration::from_secs(5));
@@ -810,7 +809,6 @@ fn admin_drain_is_flushed_before_the_answer() {
 /// An operator drains on the director; after a planned failover the new
 /// director must not send new connections to the drained backend.
 #[test]
-#[ignore = "blocked: drains live only in the node that got the POST (Ctl::set_drain in src/sys/daemon.rs updates its own State.drains and sled store; nothing sends them to the peer), so after a failover the new director schedules the drained backend again"]
 fn drain_holds_after_failover() {
     let c = Cluster::new(Opts::default());
     let d = c.wait_one_director(Duration::from_secs(5));

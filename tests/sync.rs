@@ -41,7 +41,7 @@ fn synced(c: &Cluster, i: usize) -> u64 {
 
 #[test]
 fn planned_switchover_loses_nothing() {
-    let mut c = Cluster::new(Opts::default());
+    let c = Cluster::new(Opts::default());
     let d = c.wait_one_director(Duration::from_secs(5));
     let peer = 1 - d;
     let dl = start_downloads(&c, 20);

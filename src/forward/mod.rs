@@ -663,13 +663,26 @@ impl Engine {
             return None;
         }
         let d = &mut self.dests[c.dest as usize];
+        let pure_syn = tcp && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
         if !d.up {
+            // A new connection (SYN) is scheduled afresh instead of costing
+            // the client a retransmission; mid-flow packets of a removed
+            // backend are dropped.
+            if pure_syn {
+                return None;
+            }
             self.remove_conn(ci);
             return Some(self.drop(ForwardDrop::BackendDown));
         }
-        let reuse = flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-            && matches!(c.state, TcpState::TimeWait | TcpState::Close);
-        if tcp && reuse {
+        // In DR the director sees only the client's half: after a close the
+        // entry lingers in FIN_WAIT, and a SYN on that port is a new
+        // connection (IPVS conn_reuse_mode), not a retransmission.
+        let reuse = pure_syn
+            && matches!(
+                c.state,
+                TcpState::FinWait | TcpState::TimeWait | TcpState::Close
+            );
+        if reuse {
             return None;
         }
         let state = if tcp {

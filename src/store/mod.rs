@@ -53,6 +53,7 @@ const K_FORMAT: &str = "format";
 const K_BOOT: &str = "boot_count";
 const K_NODE_ID: &str = "node_id";
 const K_LAST_ROLE: &str = "last_role";
+const K_DRAINS_VERSION: &str = "drains_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,6 +116,10 @@ struct RoleRec {
     role: String,
     term: u64,
     ts_ms: u64,
+}
+#[derive(Serialize, Deserialize)]
+struct DrainsVersionRec {
+    version: u64,
 }
 #[derive(Serialize, Deserialize)]
 struct DrainRec {
@@ -399,6 +404,34 @@ impl Store {
         } else {
             self.drains.remove(backend)?;
         }
+        self.flush()
+    }
+
+    /// Version of the drain set (unix ms of its last change, here or on the
+    /// peer): the pair keeps the newest.
+    pub fn drains_version(&self) -> u64 {
+        self.get::<DrainsVersionRec>(&self.meta, META, K_DRAINS_VERSION)
+            .map_or(0, |r| r.version)
+    }
+
+    /// Replaces the whole drain set, with its version. Flushed.
+    pub fn set_drains(&self, drains: &BTreeSet<String>, version: u64) -> Result<(), StoreError> {
+        for old in self.drains() {
+            if !drains.contains(&old) {
+                self.drains.remove(old.as_str())?;
+            }
+        }
+        for d in drains {
+            self.drains.insert(
+                d.as_str(),
+                encode(DrainRec {
+                    drained: true,
+                    ts_ms: now_ms(),
+                })?,
+            )?;
+        }
+        self.meta
+            .insert(K_DRAINS_VERSION, encode(DrainsVersionRec { version })?)?;
         self.flush()
     }
 

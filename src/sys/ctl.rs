@@ -29,6 +29,9 @@ pub struct State {
     pub peer_names: HashMap<Ipv4Addr, String>,
     pub counters: election::Counters,
     pub drains: BTreeSet<String>,
+    pub drains_version: u64,
+    /// Our drains changed: tell the peer now rather than at the next refresh.
+    pub announce_admin: bool,
     pub health: BTreeMap<String, health::HealthState>,
     pub started: Instant,
     pub failover_requested: bool,
@@ -74,24 +77,63 @@ impl Ctl {
         if !self.backend_names().contains(name) {
             return Err(format!("no backend named {name:?}"));
         }
+        // The lock is held across the store write so two admin requests
+        // cannot interleave their versions.
+        let mut st = self.lock();
+        let mut drains = st.drains.clone();
+        if drained {
+            drains.insert(name.to_string());
+        } else {
+            drains.remove(name);
+        }
+        let version = unix_ms().max(st.drains_version + 1);
         if let Some(s) = &self.store {
-            s.set_drained(name, drained)
+            s.set_drains(&drains, version)
                 .map_err(|e| format!("storing drain: {e}"))?;
         }
-        {
-            let mut st = self.lock();
-            if drained {
-                st.drains.insert(name.to_string());
-            } else {
-                st.drains.remove(name);
-            }
-            st.dirty = true;
-        }
+        st.drains = drains;
+        st.drains_version = version;
+        st.dirty = true;
+        st.announce_admin = true;
+        drop(st);
+        self.wake.store(true, Ordering::Release);
         let verb = if drained { "drained" } else { "undrained" };
         log::info!("admin: backend {name} {verb}");
         self.event("admin", &format!("backend {name} {verb}"));
+        // An admin action is answered only once its record is on disk.
+        if let Some(s) = &self.store {
+            store_warn("flush", s.flush());
+        }
         Ok(())
     }
+
+    /// The peer's drain set, when newer than ours (last writer wins).
+    pub fn adopt_drains(&self, from: &str, drains: BTreeSet<String>, version: u64) {
+        let mut st = self.lock();
+        if version <= st.drains_version {
+            return;
+        }
+        if st.drains != drains {
+            log::info!("admin: drains {drains:?} from {from}");
+            if let Some(s) = &self.store {
+                store_warn("drains", s.set_drains(&drains, version));
+            }
+            st.dirty = true;
+            drop(st);
+            self.event("admin", &format!("drains {drains:?} from {from}"));
+            st = self.lock();
+        } else if let Some(s) = &self.store {
+            store_warn("drains", s.set_drains(&drains, version));
+        }
+        st.drains = drains;
+        st.drains_version = version;
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Admin for Ctl {

@@ -3,18 +3,19 @@
 //! and puts the host back as it found it.
 use crate::config::{self, Config};
 use crate::election::{self, Election, Role};
-use crate::health::{Monitor, Target, Transition};
+use crate::health::{HealthState, Monitor, Target, Transition};
 use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::Store;
+use crate::wire::admin::AdminState;
 use crate::wire::frame::virtual_mac;
-use crate::wire::heartbeat::HeartbeatRepr;
+use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::ctl::{handle_event, health_summary, store_warn, Ctl, State};
+use super::ctl::{handle_event, health_summary, store_warn, unix_ms, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, check_spec, health_key};
@@ -36,12 +37,6 @@ pub enum DaemonError {
 pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Io { what, source }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
@@ -78,6 +73,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
         }
     };
     let drains = store.as_ref().map(|s| s.drains()).unwrap_or_default();
+    let drains_version = store.as_ref().map_or(0, |s| s.drains_version());
     let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     if let Some(s) = &store {
         log::info!("boot {} of node {}", s.boot_count(), me.name.get_ref());
@@ -100,7 +96,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
         vmac,
         link,
         store,
-        drains,
+        (drains, drains_version),
         stored_health,
         &mut host,
     );
@@ -118,7 +114,7 @@ fn run_inner(
     vmac: [u8; 6],
     link: netlink::Link,
     store: Option<Store>,
-    drains: BTreeSet<String>,
+    drains: (BTreeSet<String>, u64),
     stored_health: BTreeMap<String, bool>,
     host: &mut HostSetup,
 ) -> Result<(), DaemonError> {
@@ -145,7 +141,9 @@ fn run_inner(
             .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
             .collect(),
         counters: Default::default(),
-        drains,
+        drains: drains.0,
+        drains_version: drains.1,
+        announce_admin: true,
         health: BTreeMap::new(),
         started: Instant::now(),
         failover_requested: false,
@@ -232,7 +230,21 @@ fn run_inner(
                 if let Some(s) = &c.store {
                     store_warn("health state", s.set_health(name, t.up));
                 }
-                c.lock().dirty = true;
+                // The snapshot is rebuilt from `health`: the verdict goes in
+                // now, the details (latency, counts) with the next refresh.
+                let mut st = c.lock();
+                st.health
+                    .entry(name.to_string())
+                    .or_insert_with(|| HealthState {
+                        up: t.up,
+                        last_latency_ms: None,
+                        last_reason: None,
+                        checks: 0,
+                        failures: 0,
+                    })
+                    .up = t.up;
+                st.dirty = true;
+                drop(st);
                 c.wake.store(true, Ordering::Release);
             }),
         ))
@@ -313,6 +325,8 @@ fn run_inner(
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
     let mut handover: Option<PendingHandover> = None;
+    let mut last_admin_sent = Instant::now();
+    let cid = cluster_id(vip, *cfg.cluster.vrid.get_ref());
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(256);
     smol::block_on(async {
@@ -385,13 +399,17 @@ fn run_inner(
                     let states = m.states();
                     let mut st = ctl.lock();
                     for (k, s) in states {
-                        st.health.insert(k, s);
+                        if let Some(old) = st.health.insert(k, s.clone()) {
+                            st.dirty |= old.up != s.up;
+                        } else {
+                            st.dirty = true;
+                        }
                     }
                 }
-                let (up, total, own_ok) = health_summary(&ctl, cfg, my_addr);
-                el.set_health_summary(up, total);
-                el.set_service_ok(now, own_ok);
             }
+            let (up, total, own_ok) = health_summary(&ctl, cfg, my_addr);
+            el.set_health_summary(up, total);
+            el.set_service_ok(now, own_ok);
             {
                 let mut st = ctl.lock();
                 if st.dirty {
@@ -420,6 +438,23 @@ fn run_inner(
                                 log::debug!("heartbeat from {from} dropped: {d:?}");
                             }
                         }
+                        Err(HeartbeatError::BadType(crate::wire::admin::MSG_TYPE)) => {
+                            match AdminState::parse(&buf[..n], &key) {
+                                Ok(a) if a.cluster_id == cid && peers.contains(&a.node) => {
+                                    let name = ctl.lock().peer_names.get(&a.node).cloned();
+                                    ctl.adopt_drains(
+                                        &name.unwrap_or_else(|| a.node.to_string()),
+                                        a.drains.into_iter().collect(),
+                                        a.version,
+                                    );
+                                }
+                                Ok(a) => log::debug!("admin state from {} ignored", a.node),
+                                Err(e) => {
+                                    el.note_auth_failure();
+                                    warn_rejected(from, &e.to_string());
+                                }
+                            }
+                        }
                         Err(e) => {
                             el.note_auth_failure();
                             log::debug!("heartbeat from {from} rejected: {e}");
@@ -435,6 +470,26 @@ fn run_inner(
                 msg.emit(&key, &mut out);
                 if let Err(e) = udp.send_to(&out, SocketAddr::from((dst, hb_port))).await {
                     log::debug!("heartbeat to {dst}: {e}");
+                }
+            }
+            let announce = std::mem::take(&mut ctl.lock().announce_admin);
+            if announce || now.duration_since(last_admin_sent) >= ADMIN_STATE_PERIOD {
+                last_admin_sent = now;
+                let a = {
+                    let st = ctl.lock();
+                    AdminState {
+                        cluster_id: cid,
+                        node: my_addr,
+                        version: st.drains_version,
+                        drains: st.drains.iter().cloned().collect(),
+                    }
+                };
+                out.clear();
+                a.emit(&key, &mut out);
+                for p in &peers {
+                    if let Err(e) = udp.send_to(&out, SocketAddr::from((*p, hb_port))).await {
+                        log::debug!("admin state to {p}: {e}");
+                    }
                 }
             }
             while let Some(ev) = el.poll_event() {
@@ -468,6 +523,10 @@ fn run_inner(
     }
     Ok(())
 }
+
+/// The drain set goes to the peer on every change and at this period, so a
+/// peer that was down catches up.
+const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
 
 /// How long a planned handover waits for the standby to confirm it holds
 /// the connection table before going ahead anyway.
