@@ -208,12 +208,17 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             let healthy = h.is_none_or(|h| h.up);
             let drained = st.drains.contains(&d.name);
             let c = counters.get(&d.addr).cloned().unwrap_or_default();
+            let silent = st.peers.iter().any(|p| p.addr == d.addr && !p.alive);
             backends.push(BackendStatus {
                 name: d.name.clone(),
                 address: d.addr.to_string(),
                 service: format!("{}/{}", svc.protocol.name(), port),
                 healthy,
-                weight: if drained || !healthy { 0 } else { d.weight },
+                weight: if drained || !healthy || silent {
+                    0
+                } else {
+                    d.weight
+                },
                 configured_weight: d.weight,
                 drained,
                 fallback: false,
@@ -288,7 +293,10 @@ pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool)
     (up, total, own_ok)
 }
 
-pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
+/// Applies one election event. Returns true when this node stopped being
+/// director: the caller keeps forwarding until the peer has taken over
+/// (make-before-break), so a planned handover drops no packet.
+pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
     match ev {
         Event::RoleChanged {
             from,
@@ -301,7 +309,10 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
             if let Some(s) = &ctl.store {
                 store_warn("last role", s.set_last_role(&to.to_string(), term));
             }
-            shared.update(|c| c.active = to == Role::Director);
+            if to == Role::Director {
+                shared.update(|c| c.active = true);
+            }
+            return from == Role::Director && to != Role::Director;
         }
         Event::PeerUp { peer } => {
             log::info!("peer {peer} up");
@@ -316,4 +327,5 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
             shared.update(|c| c.announce += 1);
         }
     }
+    false
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::ctl::{handle_event, health_summary, store_warn, unix_ms, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
-use super::pool::{backend_defs, build_snapshot, check_spec, health_key};
+use super::pool::{backend_defs, build_snapshot, check_spec, health_key, Inputs};
 use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
 
 pub const TUN_NAME: &str = "duet0";
@@ -151,20 +151,25 @@ fn run_inner(
     };
     let mut generation = 1;
     let macs = neigh::read(&cfg.cluster.interface);
+    let silent: BTreeSet<Ipv4Addr> = peers_of(cfg, my_addr).into_iter().collect();
     let snapshot = Arc::new(build_snapshot(
         cfg,
-        my_addr,
-        link.mac,
-        &macs,
-        &state.health,
-        &state.drains,
+        &Inputs {
+            me: my_addr,
+            own_mac: link.mac,
+            macs: &macs,
+            health: &state.health,
+            drains: &state.drains,
+            silent_peers: &silent,
+        },
         generation,
     ));
     let shared = Shared::new(Control {
         active: false,
         snapshot,
         announce: 0,
-    });
+    })
+    .map_err(io("creating the data plane's eventfd"))?;
     let dp_thread = dataplane::spawn(
         dataplane::Params {
             vip,
@@ -325,6 +330,7 @@ fn run_inner(
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
     let mut handover: Option<PendingHandover> = None;
+    let mut step_down: Option<Instant> = None;
     let mut last_admin_sent = Instant::now();
     let cid = cluster_id(vip, *cfg.cluster.vrid.get_ref());
     let mut buf = vec![0u8; 2048];
@@ -415,8 +421,23 @@ fn run_inner(
                 if st.dirty {
                     st.dirty = false;
                     generation += 1;
+                    let silent: BTreeSet<Ipv4Addr> = st
+                        .peers
+                        .iter()
+                        .filter(|p| !p.alive)
+                        .map(|p| p.addr)
+                        .collect();
                     let snap = Arc::new(build_snapshot(
-                        cfg, my_addr, link.mac, &macs, &st.health, &st.drains, generation,
+                        cfg,
+                        &Inputs {
+                            me: my_addr,
+                            own_mac: link.mac,
+                            macs: &macs,
+                            health: &st.health,
+                            drains: &st.drains,
+                            silent_peers: &silent,
+                        },
+                        generation,
                     ));
                     drop(st);
                     shared.update(|c| c.snapshot = snap);
@@ -493,12 +514,32 @@ fn run_inner(
                 }
             }
             while let Some(ev) = el.poll_event() {
-                handle_event(&ctl, &shared, ev);
+                if handle_event(&ctl, &shared, ev) {
+                    step_down = Some(now + STEP_DOWN_GRACE);
+                }
+            }
+            if let Some(t) = step_down {
+                let peer_directs = el
+                    .peers()
+                    .iter()
+                    .any(|p| p.alive && p.role == Role::Director);
+                if el.role() == Role::Director {
+                    step_down = None;
+                } else if peer_directs || now >= t {
+                    shared.update(|c| c.active = false);
+                    step_down = None;
+                }
             }
             let mut st = ctl.lock();
             st.role = el.role();
             st.term = el.term();
-            st.peers = el.peers();
+            let peers_now = el.peers();
+            let alive =
+                |ps: &[election::PeerInfo]| -> Vec<bool> { ps.iter().map(|p| p.alive).collect() };
+            if alive(&peers_now) != alive(&st.peers) {
+                st.dirty = true;
+            }
+            st.peers = peers_now;
             st.counters = el.counters().clone();
             st.effective_priority = el.effective_priority();
         }
@@ -527,6 +568,10 @@ fn run_inner(
 /// The drain set goes to the peer on every change and at this period, so a
 /// peer that was down catches up.
 const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
+
+/// A director that lost the role keeps forwarding until the peer says it
+/// directs, or this long: frames reach it until the peer's gratuitous ARP.
+const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
 
 /// How long a planned handover waits for the standby to confirm it holds
 /// the connection table before going ahead anyway.

@@ -7,6 +7,7 @@ use crate::sync::Installs;
 use crate::wire::frame::{self, Classified, Mac};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +77,9 @@ pub struct SyncStatus {
 
 pub struct Shared {
     version: AtomicU64,
+    /// An eventfd that wakes the data plane at once on a control change, so
+    /// a takeover does not wait for the poll timeout.
+    wake: OwnedFd,
     control: Mutex<Control>,
     active: AtomicBool,
     stop: AtomicBool,
@@ -88,8 +92,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(control: Control) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(control: Control) -> std::io::Result<Arc<Shared>> {
+        // SAFETY: plain eventfd(2); owned right away.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor.
+        let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Arc::new(Shared {
+            wake,
             version: AtomicU64::new(1),
             active: AtomicBool::new(control.active),
             control: Mutex::new(control),
@@ -98,7 +110,7 @@ impl Shared {
             sync: Mutex::new(SyncExchange::default()),
             sync_status: Mutex::new(SyncStatus::default()),
             sync_caught_up: AtomicBool::new(false),
-        })
+        }))
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Control)) {
@@ -106,6 +118,10 @@ impl Shared {
         f(&mut c);
         self.active.store(c.active, Ordering::Release);
         self.version.fetch_add(1, Ordering::Release);
+        drop(c);
+        let one = 1u64;
+        // SAFETY: an eventfd write takes exactly 8 bytes.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
     pub fn is_active(&self) -> bool {
@@ -199,7 +215,7 @@ impl Plane {
         let mut last_expire = Instant::now();
         let mut last_sync = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
-            if let Err(e) = self.sock.wait(20) {
+            if let Err(e) = self.sock.wait(self.shared.wake.as_raw_fd(), 20) {
                 log::error!("data plane poll: {e}");
                 std::thread::sleep(Duration::from_millis(20));
             }

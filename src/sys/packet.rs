@@ -137,26 +137,37 @@ impl PacketSocket {
         self.membership(mac, false)
     }
 
-    /// Waits up to `timeout_ms` for frames.
-    pub fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        match unsafe { libc::poll(&mut p, 1, timeout_ms) } {
-            n if n > 0 => Ok(true),
-            0 => Ok(false),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
+    /// Waits up to `timeout_ms` for frames or a poke on `wake` (an eventfd,
+    /// drained here).
+    pub fn wait(&self, wake: RawFd, timeout_ms: i32) -> io::Result<()> {
+        let mut p = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
+        if p[1].revents & libc::POLLIN != 0 {
+            let mut v = 0u64;
+            // SAFETY: an eventfd read takes exactly 8 bytes into v.
+            unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
+        }
+        Ok(())
     }
 
     /// Receives up to `batch.slots` frames without blocking; returns how many.

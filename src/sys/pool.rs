@@ -42,15 +42,28 @@ pub fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<Ba
     out
 }
 
-pub fn build_snapshot(
-    cfg: &Config,
-    me: Ipv4Addr,
-    own_mac: [u8; 6],
-    macs: &HashMap<Ipv4Addr, [u8; 6]>,
-    health: &BTreeMap<String, HealthState>,
-    drains: &BTreeSet<String>,
-    generation: u64,
-) -> Snapshot {
+/// What the snapshot is made of, besides the configuration.
+pub struct Inputs<'a> {
+    pub me: Ipv4Addr,
+    pub own_mac: [u8; 6],
+    pub macs: &'a HashMap<Ipv4Addr, [u8; 6]>,
+    pub health: &'a BTreeMap<String, HealthState>,
+    pub drains: &'a BTreeSet<String>,
+    /// Peer nodes not heard from: their duet is down (so may be their host,
+    /// or the VIP on their lo). They keep established flows but get no new
+    /// ones, so a dead node leaves the other serving everything.
+    pub silent_peers: &'a BTreeSet<Ipv4Addr>,
+}
+
+pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
+    let Inputs {
+        me,
+        own_mac,
+        macs,
+        health,
+        drains,
+        silent_peers,
+    } = *inp;
     let mut services = Vec::new();
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
@@ -64,7 +77,12 @@ pub fn build_snapshot(
                 macs.get(&d.addr).copied()
             };
             let drained = drains.contains(&d.name);
-            let weight = if drained || !healthy { 0 } else { d.weight };
+            let silent = silent_peers.contains(&d.addr);
+            let weight = if drained || !healthy || silent {
+                0
+            } else {
+                d.weight
+            };
             backends.push(BackendSnap {
                 name: d.name,
                 addr: d.addr,
