@@ -1,0 +1,282 @@
+#!/bin/bash
+# `make vm-test`: two appliance VMs under QEMU (TCG, PVH direct boot of the
+# uncompressed kernel) on a bridge in a private network namespace, plus a
+# client namespace, and a failover test against them.
+#
+#   lab ns:    br0 ── tap1 (VM web1, 198.18.0.1)
+#                  ── tap2 (VM web2, 198.18.0.2)
+#                  ── cb0 ═══ c0 (client ns, 198.18.0.254)
+#
+# Checks, in order:
+#   1. both VMs boot: init mounts, loads modules, configures eth0, mounts the
+#      data partition, starts the daemon (serial console);
+#   2. the client pings both VMs (the guest kernels answer ICMP);
+#   3. exactly one VM reports role "director" on :8080/api/status;
+#   4. the VIP answers HTTP (only if something serves :80 in the VMs:
+#      reported as SKIP otherwise);
+#   5. killing the director's QEMU makes the other VM director;
+#   6. a config change written to a VM's data partition is in effect after
+#      it reboots and is still there after a second reboot.
+# Measures: QEMU start -> first heartbeat line on the console, RSS per QEMU.
+#
+# Env: OUT (image/out), VM_TEST_ALLOW_NO_DAEMON=1 turns checks 3-5 into
+# SKIPs when no status page answers (for testing the image before the
+# daemon exists), HEARTBEAT_RE (regex of the daemon's heartbeat log line),
+# VM_MEM (default 256M), BOOT_TIMEOUT (s, default 180).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/image/out}
+WORK=$OUT/vm-test
+VM_MEM=${VM_MEM:-256M}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
+HEARTBEAT_RE=${HEARTBEAT_RE:-[Hh]eartbeat}
+ALLOW_NO_DAEMON=${VM_TEST_ALLOW_NO_DAEMON:-0}
+VIP=198.18.0.100
+tag=$$-$RANDOM
+LAB=duetvm-lab-$tag
+CLI=duetvm-cli-$tag
+
+for f in vmlinux initramfs.img disk.img cmdline; do
+    [ -f "$OUT/$f" ] || { echo "vm-test: $OUT/$f missing; run make image" >&2; exit 1; }
+done
+command -v qemu-system-x86_64 >/dev/null || bash "$ROOT/image/host-deps.sh"
+
+declare -A QPID IP MAC
+IP[web1]=198.18.0.1 IP[web2]=198.18.0.2
+MAC[web1]=52:54:00:18:00:01 MAC[web2]=52:54:00:18:00:02
+passed=0 failed=0 skipped=0
+RESULTS=()
+
+cleanup() {
+    for n in "${!QPID[@]}"; do
+        [ -n "${QPID[$n]}" ] && kill -9 "${QPID[$n]}" 2>/dev/null
+    done
+    wait 2>/dev/null
+    ip netns del "$CLI" 2>/dev/null
+    ip netns del "$LAB" 2>/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok()   { passed=$((passed + 1)); RESULTS+=("PASS $*"); echo "vm-test: PASS $*"; }
+bad()  { failed=$((failed + 1)); RESULTS+=("FAIL $*"); echo "vm-test: FAIL $*"; }
+skip() { skipped=$((skipped + 1)); RESULTS+=("SKIP $*"); echo "vm-test: SKIP $*"; }
+now()  { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
+
+# --- network --------------------------------------------------------------
+rm -rf "$WORK"
+mkdir -p "$WORK"
+ip netns add "$LAB"
+ip netns add "$CLI"
+ip -n "$LAB" link set lo up
+ip -n "$LAB" link add br0 type bridge
+ip -n "$LAB" link set br0 up
+for i in 1 2; do
+    ip -n "$LAB" tuntap add "tap$i" mode tap
+    ip -n "$LAB" link set "tap$i" master br0 up
+done
+ip -n "$CLI" link add c0 type veth peer name cb0 netns "$LAB"
+ip -n "$LAB" link set cb0 master br0 up
+ip -n "$CLI" link set lo up
+ip -n "$CLI" addr add 198.18.0.254/24 dev c0
+ip -n "$CLI" link set c0 up
+
+# --- VMs ------------------------------------------------------------------
+data_offset=$(sfdisk -d "$OUT/disk.img" | awk -F'[=,]' '/name="DUETDATA"/ {gsub(/ /,"",$2); print $2 * 512}')
+for n in web1 web2; do
+    cp --sparse=always "$OUT/disk.img" "$WORK/disk-$n.img"
+done
+declare -A START
+start_vm() {
+    local n=$1 i=${1#web}
+    local log=$WORK/console-$n.log
+    echo "=== boot $(date -u +%H:%M:%S) ===" >>"$log"
+    START[$n]=$(now)
+    ip netns exec "$LAB" qemu-system-x86_64 \
+        -machine pc -cpu max -m "$VM_MEM" -smp 1 \
+        -nodefaults -nographic -no-reboot \
+        -serial "file:$log.cur" -monitor none \
+        -kernel "$OUT/vmlinux" -initrd "$OUT/initramfs.img" \
+        -append "console=ttyS0,115200 panic=-1 quiet duet.ip=${IP[$n]}/24 duet.node=$n" \
+        -drive "file=$WORK/disk-$n.img,format=raw,if=virtio" \
+        -device virtio-rng-pci \
+        -netdev "tap,id=lan,ifname=tap$i,script=no,downscript=no" \
+        -device "virtio-net-pci,netdev=lan,mac=${MAC[$n]},romfile=" \
+        >"$WORK/qemu-$n.out" 2>&1 &
+    QPID[$n]=$!
+}
+stop_vm() {
+    local n=$1
+    kill -9 "${QPID[$n]}" 2>/dev/null
+    wait "${QPID[$n]}" 2>/dev/null
+    QPID[$n]=""
+    cat "$WORK/console-$n.log.cur" >>"$WORK/console-$n.log" 2>/dev/null
+    rm -f "$WORK/console-$n.log.cur"
+}
+# wait_console NAME REGEX TIMEOUT: seconds from QEMU start, or empty.
+wait_console() {
+    local n=$1 re=$2 limit=$3 t0
+    t0=$(now)
+    while [ "$(since "$t0" | cut -d. -f1)" -lt "$limit" ]; do
+        if grep -Eq "$re" "$WORK/console-$n.log.cur" 2>/dev/null; then
+            since "${START[$n]}"
+            return 0
+        fi
+        if ! kill -0 "${QPID[$n]}" 2>/dev/null; then
+            return 1
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null; }
+status_json() { ip netns exec "$CLI" curl -s -m 2 "http://$1:8080/api/status"; }
+role_of() {
+    status_json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("role",""))' 2>/dev/null
+}
+
+for n in web1 web2; do start_vm "$n"; done
+
+declare -A T_INIT T_DAEMON T_HB
+for n in web1 web2; do
+    if t=$(wait_console "$n" 'duet-init: daemon started' "$BOOT_TIMEOUT"); then
+        T_DAEMON[$n]=$t
+        T_INIT[$n]=$(grep -m1 'duet-init: starting' "$WORK/console-$n.log.cur" | sed 's/^\[ *\([0-9.]*\)\].*/\1/')
+        ok "$n boots: daemon started $t s after QEMU start (kernel uptime at init: ${T_INIT[$n]} s)"
+    else
+        bad "$n did not start the daemon within $BOOT_TIMEOUT s (see $WORK/console-$n.log.cur)"
+        tail -20 "$WORK/console-$n.log.cur" 2>/dev/null | sed "s/^/  $n| /"
+    fi
+done
+for n in web1 web2; do
+    grep -E 'duet-init: (mounted|loaded|eth0|config)' "$WORK/console-$n.log.cur" | sed "s/^/  $n| /"
+done
+
+for n in web1 web2; do
+    if ip netns exec "$CLI" ping -c 3 -i 0.3 -W 2 -q "${IP[$n]}" >/dev/null; then
+        ok "client pings $n (${IP[$n]})"
+    else
+        bad "client cannot ping $n (${IP[$n]})"
+    fi
+done
+
+for n in web1 web2; do
+    if t=$(wait_console "$n" "$HEARTBEAT_RE" 60); then
+        T_HB[$n]=$t
+        echo "vm-test: $n first heartbeat line on the console $t s after QEMU start"
+    else
+        T_HB[$n]="n/a"
+    fi
+done
+
+declare -A RSS
+for n in web1 web2; do RSS[$n]=$(rss_mib "${QPID[$n]}"); done
+
+# --- election -------------------------------------------------------------
+have_daemon=0
+director=""
+t0=$(now)
+while [ "$(since "$t0" | cut -d. -f1)" -lt 60 ]; do
+    r1=$(role_of "${IP[web1]}") r2=$(role_of "${IP[web2]}")
+    [ -n "$r1$r2" ] && have_daemon=1
+    if [ "$r1" = director ] && [ "$r2" != director ] && [ -n "$r2" ]; then director=web1; break; fi
+    if [ "$r2" = director ] && [ "$r1" != director ] && [ -n "$r1" ]; then director=web2; break; fi
+    [ $have_daemon = 0 ] && [ "$(since "$t0" | cut -d. -f1)" -ge 20 ] && break
+    sleep 1
+done
+no_daemon() {
+    if [ "$ALLOW_NO_DAEMON" = 1 ]; then skip "$1 (no status page answers: daemon not in this image)"; else bad "$1 (no status page answers on :8080)"; fi
+}
+if [ -n "$director" ]; then
+    other=web1; [ $director = web1 ] && other=web2
+    ok "one director: $director (the other: $(role_of "${IP[$other]}"))"
+elif [ $have_daemon = 1 ]; then
+    bad "no single director after 60 s (web1: '$r1', web2: '$r2')"
+else
+    no_daemon "election"
+fi
+
+# --- VIP ------------------------------------------------------------------
+declare -A SEEN
+answers=0
+for _ in $(seq 1 12); do
+    body=$(ip netns exec "$CLI" curl -s -m 2 "http://$VIP/" 2>/dev/null) && [ -n "$body" ] && {
+        answers=$((answers + 1)); SEEN["${body:0:40}"]=1; }
+done
+if [ $answers -gt 0 ]; then
+    if [ ${#SEEN[@]} -ge 2 ]; then ok "VIP $VIP answers HTTP from ${#SEEN[@]} distinct backends ($answers/12)"
+    else ok "VIP $VIP answers HTTP ($answers/12), one distinct body: '${!SEEN[*]}' (both-node spread needs a service on :80 in each VM)"; fi
+else
+    skip "VIP $VIP HTTP: nothing answers on :80 (the image has no web service yet)"
+fi
+
+# --- failover -------------------------------------------------------------
+if [ -n "$director" ]; then
+    echo "vm-test: killing $director's QEMU (pid ${QPID[$director]})"
+    tk=$(now)
+    stop_vm "$director"
+    took=""
+    while [ "$(since "$tk" | cut -d. -f1)" -lt 30 ]; do
+        if [ "$(role_of "${IP[$other]}")" = director ]; then took=$(since "$tk"); break; fi
+        sleep 0.2
+    done
+    if [ -n "$took" ]; then ok "failover: $other is director $took s after $director was killed"
+    else bad "failover: $other did not become director within 30 s"; fi
+    if [ $answers -gt 0 ]; then
+        if ip netns exec "$CLI" curl -s -m 3 -o /dev/null "http://$VIP/"; then ok "VIP answers after failover"
+        else bad "VIP does not answer after failover"; fi
+    fi
+    start_vm "$director"
+    wait_console "$director" 'duet-init: daemon started' "$BOOT_TIMEOUT" >/dev/null \
+        && ok "$director rebooted after the kill" || bad "$director did not come back"
+else
+    [ $have_daemon = 1 ] || no_daemon "failover"
+fi
+
+# --- persistence of the data partition --------------------------------------
+n=web2
+stop_vm $n
+img="$WORK/disk-$n.img?offset=$data_offset"
+debugfs -R "cat /duet.toml" "$img" 2>/dev/null >"$WORK/duet-$n.toml"
+marker="# vm-test change $tag"
+printf '%s\n' "$marker" >>"$WORK/duet-$n.toml"
+size=$(stat -c %s "$WORK/duet-$n.toml")
+debugfs -w -R "rm /duet.toml" "$img" >/dev/null 2>&1
+debugfs -w -R "write $WORK/duet-$n.toml /duet.toml" "$img" >/dev/null 2>&1
+for round in 1 2; do
+    start_vm $n
+    if wait_console $n "config /data/duet.toml \\($size bytes\\)" "$BOOT_TIMEOUT" >/dev/null; then
+        ok "reboot $round of $n: init runs the changed config (/data/duet.toml, $size bytes)"
+    else
+        bad "reboot $round of $n: changed config not in use: $(grep -m1 'duet-init: config' "$WORK/console-$n.log.cur")"
+    fi
+    # Let the daemon write its state before the hard power-off.
+    sleep 3
+    stop_vm $n
+done
+if debugfs -R "cat /duet.toml" "$img" 2>/dev/null | grep -qF "$marker"; then
+    ok "the change is still on $n's data partition after two reboots"
+else
+    bad "the change is gone from $n's data partition"
+fi
+state=$(debugfs -R "ls -l /state" "$img" 2>/dev/null | awk 'NF>=9 && $NF!="." && $NF!=".." {print $NF}' | tr '\n' ' ')
+echo "vm-test: $n /data/state holds: ${state:-(empty)}"
+
+# --- report -----------------------------------------------------------------
+echo
+echo "vm-test report"
+for f in vmlinux vmlinuz initramfs.img disk.img; do
+    printf '  size %-14s %s bytes\n' "$f" "$(stat -c %s "$OUT/$f")"
+done
+for n in web1 web2; do
+    printf '  %s: QEMU start -> daemon started %s s, -> first heartbeat %s s\n' \
+        "$n" "${T_DAEMON[$n]:-n/a}" "${T_HB[$n]:-n/a}"
+done
+for n in web1 web2; do
+    printf '  %s: QEMU RSS %s MiB after boot (-m %s)\n' "$n" "${RSS[$n]:-n/a}" "$VM_MEM"
+done
+for r in "${RESULTS[@]}"; do echo "  $r"; done
+echo "  consoles: $WORK/console-*.log"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ $failed -eq 0 ]
