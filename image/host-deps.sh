@@ -8,7 +8,7 @@
 set -euo pipefail
 
 need_image="dosfstools mtools fdisk e2fsprogs xz-utils zstd python3"
-need_vm="iproute2 curl"
+need_vm="iproute2 curl iputils-ping ovmf"
 need_qemu="qemu-system-x86"
 
 missing=()

@@ -44,6 +44,11 @@ command -v qemu-system-x86_64 >/dev/null || bash "$ROOT/image/host-deps.sh"
 declare -A QPID IP MAC
 IP[web1]=198.18.0.1 IP[web2]=198.18.0.2
 MAC[web1]=52:54:00:18:00:01 MAC[web2]=52:54:00:18:00:02
+# web1 gets its address on the command line; web2 only its name, so init
+# takes the address from web2's [[node]] entry in the config.
+declare -A BOOTARGS
+BOOTARGS[web1]="duet.ip=198.18.0.1/24 duet.node=web1"
+BOOTARGS[web2]="duet.node=web2"
 passed=0 failed=0 skipped=0
 RESULTS=()
 
@@ -98,7 +103,7 @@ start_vm() {
         -nodefaults -nographic -no-reboot \
         -serial "file:$log.cur" -monitor none \
         -kernel "$OUT/vmlinux" -initrd "$OUT/initramfs.img" \
-        -append "console=ttyS0,115200 panic=-1 quiet duet.ip=${IP[$n]}/24 duet.node=$n" \
+        -append "console=ttyS0,115200 panic=-1 quiet ${BOOTARGS[$n]}" \
         -drive "file=$WORK/disk-$n.img,format=raw,if=virtio" \
         -device virtio-rng-pci \
         -netdev "tap,id=lan,ifname=tap$i,script=no,downscript=no" \
@@ -142,7 +147,7 @@ declare -A T_INIT T_DAEMON T_HB
 for n in web1 web2; do
     if t=$(wait_console "$n" 'duet-init: daemon started' "$BOOT_TIMEOUT"); then
         T_DAEMON[$n]=$t
-        T_INIT[$n]=$(grep -m1 'duet-init: starting' "$WORK/console-$n.log.cur" | sed 's/^\[ *\([0-9.]*\)\].*/\1/')
+        T_INIT[$n]=$(grep -o '\[ *[0-9.]*\] duet-init: starting' "$WORK/console-$n.log.cur" | head -1 | tr -d '[]' | awk '{print $1}')
         ok "$n boots: daemon started $t s after QEMU start (kernel uptime at init: ${T_INIT[$n]} s)"
     else
         bad "$n did not start the daemon within $BOOT_TIMEOUT s (see $WORK/console-$n.log.cur)"

@@ -6,11 +6,12 @@
 //! 1. mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /run and /tmp;
 //! 2. loads the kernel modules listed in `/etc/duet/modules` with
 //!    `finit_module`, in order (the image build resolved their dependencies);
-//! 3. brings `lo` up and configures the LAN interface from `duet.*` kernel
-//!    command-line parameters, with plain ioctls (no netlink, no resolver);
-//! 4. mounts the data partition (ext4 or vfat labelled `DUETDATA`) on /data,
+//! 3. mounts the data partition (ext4 or vfat labelled `DUETDATA`) on /data,
 //!    seeding it with the built-in config and key on first boot, and puts the
 //!    sled state on it; without one, config and state stay in RAM;
+//! 4. brings `lo` up and configures the LAN interface from `duet.*` kernel
+//!    command-line parameters, or from the config's `[[node]]` entry of this
+//!    node, with plain ioctls (no netlink, no resolver);
 //! 5. forks: PID 1 stays behind as a supervisor that reaps every orphan,
 //!    restarts the daemon if it dies and turns SIGTERM/SIGINT (reboot) and
 //!    SIGUSR2/SIGPWR (power off) into a clean shutdown; the child returns the
@@ -28,8 +29,8 @@
 //! |------------------------|------------------------------------------------|
 //! | `duet.ip=A.B.C.D/N`    | address of the LAN interface                   |
 //! | `duet.gw=A.B.C.D`      | default route                                  |
-//! | `duet.if=NAME`         | LAN interface (default `eth0`)                 |
-//! | `duet.node=NAME`       | hostname; main may pass it as `--node`         |
+//! | `duet.if=NAME`         | LAN interface (default: `cluster.interface`, else `eth0`) |
+//! | `duet.node=NAME`       | this node's `[[node]]` name (else `/data/node`): hostname, and its address when `duet.ip` is absent |
 //! | `duet.data=LABEL`      | data partition label (default `DUETDATA`), `none` to skip |
 //! | `duet.data_wait=SECS`  | how long to wait for the data disk (default 2) |
 //! | `duet.rescue`          | stop before the daemon and open the rescue shell |
@@ -134,7 +135,8 @@ macro_rules! say {
 /// What the `duet.*` kernel parameters ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
-    pub iface: String,
+    /// None: `cluster.interface` of the config, else `eth0`.
+    pub iface: Option<String>,
     pub ip: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
     pub node: Option<String>,
@@ -147,7 +149,7 @@ pub struct BootParams {
 impl Default for BootParams {
     fn default() -> Self {
         BootParams {
-            iface: "eth0".into(),
+            iface: None,
             ip: None,
             gateway: None,
             node: None,
@@ -190,7 +192,7 @@ impl BootParams {
                     if v.len() >= libc::IFNAMSIZ {
                         return Err(param_err(word, "interface name too long"));
                     }
-                    p.iface = v;
+                    p.iface = Some(v);
                 }
                 "ip" => {
                     let v = need(value)?;
@@ -314,8 +316,17 @@ fn load_modules(list: &Path) -> Result<(usize, usize), InitError> {
     };
     let (mut ok, mut failed) = (0, 0);
     for m in parse_module_list(&text) {
+        let t = Instant::now();
         match load_module(&m) {
-            Ok(()) => ok += 1,
+            Ok(()) => {
+                ok += 1;
+                // Signature checks and init functions are slow under
+                // emulation; name the modules worth trimming from the list.
+                let ms = t.elapsed().as_millis();
+                if ms >= 100 {
+                    say!("module {} took {ms} ms", m.path.display());
+                }
+            }
             Err(e) => {
                 failed += 1;
                 say!("module {}: {}", m.path.display(), e);
@@ -719,7 +730,66 @@ impl Drop for Ctl {
     }
 }
 
-fn setup_network(p: &BootParams) -> Result<(), InitError> {
+/// What the LAN interface gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPlan {
+    pub iface: String,
+    pub ip: Option<(Ipv4Addr, u8)>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Prefix length for an address taken from the config, which holds bare
+/// addresses; `duet.ip=ADDR/N` overrides it.
+pub const CONFIG_PREFIX: u8 = 24;
+
+/// Combines the command line with the config: explicit parameters win;
+/// otherwise the interface is `cluster.interface` and the address that of
+/// the `[[node]]` named `node`. Errors are for the console, so they say
+/// what to fix.
+pub fn plan_network(p: &BootParams, config: &str, node: Option<&str>) -> Result<NetPlan, String> {
+    let parsed: Option<toml::Table> = config.parse().ok();
+    let cfg_iface = parsed.as_ref().and_then(|t| {
+        t.get("cluster")?
+            .get("interface")?
+            .as_str()
+            .map(str::to_string)
+    });
+    let iface = p
+        .iface
+        .clone()
+        .or(cfg_iface)
+        .unwrap_or_else(|| "eth0".to_string());
+    let mut plan = NetPlan {
+        iface,
+        ip: p.ip,
+        gateway: p.gateway,
+    };
+    if plan.ip.is_some() {
+        return Ok(plan);
+    }
+    let Some(node) = node else {
+        return Ok(plan);
+    };
+    let table = parsed.ok_or("the config is not valid TOML, cannot look up this node's address")?;
+    let entry = table
+        .get("node")
+        .and_then(|n| n.as_array())
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n.get("name").and_then(|v| v.as_str()) == Some(node))
+        })
+        .ok_or_else(|| format!("node {node:?} has no [[node]] entry in the config"))?;
+    let addr = entry
+        .get("address")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .ok_or_else(|| format!("[[node]] {node:?} has no IPv4 address"))?;
+    plan.ip = Some((addr, CONFIG_PREFIX));
+    Ok(plan)
+}
+
+fn setup_network(p: &NetPlan) -> Result<(), InitError> {
     let ctl = Ctl::open()?;
     ctl.up("lo")?;
     let sys = Path::new("/sys/class/net").join(&p.iface);
@@ -749,7 +819,11 @@ fn setup_network(p: &BootParams) -> Result<(), InitError> {
     let mac = fs::read_to_string(sys.join("address")).unwrap_or_default();
     match p.ip {
         Some((addr, len)) => say!("{} {} up, {addr}/{len}", p.iface, mac.trim()),
-        None => say!("{} {} up, no duet.ip given", p.iface, mac.trim()),
+        None => say!(
+            "{} {} up without an address (no duet.ip, no duet.node)",
+            p.iface,
+            mac.trim()
+        ),
     }
     Ok(())
 }
@@ -935,18 +1009,34 @@ pub fn boot() -> Result<PathBuf, InitError> {
     let cmdline =
         fs::read_to_string("/proc/cmdline").map_err(|e| file_err(Path::new("/proc/cmdline"), e))?;
     let params = BootParams::parse(&cmdline)?;
-    if let Some(node) = &params.node {
-        set_hostname(node);
-    }
     let t = Instant::now();
     let (ok, failed) = load_modules(Path::new(MODULE_LIST))?;
     say!(
         "loaded {ok} modules ({failed} failed) in {} ms",
         t.elapsed().as_millis()
     );
-    setup_network(&params)?;
     let storage = setup_storage(&params)?;
-    let size = fs::metadata(&storage.config).map(|m| m.len()).unwrap_or(0);
+    // The node's name: the command line, else a one-line file on /data,
+    // so identical disk images differ only in their data partition.
+    let node = params.node.clone().or_else(|| {
+        fs::read_to_string(Path::new(DATA_DIR).join("node"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    if let Some(node) = &node {
+        set_hostname(node);
+    }
+    let config_text =
+        fs::read_to_string(&storage.config).map_err(|e| file_err(&storage.config, e))?;
+    let plan = plan_network(&params, &config_text, node.as_deref()).map_err(|reason| {
+        InitError::Param {
+            param: format!("duet.node={}", node.as_deref().unwrap_or("")),
+            reason,
+        }
+    })?;
+    setup_network(&plan)?;
+    let size = config_text.len();
     say!(
         "config {} ({size} bytes), state {} ({})",
         storage.config.display(),
@@ -1015,7 +1105,7 @@ mod tests {
         assert_eq!(p.ip, Some((Ipv4Addr::new(198, 18, 0, 1), 24)));
         assert_eq!(p.gateway, Some(Ipv4Addr::new(198, 18, 0, 254)));
         assert_eq!(p.node.as_deref(), Some("web1"));
-        assert_eq!(p.iface, "ens3");
+        assert_eq!(p.iface.as_deref(), Some("ens3"));
         assert_eq!(p.data_label.as_deref(), Some("CONF"));
         assert_eq!(p.data_wait, Duration::from_millis(500));
         assert!(p.rescue);
@@ -1110,5 +1200,47 @@ mod tests {
         mbr[510] = 0x55;
         mbr[511] = 0xAA;
         assert_eq!(probe_label(&mbr), None);
+    }
+
+    const CONFIG: &str = r#"
+[cluster]
+vip = "198.18.0.100"
+interface = "ens4"
+[[node]]
+name = "web1"
+address = "198.18.0.1"
+[[node]]
+name = "web2"
+address = "198.18.0.2"
+"#;
+
+    #[test]
+    fn network_from_config_and_cmdline() {
+        let none = BootParams::default();
+        let plan = plan_network(&none, CONFIG, Some("web2")).unwrap();
+        assert_eq!(plan.iface, "ens4");
+        assert_eq!(plan.ip, Some((Ipv4Addr::new(198, 18, 0, 2), CONFIG_PREFIX)));
+        // The command line wins over the config.
+        let p = BootParams::parse("duet.ip=198.18.0.9/16 duet.if=eth1").unwrap();
+        let plan = plan_network(&p, CONFIG, Some("web2")).unwrap();
+        assert_eq!(plan.iface, "eth1");
+        assert_eq!(plan.ip, Some((Ipv4Addr::new(198, 18, 0, 9), 16)));
+        // No node: interface up, no address.
+        let plan = plan_network(&none, CONFIG, None).unwrap();
+        assert_eq!(plan.ip, None);
+        // Broken or foreign configs without a node name are not an error.
+        let plan = plan_network(&none, "not = [toml", None).unwrap();
+        assert_eq!(plan.iface, "eth0");
+    }
+
+    #[test]
+    fn network_errors_say_what_is_missing() {
+        let none = BootParams::default();
+        let e = plan_network(&none, CONFIG, Some("web3")).unwrap_err();
+        assert!(e.contains("web3"), "{e}");
+        let e = plan_network(&none, "[[node]]\nname = \"web1\"\n", Some("web1")).unwrap_err();
+        assert!(e.contains("IPv4"), "{e}");
+        let e = plan_network(&none, "[[node", Some("web1")).unwrap_err();
+        assert!(e.contains("TOML"), "{e}");
     }
 }
