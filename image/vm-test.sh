@@ -8,6 +8,8 @@
 #                  ── cb0 ═══ c0 (client ns, 198.18.0.254)
 #
 # Checks, in order:
+#   0. disk.img boots with BIOS and with UEFI (image/boot-test.sh; BOOT_TEST=0
+#      skips it);
 #   1. both VMs boot: init mounts, loads modules, configures eth0, mounts the
 #      data partition, starts the daemon (serial console);
 #   2. the client pings both VMs (the guest kernels answer ICMP);
@@ -68,6 +70,17 @@ bad()  { failed=$((failed + 1)); RESULTS+=("FAIL $*"); echo "vm-test: FAIL $*"; 
 skip() { skipped=$((skipped + 1)); RESULTS+=("SKIP $*"); echo "vm-test: SKIP $*"; }
 now()  { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
+
+# --- the disk image on BIOS and UEFI firmware --------------------------------
+if [ "${BOOT_TEST:-1}" = 1 ]; then
+    while read -r line; do
+        case $line in
+            PASS*) ok "${line#PASS }" ;;
+            FAIL*) bad "${line#FAIL }" ;;
+            *) echo "$line" ;;
+        esac
+    done < <(OUT=$OUT bash "$ROOT/image/boot-test.sh")
+fi
 
 # --- network --------------------------------------------------------------
 rm -rf "$WORK"
