@@ -31,7 +31,8 @@ OUT=${OUT:-$ROOT/image/out}
 WORK=$OUT/vm-test
 VM_MEM=${VM_MEM:-256M}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
-HEARTBEAT_RE=${HEARTBEAT_RE:-[Hh]eartbeat}
+# The daemon logs "peer NAME up" when the first heartbeat of its peer arrives.
+HEARTBEAT_RE=${HEARTBEAT_RE:-peer [^ ]+ up}
 ALLOW_NO_DAEMON=${VM_TEST_ALLOW_NO_DAEMON:-0}
 VIP=198.18.0.100
 tag=$$-$RANDOM
@@ -46,11 +47,12 @@ command -v qemu-system-x86_64 >/dev/null || bash "$ROOT/image/host-deps.sh"
 declare -A QPID IP MAC
 IP[web1]=198.18.0.1 IP[web2]=198.18.0.2
 MAC[web1]=52:54:00:18:00:01 MAC[web2]=52:54:00:18:00:02
-# web1 gets its address on the command line; web2 only its name, so init
-# takes the address from web2's [[node]] entry in the config.
+# web1 gets its address and name on the command line; web2 nothing: its
+# name is in /data/node, and init takes the address from web2's [[node]]
+# entry in the config, as on a disk-booted appliance.
 declare -A BOOTARGS
 BOOTARGS[web1]="duet.ip=198.18.0.1/24 duet.node=web1"
-BOOTARGS[web2]="duet.node=web2"
+BOOTARGS[web2]=""
 passed=0 failed=0 skipped=0
 RESULTS=()
 
@@ -104,6 +106,15 @@ ip -n "$CLI" link set c0 up
 data_offset=$(sfdisk -d "$OUT/disk.img" | awk -F'[=,]' '/name="DUETDATA"/ {gsub(/ /,"",$2); print $2 * 512}')
 for n in web1 web2; do
     cp --sparse=always "$OUT/disk.img" "$WORK/disk-$n.img"
+    # Each node serves its name on :80 (init runs busybox httpd for
+    # /data/www), so the VIP check can tell the backends apart.
+    printf '%s\n' "$n" >"$WORK/index-$n.html"
+    printf '%s\n' "$n" >"$WORK/node-$n"
+    {
+        echo "mkdir /www"
+        echo "write $WORK/index-$n.html /www/index.html"
+        [ "$n" = web2 ] && echo "write $WORK/node-$n /node"
+    } | debugfs -w -f - "$WORK/disk-$n.img?offset=$data_offset" >/dev/null 2>&1
 done
 declare -A START
 start_vm() {

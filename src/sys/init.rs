@@ -13,7 +13,8 @@
 //!    command-line parameters, or from the config's `[[node]]` entry of this
 //!    node, with plain ioctls (no netlink, no resolver);
 //! 5. forks: PID 1 stays behind as a supervisor that reaps every orphan,
-//!    restarts the daemon if it dies and turns SIGTERM/SIGINT (reboot) and
+//!    restarts the daemon if it dies (and busybox httpd serving /data/www,
+//!    when that directory exists) and turns SIGTERM/SIGINT (reboot) and
 //!    SIGUSR2/SIGPWR (power off) into a clean shutdown; the child returns the
 //!    config path from `boot` and `main` runs the daemon with it.
 //!
@@ -895,6 +896,73 @@ fn shutdown(daemon: Option<libc::pid_t>, how: Halt) -> ! {
     }
 }
 
+/// A process PID 1 keeps running.
+struct Service {
+    name: &'static str,
+    /// None: the daemon, which is this binary returning from `boot` in a
+    /// forked child. Some: a program to exec.
+    argv: Option<Vec<String>>,
+    pid: Option<(libc::pid_t, Instant)>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Service {
+    fn new(name: &'static str, argv: Option<Vec<String>>) -> Service {
+        Service {
+            name,
+            argv,
+            pid: None,
+            restart_at: Some(Instant::now()),
+            backoff: Duration::from_secs(1),
+        }
+    }
+
+    fn exited(&mut self, status: libc::c_int) {
+        let how = if libc::WIFEXITED(status) {
+            format!("exited with status {}", libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("ended ({status:#x})")
+        };
+        // One that ran a while comes back at once; a crash loop backs off up
+        // to 30 s so the console stays readable.
+        if self
+            .pid
+            .is_some_and(|(_, t)| t.elapsed() > Duration::from_secs(60))
+        {
+            self.backoff = Duration::from_secs(1);
+        }
+        say!(
+            "{} {how}; restarting in {}s",
+            self.name,
+            self.backoff.as_secs()
+        );
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        self.pid = None;
+    }
+}
+
+/// Extra services of the appliance: a static web server for `/data/www`
+/// when the operator put content there (a local service for the VIP on
+/// machines with nothing else to serve, as in `make vm-test`).
+fn extra_services() -> Vec<Service> {
+    let www = Path::new(DATA_DIR).join("www");
+    let httpd = Path::new("/bin/busybox");
+    if www.is_dir() && httpd.exists() {
+        let argv = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([www.display().to_string()])
+            .collect();
+        vec![Service::new("httpd", Some(argv))]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Runs as PID 1 for the rest of the machine's life; returns only in the
 /// forked child, which goes on to run the daemon.
 fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
@@ -915,26 +983,47 @@ fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
         libc::reboot(libc::RB_DISABLE_CAD);
     }
-    let mut backoff = Duration::from_secs(1);
-    let mut daemon: Option<(libc::pid_t, Instant)> = None;
-    let mut restart_at = Some(Instant::now());
+    let mut services = vec![Service::new("daemon", None)];
+    services.extend(extra_services());
     loop {
-        if let Some(at) = restart_at {
-            if Instant::now() >= at {
-                restart_at = None;
-                // SAFETY: PID 1 is single-threaded here (boot starts no
-                // threads), so the child may run arbitrary code after fork.
-                let pid = unsafe { libc::fork() };
-                if pid < 0 {
-                    say!("fork: {}; retrying", io::Error::last_os_error());
-                    restart_at = Some(Instant::now() + backoff);
-                } else if pid == 0 {
-                    // SAFETY: restore the mask the daemon expects.
-                    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-                    return Ok(config);
-                } else {
-                    say!("daemon started, pid {pid}, config {}", config.display());
-                    daemon = Some((pid, Instant::now()));
+        for svc in services.iter_mut() {
+            if svc.restart_at.is_none_or(|at| Instant::now() < at) {
+                continue;
+            }
+            svc.restart_at = None;
+            let started = match &svc.argv {
+                // std resets the signal mask in the child it spawns.
+                Some(argv) => std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .spawn()
+                    .map(|c| c.id() as libc::pid_t),
+                None => {
+                    // SAFETY: PID 1 is single-threaded (boot starts no
+                    // threads), so the child may run arbitrary code.
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        // SAFETY: restore the mask the daemon expects.
+                        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+                        return Ok(config);
+                    }
+                    if pid < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(pid)
+                    }
+                }
+            };
+            match started {
+                Ok(pid) => {
+                    match &svc.argv {
+                        None => say!("daemon started, pid {pid}, config {}", config.display()),
+                        Some(argv) => say!("{} started, pid {pid}: {}", svc.name, argv.join(" ")),
+                    }
+                    svc.pid = Some((pid, Instant::now()));
+                }
+                Err(e) => {
+                    say!("{}: cannot start: {e}; retrying", svc.name);
+                    svc.restart_at = Some(Instant::now() + svc.backoff);
                 }
             }
         }
@@ -944,12 +1033,13 @@ fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
         };
         // SAFETY: set is initialised; no siginfo wanted.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+        let daemon = services[0].pid.map(|p| p.0);
         match sig {
-            libc::SIGTERM | libc::SIGINT => shutdown(daemon.map(|d| d.0), Halt::Reboot),
-            libc::SIGUSR2 | libc::SIGPWR => shutdown(daemon.map(|d| d.0), Halt::PowerOff),
+            libc::SIGTERM | libc::SIGINT => shutdown(daemon, Halt::Reboot),
+            libc::SIGUSR2 | libc::SIGPWR => shutdown(daemon, Halt::PowerOff),
             _ => {}
         }
-        // Reap everything: orphans re-parented to us and the daemon itself.
+        // Reap everything: orphans re-parented to us and our services.
         loop {
             let mut status = 0;
             // SAFETY: status is a valid out-pointer.
@@ -957,26 +1047,11 @@ fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
             if pid <= 0 {
                 break;
             }
-            if let Some((dpid, started)) = daemon {
-                if pid == dpid {
-                    let how = if libc::WIFEXITED(status) {
-                        format!("exited with status {}", libc::WEXITSTATUS(status))
-                    } else if libc::WIFSIGNALED(status) {
-                        format!("killed by signal {}", libc::WTERMSIG(status))
-                    } else {
-                        format!("ended ({status:#x})")
-                    };
-                    // A daemon that ran a while gets restarted at once; a
-                    // crash loop backs off up to 30 s so the console stays
-                    // readable.
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_secs(1);
-                    }
-                    say!("daemon {how}; restarting in {}s", backoff.as_secs());
-                    restart_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    daemon = None;
-                }
+            if let Some(svc) = services
+                .iter_mut()
+                .find(|s| s.pid.is_some_and(|(p, _)| p == pid))
+            {
+                svc.exited(status);
             }
         }
     }
