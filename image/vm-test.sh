@@ -58,7 +58,7 @@ RESULTS=()
 
 cleanup() {
     for n in "${!QPID[@]}"; do
-        [ -n "${QPID[$n]}" ] && kill -9 "${QPID[$n]}" 2>/dev/null
+        [ -n "${QPID[$n]}" ] && stop_vm "$n"
     done
     wait 2>/dev/null
     ip netns del "$CLI" 2>/dev/null
