@@ -5,6 +5,11 @@
 against the unpacked kernel package (dependencies from each module's own
 .modinfo `depends=` field, since Debian's package ships no modules.dep),
 copied in, and written in load order to /etc/duet/modules for init.
+
+A line of firmware/modules starting with `?` is a hardware driver: init
+loads it (with the other modules of the line) only when a device's modalias
+matches one of the first module's `alias=` globs. The list file is then a
+series of blocks: `always` or `match GLOB...`, followed by module paths.
 """
 import argparse
 import os
@@ -46,9 +51,7 @@ def norm(name):
     return name.replace("-", "_")
 
 
-def resolve(moddir, wanted):
-    """Load order for `wanted` (names), dependencies first; builtins and
-    missing modules reported separately."""
+def index_modules(moddir):
     index = {}
     for root, _dirs, files in os.walk(os.path.join(moddir, "kernel")):
         for fn in files:
@@ -58,7 +61,13 @@ def resolve(moddir, wanted):
     with open(os.path.join(moddir, "modules.builtin")) as f:
         for line in f:
             builtin.add(norm(os.path.basename(line.strip())[:-3]))
-    order, seen, skipped = [], set(), []
+    return index, builtin
+
+
+def resolve(index, builtin, wanted, skipped):
+    """Load order for `wanted` (names), dependencies first; builtins and
+    modules missing from this kernel are appended to `skipped`."""
+    order, seen = [], set()
 
     def visit(name, chain):
         name = norm(name)
@@ -85,7 +94,7 @@ def resolve(moddir, wanted):
 
     for name in wanted:
         visit(name, [])
-    return order, skipped
+    return order
 
 
 class Cpio:
@@ -138,10 +147,34 @@ def main():
     a = ap.parse_args()
 
     moddir = os.path.join(a.kernel_root, "lib/modules", a.kver)
+    index, builtin = index_modules(moddir)
+    skipped = []
+    # blocks: (alias globs or None for always, [paths in load order])
+    blocks = []
     with open(a.modules) as f:
-        wanted = [l.split("#")[0].strip() for l in f]
-    wanted = [w for w in wanted if w]
-    order, skipped = resolve(moddir, wanted)
+        for raw in f:
+            words = raw.split("#")[0].split()
+            if not words:
+                continue
+            cond = words[0].startswith("?")
+            if cond:
+                words[0] = words[0][1:]
+            paths = resolve(index, builtin, words, skipped)
+            if not paths:
+                continue
+            if cond:
+                first = index.get(norm(words[0]))
+                aliases = modinfo(first).get("alias", []) if first else []
+                if not aliases:
+                    raise SystemExit(f"?{words[0]}: module has no device aliases to match")
+                blocks.append((aliases, paths))
+            elif blocks and blocks[-1][0] is None:
+                blocks[-1][1].extend(p for p in paths if p not in blocks[-1][1])
+            else:
+                blocks.append((None, paths))
+    order = []
+    for _, paths in blocks:
+        order.extend(p for p in paths if p not in order)
 
     c = Cpio()
     for d in ("dev", "proc", "sys", "run", "tmp", "data", "etc", "etc/duet",
@@ -160,7 +193,6 @@ def main():
         c.file("etc/duet/key", f.read(), 0o600)
 
     made = {"lib/modules"}
-    lines = []
     for path in order:
         rel = os.path.relpath(path, a.kernel_root)
         parts = rel.split("/")
@@ -171,7 +203,10 @@ def main():
                 made.add(d)
         with open(path, "rb") as f:
             c.file(rel, f.read())
-        lines.append("/" + rel)
+    lines = []
+    for aliases, paths in blocks:
+        lines.append("always" if aliases is None else "match " + " ".join(aliases))
+        lines.extend("/" + os.path.relpath(p, a.kernel_root) for p in paths)
     c.file("etc/duet/modules", ("\n".join(lines) + "\n").encode())
 
     if a.busybox:
@@ -192,7 +227,9 @@ def main():
     with open(tmp, "wb") as f:
         f.write(z)
     os.replace(tmp, a.out)
-    print(f"initramfs: {len(order)} modules, {len(raw)} bytes -> {len(z)} bytes zstd")
+    conditional = sum(1 for al, _ in blocks if al is not None)
+    print(f"initramfs: {len(order)} modules ({conditional} hardware-matched groups), "
+          f"{len(raw)} bytes -> {len(z)} bytes zstd")
     for s in skipped:
         print(f"  skipped {s}")
 

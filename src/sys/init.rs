@@ -256,26 +256,145 @@ pub fn cmdline_node() -> Option<String> {
 // ---------------------------------------------------------------------------
 // Module list
 
-/// One line of the module list.
+/// One module of the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleLine {
     pub path: PathBuf,
     pub params: String,
 }
 
-/// Parses the module list: `#` comments, blank lines, `path [params...]`.
-pub fn parse_module_list(text: &str) -> Vec<ModuleLine> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (path, params) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-            ModuleLine {
-                path: PathBuf::from(path),
-                params: params.trim().to_string(),
+/// Modules loaded together: always, or only when a device's modalias
+/// matches one of `patterns` (the driver's own `alias=` globs), so the
+/// drivers for hardware that is not there cost no boot time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleBlock {
+    /// Empty: unconditional.
+    pub patterns: Vec<String>,
+    pub modules: Vec<ModuleLine>,
+}
+
+/// Parses the module list written by `image/mkinitramfs.py`: `#` comments,
+/// `match GLOB...` or `always` to open a block, then `path [params...]`
+/// lines. Lines before any header are unconditional.
+pub fn parse_module_list(text: &str) -> Vec<ModuleBlock> {
+    let mut blocks = vec![ModuleBlock {
+        patterns: Vec::new(),
+        modules: Vec::new(),
+    }];
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("always") => blocks.push(ModuleBlock {
+                patterns: Vec::new(),
+                modules: Vec::new(),
+            }),
+            Some("match") => blocks.push(ModuleBlock {
+                patterns: words.map(str::to_string).collect(),
+                modules: Vec::new(),
+            }),
+            Some(path) => {
+                let params = words.collect::<Vec<_>>().join(" ");
+                if let Some(b) = blocks.last_mut() {
+                    b.modules.push(ModuleLine {
+                        path: PathBuf::from(path),
+                        params,
+                    });
+                }
             }
-        })
-        .collect()
+            None => {}
+        }
+    }
+    blocks.retain(|b| !b.modules.is_empty());
+    blocks
+}
+
+/// fnmatch(3) without flags, as modprobe matches `alias` globs against a
+/// device's modalias: `*`, `?`, and `[...]` sets with ranges and `!`/`^`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // Where to resume after the last `*`: (pattern index after it, text index).
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        let step = match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, ti));
+                pi += 1;
+                continue;
+            }
+            Some(b'?') => Some(pi + 1),
+            Some(b'[') => match_set(p, pi, t[ti]),
+            Some(&c) if c == t[ti] => Some(pi + 1),
+            _ => None,
+        };
+        match step {
+            Some(next) => {
+                pi = next;
+                ti += 1;
+            }
+            None => match star {
+                Some((sp, st)) => {
+                    pi = sp;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the set starting at `p[start] == b'['`; returns the
+/// index after the closing `]` on a match. An unclosed `[` matches itself.
+fn match_set(p: &[u8], start: usize, c: u8) -> Option<usize> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some(b'!') | Some(b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    while let Some(&lo) = p.get(i) {
+        if lo == b']' && !first {
+            return (hit != negate).then_some(i + 1);
+        }
+        first = false;
+        if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&h| h != b']') {
+            hit |= (lo..=p[i + 2]).contains(&c);
+            i += 3;
+        } else {
+            hit |= lo == c;
+            i += 1;
+        }
+    }
+    (c == b'[').then_some(start + 1)
+}
+
+/// Every device's modalias, from all buses.
+fn device_modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(buses) = fs::read_dir("/sys/bus") else {
+        return out;
+    };
+    for bus in buses.filter_map(|b| b.ok()) {
+        let Ok(devices) = fs::read_dir(bus.path().join("devices")) else {
+            continue;
+        };
+        for dev in devices.filter_map(|d| d.ok()) {
+            if let Ok(a) = fs::read_to_string(dev.path().join("modalias")) {
+                let a = a.trim();
+                if !a.is_empty() {
+                    out.push(a.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 fn load_module(m: &ModuleLine) -> io::Result<()> {
@@ -316,21 +435,41 @@ fn load_modules(list: &Path) -> Result<(usize, usize), InitError> {
         Err(e) => return Err(file_err(list, e)),
     };
     let (mut ok, mut failed) = (0, 0);
-    for m in parse_module_list(&text) {
-        let t = Instant::now();
-        match load_module(&m) {
-            Ok(()) => {
-                ok += 1;
-                // Signature checks and init functions are slow under
-                // emulation; name the modules worth trimming from the list.
-                let ms = t.elapsed().as_millis();
-                if ms >= 100 {
-                    say!("module {} took {ms} ms", m.path.display());
-                }
+    // Blocks repeat shared dependencies; finit_module would re-check each
+    // one's signature before answering EEXIST, which is slow when emulated.
+    let mut loaded = std::collections::HashSet::new();
+    for block in parse_module_list(&text) {
+        if !block.patterns.is_empty() {
+            // Rescanned per block: loading a bus driver (virtio_pci, a USB
+            // host) creates the devices the next blocks match.
+            let aliases = device_modaliases();
+            let present = block
+                .patterns
+                .iter()
+                .any(|p| aliases.iter().any(|a| glob_match(p, a)));
+            if !present {
+                continue;
             }
-            Err(e) => {
-                failed += 1;
-                say!("module {}: {}", m.path.display(), e);
+        }
+        for m in block.modules {
+            if !loaded.insert(m.path.clone()) {
+                continue;
+            }
+            let t = Instant::now();
+            match load_module(&m) {
+                Ok(()) => {
+                    ok += 1;
+                    // Signature checks and init functions are slow under
+                    // emulation; name the modules worth trimming.
+                    let ms = t.elapsed().as_millis();
+                    if ms >= 100 {
+                        say!("module {} took {ms} ms", m.path.display());
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    say!("module {}: {}", m.path.display(), e);
+                }
             }
         }
     }
@@ -1216,23 +1355,70 @@ mod tests {
     }
 
     #[test]
-    fn module_list() {
+    fn module_list_blocks() {
         let l = parse_module_list(
-            "# comment\n\n/lib/modules/x/a.ko\n  /lib/modules/x/b.ko  opt=1 other=2 # why\n",
+            "# comment\n/lib/m/a.ko\n\nmatch pci:v00001AF4d* virtio:d00000001v*\n  \
+             /lib/m/b.ko  opt=1 other=2 # why\nmatch nothing\nalways\n/lib/m/c.ko\n",
         );
+        let ml = |p: &str, params: &str| ModuleLine {
+            path: p.into(),
+            params: params.into(),
+        };
         assert_eq!(
             l,
             vec![
-                ModuleLine {
-                    path: "/lib/modules/x/a.ko".into(),
-                    params: String::new()
+                ModuleBlock {
+                    patterns: vec![],
+                    modules: vec![ml("/lib/m/a.ko", "")]
                 },
-                ModuleLine {
-                    path: "/lib/modules/x/b.ko".into(),
-                    params: "opt=1 other=2".into()
+                ModuleBlock {
+                    patterns: vec!["pci:v00001AF4d*".into(), "virtio:d00000001v*".into()],
+                    modules: vec![ml("/lib/m/b.ko", "opt=1 other=2")]
+                },
+                // The empty `match nothing` block is dropped.
+                ModuleBlock {
+                    patterns: vec![],
+                    modules: vec![ml("/lib/m/c.ko", "")]
                 },
             ]
         );
+    }
+
+    #[test]
+    fn globs_match_like_modprobe() {
+        let virtio_pci = "pci:v00001AF4d*sv*sd*bc*sc*i*";
+        assert!(glob_match(
+            virtio_pci,
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+        ));
+        assert!(!glob_match(
+            virtio_pci,
+            "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"
+        ));
+        let xhci = "pci:v*d*sv*sd*bc0Csc03i30*";
+        assert!(glob_match(
+            xhci,
+            "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30"
+        ));
+        assert!(!glob_match(
+            xhci,
+            "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i20"
+        ));
+        assert!(glob_match(
+            "usb:v0BC2p3300d[0-1]*",
+            "usb:v0BC2p3300d0100dc00"
+        ));
+        assert!(!glob_match(
+            "usb:v0BC2p3300d[0-1]*",
+            "usb:v0BC2p3300d2100dc00"
+        ));
+        assert!(glob_match("a[!x]c", "abc") && !glob_match("a[!b]c", "abc"));
+        assert!(glob_match("a[]]c", "a]c"));
+        assert!(glob_match("a?c", "abc") && !glob_match("a?c", "ac"));
+        assert!(glob_match("*", "") && glob_match("a**", "a"));
+        assert!(!glob_match("a", "") && !glob_match("", "a"));
+        // An unclosed set is a literal `[`.
+        assert!(glob_match("a[b", "a[b"));
     }
 
     #[test]
