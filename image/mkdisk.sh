@@ -50,7 +50,8 @@ data=$work/data
 mkdir -p "$data/state"
 install -m 0644 "$config" "$data/duet.toml"
 install -m 0600 "$key" "$data/key"
-mkfs.ext4 -q -F -L DUETDATA -d "$data" "$work/data.img" ${DATA_MB}M
+truncate -s ${DATA_MB}M "$work/data.img"
+mkfs.ext4 -q -F -L DUETDATA -d "$data" "$work/data.img"
 
 # --- assemble --------------------------------------------------------------
 total_mb=$((1 + ESP_MB + DATA_MB + 1))

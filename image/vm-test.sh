@@ -263,17 +263,43 @@ print(sum(1 for x in b if x.get("healthy")))' 2>/dev/null)
 fi
 
 # --- VIP ------------------------------------------------------------------
-declare -A SEEN
-answers=0
-for _ in $(seq 1 12); do
-    body=$(ip netns exec "$CLI" curl -s -m 2 "http://$VIP/" 2>/dev/null) && [ -n "$body" ] && {
-        answers=$((answers + 1)); SEEN["${body:0:40}"]=1; }
-done
-if [ $answers -gt 0 ]; then
-    if [ ${#SEEN[@]} -ge 2 ]; then ok "VIP $VIP answers HTTP from ${#SEEN[@]} distinct backends ($answers/12)"
-    else ok "VIP $VIP answers HTTP ($answers/12), one distinct body: '${!SEEN[*]}' (both-node spread needs a service on :80 in each VM)"; fi
+# Connections are opened together and held before any request is sent, so
+# a least-connection scheduler sees them as active and spreads them.
+vip_bodies() {
+    ip netns exec "$CLI" python3 - "$VIP" "$1" <<'PY'
+import socket, sys
+vip, n = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(n):
+    try:
+        socks.append(socket.create_connection((vip, 80), timeout=3))
+    except OSError:
+        pass
+for s in socks:
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        body = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+        print(body.splitlines()[0] if body else "")
+    except OSError:
+        pass
+    finally:
+        s.close()
+PY
+}
+bodies=$(vip_bodies 8)
+answers=$(grep -c . <<<"$bodies")
+distinct=$(grep . <<<"$bodies" | sort -u | tr '\n' ' ')
+if [ "$answers" -gt 0 ]; then
+    if [ "$(wc -w <<<"$distinct")" -ge 2 ]; then
+        ok "VIP $VIP serves HTTP from both nodes ($answers/8 answers: $distinct)"
+    else
+        bad "VIP $VIP answers ($answers/8) but only from: $distinct (healthy backends: ${healthy:-?})"
+    fi
 else
-    skip "VIP $VIP HTTP: nothing answers on :80 (the image has no web service yet)"
+    skip "VIP $VIP HTTP: nothing answers on :80"
 fi
 
 # --- failover -------------------------------------------------------------
