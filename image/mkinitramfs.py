@@ -217,7 +217,8 @@ def main():
                        "free", "top", "df", "du", "grep", "less", "more", "sync",
                        "reboot", "poweroff", "wget", "nc", "ifconfig", "route",
                        "arp", "netstat", "lsmod", "insmod", "uname", "sleep",
-                       "echo", "hexdump", "tail", "head", "sed", "vi", "mdev"):
+                       "echo", "hexdump", "tail", "head", "sed", "mdev", "setsid",
+                       "cttyhack"):
             c.symlink(f"bin/{applet}", "busybox")
 
     raw = c.finish()

@@ -1283,9 +1283,17 @@ pub fn rescue(msg: &str) -> ! {
         if shell.exists() {
             let _ = io::stderr()
                 .write_all(b"*** Rescue shell (exit to get a new one; `reboot -f` to reboot).\n");
-            let status = std::process::Command::new(shell)
-                .env("PS1", "duet-rescue# ")
-                .status();
+            // /dev/console cannot be a controlling terminal; busybox's
+            // cttyhack reopens the real tty behind it in a new session, so
+            // Ctrl-C and job control work in the shell.
+            let mut cmd = if Path::new("/bin/setsid").exists() {
+                let mut c = std::process::Command::new("/bin/setsid");
+                c.args(["/bin/cttyhack", "/bin/sh"]);
+                c
+            } else {
+                std::process::Command::new(shell)
+            };
+            let status = cmd.env("PS1", "duet-rescue# ").status();
             if let Err(e) = status {
                 say!("rescue shell: {e}");
                 std::thread::sleep(Duration::from_secs(10));
