@@ -85,8 +85,29 @@ struct AdminArgs {
 }
 
 fn main() -> ExitCode {
+    // As PID 1 of the appliance image, duet first sets the machine up, then
+    // runs as `duet run` on the config it found (src/sys/init.rs).
+    let cli = if duet::sys::init::is_pid1() {
+        match duet::sys::init::boot() {
+            Ok(config) => {
+                let mut args = vec![
+                    "duet".into(),
+                    "run".into(),
+                    "-c".into(),
+                    config.into_os_string(),
+                ];
+                if let Some(node) = duet::sys::init::cmdline_node() {
+                    args.extend(["--node".into(), node.into()]);
+                }
+                Cli::parse_from(args)
+            }
+            Err(e) => duet::sys::init::rescue(&e.to_string()),
+        }
+    } else {
+        Cli::parse()
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("duet: {e}");

@@ -4,6 +4,7 @@ mod ctl;
 pub mod daemon;
 pub mod dataplane;
 mod host;
+pub mod init;
 pub mod neigh;
 pub mod netlink;
 pub mod packet;
