@@ -5,7 +5,7 @@ TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/duet
 APT_PACKAGES := iproute2 curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client
 
-.PHONY: all build deps test unit integration lint demo bench clean-netns
+.PHONY: all build deps test unit integration lint demo clean-netns
 
 all: build
 
@@ -31,11 +31,14 @@ integration: deps
 	$(CARGO) test --test '*' -- --test-threads=2
 	$(MAKE) clean-netns
 
-test: deps lint unit integration
+# The appliance image is built and booted as a two-VM cluster under QEMU.
+test: deps lint unit integration vm-test
 
 clean-netns:
 	@for ns in $$(ip netns list 2>/dev/null | awk '/^dt[0-9]/{print $$1}'); do \
 		ip netns pids $$ns 2>/dev/null | xargs -r kill -9; ip netns del $$ns; done
+
+include image/image.mk
 
 demo: deps
 	$(CARGO) build --release

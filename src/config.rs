@@ -266,7 +266,8 @@ fn default_sync_port() -> u16 {
     695
 }
 fn default_max_connections() -> usize {
-    1 << 20
+    // The table is preallocated: ~80 bytes an entry plus its change log.
+    1 << 18
 }
 fn default_priority() -> u8 {
     100
