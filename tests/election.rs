@@ -15,11 +15,10 @@ fn two_nodes_elect_one_director_and_survive_kill9() {
         s["peers"][0]["last_heard_ms"].as_u64().unwrap() < 1000,
         "{s}"
     );
-    let other = 1 - d;
 
     let mut times = Vec::new();
     let mut director = d;
-    for round in 0..3 {
+    for round in 0..10 {
         let survivor = 1 - director;
         c.kill9(director);
         let t = c
@@ -33,18 +32,19 @@ fn two_nodes_elect_one_director_and_survive_kill9() {
                 .is_some(),
             "restarted node did not become standby"
         );
-        std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(
-            c.role(director).as_deref(),
-            Some("standby"),
-            "preempted without preempt=true"
-        );
-        assert_eq!(c.role(survivor).as_deref(), Some("director"));
+        if round == 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+            assert_eq!(
+                c.role(director).as_deref(),
+                Some("standby"),
+                "preempted without preempt=true"
+            );
+            assert_eq!(c.role(survivor).as_deref(), Some("director"));
+        }
         director = survivor;
     }
-    let _ = other;
     let med = median(times.clone());
-    eprintln!("kill -9 takeover times (status-poll resolution 10 ms): {times:?}, median {med:?}");
+    eprintln!("kill -9 takeover times over 10 kills (status-poll resolution ~10 ms): {times:?}, median {med:?}");
     assert!(
         med <= Duration::from_millis(1500),
         "median takeover {med:?} > 1.5 s"

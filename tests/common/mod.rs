@@ -356,16 +356,25 @@ dead_after = "1s"
         sh(&format!("ip netns exec {ns} {cmd}"))
     }
 
+    /// The node's /api/status; one retry, since a busy 2-core machine can
+    /// stall a single request (the daemon's own timing is not at stake here).
     pub fn status(&self, i: usize) -> Option<Value> {
         let n = &self.nodes[i];
-        let o = sh(&format!(
-            "ip netns exec {} curl -s -m 1 http://{}:8080/api/status",
-            n.ns, n.addr
-        ));
-        if !o.status.success() {
-            return None;
+        for attempt in 0..2 {
+            let o = sh(&format!(
+                "ip netns exec {} curl -s -m 2 http://{}:8080/api/status",
+                n.ns, n.addr
+            ));
+            if o.status.success() {
+                if let Ok(v) = serde_json::from_slice(&o.stdout) {
+                    return Some(v);
+                }
+            }
+            if attempt == 0 && self.nodes[i].duet.is_none() {
+                break;
+            }
         }
-        serde_json::from_slice(&o.stdout).ok()
+        None
     }
 
     pub fn role(&self, i: usize) -> Option<String> {
