@@ -47,6 +47,10 @@ FAILOVER_N = int(os.environ.get("BENCH_FAILOVER_N", "5"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+# BENCH_PERF=1: record the director with `perf` during the UDP flood and the
+# new-connection HTTP case (use an unstripped DUET_BIN to get symbols).
+PERF = os.environ.get("BENCH_PERF") == "1" and shutil.which("perf") is not None
+PROFILES = {}
 PPS_FLOWS = 256
 UDP_PORT = 9000
 IPERF_PORT = 5201
@@ -347,6 +351,28 @@ def rss_kib(pid):
     return None
 
 
+class Perf:
+    """`perf record -g` of one process while a case runs; keeps the top of the report."""
+
+    def __init__(self, name, pid, work):
+        self.name, self.data, self.p = name, work / f"perf-{name}.data", None
+        if PERF and pid:
+            self.p = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(self.data)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.p:
+            return
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(timeout=60)
+        rep = sh(f"perf report -i {self.data} --no-children --stdio --sort dso,sym 2>/dev/null", check=False)
+        top = [ln.rstrip() for ln in rep.splitlines() if re.match(r"^\s+\d+\.\d+%", ln)][:30]
+        PROFILES[self.name] = top
+
+
 def parse_wrk(out):
     r = {}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -379,8 +405,10 @@ def bench_http(t, director):
             # A short warm-up fills ARP caches and the accept queues.
             t.run(t.client, f"wrk -t2 -c{CONNS} -d1s {hdr} {url}", check=False, timeout=30)
             time.sleep(0.5)
-            out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
-                        check=False, timeout=SECONDS + 60)
+            prof = f"http_{mode}_{name}" if name == "duet" and mode == "new_connection" else None
+            with Perf(prof, t.duet_pid(director) if prof else None, t.work):
+                out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
+                            check=False, timeout=SECONDS + 60)
             r = parse_wrk(out)
             res[mode][name] = r
             log(f"http {mode:<14} {name:<8} {r['req_per_s']:>10.0f} req/s  "
@@ -460,7 +488,8 @@ def bench_pps(t, director):
     for rate in (0, 100_000):
         before = udp_counted(t, peer)
         c0, tc0 = proc_cpu(pid), proc_cpu(pid, tid) if tid else 0
-        f = flood(t, "198.18.0.254", 1, PPS_FLOWS, rate, 50_000_000, secs)
+        with Perf(f"udp_flood_{rate or 'max'}", pid if rate == 0 else None, t.work):
+            f = flood(t, "198.18.0.254", 1, PPS_FLOWS, rate, 50_000_000, secs)
         time.sleep(0.5)
         delivered = udp_counted(t, peer) - before
         cpu = proc_cpu(pid) - c0
@@ -588,10 +617,15 @@ def bench_health(t, director):
     bad = [pt for pt, n in probes if pt >= tk and (n is None or n == pname)]
     last_bad = round((max(bad) - tk) * 1000) if bad else 0
     t.start_nginx(peer)
+    window_end = probes[-1][0] if probes else tk
     res = {"check": "http, interval 1s, timeout 500ms, fall 2, rise 2",
            "client_visible_ms": last_bad,
+           "still_failing_at_window_end": bool(bad) and window_end - max(bad) < 0.5,
+           "window_ms": round((window_end - tk) * 1000),
            "status_unhealthy_ms": round(marked * 1000) if marked is not None else None,
-           "failed_probes": len(bad)}
+           "failed_probes": len(bad),
+           "bad_probes_ms": [round((pt - tk) * 1000) for pt in bad][:50],
+           "bad_after_unhealthy": sum(1 for pt in bad if marked is not None and pt - tk > marked)}
     # Back up: time until the peer gets new connections again.
     t0 = time.monotonic()
     back = None
@@ -709,6 +743,8 @@ def main():
         if "failover" not in SKIP:
             results["failover"] = bench_failover(t, director)
         results["boot_to_first_heartbeat"] = boot_time()
+        if PROFILES:
+            results["profiles"] = PROFILES
     finally:
         t.cleanup()
         keep = os.environ.get("BENCH_KEEP_LOGS")
