@@ -19,8 +19,9 @@ Plus the per-packet micro-benchmark (`cargo bench --bench forward`).
 
 Writes bench/results.json and bench/RESULTS.md. Namespaces are named
 db<pid>…, removed on exit (also on Ctrl-C), and stale ones of dead runs are
-reaped at start. Durations: BENCH_SECONDS (per load case, default 10),
+reaped at start. Durations: BENCH_SECONDS (per load case, default 8),
 BENCH_FAILOVER_N (default 5), BENCH_CONNECTIONS (wrk concurrency, default 50),
+BENCH_ROUNDS (interleaved HTTP rounds, default 3),
 BENCH_FLOWS (default 100000), BENCH_SKIP (comma list of: http, bulk, pps,
 rss, health, failover, micro).
 """
@@ -41,10 +42,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-DUET = Path(os.environ.get("DUET_BIN", ROOT / "target/release/duet"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+DUET = Path(os.environ.get("DUET_BIN", ROOT / "target/release/duet")).resolve()
+SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 FAILOVER_N = int(os.environ.get("BENCH_FAILOVER_N", "5"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 # BENCH_PERF=1: record the director with `perf` during the UDP flood and the
@@ -370,7 +372,9 @@ class Perf:
         self.p.wait(timeout=60)
         rep = sh(f"perf report -i {self.data} --no-children --stdio --sort dso,sym 2>/dev/null", check=False)
         top = [ln.rstrip() for ln in rep.splitlines() if re.match(r"^\s+\d+\.\d+%", ln)][:30]
-        PROFILES[self.name] = top
+        rep = sh(f"perf report -i {self.data} --no-children --stdio --sort dso 2>/dev/null", check=False)
+        dso = [ln.rstrip() for ln in rep.splitlines() if re.match(r"^\s+\d+\.\d+%", ln)][:8]
+        PROFILES[self.name] = {"by_dso": dso, "top_symbols": top}
 
 
 def parse_wrk(out):
@@ -392,31 +396,45 @@ def parse_wrk(out):
 
 
 def bench_http(t, director):
+    """Each case runs ROUNDS times, interleaved across targets so that load
+    from other processes hits all of them alike; the median counts."""
     targets = {
         "direct": f"http://{NODES[director][1]}/",
         "duet": f"http://{VIP}/",
         "haproxy": f"http://{NODES[director][1]}:{HAPROXY_PORT}/",
     }
-    res = {"connections": CONNS, "threads": 2, "seconds": SECONDS,
+    res = {"connections": CONNS, "threads": 2, "seconds": SECONDS, "rounds": ROUNDS,
            "direct_target": NODES[director][0], "haproxy_on": NODES[director][0]}
     for mode, hdr in (("new_connection", "-H 'Connection: close'"), ("keepalive", "")):
+        runs = {name: [] for name in targets}
+        for rnd in range(ROUNDS):
+            for name, url in targets.items():
+                if rnd == 0:
+                    # A short warm-up fills ARP caches and accept queues.
+                    t.run(t.client, f"wrk -t2 -c{CONNS} -d1s {hdr} {url}", check=False, timeout=30)
+                    time.sleep(0.5)
+                prof = f"http_{mode}_{name}" if name == "duet" and mode == "new_connection" and rnd == 0 else None
+                with Perf(prof, t.duet_pid(director) if prof else None, t.work):
+                    out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
+                                check=False, timeout=SECONDS + 60)
+                r = parse_wrk(out)
+                runs[name].append(r)
+                log(f"http {mode:<14} {name:<8} round {rnd + 1}: {r['req_per_s']:>9.0f} req/s  "
+                    f"(errors {r['socket_errors']}, non-2xx {r['non_2xx']}, p99 {r['latency_p99']})")
         res[mode] = {}
-        for name, url in targets.items():
-            # A short warm-up fills ARP caches and the accept queues.
-            t.run(t.client, f"wrk -t2 -c{CONNS} -d1s {hdr} {url}", check=False, timeout=30)
-            time.sleep(0.5)
-            prof = f"http_{mode}_{name}" if name == "duet" and mode == "new_connection" else None
-            with Perf(prof, t.duet_pid(director) if prof else None, t.work):
-                out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
-                            check=False, timeout=SECONDS + 60)
-            r = parse_wrk(out)
-            res[mode][name] = r
-            log(f"http {mode:<14} {name:<8} {r['req_per_s']:>10.0f} req/s  "
-                f"(errors {r['socket_errors']}, non-2xx {r['non_2xx']}, p99 {r['latency_p99']})")
+        for name, rs in runs.items():
+            res[mode][name] = {
+                "req_per_s": statistics.median(x["req_per_s"] for x in rs),
+                "rounds_req_per_s": [x["req_per_s"] for x in rs],
+                "socket_errors": sum(x["socket_errors"] for x in rs),
+                "non_2xx": sum(x["non_2xx"] for x in rs),
+                "latency_p99": [x["latency_p99"] for x in rs],
+            }
         d = res[mode]
         d["ratio_duet_vs_direct"] = ratio(d["duet"]["req_per_s"], d["direct"]["req_per_s"])
         d["ratio_duet_vs_haproxy"] = ratio(d["duet"]["req_per_s"], d["haproxy"]["req_per_s"])
         d["ratio_haproxy_vs_direct"] = ratio(d["haproxy"]["req_per_s"], d["direct"]["req_per_s"])
+        log(f"http {mode}: duet/direct {d['ratio_duet_vs_direct']}, duet/haproxy {d['ratio_duet_vs_haproxy']}")
     return res
 
 
@@ -700,7 +718,7 @@ def main():
         "git_commit": git_commit(),
         "machine": machine(),
         "settings": {"seconds": SECONDS, "failover_n": FAILOVER_N, "wrk_connections": CONNS,
-                     "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET)},
+                     "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET)},
     }
     if "micro" not in SKIP:
         results["micro"] = bench_micro()
@@ -808,7 +826,8 @@ def render_md(r):
     h = r.get("http")
     if h:
         L += ["## 1. HTTP requests/s (nginx backend, small file)", "",
-              f"wrk -t2 -c{h['connections']} -d{h['seconds']:g}s; direct = node {h['direct_target']}, "
+              f"wrk -t2 -c{h['connections']} -d{h['seconds']:g}s, median of {h['rounds']} interleaved rounds; "
+              f"direct = node {h['direct_target']}, "
               f"HAProxy in TCP mode on {h['haproxy_on']} (the director) round-robin over both nodes; "
               "duet rr over both nodes.", "",
               "| mode | direct | duet VIP | HAProxy TCP | duet / direct | duet / HAProxy | HAProxy / direct |",
