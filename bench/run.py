@@ -116,6 +116,10 @@ class Topo:
         sh(f"ip link add {port} netns {self.lan} type veth peer name eth0 netns {ns}")
         sh(f"ip -n {self.lan} link set {port} master br0 up && ip -n {ns} link set lo up && "
            f"ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up")
+        # What anyone load-testing or running a proxy sets: without it HAProxy's
+        # outgoing connections run out of ports in TIME_WAIT within seconds.
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv4.ip_local_port_range='1024 65000' "
+           f"net.ipv4.tcp_tw_reuse=1")
 
     def cleanup(self):
         for name, p in list(self.procs.items()):
@@ -792,6 +796,9 @@ def targets(r):
     if m and "whole_path_ns" in m:
         out["per_packet_le_300ns"] = {"value": m["whole_path_ns"], "met": m["whole_path_ns"] <= 300}
         out["mpps_per_core_ge_3"] = {"value": m["mpps_per_core"], "met": m["mpps_per_core"] >= 3}
+        if "whole_path_cached_ns" in m:
+            out["per_packet_le_300ns_cached"] = {"value": m["whole_path_cached_ns"],
+                                                 "met": m["whole_path_cached_ns"] <= 300}
     return out
 
 
@@ -818,8 +825,9 @@ def render_md(r):
         L += ["## Targets (issue 9)", "", "| target | this run | met |", "|---|---|---|"]
         names = {"new_conn_vs_direct_ge_0.90": "new-connection req/s through VIP ≥ 0.90 × direct",
                  "new_conn_vs_haproxy_ge_1.3": "new-connection req/s through VIP ≥ 1.3 × HAProxy TCP",
-                 "per_packet_le_300ns": "per-packet cost ≤ 300 ns (micro-benchmark, whole path)",
-                 "mpps_per_core_ge_3": "≥ 3 Mpps per core (micro-benchmark)"}
+                 "per_packet_le_300ns": "per-packet cost ≤ 300 ns (micro-benchmark, whole path, 100k flows)",
+                 "mpps_per_core_ge_3": "≥ 3 Mpps per core (micro-benchmark, 100k flows)",
+                 "per_packet_le_300ns_cached": "(for reference) whole path ≤ 300 ns with 1,000 flows, table in cache"}
         for k, v in tg.items():
             L.append(f"| {names.get(k, k)} | {fmt(v['value'])} | {'yes' if v['met'] else '**no**'} |")
         L.append("")
@@ -870,8 +878,10 @@ def render_md(r):
     L += ["## 5. Health, memory, boot", "", "| figure | value |", "|---|---|"]
     hh = r.get("health")
     if hh:
+        still = hh.get("still_failing_at_window_end")
         L += [f"| health detection, client-visible (last failed/misrouted probe after nginx stop; {hh['check']}) | "
-              f"{fmt(hh['client_visible_ms'])} ms |",
+              f"{'≥ ' if still else ''}{fmt(hh['client_visible_ms'])} ms"
+              f"{' (new connections still reached the stopped node at the end of the window: ' + str(hh.get('bad_after_unhealthy')) + ' failed probes after the status page said unhealthy)' if still else ''} |",
               f"| health detection, status page says unhealthy | {fmt(hh['status_unhealthy_ms'])} ms |",
               f"| health recovery after nginx restart (status healthy) | {fmt(hh['recovery_ms'])} ms |"]
     rs = r.get("rss")
@@ -891,6 +901,8 @@ def render_md(r):
               f"| schedule (new flow, wlc) | {mi['schedule_ns']} |", f"| rewrite (MACs) | {mi['rewrite_ns']} |",
               f"| whole path, established flow | {mi['whole_path_ns']} ({mi['mpps_per_core']} Mpps/core) |",
               f"| whole path, new flow | {mi['whole_path_new_flow_ns']} ({mi['mpps_per_core_new_flows']} Mpps/core) |",
+              f"| whole path, 1,000 established flows (table in cache) | {mi.get('whole_path_cached_ns')} "
+              f"({mi.get('mpps_per_core_cached')} Mpps/core) |",
               "", "<details><summary>all cases</summary>", "", "| case | ns/op (CPU) | ns/op (wall) |", "|---|---|---|"]
         L += [f"| {c['name']} | {c['ns_per_op']} | {c.get('wall_ns_per_op', '')} |" for c in mi["cases"]]
         L += ["", "</details>", ""]
