@@ -80,6 +80,7 @@ struct Settings {
     virtualhost: Option<String>,
     scheduler: Option<(usize, String)>,
     persistent_s: Option<u64>,
+    netmask: Option<Ipv4Addr>,
     protocol: Option<(usize, String)>,
     quiescent: Option<bool>,
     checkinterval_ms: Option<u64>,
@@ -503,16 +504,10 @@ fn virtual_directive(s: &mut Settings, key: &str, value: &str, no: usize, w: &mu
         return;
     }
     match key {
-        "netmask" => {
-            if value != "255.255.255.255" {
-                w.unsupported(
-                    LDIRECTORD,
-                    no,
-                    key,
-                    "the config has no persistence netmask; persistence is per client address",
-                );
-            }
-        }
+        "netmask" => match value.parse::<Ipv4Addr>() {
+            Ok(m) => s.netmask = Some(m),
+            Err(_) => w.unsupported(LDIRECTORD, no, key, "not a dotted-quad netmask"),
+        },
         "httpmethod" => {
             if !value.eq_ignore_ascii_case("GET") {
                 w.unsupported(LDIRECTORD, no, key, "HTTP checks always use GET");
@@ -1064,6 +1059,9 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         let _ = writeln!(out, "scheduler = {}", q(&scheduler_of(v, w)));
         if let Some(p) = s.persistent_s {
             let _ = writeln!(out, "persistence = {}", duration(p.saturating_mul(1000)));
+            if let Some(m) = s.netmask.filter(|m| *m != Ipv4Addr::BROADCAST) {
+                let _ = writeln!(out, "persistence_netmask = {}", q(&m.to_string()));
+            }
         }
         let _ = writeln!(out, "serve_local = {serve_local}");
         if !backends.is_empty() {

@@ -33,12 +33,20 @@
 //!   while they have connections and `persistence` after the last one, as
 //!   IPVS templates; a template pointing at a backend that cannot take new
 //!   flows (weight 0 or down) is re-pointed, as `expire_quiescent_template`.
+//! - **Change tracking** for connection sync: an entry is logged when it is
+//!   created, changes state or backend, or when traffic has pushed its expiry
+//!   more than half a timeout past what was last reported (so the standby's
+//!   copy never runs out while the flow is busy). The log holds slot indices
+//!   with a per-entry mark for deduplication; it is preallocated to twice the
+//!   table capacity and, when it overflows, [`Engine::take_changes`] says so once
+//!   and the caller resyncs with [`Engine::export`]. Entries learnt through
+//!   [`Engine::install`] are not logged (no echo back to the peer).
 
 mod conntable;
 mod maglev;
 mod sched;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -343,6 +351,10 @@ struct Conn {
     expires: Instant,
     /// The template this connection was scheduled through, or NO_PERSIST.
     persist: u32,
+    /// Equal to the change log's epoch while the entry is in the log.
+    mark: u32,
+    /// The expiry last handed to [`Engine::take_changes`] (or installed).
+    synced_until: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -358,6 +370,70 @@ struct Persist {
     timeout: Duration,
     /// Connections scheduled through this template that are still alive.
     conns: u64,
+    mark: u32,
+    synced_until: Instant,
+}
+
+/// What [`Engine::take_changes`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TakeChanges {
+    /// Changes were lost since the last call because the log was full: the
+    /// peer needs a full snapshot ([`Engine::export`],
+    /// [`Engine::export_persist`]). Nothing was written to the outputs.
+    pub overflowed: bool,
+    /// Log slots still queued after this call (stale ones included): call
+    /// again when non-zero.
+    pub pending: usize,
+}
+
+/// Slot indices of entries changed since the last [`Engine::take_changes`].
+/// An entry is in the log iff its `mark` equals `epoch`; bumping the epoch
+/// empties the log in O(1) after an overflow.
+struct ChangeLog {
+    slots: VecDeque<u32>,
+    cap: usize,
+    epoch: u32,
+    overflowed: bool,
+}
+
+impl ChangeLog {
+    fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
+        ChangeLog {
+            slots: VecDeque::with_capacity(cap),
+            cap,
+            epoch: 1,
+            overflowed: false,
+        }
+    }
+
+    /// Logs slot `i` unless it is already logged. Never allocates: the
+    /// deque was sized at construction and is never pushed past `cap`.
+    fn mark(&mut self, mark: &mut u32, i: u32) {
+        if *mark == self.epoch {
+            return;
+        }
+        if self.slots.len() >= self.cap {
+            self.overflowed = true;
+            return;
+        }
+        *mark = self.epoch;
+        self.slots.push_back(i);
+    }
+
+    /// Forgets everything logged (after an overflow); 0 is never an epoch,
+    /// so entries created with mark 0 are never taken for logged ones.
+    fn reset(&mut self) {
+        self.slots.clear();
+        self.overflowed = false;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+    }
+}
+
+/// Whether an entry whose expiry moved to `expires` should be re-sent: when
+/// the peer's copy (`synced_until`) has less than half a timeout left.
+fn needs_refresh(expires: Instant, synced_until: Instant, timeout: Duration) -> bool {
+    expires.saturating_duration_since(synced_until) > timeout / 2
 }
 
 struct Service {
@@ -381,6 +457,8 @@ pub struct Engine {
     conns: BoundedMap<FlowKey, Conn>,
     persists: BoundedMap<PersistKey, Persist>,
     drops: DropCounters,
+    conn_log: ChangeLog,
+    persist_log: ChangeLog,
 }
 
 impl Engine {
@@ -397,6 +475,10 @@ impl Engine {
             conns: BoundedMap::new(capacity),
             persists: BoundedMap::new(capacity),
             drops: DropCounters::default(),
+            // Twice the table: indices of entries removed before being
+            // taken stay in the log, so churn between two takes needs room.
+            conn_log: ChangeLog::new(capacity.saturating_mul(2)),
+            persist_log: ChangeLog::new(capacity.saturating_mul(2)),
         };
         e.set_snapshot(snapshot);
         e
@@ -534,16 +616,22 @@ impl Engine {
         } else {
             TcpState::Udp
         };
+        let expires = now + state.timeout(&self.timeouts);
         let conn = Conn {
             dest,
             state,
-            expires: now + state.timeout(&self.timeouts),
+            expires,
             persist,
+            mark: 0,
+            synced_until: expires,
         };
-        if self.conns.insert(*key, conn).is_none() {
+        let Some(ci) = self.conns.insert(*key, conn) else {
             // Unreachable after the is_full check; stay consistent anyway.
             self.release_template(persist);
             return self.drop(ForwardDrop::TableFull);
+        };
+        if let Some((_, c)) = self.conns.at_mut(ci) {
+            self.conn_log.mark(&mut c.mark, ci);
         }
         if let Some(p) = self.persists.at_mut(persist) {
             p.1.conns += 1;
@@ -575,13 +663,26 @@ impl Engine {
             return None;
         }
         let d = &mut self.dests[c.dest as usize];
+        let pure_syn = tcp && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
         if !d.up {
+            // A new connection (SYN) is scheduled afresh instead of costing
+            // the client a retransmission; mid-flow packets of a removed
+            // backend are dropped.
+            if pure_syn {
+                return None;
+            }
             self.remove_conn(ci);
             return Some(self.drop(ForwardDrop::BackendDown));
         }
-        let reuse = flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-            && matches!(c.state, TcpState::TimeWait | TcpState::Close);
-        if tcp && reuse {
+        // In DR the director sees only the client's half: after a close the
+        // entry lingers in FIN_WAIT, and a SYN on that port is a new
+        // connection (IPVS conn_reuse_mode), not a retransmission.
+        let reuse = pure_syn
+            && matches!(
+                c.state,
+                TcpState::FinWait | TcpState::TimeWait | TcpState::Close
+            );
+        if reuse {
             return None;
         }
         let state = if tcp {
@@ -589,12 +690,17 @@ impl Engine {
         } else {
             TcpState::Udp
         };
-        if state != c.state {
+        let changed = state != c.state;
+        if changed {
             count_state(&mut d.counters, c.state, -1);
             count_state(&mut d.counters, state, 1);
             c.state = state;
         }
-        c.expires = now + state.timeout(&timeouts);
+        let timeout = state.timeout(&timeouts);
+        c.expires = now + timeout;
+        if changed || needs_refresh(c.expires, c.synced_until, timeout) {
+            self.conn_log.mark(&mut c.mark, ci);
+        }
         d.counters.packets += 1;
         d.counters.bytes += len as u64;
         Some(d.verdict())
@@ -652,6 +758,9 @@ impl Engine {
             if let Some(d) = self.template_dest(now, si, key) {
                 let (_, p) = self.persists.at_mut(pi)?;
                 p.expires = p.expires.max(now + timeout);
+                if needs_refresh(p.expires, p.synced_until, timeout) {
+                    self.persist_log.mark(&mut p.mark, pi);
+                }
                 return Some((d, pi));
             }
             // Expired, or its backend takes no new flows: re-point in place
@@ -661,6 +770,7 @@ impl Engine {
             let old = std::mem::replace(&mut p.dest, new);
             p.expires = now + timeout;
             p.timeout = timeout;
+            self.persist_log.mark(&mut p.mark, pi);
             self.dests[new as usize].templates += 1;
             self.dests[old as usize].templates =
                 self.dests[old as usize].templates.saturating_sub(1);
@@ -673,9 +783,14 @@ impl Engine {
             expires: now + timeout,
             timeout,
             conns: 0,
+            mark: 0,
+            synced_until: now + timeout,
         };
         match self.persists.insert(pkey, template) {
             Some(pi) => {
+                if let Some((_, p)) = self.persists.at_mut(pi) {
+                    self.persist_log.mark(&mut p.mark, pi);
+                }
                 self.dests[dest as usize].templates += 1;
                 Some((dest, pi))
             }
@@ -807,6 +922,9 @@ impl Engine {
             if p.conns > 0 {
                 // Templates outlive their connections by the timeout.
                 p.expires = now + p.timeout;
+                if needs_refresh(p.expires, p.synced_until, p.timeout) {
+                    self.persist_log.mark(&mut p.mark, pi);
+                }
                 continue;
             }
             self.remove_persist(pi);
@@ -939,6 +1057,8 @@ impl Engine {
             state,
             expires: e.expires,
             persist: NO_PERSIST,
+            mark: 0,
+            synced_until: e.expires,
         };
         if self.conns.insert(e.key, conn).is_none() {
             return false;
@@ -983,6 +1103,7 @@ impl Engine {
             };
             let old = std::mem::replace(&mut p.dest, dest);
             p.expires = e.expires;
+            p.synced_until = e.expires;
             self.dests[dest as usize].templates += 1;
             self.dests[old as usize].templates =
                 self.dests[old as usize].templates.saturating_sub(1);
@@ -994,12 +1115,87 @@ impl Engine {
             expires: e.expires,
             timeout,
             conns: 0,
+            mark: 0,
+            synced_until: e.expires,
         };
         if self.persists.insert(pkey, template).is_none() {
             return false;
         }
         self.dests[dest as usize].templates += 1;
         true
+    }
+}
+
+impl Engine {
+    /// Moves up to `max` entries (connections first, then templates) that
+    /// were created or changed since the last call into `out` / `pout`, each
+    /// once however often it changed. No allocation beyond growing the
+    /// caller's vectors, which can be reused (cleared, not freed).
+    ///
+    /// After an overflow it writes nothing, empties the log and returns
+    /// `overflowed: true` once: the caller then sends a full snapshot.
+    pub fn take_changes(
+        &mut self,
+        out: &mut Vec<ConnEntry>,
+        pout: &mut Vec<PersistEntry>,
+        max: usize,
+    ) -> TakeChanges {
+        if self.conn_log.overflowed || self.persist_log.overflowed {
+            self.conn_log.reset();
+            self.persist_log.reset();
+            return TakeChanges {
+                overflowed: true,
+                pending: 0,
+            };
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(ci) = self.conn_log.slots.pop_front() else {
+                break;
+            };
+            // A slot freed since it was logged is empty or holds a newer
+            // entry, which starts unmarked: a stale index is skipped here.
+            let Some((key, c)) = self.conns.at_mut(ci) else {
+                continue;
+            };
+            if c.mark != self.conn_log.epoch {
+                continue;
+            }
+            c.mark = 0;
+            c.synced_until = c.expires;
+            out.push(ConnEntry {
+                key: *key,
+                backend: self.dests[c.dest as usize].addr,
+                state: c.state,
+                expires: c.expires,
+            });
+            n += 1;
+        }
+        while n < max {
+            let Some(pi) = self.persist_log.slots.pop_front() else {
+                break;
+            };
+            let Some((k, p)) = self.persists.at_mut(pi) else {
+                continue;
+            };
+            if p.mark != self.persist_log.epoch {
+                continue;
+            }
+            p.mark = 0;
+            p.synced_until = p.expires;
+            pout.push(PersistEntry {
+                proto: k.proto,
+                port: k.port,
+                client: k.client,
+                backend: self.dests[p.dest as usize].addr,
+                expires: p.expires,
+            });
+            n += 1;
+        }
+        TakeChanges {
+            overflowed: false,
+            pending: self.conn_log.slots.len() + self.persist_log.slots.len(),
+        }
     }
 }
 

@@ -768,3 +768,200 @@ fn a_gone_backend_keeps_its_record_until_its_flows_end() {
     let c = distribute(&mut e, now, 30);
     assert_eq!(c.len(), 3);
 }
+
+fn take(e: &mut Engine, max: usize) -> (Vec<ConnEntry>, Vec<PersistEntry>, TakeChanges) {
+    let mut c = Vec::new();
+    let mut p = Vec::new();
+    let r = e.take_changes(&mut c, &mut p, max);
+    (c, p, r)
+}
+
+#[test]
+fn changes_report_new_and_state_changed_entries_once() {
+    let mut persistent = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)]);
+    persistent.persistence = Some(secs(300));
+    let mut e = engine(vec![persistent], 100);
+    let now = Instant::now();
+    let k = tcp_key(1, 1000);
+    let b = backend_of(e.decide(now, &k, SYN, 60));
+    // A retransmitted SYN changes nothing, so the entry is reported once.
+    e.decide(now, &k, SYN, 60);
+    let (c, p, r) = take(&mut e, 100);
+    assert_eq!(r, TakeChanges::default());
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].key, c[0].backend, c[0].state),
+        (k, b, TcpState::SynRecv)
+    );
+    assert_eq!(p.len(), 1, "the new template");
+    assert_eq!((p[0].client, p[0].backend), (k.src, b));
+    assert_eq!(take(&mut e, 100).0.len(), 0, "nothing new");
+
+    // Data on an established flow is not a change; the handshake ACK is.
+    e.decide(now, &k, ACK, 60);
+    e.decide(now, &k, ACK | TCP_PSH, 60);
+    let (c, p, _) = take(&mut e, 100);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].state, TcpState::Established);
+    assert!(p.is_empty());
+    e.decide(now + secs(1), &k, ACK, 60);
+    assert_eq!(take(&mut e, 100).0.len(), 0);
+    e.decide(now + secs(2), &k, FIN, 60);
+    let (c, _, _) = take(&mut e, 100);
+    assert_eq!(c[0].state, TcpState::FinWait);
+}
+
+#[test]
+fn busy_flows_are_refreshed_before_the_peer_copy_runs_out() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1)])], 10);
+    let t0 = Instant::now();
+    let k = tcp_key(1, 1);
+    e.decide(t0, &k, ACK, 60);
+    let (c, _, _) = take(&mut e, 10);
+    assert_eq!(c[0].expires, t0 + secs(900));
+    // Until half the timeout has passed, traffic is not worth a message.
+    e.decide(t0 + secs(450), &k, ACK, 60);
+    assert_eq!(take(&mut e, 10).0.len(), 0);
+    e.decide(t0 + secs(451), &k, ACK, 60);
+    let (c, _, _) = take(&mut e, 10);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].expires, t0 + secs(451 + 900));
+}
+
+#[test]
+fn templates_kept_alive_by_connections_are_refreshed() {
+    let mut persistent = svc(6, 80, Scheduler::Rr, vec![be(1, 1)]);
+    persistent.persistence = Some(secs(100));
+    let mut e = engine(vec![persistent], 10);
+    let t0 = Instant::now();
+    e.decide(t0, &tcp_key(1, 1), ACK, 60);
+    take(&mut e, 10);
+    // The connection (900 s) outlives the template's 100 s; expire extends
+    // the template, and that must reach the peer.
+    assert_eq!(e.expire(t0 + secs(101), 10), 0);
+    let (c, p, _) = take(&mut e, 10);
+    assert!(c.is_empty());
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].expires, t0 + secs(201));
+}
+
+#[test]
+fn changes_respect_max_and_keep_the_rest() {
+    let mut e = engine(vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1)])], 100);
+    let now = Instant::now();
+    for i in 0..10 {
+        e.decide(now, &udp_key(i, 1), 0, 60);
+    }
+    let (c, _, r) = take(&mut e, 4);
+    assert_eq!((c.len(), r.pending), (4, 6));
+    let (c2, _, r) = take(&mut e, 100);
+    assert_eq!((c2.len(), r.pending), (6, 0));
+    let mut all: Vec<FlowKey> = c.iter().chain(&c2).map(|c| c.key).collect();
+    all.sort_by_key(|k| k.src);
+    all.dedup();
+    assert_eq!(all.len(), 10);
+}
+
+#[test]
+fn removed_and_recycled_slots_are_not_reported_twice_or_wrongly() {
+    let mut e = engine(vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1)])], 4);
+    let now = Instant::now();
+    for i in 0..4 {
+        e.decide(now, &tcp_key(i, 1), SYN, 60);
+    }
+    // All four expire (SYN_RECV: 60 s) and are swept before being taken.
+    let later = now + secs(61);
+    assert_eq!(e.expire(later, 10), 4);
+    // A synced entry reuses a logged slot: not ours to report.
+    assert!(e.install(
+        later,
+        ConnEntry {
+            key: tcp_key(9, 9),
+            backend: addr(1),
+            state: TcpState::Established,
+            expires: later + secs(100),
+        }
+    ));
+    // A new flow reuses another logged slot: reported exactly once.
+    e.decide(later, &tcp_key(7, 7), SYN, 60);
+    let (c, _, r) = take(&mut e, 100);
+    assert_eq!(r, TakeChanges::default());
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].key, tcp_key(7, 7));
+}
+
+#[test]
+fn log_overflow_is_reported_once_then_tracking_resumes() {
+    let mut e = engine(vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1)])], 8);
+    let now = Instant::now();
+    // Churn: more creations than the log (2 × table capacity) holds.
+    for round in 0..3u64 {
+        for i in 0..8 {
+            e.decide(now + secs(round * 400), &udp_key(i, round as u16), 0, 60);
+        }
+        e.expire(now + secs(round * 400 + 301), 100);
+    }
+    let (c, p, r) = take(&mut e, 100);
+    assert!(r.overflowed);
+    assert!(c.is_empty() && p.is_empty());
+    let (c, _, r) = take(&mut e, 100);
+    assert!(!r.overflowed, "reported once");
+    assert!(c.is_empty(), "the log was emptied");
+    let t = now + secs(2000);
+    e.decide(t, &udp_key(1, 1), 0, 60);
+    let (c, _, r) = take(&mut e, 100);
+    assert!(!r.overflowed);
+    assert_eq!(c.len(), 1);
+}
+
+#[test]
+fn change_log_does_not_grow() {
+    let mut e = engine(vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1)])], 64);
+    let now = Instant::now();
+    let cap = e.conn_log.slots.capacity();
+    let (mut c, mut p) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    for round in 0..20u64 {
+        let t = now + secs(round * 400);
+        for i in 0..200 {
+            e.decide(t, &udp_key(i, 1), 0, 60);
+        }
+        c.clear();
+        p.clear();
+        e.take_changes(&mut c, &mut p, 64);
+        e.expire(t + secs(301), 1000);
+    }
+    assert_eq!(e.conn_log.slots.capacity(), cap);
+    assert!(e.conn_log.slots.len() <= 128);
+}
+
+#[test]
+fn installed_entries_are_not_echoed() {
+    let mut persistent = svc(6, 80, Scheduler::Rr, vec![be(1, 1)]);
+    persistent.persistence = Some(secs(300));
+    let mut e = engine(vec![persistent], 10);
+    let now = Instant::now();
+    assert!(e.install(
+        now,
+        ConnEntry {
+            key: tcp_key(1, 1),
+            backend: addr(1),
+            state: TcpState::Established,
+            expires: now + secs(900),
+        }
+    ));
+    assert!(e.install_persist(
+        now,
+        PersistEntry {
+            proto: 6,
+            port: 80,
+            client: tcp_key(1, 1).src,
+            backend: addr(1),
+            expires: now + secs(300),
+        }
+    ));
+    let (c, p, r) = take(&mut e, 10);
+    assert!(c.is_empty() && p.is_empty() && !r.overflowed);
+    // Once this node forwards the flow itself, its changes are reported.
+    e.decide(now, &tcp_key(1, 1), FIN, 60);
+    assert_eq!(take(&mut e, 10).0.len(), 1);
+}

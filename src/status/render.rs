@@ -374,7 +374,14 @@ input{font:inherit;padding:.3rem;max-width:100%}\
 #events time{color:var(--mut);font-variant-numeric:tabular-nums}\
 .kind{font-weight:600}\
 footer{padding:1rem;color:var(--mut);font-size:.85rem}\
-@media (max-width:40rem){.badge.big{font-size:1.7rem;width:100%;text-align:center}}";
+@media (max-width:40rem){.badge.big{font-size:1.7rem;width:100%;text-align:center}\
+#backends thead{display:none}#backends tr{display:block;padding:.4rem 0;border-bottom:1px solid var(--line)}\
+#backends td{display:inline-block;border:0;padding:.1rem .5rem .1rem 0;white-space:normal}\
+#backends td:first-child{display:block}\
+#backends td.weight::before{content:\"weight \";color:var(--mut)}\
+#backends td.conns::before{content:\"conns \";color:var(--mut)}\
+#backends td.rate::before{content:\"rate \";color:var(--mut)}\
+#backends td.check::before{content:\"check \";color:var(--mut)}}";
 
 /// The page's only script. Rebuilds the DOM from `/api/status` with
 /// `textContent`, so no report string is ever parsed as HTML.

@@ -387,11 +387,23 @@ async fn accept_loop(
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Usually EMFILE/ENFILE: free a descriptor and back off
-                // rather than spin or give up on serving.
-                accept_errors.warn(&format!("status: accept failed: {e}"));
-                open.borrow_mut().pop_first();
-                Timer::after(Duration::from_millis(50)).await;
+                // Out of descriptors: free one by shedding the oldest
+                // connection and back off, rather than spin or stop serving.
+                // Other errors (a client that reset before accept) are
+                // per-connection; the short pause only guards against a
+                // persistent one turning this into a busy loop.
+                let pause = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        accept_errors.warn(&format!("status: accept failed: {e}"));
+                        open.borrow_mut().pop_first();
+                        50
+                    }
+                    _ => {
+                        log::debug!("status: accept failed: {e}");
+                        5
+                    }
+                };
+                Timer::after(Duration::from_millis(pause)).await;
                 continue;
             }
         };

@@ -19,6 +19,11 @@
 //! are returned as [`StoreError::Io`] and nothing is moved: the data is
 //! probably fine and the operator has to fix the environment.
 //!
+//! sled itself, on a damaged `db` file, often recovers by silently dropping
+//! what it cannot read (tried: random bytes, zeroes, truncation). That case
+//! is detected (sled's `conf` existed but our format record is gone) and
+//! reported with a warning and a `store` event.
+//!
 //! Writes return errors for the caller to log; reads of a failing store
 //! return empty values and log. Nothing here panics.
 
@@ -48,6 +53,7 @@ const K_FORMAT: &str = "format";
 const K_BOOT: &str = "boot_count";
 const K_NODE_ID: &str = "node_id";
 const K_LAST_ROLE: &str = "last_role";
+const K_DRAINS_VERSION: &str = "drains_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,6 +116,10 @@ struct RoleRec {
     role: String,
     term: u64,
     ts_ms: u64,
+}
+#[derive(Serialize, Deserialize)]
+struct DrainsVersionRec {
+    version: u64,
 }
 #[derive(Serialize, Deserialize)]
 struct DrainRec {
@@ -229,6 +239,10 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // sled writes `conf` when it creates a database. If it was there but
+        // our format record is not, sled threw away unreadable data while
+        // recovering (it does that silently for a damaged `db` file).
+        let existed = dir.join("conf").exists();
         let config = sled::Config::new()
             .path(dir)
             // A few KiB of state: keep sled's page cache (default 1 GiB) small.
@@ -262,6 +276,7 @@ impl Store {
             }
         };
 
+        let mut lost_state = false;
         match meta.get(K_FORMAT)? {
             Some(bytes) => {
                 let found = serde_json::from_slice::<Rec<FormatRec>>(&bytes)
@@ -279,6 +294,7 @@ impl Store {
                 }
             }
             None => {
+                lost_state = existed;
                 meta.insert(K_FORMAT, encode(FormatRec { format: FORMAT })?)?;
             }
         }
@@ -296,7 +312,7 @@ impl Store {
             None => 0,
         };
 
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             db,
             meta,
@@ -307,7 +323,18 @@ impl Store {
             boot,
             next_event: AtomicU64::new(next_event),
             moved_aside: None,
-        })
+        };
+        if lost_state {
+            let msg = format!(
+                "state in {} was unreadable and sled discarded it; drains and history reset",
+                dir.display()
+            );
+            log::warn!("store: {msg}");
+            if let Err(e) = store.log_event("store", &msg) {
+                log::warn!("store: cannot record the loss: {e}");
+            }
+        }
+        Ok(store)
     }
 
     /// Where [`Store::open`] moved damaged state to, if it did.
@@ -377,6 +404,34 @@ impl Store {
         } else {
             self.drains.remove(backend)?;
         }
+        self.flush()
+    }
+
+    /// Version of the drain set (unix ms of its last change, here or on the
+    /// peer): the pair keeps the newest.
+    pub fn drains_version(&self) -> u64 {
+        self.get::<DrainsVersionRec>(&self.meta, META, K_DRAINS_VERSION)
+            .map_or(0, |r| r.version)
+    }
+
+    /// Replaces the whole drain set, with its version. Flushed.
+    pub fn set_drains(&self, drains: &BTreeSet<String>, version: u64) -> Result<(), StoreError> {
+        for old in self.drains() {
+            if !drains.contains(&old) {
+                self.drains.remove(old.as_str())?;
+            }
+        }
+        for d in drains {
+            self.drains.insert(
+                d.as_str(),
+                encode(DrainRec {
+                    drained: true,
+                    ts_ms: now_ms(),
+                })?,
+            )?;
+        }
+        self.meta
+            .insert(K_DRAINS_VERSION, encode(DrainsVersionRec { version })?)?;
         self.flush()
     }
 
@@ -688,6 +743,29 @@ mod tests {
         assert_eq!(s.events(5)[0].kind, "store");
         drop(s);
         let _ = std::fs::remove_dir_all(&aside);
+    }
+
+    #[test]
+    fn silently_discarded_state_is_reported() {
+        let t = TempDir::new("discard");
+        let dir = t.state();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.set_drained("web2", true).unwrap();
+        }
+        let mut rng = fastrand::Rng::with_seed(9);
+        let junk: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
+        std::fs::write(dir.join("db"), &junk).unwrap();
+        let s = Store::open(&dir).unwrap();
+        // sled recovers by dropping what it cannot read; the loss is logged.
+        assert!(s.drains().is_empty());
+        let ev = s.events(5);
+        assert_eq!(ev[0].kind, "store");
+        assert!(ev[0].message.contains("discarded"), "{ev:?}");
+        drop(s);
+        // A clean reopen reports nothing.
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.events(5).len(), 1);
     }
 
     #[test]

@@ -1,25 +1,27 @@
 //! `duet run`: sets the host up, starts the data plane, the health checks and
 //! the status server, then drives the election over UDP until told to stop,
 //! and puts the host back as it found it.
-use crate::config::{self, CheckKindName, Config};
-use crate::election::{self, Election, Event, Role};
-use crate::forward::{BackendSnap, Scheduler, ServiceSnap, Snapshot};
-use crate::health::{self, CheckKind, CheckSpec, Monitor, Target, Transition};
-use crate::status::model::*;
-use crate::status::server::{Admin, ServerConfig, StatusServer};
+use crate::config::{self, Config};
+use crate::election::{self, Election, Role};
+use crate::health::{HealthState, Monitor, Target, Transition};
+use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::Store;
+use crate::wire::admin::AdminState;
 use crate::wire::frame::virtual_mac;
-use crate::wire::heartbeat::HeartbeatRepr;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::ctl::{handle_event, health_summary, store_warn, unix_ms, Ctl, State};
 use super::dataplane::{self, Control, Shared};
-use super::{neigh, netlink, packet, signals, sysctl, tun::Tun};
+use super::host::HostSetup;
+use super::pool::{backend_defs, build_snapshot, check_spec, health_key};
+use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
 
-const TUN_NAME: &str = "duet0";
+pub const TUN_NAME: &str = "duet0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -32,404 +34,9 @@ pub enum DaemonError {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Io { what, source }
-}
-
-/// Everything the status server and admin actions read or change, owned by
-/// the control plane and shared under one short-held lock.
-struct State {
-    node: String,
-    vip: Ipv4Addr,
-    priority: u8,
-    effective_priority: u8,
-    role: Role,
-    term: u64,
-    peers: Vec<election::PeerInfo>,
-    peer_names: HashMap<Ipv4Addr, String>,
-    counters: election::Counters,
-    drains: BTreeSet<String>,
-    health: BTreeMap<String, health::HealthState>,
-    started: Instant,
-    failover_requested: bool,
-    /// Set whenever something that shapes the backend snapshot changed.
-    dirty: bool,
-}
-
-struct Ctl {
-    state: Mutex<State>,
-    store: Option<Store>,
-    shared: Arc<Shared>,
-    cfg: Arc<Config>,
-    wake: AtomicBool,
-}
-
-impl Ctl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn event(&self, kind: &str, message: &str) {
-        if let Some(s) = &self.store {
-            store_warn("event log", s.log_event(kind, message));
-        }
-    }
-
-    fn backend_names(&self) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
-        for s in &self.cfg.services {
-            if s.serve_local {
-                for n in &self.cfg.nodes {
-                    names.insert(n.name.get_ref().clone());
-                }
-            }
-            for b in &s.backends {
-                names.insert(b.get_ref().name());
-            }
-        }
-        names
-    }
-
-    fn set_drain(&self, name: &str, drained: bool) -> Result<(), String> {
-        if !self.backend_names().contains(name) {
-            return Err(format!("no backend named {name:?}"));
-        }
-        if let Some(s) = &self.store {
-            s.set_drained(name, drained)
-                .map_err(|e| format!("storing drain: {e}"))?;
-        }
-        {
-            let mut st = self.lock();
-            if drained {
-                st.drains.insert(name.to_string());
-            } else {
-                st.drains.remove(name);
-            }
-            st.dirty = true;
-        }
-        let verb = if drained { "drained" } else { "undrained" };
-        log::info!("admin: backend {name} {verb}");
-        self.event("admin", &format!("backend {name} {verb}"));
-        Ok(())
-    }
-}
-
-impl Admin for Ctl {
-    fn status(&self) -> StatusReport {
-        report(self)
-    }
-    fn drain(&self, backend: &str) -> Result<(), String> {
-        self.set_drain(backend, true)
-    }
-    fn undrain(&self, backend: &str) -> Result<(), String> {
-        self.set_drain(backend, false)
-    }
-    fn failover(&self) -> Result<String, String> {
-        let mut st = self.lock();
-        if st.role != Role::Director {
-            return Err(format!("this node is {}, not the director", st.role));
-        }
-        st.failover_requested = true;
-        self.wake.store(true, Ordering::Release);
-        Ok("failover requested".into())
-    }
-}
-
-/// Losing a store write must not stop the cluster: it is logged, and the
-/// state stays right in memory.
-fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
-    if let Err(e) = r {
-        log::warn!("state store ({what}): {e}");
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn health_key(port: u16, name: &str) -> String {
-    format!("{port}/{name}")
-}
-
-/// One backend of one service as configured, before health and drains.
-struct BackendDef {
-    name: String,
-    addr: Ipv4Addr,
-    weight: u32,
-    local: bool,
-}
-
-fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<BackendDef> {
-    let mut out = Vec::new();
-    if svc.serve_local {
-        for n in &cfg.nodes {
-            out.push(BackendDef {
-                name: n.name.get_ref().clone(),
-                addr: *n.address.get_ref(),
-                weight: n.weight,
-                local: *n.address.get_ref() == me,
-            });
-        }
-    }
-    for b in &svc.backends {
-        let b = b.get_ref();
-        out.push(BackendDef {
-            name: b.name(),
-            addr: b.address(),
-            weight: b.weight(),
-            local: false,
-        });
-    }
-    out
-}
-
-fn build_snapshot(
-    cfg: &Config,
-    me: Ipv4Addr,
-    own_mac: [u8; 6],
-    macs: &HashMap<Ipv4Addr, [u8; 6]>,
-    st: &State,
-    generation: u64,
-) -> Snapshot {
-    let mut services = Vec::new();
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
-        let mut backends = Vec::new();
-        for d in backend_defs(cfg, svc, me) {
-            let healthy = st
-                .health
-                .get(&health_key(port, &d.name))
-                .is_none_or(|h| h.up);
-            let mac = if d.local {
-                Some(own_mac)
-            } else {
-                macs.get(&d.addr).copied()
-            };
-            let drained = st.drains.contains(&d.name);
-            let weight = if drained || !healthy { 0 } else { d.weight };
-            backends.push(BackendSnap {
-                name: d.name,
-                addr: d.addr,
-                mac: mac.unwrap_or([0; 6]),
-                weight,
-                // A remote backend whose MAC is unknown cannot be reached yet.
-                up: mac.is_some() && (healthy || quiescent),
-                local: d.local,
-                fallback: false,
-            });
-        }
-        if let Some(f) = &svc.fallback {
-            if let Ok((addr, _)) = config::parse_fallback(f.get_ref()) {
-                let local = addr.is_loopback() || addr == me;
-                let mac = if local {
-                    Some(own_mac)
-                } else {
-                    macs.get(&addr).copied()
-                };
-                backends.push(BackendSnap {
-                    name: "fallback".into(),
-                    addr: if local { me } else { addr },
-                    mac: mac.unwrap_or([0; 6]),
-                    weight: 1,
-                    up: mac.is_some(),
-                    local,
-                    fallback: true,
-                });
-            }
-        }
-        services.push(ServiceSnap {
-            proto: svc.protocol.number(),
-            port,
-            scheduler: svc
-                .scheduler
-                .get_ref()
-                .parse::<Scheduler>()
-                .unwrap_or(Scheduler::Wlc),
-            persistence: svc.persistence.map(|d| d.0),
-            persist_mask: svc.persistence_netmask.unwrap_or(Ipv4Addr::BROADCAST),
-            backends,
-        });
-    }
-    Snapshot {
-        generation,
-        services,
-    }
-}
-
-fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
-    let kind = match c.kind {
-        CheckKindName::Http => CheckKind::Http {
-            request: c.request.clone().unwrap_or_else(|| "/".into()),
-            receive: c.receive.clone(),
-            host: c.host.clone(),
-            expect_status: c.status,
-        },
-        CheckKindName::Tcp => CheckKind::Tcp,
-        CheckKindName::Exec => CheckKind::Exec {
-            command: c.command.clone().unwrap_or_default(),
-        },
-        CheckKindName::None => CheckKind::None,
-    };
-    CheckSpec {
-        kind,
-        port: c.port.unwrap_or(port),
-        interval: c.interval.0,
-        timeout: c.timeout.0,
-        rise: c.rise,
-        fall: c.fall,
-    }
-}
-
-fn report(ctl: &Ctl) -> StatusReport {
-    let dp = ctl.shared.stats();
-    let st = ctl.lock();
-    let now = Instant::now();
-    let me = ctl.cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
-    let my_addr = me.map(|n| *n.address.get_ref());
-    let peers = st
-        .peers
-        .iter()
-        .map(|p| PeerStatus {
-            node: st
-                .peer_names
-                .get(&p.addr)
-                .cloned()
-                .unwrap_or_else(|| p.addr.to_string()),
-            address: p.addr.to_string(),
-            role: p.role.to_string(),
-            priority: p.priority,
-            last_heard_ms: p
-                .last_heard
-                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
-            term: p.term,
-        })
-        .collect::<Vec<_>>();
-    let vip_holder = if st.role == Role::Director {
-        Some(st.node.clone())
-    } else {
-        peers
-            .iter()
-            .find(|p| p.role == "director")
-            .map(|p| p.node.clone())
-    };
-    let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
-        dp.backends.iter().cloned().collect();
-    let mut backends = Vec::new();
-    for svc in &ctl.cfg.services {
-        let port = *svc.port.get_ref();
-        let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
-        for d in backend_defs(&ctl.cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
-            let h = st.health.get(&health_key(port, &d.name));
-            let healthy = h.is_none_or(|h| h.up);
-            let drained = st.drains.contains(&d.name);
-            let c = counters.get(&d.addr).cloned().unwrap_or_default();
-            let _ = quiescent;
-            backends.push(BackendStatus {
-                name: d.name.clone(),
-                address: d.addr.to_string(),
-                service: format!("{}/{}", svc.protocol.name(), port),
-                healthy,
-                weight: if drained || !healthy { 0 } else { d.weight },
-                configured_weight: d.weight,
-                drained,
-                fallback: false,
-                local: d.local,
-                active_connections: c.active,
-                total_connections: c.total,
-                packets: c.packets,
-                bytes: c.bytes,
-                check_latency_ms: h.and_then(|h| h.last_latency_ms),
-                last_check: h.and_then(|h| h.last_reason.clone()),
-            });
-        }
-    }
-    let cnt = &st.counters;
-    let mut dropped = BTreeMap::new();
-    dropped.insert("auth".to_string(), cnt.dropped_auth);
-    dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
-    dropped.insert("replay".to_string(), cnt.dropped_replay);
-    dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
-    StatusReport {
-        node: st.node.clone(),
-        role: st.role.to_string(),
-        term: st.term,
-        vip: st.vip.to_string(),
-        vip_holder,
-        priority: st.priority,
-        effective_priority: st.effective_priority,
-        uptime_s: st.started.elapsed().as_secs(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        peers,
-        backends,
-        heartbeat: HeartbeatStats {
-            sent: cnt.sent,
-            received: cnt.received,
-            dropped,
-        },
-        dataplane: DataplaneStats {
-            rx_packets: dp.rx_packets,
-            tx_packets: dp.tx_packets,
-            rx_bytes: dp.rx_bytes,
-            connections: dp.connections as u64,
-            drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        },
-        sync: SyncStats::default(),
-        events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
-    }
-}
-
-/// Host changes made at start, undone at exit.
-struct HostSetup {
-    sysctls: sysctl::Saved,
-    vip: Ipv4Addr,
-    iface: String,
-    gro_was_on: Option<bool>,
-}
-
-impl HostSetup {
-    fn apply(cfg: &Config) -> Result<HostSetup, DaemonError> {
-        let vip = *cfg.cluster.vip.get_ref();
-        let iface = cfg.cluster.interface.clone();
-        let mut h = HostSetup {
-            sysctls: sysctl::Saved::default(),
-            vip,
-            iface: iface.clone(),
-            gro_was_on: None,
-        };
-        // ARP settings first, so the kernel never answers for the VIP once it is on lo.
-        sysctl::arp_settings(&mut h.sysctls, &iface).map_err(io("setting ARP sysctls"))?;
-        netlink::add_addr("lo", vip, 32).map_err(io("adding the VIP to lo"))?;
-        match packet::set_gro(&iface, false) {
-            Ok(was) => h.gro_was_on = Some(was),
-            Err(e) => log::warn!("cannot turn GRO off on {iface}: {e}"),
-        }
-        Ok(h)
-    }
-
-    fn local_path(&mut self) -> Result<(), DaemonError> {
-        // Packets from the TUN device carry client sources that route via the
-        // LAN: reverse-path filtering must not drop them.
-        for dev in ["all", TUN_NAME] {
-            self.sysctls
-                .set(&format!("net.ipv4.conf.{dev}.rp_filter"), "0")
-                .map_err(io("setting rp_filter"))?;
-        }
-        Ok(())
-    }
-
-    fn undo(&mut self) {
-        if let Err(e) = netlink::del_addr("lo", self.vip, 32) {
-            log::warn!("removing VIP from lo: {e}");
-        }
-        if let Some(true) = self.gro_was_on {
-            let _ = packet::set_gro(&self.iface, true);
-        }
-        self.sysctls.restore();
-    }
 }
 
 pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
@@ -466,6 +73,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
         }
     };
     let drains = store.as_ref().map(|s| s.drains()).unwrap_or_default();
+    let drains_version = store.as_ref().map_or(0, |s| s.drains_version());
     let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     if let Some(s) = &store {
         log::info!("boot {} of node {}", s.boot_count(), me.name.get_ref());
@@ -488,7 +96,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
         vmac,
         link,
         store,
-        drains,
+        (drains, drains_version),
         stored_health,
         &mut host,
     );
@@ -506,7 +114,7 @@ fn run_inner(
     vmac: [u8; 6],
     link: netlink::Link,
     store: Option<Store>,
-    drains: BTreeSet<String>,
+    drains: (BTreeSet<String>, u64),
     stored_health: BTreeMap<String, bool>,
     host: &mut HostSetup,
 ) -> Result<(), DaemonError> {
@@ -533,7 +141,9 @@ fn run_inner(
             .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
             .collect(),
         counters: Default::default(),
-        drains,
+        drains: drains.0,
+        drains_version: drains.1,
+        announce_admin: true,
         health: BTreeMap::new(),
         started: Instant::now(),
         failover_requested: false,
@@ -542,7 +152,13 @@ fn run_inner(
     let mut generation = 1;
     let macs = neigh::read(&cfg.cluster.interface);
     let snapshot = Arc::new(build_snapshot(
-        cfg, my_addr, link.mac, &macs, &state, generation,
+        cfg,
+        my_addr,
+        link.mac,
+        &macs,
+        &state.health,
+        &state.drains,
+        generation,
     ));
     let shared = Shared::new(Control {
         active: false,
@@ -561,6 +177,23 @@ fn run_inner(
         shared.clone(),
     )
     .map_err(io("starting the data plane"))?;
+
+    let boot_id = unix_ms();
+    let sync_thread = match peers_of(cfg, my_addr).first() {
+        Some(peer) => Some(
+            syncer::spawn(
+                syncer::Params {
+                    bind: SocketAddr::from((my_addr, cfg.cluster.sync_port)),
+                    peer: SocketAddr::from((*peer, cfg.cluster.sync_port)),
+                    key: key.clone(),
+                    boot_id,
+                },
+                shared.clone(),
+            )
+            .map_err(io("starting connection sync"))?,
+        ),
+        None => None,
+    };
 
     let ctl = Arc::new(Ctl {
         state: Mutex::new(state),
@@ -597,7 +230,21 @@ fn run_inner(
                 if let Some(s) = &c.store {
                     store_warn("health state", s.set_health(name, t.up));
                 }
-                c.lock().dirty = true;
+                // The snapshot is rebuilt from `health`: the verdict goes in
+                // now, the details (latency, counts) with the next refresh.
+                let mut st = c.lock();
+                st.health
+                    .entry(name.to_string())
+                    .or_insert_with(|| HealthState {
+                        up: t.up,
+                        last_latency_ms: None,
+                        last_reason: None,
+                        checks: 0,
+                        failures: 0,
+                    })
+                    .up = t.up;
+                st.dirty = true;
+                drop(st);
                 c.wake.store(true, Ordering::Release);
             }),
         ))
@@ -624,13 +271,7 @@ fn run_inner(
         my_addr, hb_port,
     ))))
     .map_err(io(format!("binding heartbeat socket {my_addr}:{hb_port}")))?;
-    let peers: Vec<Ipv4Addr> = cfg
-        .nodes
-        .iter()
-        .filter(|n| *n.address.get_ref() != my_addr)
-        .map(|n| *n.address.get_ref())
-        .collect();
-    let boot_id = unix_ms();
+    let peers = peers_of(cfg, my_addr);
     let now = Instant::now();
     let mut el = Election::new(
         election::Params {
@@ -654,18 +295,69 @@ fn run_inner(
         dataplane::fmt_mac(&vmac)
     );
 
+    let pinger = if cfg.heartbeat.ping.is_empty() {
+        None
+    } else {
+        match ping::Pinger::start(cfg.heartbeat.ping.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::error!("ping nodes: cannot open an ICMP socket: {e}");
+                None
+            }
+        }
+    };
+    let mut ping_state = ping::UNKNOWN;
+
     let mut macs = macs;
+    let mut wanted_macs: Vec<Ipv4Addr> = peers.clone();
+    for svc in &cfg.services {
+        wanted_macs.extend(svc.backends.iter().map(|b| b.get_ref().address()));
+        if let Some((a, _)) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            if !a.is_loopback() && a != my_addr {
+                wanted_macs.push(a);
+            }
+        }
+    }
     let mut last_refresh = Instant::now() - Duration::from_secs(10);
     let mut leaving_since: Option<Instant> = None;
+    let mut handover: Option<PendingHandover> = None;
+    let mut last_admin_sent = Instant::now();
+    let cid = cluster_id(vip, *cfg.cluster.vrid.get_ref());
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(256);
     smol::block_on(async {
         loop {
             let now = Instant::now();
-            if signals::terminating() && leaving_since.is_none() {
-                log::info!("terminating: handing over");
-                el.leave(now);
-                leaving_since = Some(now);
+            if signals::terminating() && leaving_since.is_none() && handover.is_none() {
+                handover = Some(begin_handover(&el, &shared, Handover::Leave, now));
+            }
+            if let Some(h) = handover {
+                if now >= h.deadline || shared.sync_caught_up.load(Ordering::Acquire) {
+                    if now >= h.deadline && h.wait_for_sync {
+                        log::warn!(
+                            "handing over before the standby confirmed the connection table"
+                        );
+                    }
+                    handover = None;
+                    match h.kind {
+                        Handover::Leave => {
+                            log::info!("terminating: handing over");
+                            el.leave(now);
+                            leaving_since = Some(now);
+                        }
+                        Handover::Failover => {
+                            if el.failover(now) {
+                                ctl.event("admin", "planned failover");
+                            } else {
+                                log::warn!("failover requested but no live eligible peer");
+                            }
+                        }
+                    }
+                }
             }
             if let Some(t) = leaving_since {
                 // Two intervals let the Leaving heartbeat reach the peer even if one is lost.
@@ -673,30 +365,31 @@ fn run_inner(
                     break;
                 }
             }
+            if let Some(p) = &pinger {
+                let v = p.state.load(Ordering::Acquire);
+                if v != ping_state && v != ping::UNKNOWN {
+                    el.set_ping_ok(now, v == ping::REACHABLE);
+                }
+                ping_state = v;
+            }
             if ctl.wake.swap(false, Ordering::AcqRel) {
                 let req = std::mem::take(&mut ctl.lock().failover_requested);
-                if req {
-                    if el.failover(now) {
-                        ctl.event("admin", "planned failover");
-                    } else {
-                        log::warn!("failover requested but no live eligible peer");
-                    }
+                if req && handover.is_none() {
+                    handover = Some(begin_handover(&el, &shared, Handover::Failover, now));
                 }
             }
-            if now.duration_since(last_refresh) >= Duration::from_secs(1) {
+            // Learn missing backend MACs quickly; after that, a slow refresh.
+            let missing = wanted_macs.iter().any(|a| !macs.contains_key(a));
+            let period = if missing {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            if now.duration_since(last_refresh) >= period {
                 last_refresh = now;
                 let fresh = neigh::read(&cfg.cluster.interface);
-                for p in &peers {
-                    if !fresh.contains_key(p) {
-                        neigh::poke(*p);
-                    }
-                }
-                for svc in &cfg.services {
-                    for b in &svc.backends {
-                        if !fresh.contains_key(&b.get_ref().address()) {
-                            neigh::poke(b.get_ref().address());
-                        }
-                    }
+                for a in wanted_macs.iter().filter(|a| !fresh.contains_key(a)) {
+                    neigh::poke(*a);
                 }
                 if fresh != macs {
                     macs = fresh;
@@ -706,20 +399,24 @@ fn run_inner(
                     let states = m.states();
                     let mut st = ctl.lock();
                     for (k, s) in states {
-                        st.health.insert(k, s);
+                        if let Some(old) = st.health.insert(k, s.clone()) {
+                            st.dirty |= old.up != s.up;
+                        } else {
+                            st.dirty = true;
+                        }
                     }
                 }
-                let (up, total, own_ok) = health_summary(&ctl, cfg, my_addr);
-                el.set_health_summary(up, total);
-                el.set_service_ok(now, own_ok);
             }
+            let (up, total, own_ok) = health_summary(&ctl, cfg, my_addr);
+            el.set_health_summary(up, total);
+            el.set_service_ok(now, own_ok);
             {
                 let mut st = ctl.lock();
                 if st.dirty {
                     st.dirty = false;
                     generation += 1;
                     let snap = Arc::new(build_snapshot(
-                        cfg, my_addr, link.mac, &macs, &st, generation,
+                        cfg, my_addr, link.mac, &macs, &st.health, &st.drains, generation,
                     ));
                     drop(st);
                     shared.update(|c| c.snapshot = snap);
@@ -741,6 +438,23 @@ fn run_inner(
                                 log::debug!("heartbeat from {from} dropped: {d:?}");
                             }
                         }
+                        Err(HeartbeatError::BadType(crate::wire::admin::MSG_TYPE)) => {
+                            match AdminState::parse(&buf[..n], &key) {
+                                Ok(a) if a.cluster_id == cid && peers.contains(&a.node) => {
+                                    let name = ctl.lock().peer_names.get(&a.node).cloned();
+                                    ctl.adopt_drains(
+                                        &name.unwrap_or_else(|| a.node.to_string()),
+                                        a.drains.into_iter().collect(),
+                                        a.version,
+                                    );
+                                }
+                                Ok(a) => log::debug!("admin state from {} ignored", a.node),
+                                Err(e) => {
+                                    el.note_auth_failure();
+                                    warn_rejected(from, &e.to_string());
+                                }
+                            }
+                        }
                         Err(e) => {
                             el.note_auth_failure();
                             log::debug!("heartbeat from {from} rejected: {e}");
@@ -758,6 +472,26 @@ fn run_inner(
                     log::debug!("heartbeat to {dst}: {e}");
                 }
             }
+            let announce = std::mem::take(&mut ctl.lock().announce_admin);
+            if announce || now.duration_since(last_admin_sent) >= ADMIN_STATE_PERIOD {
+                last_admin_sent = now;
+                let a = {
+                    let st = ctl.lock();
+                    AdminState {
+                        cluster_id: cid,
+                        node: my_addr,
+                        version: st.drains_version,
+                        drains: st.drains.iter().cloned().collect(),
+                    }
+                };
+                out.clear();
+                a.emit(&key, &mut out);
+                for p in &peers {
+                    if let Err(e) = udp.send_to(&out, SocketAddr::from((*p, hb_port))).await {
+                        log::debug!("admin state to {p}: {e}");
+                    }
+                }
+            }
             while let Some(ev) = el.poll_event() {
                 handle_event(&ctl, &shared, ev);
             }
@@ -773,6 +507,9 @@ fn run_inner(
     shared.update(|c| c.active = false);
     shared.stop();
     let _ = dp_thread.join();
+    if let Some(t) = sync_thread {
+        let _ = t.join();
+    }
     if let Some(s) = server {
         s.stop();
     }
@@ -785,6 +522,42 @@ fn run_inner(
         store_warn("flush", s.flush());
     }
     Ok(())
+}
+
+/// The drain set goes to the peer on every change and at this period, so a
+/// peer that was down catches up.
+const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long a planned handover waits for the standby to confirm it holds
+/// the connection table before going ahead anyway.
+const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy)]
+enum Handover {
+    Leave,
+    Failover,
+}
+
+#[derive(Clone, Copy)]
+struct PendingHandover {
+    kind: Handover,
+    deadline: Instant,
+    wait_for_sync: bool,
+}
+
+/// A director with a live standby first lets connection sync catch up (the
+/// sync thread re-confirms after this reset); anyone else goes at once.
+fn begin_handover(el: &Election, shared: &Shared, kind: Handover, now: Instant) -> PendingHandover {
+    let wait = el.role() == Role::Director && el.peers().iter().any(|p| p.alive);
+    if wait {
+        shared.sync_caught_up.store(false, Ordering::Release);
+        log::info!("handover: waiting for the standby to confirm the connection table");
+    }
+    PendingHandover {
+        kind,
+        deadline: if wait { now + HANDOVER_SYNC_WAIT } else { now },
+        wait_for_sync: wait,
+    }
 }
 
 /// Rejected heartbeats are logged at warn, at most once a minute per source.
@@ -807,58 +580,14 @@ fn warn_rejected(from: SocketAddr, why: &str) {
     }
 }
 
+fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {
+    cfg.nodes
+        .iter()
+        .map(|n| *n.address.get_ref())
+        .filter(|a| *a != me)
+        .collect()
+}
+
 fn cluster_id(vip: Ipv4Addr, vrid: u8) -> u32 {
     u32::from(vip) ^ (u32::from(vrid) << 24)
-}
-
-/// (backends up, backends total, whether this node's own service is up).
-fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool) {
-    let st = ctl.lock();
-    let (mut up, mut total, mut own_ok) = (0u16, 0u16, true);
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        for d in backend_defs(cfg, svc, me) {
-            let healthy = st
-                .health
-                .get(&health_key(port, &d.name))
-                .is_none_or(|h| h.up);
-            total = total.saturating_add(1);
-            if healthy {
-                up = up.saturating_add(1);
-            } else if d.local {
-                own_ok = false;
-            }
-        }
-    }
-    (up, total, own_ok)
-}
-
-fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
-    match ev {
-        Event::RoleChanged {
-            from,
-            to,
-            term,
-            reason,
-        } => {
-            log::info!("role {from} -> {to} (term {term}): {reason}");
-            ctl.event("role", &format!("{from} -> {to} (term {term}): {reason}"));
-            if let Some(s) = &ctl.store {
-                store_warn("last role", s.set_last_role(&to.to_string(), term));
-            }
-            shared.update(|c| c.active = to == Role::Director);
-        }
-        Event::PeerUp { peer } => {
-            log::info!("peer {peer} up");
-            ctl.event("peer", &format!("peer {peer} up"));
-        }
-        Event::PeerLost { peer } => {
-            log::warn!("peer {peer} lost");
-            ctl.event("peer", &format!("peer {peer} lost"));
-        }
-        Event::Announce => {
-            log::info!("re-announcing the VIP");
-            shared.update(|c| c.announce += 1);
-        }
-    }
 }

@@ -2,7 +2,8 @@
 //! the forwarding engine. It never waits on the control plane: role,
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
-use crate::forward::{Engine, Snapshot, Timeouts, Verdict};
+use crate::forward::{ConnEntry, Engine, PersistEntry, Snapshot, Timeouts, Verdict};
+use crate::sync::Installs;
 use crate::wire::frame::{self, Classified, Mac};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -24,6 +25,10 @@ const GARP_BURST: [Duration; 5] = [
 /// Re-announce well inside a switch's ~300 s MAC ageing.
 const GARP_PERIOD: Duration = Duration::from_secs(60);
 const BATCH: usize = 32;
+/// How often changes go to (or installs come from) the sync thread.
+const SYNC_PERIOD: Duration = Duration::from_millis(10);
+/// Bound on changes handed over per exchange; the rest wait in the engine's log.
+const SYNC_MAX: usize = 8192;
 
 /// What the control plane tells the data plane.
 #[derive(Clone)]
@@ -47,31 +52,79 @@ pub struct DpStats {
     pub vip_conflicts: u64,
 }
 
+/// Entries traded between the data plane and the sync thread.
+#[derive(Default)]
+pub struct SyncExchange {
+    /// Director: changes taken from the engine, not yet queued for sending.
+    pub conns: Vec<ConnEntry>,
+    pub persists: Vec<PersistEntry>,
+    /// Director: the whole table, when the sync layer asked for it.
+    pub snapshot: Option<(Vec<ConnEntry>, Vec<PersistEntry>)>,
+    pub want_snapshot: bool,
+    /// Standby: entries received from the director, to install.
+    pub installs: Installs,
+}
+
+/// What the sync thread reports for status and metrics.
+#[derive(Clone, Default, Debug)]
+pub struct SyncStatus {
+    pub synced: u64,
+    pub lag_entries: u64,
+    pub lag_ms: Option<u64>,
+    pub rejected: u64,
+}
+
 pub struct Shared {
     version: AtomicU64,
     control: Mutex<Control>,
+    active: AtomicBool,
     stop: AtomicBool,
     pub stats: Mutex<DpStats>,
+    pub sync: Mutex<SyncExchange>,
+    pub sync_status: Mutex<SyncStatus>,
+    /// Director: everything taken from the engine so far is acknowledged by
+    /// the standby (gates a planned switchover).
+    pub sync_caught_up: AtomicBool,
 }
 
 impl Shared {
     pub fn new(control: Control) -> Arc<Shared> {
         Arc::new(Shared {
             version: AtomicU64::new(1),
+            active: AtomicBool::new(control.active),
             control: Mutex::new(control),
             stop: AtomicBool::new(false),
             stats: Mutex::new(DpStats::default()),
+            sync: Mutex::new(SyncExchange::default()),
+            sync_status: Mutex::new(SyncStatus::default()),
+            sync_caught_up: AtomicBool::new(false),
         })
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Control)) {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut c);
+        self.active.store(c.active, Ordering::Release);
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub fn sync_status(&self) -> SyncStatus {
+        self.sync_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn stats(&self) -> DpStats {
@@ -144,6 +197,7 @@ impl Plane {
         let mut out: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
         let mut last_publish = Instant::now();
         let mut last_expire = Instant::now();
+        let mut last_sync = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             if let Err(e) = self.sock.wait(20) {
                 log::error!("data plane poll: {e}");
@@ -181,6 +235,10 @@ impl Plane {
                     break;
                 }
             }
+            if now.duration_since(last_sync) >= SYNC_PERIOD {
+                self.exchange_sync(now);
+                last_sync = now;
+            }
             if now.duration_since(last_expire) >= Duration::from_millis(100) {
                 self.engine.expire(now, 4096);
                 last_expire = now;
@@ -196,6 +254,32 @@ impl Plane {
             }
         }
         self.publish();
+    }
+
+    fn exchange_sync(&mut self, now: Instant) {
+        let mut ex = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if self.active {
+            let ex = &mut *ex;
+            let r = self
+                .engine
+                .take_changes(&mut ex.conns, &mut ex.persists, SYNC_MAX);
+            // A sync thread that stopped taking changes must not grow memory:
+            // past a bound, the standby gets a fresh snapshot instead.
+            let backlog = ex.conns.len() + ex.persists.len() > 8 * SYNC_MAX;
+            if r.overflowed || ex.want_snapshot || backlog {
+                ex.want_snapshot = false;
+                ex.conns.clear();
+                ex.persists.clear();
+                ex.snapshot = Some((self.engine.export(now), self.engine.export_persist(now)));
+            }
+        } else {
+            for c in ex.installs.conns.drain(..) {
+                self.engine.install(now, c);
+            }
+            for p in ex.installs.persists.drain(..) {
+                self.engine.install_persist(now, p);
+            }
+        }
     }
 
     fn publish(&mut self) {

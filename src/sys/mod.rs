@@ -1,11 +1,16 @@
 //! Everything that touches the kernel: sockets, devices, sysctls, and the
 //! event loops that drive the sans-IO machines.
+mod ctl;
 pub mod daemon;
 pub mod dataplane;
+mod host;
 pub mod neigh;
 pub mod netlink;
 pub mod packet;
+pub mod ping;
+mod pool;
 pub mod signals;
+pub mod syncer;
 pub mod sysctl;
 pub mod tun;
 

@@ -1,4 +1,5 @@
 //! Wire formats: bytes in, typed values out, and back. Nothing here decides.
+pub mod admin;
 pub mod frame;
 pub mod heartbeat;
 pub mod sync;

@@ -463,6 +463,17 @@ dead_after = "1s"
     pub fn adopt(&mut self, c: Child) {
         self.extra.push(c);
     }
+
+    /// Health tests: replaces node `i`'s web server by one started with
+    /// extra websrv.py arguments (e.g. `--check-body Wrong`).
+    pub fn health_restart_web_with(&mut self, i: usize, extra: &[&str]) {
+        self.stop_web(i);
+        let (ns, name) = (self.nodes[i].ns.clone(), self.nodes[i].name.clone());
+        let mut args = vec!["--udp", "5353"];
+        args.extend_from_slice(extra);
+        self.nodes[i].web = Some(spawn_web(&ns, &name, &args));
+        self.wait_web();
+    }
 }
 
 fn spawn_web(ns: &str, name: &str, extra: &[&str]) -> Child {

@@ -1,0 +1,319 @@
+//! The control plane's shared state: what the status server reads and what
+//! admin actions change, under one short-held lock.
+use crate::config::Config;
+use crate::election::{self, Event, Role};
+use crate::health;
+use crate::status::model::*;
+use crate::status::server::Admin;
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::dataplane::Shared;
+use super::pool::{backend_defs, health_key};
+
+/// Everything the status server and admin actions read or change, owned by
+/// the control plane and shared under one short-held lock.
+pub struct State {
+    pub node: String,
+    pub vip: Ipv4Addr,
+    pub priority: u8,
+    pub effective_priority: u8,
+    pub role: Role,
+    pub term: u64,
+    pub peers: Vec<election::PeerInfo>,
+    pub peer_names: HashMap<Ipv4Addr, String>,
+    pub counters: election::Counters,
+    pub drains: BTreeSet<String>,
+    pub drains_version: u64,
+    /// Our drains changed: tell the peer now rather than at the next refresh.
+    pub announce_admin: bool,
+    pub health: BTreeMap<String, health::HealthState>,
+    pub started: Instant,
+    pub failover_requested: bool,
+    /// Set whenever something that shapes the backend snapshot changed.
+    pub dirty: bool,
+}
+
+pub struct Ctl {
+    pub state: Mutex<State>,
+    pub store: Option<Store>,
+    pub shared: Arc<Shared>,
+    pub cfg: Arc<Config>,
+    pub wake: AtomicBool,
+}
+
+impl Ctl {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn event(&self, kind: &str, message: &str) {
+        if let Some(s) = &self.store {
+            store_warn("event log", s.log_event(kind, message));
+        }
+    }
+
+    pub fn backend_names(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for s in &self.cfg.services {
+            if s.serve_local {
+                for n in &self.cfg.nodes {
+                    names.insert(n.name.get_ref().clone());
+                }
+            }
+            for b in &s.backends {
+                names.insert(b.get_ref().name());
+            }
+        }
+        names
+    }
+
+    pub fn set_drain(&self, name: &str, drained: bool) -> Result<(), String> {
+        if !self.backend_names().contains(name) {
+            return Err(format!("no backend named {name:?}"));
+        }
+        // The lock is held across the store write so two admin requests
+        // cannot interleave their versions.
+        let mut st = self.lock();
+        let mut drains = st.drains.clone();
+        if drained {
+            drains.insert(name.to_string());
+        } else {
+            drains.remove(name);
+        }
+        let version = unix_ms().max(st.drains_version + 1);
+        if let Some(s) = &self.store {
+            s.set_drains(&drains, version)
+                .map_err(|e| format!("storing drain: {e}"))?;
+        }
+        st.drains = drains;
+        st.drains_version = version;
+        st.dirty = true;
+        st.announce_admin = true;
+        drop(st);
+        self.wake.store(true, Ordering::Release);
+        let verb = if drained { "drained" } else { "undrained" };
+        log::info!("admin: backend {name} {verb}");
+        self.event("admin", &format!("backend {name} {verb}"));
+        // An admin action is answered only once its record is on disk.
+        if let Some(s) = &self.store {
+            store_warn("flush", s.flush());
+        }
+        Ok(())
+    }
+
+    /// The peer's drain set, when newer than ours (last writer wins).
+    pub fn adopt_drains(&self, from: &str, drains: BTreeSet<String>, version: u64) {
+        let mut st = self.lock();
+        if version <= st.drains_version {
+            return;
+        }
+        if st.drains != drains {
+            log::info!("admin: drains {drains:?} from {from}");
+            if let Some(s) = &self.store {
+                store_warn("drains", s.set_drains(&drains, version));
+            }
+            st.dirty = true;
+            drop(st);
+            self.event("admin", &format!("drains {drains:?} from {from}"));
+            st = self.lock();
+        } else if let Some(s) = &self.store {
+            store_warn("drains", s.set_drains(&drains, version));
+        }
+        st.drains = drains;
+        st.drains_version = version;
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Admin for Ctl {
+    fn status(&self) -> StatusReport {
+        report(self)
+    }
+    fn drain(&self, backend: &str) -> Result<(), String> {
+        self.set_drain(backend, true)
+    }
+    fn undrain(&self, backend: &str) -> Result<(), String> {
+        self.set_drain(backend, false)
+    }
+    fn failover(&self) -> Result<String, String> {
+        let mut st = self.lock();
+        if st.role != Role::Director {
+            return Err(format!("this node is {}, not the director", st.role));
+        }
+        st.failover_requested = true;
+        self.wake.store(true, Ordering::Release);
+        Ok("failover requested".into())
+    }
+}
+
+/// Losing a store write must not stop the cluster: it is logged, and the
+/// state stays right in memory.
+pub fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
+    if let Err(e) = r {
+        log::warn!("state store ({what}): {e}");
+    }
+}
+
+pub fn report(ctl: &Ctl) -> StatusReport {
+    let dp = ctl.shared.stats();
+    let sync = ctl.shared.sync_status();
+    let st = ctl.lock();
+    let now = Instant::now();
+    let me = ctl.cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
+    let my_addr = me.map(|n| *n.address.get_ref());
+    let peers = st
+        .peers
+        .iter()
+        .map(|p| PeerStatus {
+            node: st
+                .peer_names
+                .get(&p.addr)
+                .cloned()
+                .unwrap_or_else(|| p.addr.to_string()),
+            address: p.addr.to_string(),
+            role: p.role.to_string(),
+            priority: p.priority,
+            last_heard_ms: p
+                .last_heard
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            term: p.term,
+        })
+        .collect::<Vec<_>>();
+    let vip_holder = if st.role == Role::Director {
+        Some(st.node.clone())
+    } else {
+        peers
+            .iter()
+            .find(|p| p.role == "director")
+            .map(|p| p.node.clone())
+    };
+    let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
+        dp.backends.iter().cloned().collect();
+    let mut backends = Vec::new();
+    for svc in &ctl.cfg.services {
+        let port = *svc.port.get_ref();
+        for d in backend_defs(&ctl.cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
+            let h = st.health.get(&health_key(port, &d.name));
+            let healthy = h.is_none_or(|h| h.up);
+            let drained = st.drains.contains(&d.name);
+            let c = counters.get(&d.addr).cloned().unwrap_or_default();
+            backends.push(BackendStatus {
+                name: d.name.clone(),
+                address: d.addr.to_string(),
+                service: format!("{}/{}", svc.protocol.name(), port),
+                healthy,
+                weight: if drained || !healthy { 0 } else { d.weight },
+                configured_weight: d.weight,
+                drained,
+                fallback: false,
+                local: d.local,
+                active_connections: c.active,
+                total_connections: c.total,
+                packets: c.packets,
+                bytes: c.bytes,
+                check_latency_ms: h.and_then(|h| h.last_latency_ms),
+                last_check: h.and_then(|h| h.last_reason.clone()),
+            });
+        }
+    }
+    let cnt = &st.counters;
+    let mut dropped = BTreeMap::new();
+    dropped.insert("auth".to_string(), cnt.dropped_auth);
+    dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
+    dropped.insert("replay".to_string(), cnt.dropped_replay);
+    dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
+    StatusReport {
+        node: st.node.clone(),
+        role: st.role.to_string(),
+        term: st.term,
+        vip: st.vip.to_string(),
+        vip_holder,
+        priority: st.priority,
+        effective_priority: st.effective_priority,
+        uptime_s: st.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        peers,
+        backends,
+        heartbeat: HeartbeatStats {
+            sent: cnt.sent,
+            received: cnt.received,
+            dropped,
+        },
+        dataplane: DataplaneStats {
+            rx_packets: dp.rx_packets,
+            tx_packets: dp.tx_packets,
+            rx_bytes: dp.rx_bytes,
+            connections: dp.connections as u64,
+            drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        },
+        sync: SyncStats {
+            connections_synced: sync.synced,
+            lag_entries: sync.lag_entries,
+            lag_ms: sync.lag_ms,
+        },
+        events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
+    }
+}
+
+/// (backends up, backends total, whether this node's own service is up).
+pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool) {
+    let st = ctl.lock();
+    let (mut up, mut total, mut own_ok) = (0u16, 0u16, true);
+    for svc in &cfg.services {
+        let port = *svc.port.get_ref();
+        for d in backend_defs(cfg, svc, me) {
+            let healthy = st
+                .health
+                .get(&health_key(port, &d.name))
+                .is_none_or(|h| h.up);
+            total = total.saturating_add(1);
+            if healthy {
+                up = up.saturating_add(1);
+            } else if d.local {
+                own_ok = false;
+            }
+        }
+    }
+    (up, total, own_ok)
+}
+
+pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) {
+    match ev {
+        Event::RoleChanged {
+            from,
+            to,
+            term,
+            reason,
+        } => {
+            log::info!("role {from} -> {to} (term {term}): {reason}");
+            ctl.event("role", &format!("{from} -> {to} (term {term}): {reason}"));
+            if let Some(s) = &ctl.store {
+                store_warn("last role", s.set_last_role(&to.to_string(), term));
+            }
+            shared.update(|c| c.active = to == Role::Director);
+        }
+        Event::PeerUp { peer } => {
+            log::info!("peer {peer} up");
+            ctl.event("peer", &format!("peer {peer} up"));
+        }
+        Event::PeerLost { peer } => {
+            log::warn!("peer {peer} lost");
+            ctl.event("peer", &format!("peer {peer} lost"));
+        }
+        Event::Announce => {
+            log::info!("re-announcing the VIP");
+            shared.update(|c| c.announce += 1);
+        }
+    }
+}

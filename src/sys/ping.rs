@@ -1,0 +1,183 @@
+//! Ping nodes (heartbeat's `ipfail`): a node that cannot reach any of them
+//! must not direct. One thread sends ICMP echoes on a raw socket and records
+//! when each target last answered; the control loop reads one atomic.
+use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, Ipv4Slice};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PERIOD: Duration = Duration::from_millis(250);
+/// Unreachable once no target has answered for this long.
+const LOST_AFTER: Duration = Duration::from_millis(1500);
+
+pub const UNKNOWN: u8 = 0;
+pub const REACHABLE: u8 = 1;
+pub const UNREACHABLE: u8 = 2;
+
+pub struct Pinger {
+    pub state: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    pub fn start(targets: Vec<Ipv4Addr>) -> std::io::Result<Pinger> {
+        // SAFETY: plain socket(2); owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: tv is a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let state = Arc::new(AtomicU8::new(UNKNOWN));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("duet-ping".into())
+            .spawn(move || run(fd, targets, s, st))?;
+        Ok(Pinger {
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(fd: OwnedFd, targets: Vec<Ipv4Addr>, state: Arc<AtomicU8>, stop: Arc<AtomicBool>) {
+    let id = (std::process::id() & 0xffff) as u16;
+    let start = Instant::now();
+    let mut last_reply: Option<Instant> = None;
+    let mut seq: u16 = 0;
+    let mut next_send = start;
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= next_send {
+            next_send = now + PERIOD;
+            seq = seq.wrapping_add(1);
+            for t in &targets {
+                send_echo(&fd, *t, id, seq);
+            }
+        }
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 && is_reply_from(&buf[..n as usize], &targets, id) {
+            last_reply = Some(Instant::now());
+        }
+        let now = Instant::now();
+        let verdict = match last_reply {
+            Some(t) if now.duration_since(t) < LOST_AFTER => REACHABLE,
+            _ if now.duration_since(start) < LOST_AFTER => UNKNOWN,
+            _ => UNREACHABLE,
+        };
+        let old = state.swap(verdict, Ordering::AcqRel);
+        if old != verdict && verdict != UNKNOWN {
+            let what = if verdict == REACHABLE {
+                "reachable"
+            } else {
+                "unreachable"
+            };
+            log::info!("ping nodes {targets:?} {what}");
+        }
+    }
+}
+
+fn send_echo(fd: &OwnedFd, to: Ipv4Addr, id: u16, seq: u16) {
+    let payload = *b"duet-ping";
+    let h = Icmpv4Header::with_checksum(
+        Icmpv4Type::EchoRequest(IcmpEchoHeader { id, seq }),
+        &payload,
+    );
+    let mut pkt = Vec::with_capacity(32);
+    pkt.extend_from_slice(&h.to_bytes());
+    pkt.extend_from_slice(&payload);
+    // SAFETY: zeroed sockaddr_in is valid; fields set below.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from(to).to_be();
+    // SAFETY: pkt and sa are valid for the lengths passed.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            libc::MSG_DONTWAIT,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if r < 0 {
+        log::debug!("ping {to}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// A raw ICMP socket sees every ICMP packet: keep echo replies with our id
+/// from one of the targets.
+pub fn is_reply_from(ip_packet: &[u8], targets: &[Ipv4Addr], id: u16) -> bool {
+    let Ok(ip) = Ipv4Slice::from_slice(ip_packet) else {
+        return false;
+    };
+    let src = ip.header().source_addr();
+    if !targets.contains(&src) {
+        return false;
+    }
+    let Ok(icmp) = Icmpv4Slice::from_slice(ip.payload().payload) else {
+        return false;
+    };
+    matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(e) if e.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn reply(src: [u8; 4], id: u16) -> Vec<u8> {
+        let b = PacketBuilder::ipv4(src, [198, 18, 0, 1], 64)
+            .icmpv4(Icmpv4Type::EchoReply(IcmpEchoHeader { id, seq: 1 }));
+        let mut out = Vec::new();
+        b.write(&mut out, b"duet-ping").unwrap();
+        out
+    }
+
+    #[test]
+    fn keeps_only_our_replies_from_targets() {
+        let t = [Ipv4Addr::new(198, 18, 0, 254)];
+        assert!(is_reply_from(&reply([198, 18, 0, 254], 7), &t, 7));
+        assert!(!is_reply_from(&reply([198, 18, 0, 254], 8), &t, 7));
+        assert!(!is_reply_from(&reply([198, 18, 0, 9], 7), &t, 7));
+        assert!(!is_reply_from(&[0x45, 0, 0], &t, 7));
+        assert!(!is_reply_from(&[], &t, 7));
+    }
+}

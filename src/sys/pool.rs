@@ -1,0 +1,139 @@
+//! The configured backends of each service as the data plane should see them
+//! now: configuration plus health plus drains, turned into a `Snapshot`.
+use crate::config::{self, CheckKindName, Config};
+use crate::forward::{BackendSnap, Scheduler, ServiceSnap, Snapshot};
+use crate::health::{CheckKind, CheckSpec, HealthState};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+pub fn health_key(port: u16, name: &str) -> String {
+    format!("{port}/{name}")
+}
+
+/// One backend of one service as configured, before health and drains.
+pub struct BackendDef {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub weight: u32,
+    pub local: bool,
+}
+
+pub fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<BackendDef> {
+    let mut out = Vec::new();
+    if svc.serve_local {
+        for n in &cfg.nodes {
+            out.push(BackendDef {
+                name: n.name.get_ref().clone(),
+                addr: *n.address.get_ref(),
+                weight: n.weight,
+                local: *n.address.get_ref() == me,
+            });
+        }
+    }
+    for b in &svc.backends {
+        let b = b.get_ref();
+        out.push(BackendDef {
+            name: b.name(),
+            addr: b.address(),
+            weight: b.weight(),
+            local: false,
+        });
+    }
+    out
+}
+
+pub fn build_snapshot(
+    cfg: &Config,
+    me: Ipv4Addr,
+    own_mac: [u8; 6],
+    macs: &HashMap<Ipv4Addr, [u8; 6]>,
+    health: &BTreeMap<String, HealthState>,
+    drains: &BTreeSet<String>,
+    generation: u64,
+) -> Snapshot {
+    let mut services = Vec::new();
+    for svc in &cfg.services {
+        let port = *svc.port.get_ref();
+        let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
+        let mut backends = Vec::new();
+        for d in backend_defs(cfg, svc, me) {
+            let healthy = health.get(&health_key(port, &d.name)).is_none_or(|h| h.up);
+            let mac = if d.local {
+                Some(own_mac)
+            } else {
+                macs.get(&d.addr).copied()
+            };
+            let drained = drains.contains(&d.name);
+            let weight = if drained || !healthy { 0 } else { d.weight };
+            backends.push(BackendSnap {
+                name: d.name,
+                addr: d.addr,
+                mac: mac.unwrap_or([0; 6]),
+                weight,
+                // A remote backend whose MAC is unknown cannot be reached yet.
+                up: mac.is_some() && (healthy || quiescent),
+                local: d.local,
+                fallback: false,
+            });
+        }
+        if let Some(f) = &svc.fallback {
+            if let Ok((addr, _)) = config::parse_fallback(f.get_ref()) {
+                let local = addr.is_loopback() || addr == me;
+                let mac = if local {
+                    Some(own_mac)
+                } else {
+                    macs.get(&addr).copied()
+                };
+                backends.push(BackendSnap {
+                    name: "fallback".into(),
+                    addr: if local { me } else { addr },
+                    mac: mac.unwrap_or([0; 6]),
+                    weight: 1,
+                    up: mac.is_some(),
+                    local,
+                    fallback: true,
+                });
+            }
+        }
+        services.push(ServiceSnap {
+            proto: svc.protocol.number(),
+            port,
+            scheduler: svc
+                .scheduler
+                .get_ref()
+                .parse::<Scheduler>()
+                .unwrap_or(Scheduler::Wlc),
+            persistence: svc.persistence.map(|d| d.0),
+            persist_mask: svc.persistence_netmask.unwrap_or(Ipv4Addr::BROADCAST),
+            backends,
+        });
+    }
+    Snapshot {
+        generation,
+        services,
+    }
+}
+
+pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
+    let kind = match c.kind {
+        CheckKindName::Http => CheckKind::Http {
+            request: c.request.clone().unwrap_or_else(|| "/".into()),
+            receive: c.receive.clone(),
+            host: c.host.clone(),
+            expect_status: c.status,
+        },
+        CheckKindName::Tcp => CheckKind::Tcp,
+        CheckKindName::Exec => CheckKind::Exec {
+            command: c.command.clone().unwrap_or_default(),
+        },
+        CheckKindName::None => CheckKind::None,
+    };
+    CheckSpec {
+        kind,
+        port: c.port.unwrap_or(port),
+        interval: c.interval.0,
+        timeout: c.timeout.0,
+        rise: c.rise,
+        fall: c.fall,
+    }
+}

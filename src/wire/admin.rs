@@ -1,0 +1,220 @@
+//! Admin state message: the operator's drains, shared by the pair so a drain
+//! holds whichever node directs. Sent on the heartbeat port.
+//!
+//! | offset | size | field          | notes                                          |
+//! |-------:|-----:|----------------|------------------------------------------------|
+//! |      0 |    4 | magic          | `b"DUET"`                                      |
+//! |      4 |    1 | version        | 1                                              |
+//! |      5 |    1 | message type   | [`MSG_TYPE`] (3)                               |
+//! |      6 |    2 | body length    | bytes from offset 8 up to the MAC              |
+//! |      8 |    4 | cluster id     |                                                |
+//! |     12 |    4 | node           | the sender's configured address                |
+//! |     16 |    8 | state version  | unix ms of the last change; newer wins         |
+//! |     24 |    1 | drain count    | at most [`MAX_DRAINS`]                         |
+//! |     25 |    … | drains         | each: 1-byte length + name bytes (UTF-8, 1..=64)|
+//! |      … |   32 | HMAC-SHA256    | over everything before it                      |
+//!
+//! As with heartbeats the MAC is checked before any field is read. A
+//! replayed message carries an old version and is ignored by the receiver;
+//! replaying the newest one changes nothing.
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::net::Ipv4Addr;
+
+use super::heartbeat::{HEADER_LEN, MAC_LEN, MAGIC, VERSION};
+
+pub const MSG_TYPE: u8 = 3;
+pub const MAX_DRAINS: usize = 64;
+pub const MAX_NAME: usize = 64;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminState {
+    pub cluster_id: u32,
+    pub node: Ipv4Addr,
+    pub version: u64,
+    pub drains: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    /// Shorter than header and MAC, or a name runs past the end.
+    #[error("truncated admin message")]
+    Truncated,
+    /// The HMAC does not match: wrong key or tampered bytes.
+    #[error("bad MAC")]
+    BadMac,
+    /// Magic, version, type or length fields are not what this build writes.
+    #[error("malformed admin message header")]
+    BadHeader,
+    /// More names than allowed, an empty or over-long name, or non-UTF-8.
+    #[error("malformed drain list")]
+    BadDrains,
+}
+
+fn mac_for(key: &[u8]) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
+impl AdminState {
+    /// Appends the signed message to `out`; names beyond the limits are
+    /// left out (the config validator keeps backend names short).
+    pub fn emit(&self, key: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(MSG_TYPE);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.cluster_id.to_be_bytes());
+        out.extend_from_slice(&u32::from(self.node).to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        let names: Vec<&String> = self
+            .drains
+            .iter()
+            .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
+            .take(MAX_DRAINS)
+            .collect();
+        out.push(names.len() as u8);
+        for n in names {
+            out.push(n.len() as u8);
+            out.extend_from_slice(n.as_bytes());
+        }
+        let body_len = (out.len() - start - HEADER_LEN) as u16;
+        out[start + 6..start + 8].copy_from_slice(&body_len.to_be_bytes());
+        let mut mac = mac_for(key);
+        mac.update(&out[start..]);
+        let tag = mac.finalize().into_bytes();
+        out.extend_from_slice(&tag);
+    }
+
+    pub fn parse(bytes: &[u8], key: &[u8]) -> Result<AdminState, AdminError> {
+        if bytes.len() < HEADER_LEN + 17 + MAC_LEN {
+            return Err(AdminError::Truncated);
+        }
+        let (msg, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mut mac = mac_for(key);
+        mac.update(msg);
+        mac.verify_slice(tag).map_err(|_| AdminError::BadMac)?;
+        let body_len = u16::from_be_bytes([msg[6], msg[7]]) as usize;
+        if msg[0..4] != MAGIC
+            || msg[4] != VERSION
+            || msg[5] != MSG_TYPE
+            || body_len != msg.len() - HEADER_LEN
+        {
+            return Err(AdminError::BadHeader);
+        }
+        let u32_at = |i: usize| u32::from_be_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        let mut version = [0u8; 8];
+        version.copy_from_slice(&msg[16..24]);
+        let count = msg[24] as usize;
+        if count > MAX_DRAINS {
+            return Err(AdminError::BadDrains);
+        }
+        let mut drains = Vec::with_capacity(count);
+        let mut at = 25;
+        for _ in 0..count {
+            let len = *msg.get(at).ok_or(AdminError::Truncated)? as usize;
+            let name = msg.get(at + 1..at + 1 + len).ok_or(AdminError::Truncated)?;
+            if len == 0 || len > MAX_NAME {
+                return Err(AdminError::BadDrains);
+            }
+            let name = std::str::from_utf8(name).map_err(|_| AdminError::BadDrains)?;
+            drains.push(name.to_string());
+            at += 1 + len;
+        }
+        if at != msg.len() {
+            return Err(AdminError::BadHeader);
+        }
+        Ok(AdminState {
+            cluster_id: u32_at(8),
+            node: Ipv4Addr::from(u32_at(12)),
+            version: u64::from_be_bytes(version),
+            drains,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef-admin";
+
+    fn sample() -> AdminState {
+        AdminState {
+            cluster_id: 0xc612_0064,
+            node: Ipv4Addr::new(198, 18, 0, 1),
+            version: 1_700_000_000_123,
+            drains: vec!["web2".into(), "db-1".into()],
+        }
+    }
+
+    fn emitted(a: &AdminState) -> Vec<u8> {
+        let mut v = Vec::new();
+        a.emit(KEY, &mut v);
+        v
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let a = sample();
+        let b = emitted(&a);
+        assert_eq!(&b[..8], &[b'D', b'U', b'E', b'T', 1, 3, 0, 27]);
+        assert_eq!(b[24], 2);
+        assert_eq!(&b[25..30], b"\x04web2");
+        assert_eq!(b.len(), 8 + 27 + 32);
+        assert_eq!(AdminState::parse(&b, KEY), Ok(a));
+        let empty = AdminState {
+            drains: vec![],
+            ..sample()
+        };
+        assert_eq!(AdminState::parse(&emitted(&empty), KEY), Ok(empty));
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let b = emitted(&sample());
+        for n in 0..b.len() {
+            assert!(AdminState::parse(&b[..n], KEY).is_err(), "length {n}");
+        }
+        for i in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            assert_eq!(
+                AdminState::parse(&c, KEY),
+                Err(AdminError::BadMac),
+                "bit {i}"
+            );
+        }
+        assert_eq!(
+            AdminState::parse(&b, b"another key of sixteen"),
+            Err(AdminError::BadMac)
+        );
+    }
+
+    #[test]
+    fn keyed_garbage_is_rejected_by_structure() {
+        // A peer with the key but a broken encoder: too many names.
+        let mut b = emitted(&sample());
+        b.truncate(b.len() - MAC_LEN);
+        b[24] = 200;
+        let mut mac = mac_for(KEY);
+        mac.update(&b);
+        let tag = mac.finalize().into_bytes();
+        b.extend_from_slice(&tag);
+        assert_eq!(AdminState::parse(&b, KEY), Err(AdminError::BadDrains));
+    }
+
+    #[test]
+    fn over_long_names_are_left_out() {
+        let a = AdminState {
+            drains: vec!["x".repeat(65), "ok".into()],
+            ..sample()
+        };
+        assert_eq!(
+            AdminState::parse(&emitted(&a), KEY).unwrap().drains,
+            vec!["ok"]
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Issue 5: `duet import-ldirectord` on configuration files written like the
+//! Ultra Monkey seeds produces a config that `duet check-config` accepts.
+//! No root or namespaces needed: these run the real binary on files.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn duet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_duet"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh directory per test (tests of one binary run in parallel).
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("duet-import-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the importer; returns (toml text, warnings text).
+fn import(ld: &str, ha: &str) -> (String, String) {
+    let o = duet()
+        .arg("import-ldirectord")
+        .arg(fixture(ld))
+        .arg(fixture(ha))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "import-ldirectord failed: {}",
+        text(&o.stderr)
+    );
+    (text(&o.stdout), text(&o.stderr))
+}
+
+fn check_config(path: &Path) -> Output {
+    duet()
+        .arg("check-config")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// Writes the imported config next to a key file (the importer names
+/// /etc/duet/key, which this test must not create) and runs check-config.
+fn accepted(dir: &Path, toml_text: &str) {
+    let line = "key_file = \"/etc/duet/key\"";
+    assert!(toml_text.contains(line), "no key_file line:\n{toml_text}");
+    let cfg = dir.join("duet.toml");
+    std::fs::write(&cfg, toml_text.replace(line, "key_file = \"key\"")).unwrap();
+
+    // Without the key the config is refused: check-config really checks.
+    let o = check_config(&cfg);
+    assert!(!o.status.success(), "accepted without a key file");
+    assert!(text(&o.stderr).contains("key_file"), "{}", text(&o.stderr));
+
+    std::fs::write(dir.join("key"), "a shared secret of 32 bytes....\n").unwrap();
+    let o = check_config(&cfg);
+    assert!(
+        o.status.success(),
+        "check-config refused the imported config:\n{}\n{toml_text}",
+        text(&o.stderr)
+    );
+    assert!(text(&o.stdout).contains("OK"), "{}", text(&o.stdout));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn at<'a>(v: &'a toml::Value, path: &str) -> &'a toml::Value {
+    path.split('.').fold(v, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => v.get(k).unwrap_or_else(|| panic!("no {path} ({k}) in {v}")),
+    })
+}
+
+fn s<'a>(v: &'a toml::Value, path: &str) -> &'a str {
+    at(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} not a string"))
+}
+
+/// The two-box layout: both nodes are directors and real servers.
+#[test]
+fn two_box_seed_imports_to_a_config_check_config_accepts() {
+    let (out, warnings) = import("ldirectord.cf", "ha.cf");
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+
+    assert_eq!(s(&v, "cluster.vip"), "192.168.6.240");
+    assert_eq!(s(&v, "node.0.name"), "ultramonkey1");
+    assert_eq!(s(&v, "node.0.address"), "192.168.6.4");
+    assert_eq!(s(&v, "node.1.name"), "ultramonkey2");
+    assert_eq!(s(&v, "node.1.address"), "192.168.6.5");
+    // keepalive 2 / deadtime 10 / auto_failback off / ping.
+    assert_eq!(s(&v, "heartbeat.interval"), "2s");
+    assert_eq!(s(&v, "heartbeat.dead_after"), "10s");
+    assert_eq!(at(&v, "heartbeat.preempt").as_bool(), Some(false));
+    assert_eq!(s(&v, "heartbeat.ping.0"), "192.168.6.254");
+
+    // virtual=…:80, negotiate check of ldirector.html.
+    assert_eq!(at(&v, "service.0.port").as_integer(), Some(80));
+    assert_eq!(s(&v, "service.0.scheduler"), "rr");
+    assert_eq!(at(&v, "service.0.serve_local").as_bool(), Some(true));
+    assert_eq!(s(&v, "service.0.fallback"), "127.0.0.1:80");
+    assert_eq!(s(&v, "service.0.check.kind"), "http");
+    assert_eq!(s(&v, "service.0.check.request"), "/ldirector.html");
+    assert_eq!(s(&v, "service.0.check.receive"), "Test Page");
+    assert_eq!(s(&v, "service.0.check.interval"), "2s");
+    assert_eq!(s(&v, "service.0.check.timeout"), "10s");
+    assert_eq!(at(&v, "service.0.check.quiescent").as_bool(), Some(true));
+    // virtual=…:443: wlc, persistent=600, quiescent=no.
+    assert_eq!(at(&v, "service.1.port").as_integer(), Some(443));
+    assert_eq!(s(&v, "service.1.scheduler"), "wlc");
+    assert_eq!(s(&v, "service.1.persistence"), "600s");
+    assert_eq!(at(&v, "service.1.check.quiescent").as_bool(), Some(false));
+
+    // Every directive it cannot map is named, with its line.
+    for w in [
+        "ldirectord.cf line 8: directive autoreload",
+        "ldirectord.cf line 9: directive logfile",
+        "ha.cf line 6: directive bcast",
+        "ha.cf line 7: directive mcast",
+        "key_file",
+    ] {
+        assert!(warnings.contains(w), "no warning {w:?} in:\n{warnings}");
+    }
+
+    accepted(&scratch("twobox"), &out);
+}
+
+/// Two dedicated directors in front of three real servers, heartbeat over
+/// ucast, an http check with a virtual host, a connect check.
+#[test]
+fn directors_seed_imports_to_a_config_check_config_accepts() {
+    let (out, warnings) = import("ldirectord-directors.cf", "ha-directors.cf");
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+
+    assert_eq!(s(&v, "node.0.name"), "lb1");
+    assert_eq!(s(&v, "node.0.address"), "192.168.6.4");
+    assert_eq!(s(&v, "node.1.address"), "192.168.6.5");
+    assert_eq!(s(&v, "heartbeat.interval"), "1s");
+    assert_eq!(s(&v, "heartbeat.dead_after"), "5s");
+    // auto_failback on: the preferred node takes the VIP back.
+    assert_eq!(at(&v, "heartbeat.preempt").as_bool(), Some(true));
+
+    assert_eq!(at(&v, "service.0.serve_local").as_bool(), Some(false));
+    let backends: Vec<&str> = at(&v, "service.0.backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(backends, ["192.168.6.2", "192.168.6.3", "192.168.6.6"]);
+    assert_eq!(s(&v, "service.0.scheduler"), "wlc");
+    assert_eq!(s(&v, "service.0.persistence"), "300s");
+    assert_eq!(s(&v, "service.0.check.host"), "www.example.com");
+    assert_eq!(s(&v, "service.0.check.kind"), "http");
+    assert_eq!(at(&v, "service.1.port").as_integer(), Some(25));
+    assert_eq!(s(&v, "service.1.check.kind"), "tcp");
+    assert_eq!(at(&v, "service.1.check.quiescent").as_bool(), Some(false));
+
+    for w in [
+        "ha.cf line 6: directive warntime",
+        "ha.cf line 7: directive initdead",
+        "ucast",
+    ] {
+        assert!(warnings.contains(w), "no warning {w:?} in:\n{warnings}");
+    }
+
+    accepted(&scratch("directors"), &out);
+}
+
+/// ldirectord's `netmask=` (persistence granularity) has a duet equivalent,
+/// `persistence_netmask` in `[[service]]` (src/config.rs), so it should be
+/// imported rather than warned about.
+#[test]
+fn netmask_becomes_persistence_netmask() {
+    let (out, warnings) = import("ldirectord.cf", "ha.cf");
+    let v: toml::Value = toml::from_str(&out).unwrap();
+    assert_eq!(
+        at(&v, "service.1")
+            .get("persistence_netmask")
+            .and_then(|n| n.as_str()),
+        Some("255.255.255.0"),
+        "{out}\n{warnings}"
+    );
+    accepted(&scratch("netmask"), &out);
+}
