@@ -39,6 +39,7 @@ clean-netns:
 		ip netns pids $$ns 2>/dev/null | xargs -r kill -9; ip netns del $$ns; done
 
 include image/image.mk
+include bench/bench.mk
 
 demo: deps
 	$(CARGO) build --release
