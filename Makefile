@@ -28,7 +28,7 @@ unit: deps
 
 # netns tests run the real binary; a few at a time keeps timings honest on 2 cores.
 integration: deps
-	$(CARGO) test --test '*' -- --test-threads=2
+	$(CARGO) test --no-fail-fast --test '*' -- --test-threads=2
 	$(MAKE) clean-netns
 
 # The appliance image is built and booted as a two-VM cluster under QEMU.

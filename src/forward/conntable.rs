@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
+use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::wire::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -140,7 +141,10 @@ impl TcpState {
 /// Indices stay valid until the entry is removed, so other entries can refer
 /// to them.
 pub(crate) struct BoundedMap<K, V> {
-    index: HashMap<K, u32>,
+    /// xxh3 with a per-process random seed: several times cheaper than
+    /// SipHash on the hot path, and still unpredictable to a client
+    /// choosing ports to collide.
+    index: HashMap<K, u32, Xxh3Builder>,
     slots: Vec<Option<(K, V)>>,
     free: Vec<u32>,
     capacity: usize,
@@ -153,7 +157,10 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
         // Twice the room: hashbrown then always rehashes tombstones in place
         // instead of growing, so no insert ever allocates.
         BoundedMap {
-            index: HashMap::with_capacity(capacity * 2),
+            index: HashMap::with_capacity_and_hasher(
+                capacity * 2,
+                Xxh3Builder::new().with_seed(fastrand::u64(..)),
+            ),
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
             capacity,

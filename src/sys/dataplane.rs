@@ -241,8 +241,12 @@ impl Plane {
                     }
                 }
                 if !out.is_empty() {
-                    let frames: Vec<&[u8]> = out.iter().map(|&(i, l)| &rx.bufs[i][..l]).collect();
-                    match self.sock.send_batch(&frames) {
+                    let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+                    for (f, &(i, l)) in frames.iter_mut().zip(out.iter()) {
+                        *f = &rx.bufs[i][..l];
+                    }
+                    let frames = &frames[..out.len()];
+                    match self.sock.send_batch(frames) {
                         Ok(k) => self.stats.tx_packets += k as u64,
                         Err(e) => log::warn!("data plane send: {e}"),
                     }
