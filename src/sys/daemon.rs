@@ -122,6 +122,22 @@ fn run_inner(
     let my_addr = *me.address.get_ref();
     let vip = *cfg.cluster.vip.get_ref();
 
+    for svc in &cfg.services {
+        let port = *svc.port.get_ref();
+        if let Some((addr, Some(fport))) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            if fport != port {
+                log::warn!(
+                    "service {port}: fallback {addr}:{fport} — direct routing keeps the \
+                     destination port, so the fallback server must answer on port {port} \
+                     (as IPVS does in gate mode)"
+                );
+            }
+        }
+    }
     let tun = Tun::open(TUN_NAME).map_err(io("creating TUN device duet0"))?;
     netlink::set_up(TUN_NAME).map_err(io("bringing duet0 up"))?;
     host.local_path()?;
