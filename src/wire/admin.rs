@@ -17,17 +17,13 @@
 //! As with heartbeats the MAC is checked before any field is read. A
 //! replayed message carries an old version and is ignored by the receiver;
 //! replaying the newest one changes nothing.
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::net::Ipv4Addr;
 
-use super::heartbeat::{HEADER_LEN, MAC_LEN, MAGIC, VERSION};
+use super::envelope::{self, be_u32, be_u64, EnvelopeError, HEADER_LEN};
 
 pub const MSG_TYPE: u8 = 3;
 pub const MAX_DRAINS: usize = 64;
 pub const MAX_NAME: usize = 64;
-
-type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminState {
@@ -53,19 +49,21 @@ pub enum AdminError {
     BadDrains,
 }
 
-fn mac_for(key: &[u8]) -> HmacSha256 {
-    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+impl From<EnvelopeError> for AdminError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Truncated { .. } => AdminError::Truncated,
+            EnvelopeError::BadMac => AdminError::BadMac,
+            _ => AdminError::BadHeader,
+        }
+    }
 }
 
 impl AdminState {
     /// Appends the signed message to `out`; names beyond the limits are
     /// left out (the config validator keeps backend names short).
     pub fn emit(&self, key: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(MSG_TYPE);
-        out.extend_from_slice(&[0, 0]);
+        let start = envelope::begin(out, MSG_TYPE);
         out.extend_from_slice(&self.cluster_id.to_be_bytes());
         out.extend_from_slice(&u32::from(self.node).to_be_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
@@ -80,33 +78,14 @@ impl AdminState {
             out.push(n.len() as u8);
             out.extend_from_slice(n.as_bytes());
         }
-        let body_len = (out.len() - start - HEADER_LEN) as u16;
-        out[start + 6..start + 8].copy_from_slice(&body_len.to_be_bytes());
-        let mut mac = mac_for(key);
-        mac.update(&out[start..]);
-        let tag = mac.finalize().into_bytes();
-        out.extend_from_slice(&tag);
+        envelope::seal(out, start, key);
     }
 
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<AdminState, AdminError> {
-        if bytes.len() < HEADER_LEN + 17 + MAC_LEN {
+        let msg = envelope::open(bytes, key, MSG_TYPE)?;
+        if msg.len() < HEADER_LEN + 17 {
             return Err(AdminError::Truncated);
         }
-        let (msg, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mut mac = mac_for(key);
-        mac.update(msg);
-        mac.verify_slice(tag).map_err(|_| AdminError::BadMac)?;
-        let body_len = u16::from_be_bytes([msg[6], msg[7]]) as usize;
-        if msg[0..4] != MAGIC
-            || msg[4] != VERSION
-            || msg[5] != MSG_TYPE
-            || body_len != msg.len() - HEADER_LEN
-        {
-            return Err(AdminError::BadHeader);
-        }
-        let u32_at = |i: usize| u32::from_be_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
-        let mut version = [0u8; 8];
-        version.copy_from_slice(&msg[16..24]);
         let count = msg[24] as usize;
         if count > MAX_DRAINS {
             return Err(AdminError::BadDrains);
@@ -127,9 +106,9 @@ impl AdminState {
             return Err(AdminError::BadHeader);
         }
         Ok(AdminState {
-            cluster_id: u32_at(8),
-            node: Ipv4Addr::from(u32_at(12)),
-            version: u64::from_be_bytes(version),
+            cluster_id: be_u32(&msg[8..12]),
+            node: Ipv4Addr::from(be_u32(&msg[12..16])),
+            version: be_u64(&msg[16..24]),
             drains,
         })
     }
@@ -138,6 +117,8 @@ impl AdminState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::envelope::{mac_for, MAC_LEN};
+    use hmac::Mac;
 
     const KEY: &[u8] = b"0123456789abcdef-admin";
 

@@ -30,32 +30,25 @@
 //! which makes it worth reporting to an operator as a real misconfiguration.
 use std::net::Ipv4Addr;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError};
 
-/// Wire format version this module reads and writes.
-pub const VERSION: u8 = 1;
-/// First four bytes of every duet control message (heartbeat and sync).
-pub const MAGIC: [u8; 4] = *b"DUET";
 /// Message type byte of a heartbeat.
 pub const MSG_TYPE: u8 = 1;
-/// Length of the HMAC-SHA256 trailer.
-pub const MAC_LEN: usize = 32;
-/// Length of magic, version, type and body length.
-pub const HEADER_LEN: usize = 8;
 /// Length of a v1 heartbeat body.
 pub const BODY_LEN: usize = 48;
 /// Length of a whole v1 heartbeat datagram.
 pub const MESSAGE_LEN: usize = HEADER_LEN + BODY_LEN + MAC_LEN;
 
-type HmacSha256 = Hmac<Sha256>;
+pub use super::envelope::{HEADER_LEN, MAC_LEN, MAGIC, VERSION};
 
 mod field {
     use std::ops::Range;
-    pub const MAGIC: Range<usize> = 0..4;
+    // The framing fields (magic, version, type, length) belong to
+    // `envelope`; tests reach into them to re-sign tampered messages.
+    #[cfg(test)]
     pub const VERSION: usize = 4;
+    #[cfg(test)]
     pub const MSG_TYPE: usize = 5;
-    pub const BODY_LEN: Range<usize> = 6..8;
     pub const CLUSTER_ID: Range<usize> = 8..12;
     pub const NODE: Range<usize> = 12..16;
     pub const BOOT_ID: Range<usize> = 16..24;
@@ -152,34 +145,26 @@ pub struct HeartbeatRepr {
     pub sync_pos: u64,
 }
 
-fn mac_for(key: &[u8]) -> HmacSha256 {
-    // HMAC hashes over-long keys and pads short ones, so no key length fails.
-    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
-}
-
-fn be_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+impl From<EnvelopeError> for HeartbeatError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Truncated { len } => HeartbeatError::Truncated { len },
+            EnvelopeError::BadMac => HeartbeatError::BadMac,
+            EnvelopeError::BadMagic => HeartbeatError::BadMagic,
+            EnvelopeError::BadVersion(v) => HeartbeatError::BadVersion(v),
+            EnvelopeError::BadType(t) => HeartbeatError::BadType(t),
+            EnvelopeError::BadLength { declared, actual } => {
+                HeartbeatError::BadLength { declared, actual }
+            }
+        }
+    }
 }
 
 impl HeartbeatRepr {
     /// Append the header, body and HMAC-SHA256 (over everything this call
     /// wrote before the MAC) to `out`.
     pub fn emit(&self, key: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(MSG_TYPE);
-        out.extend_from_slice(&(BODY_LEN as u16).to_be_bytes());
+        let start = envelope::begin(out, MSG_TYPE);
         out.extend_from_slice(&self.cluster_id.to_be_bytes());
         out.extend_from_slice(&self.node.octets());
         out.extend_from_slice(&self.boot_id.to_be_bytes());
@@ -192,36 +177,20 @@ impl HeartbeatRepr {
         out.extend_from_slice(&self.backends_up.to_be_bytes());
         out.extend_from_slice(&self.backends_total.to_be_bytes());
         out.extend_from_slice(&self.sync_pos.to_be_bytes());
-        let mut mac = mac_for(key);
-        mac.update(&out[start..]);
-        out.extend_from_slice(&mac.finalize().into_bytes());
+        envelope::seal(out, start, key);
     }
 
     /// Authenticate `bytes` (one whole datagram) with `key`, then decode it.
     ///
     /// The MAC comparison is constant time; no field is read before it passes.
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Self, HeartbeatError> {
-        if bytes.len() < HEADER_LEN + MAC_LEN {
-            return Err(HeartbeatError::Truncated { len: bytes.len() });
-        }
-        let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mut mac = mac_for(key);
-        mac.update(signed);
-        mac.verify_slice(tag).map_err(|_| HeartbeatError::BadMac)?;
-
-        if signed[field::MAGIC] != MAGIC {
-            return Err(HeartbeatError::BadMagic);
-        }
-        if signed[field::VERSION] != VERSION {
-            return Err(HeartbeatError::BadVersion(signed[field::VERSION]));
-        }
-        if signed[field::MSG_TYPE] != MSG_TYPE {
-            return Err(HeartbeatError::BadType(signed[field::MSG_TYPE]));
-        }
-        let declared = be_u16(&signed[field::BODY_LEN]) as usize;
+        let signed = envelope::open(bytes, key, MSG_TYPE)?;
         let actual = signed.len() - HEADER_LEN;
-        if declared != actual || declared != BODY_LEN {
-            return Err(HeartbeatError::BadLength { declared, actual });
+        if actual != BODY_LEN {
+            return Err(HeartbeatError::BadLength {
+                declared: actual,
+                actual,
+            });
         }
 
         let role_byte = signed[field::ROLE];
@@ -253,6 +222,8 @@ impl HeartbeatRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::envelope::mac_for;
+    use hmac::Mac;
 
     const KEY: &[u8] = b"0123456789abcdef-test-key";
 

@@ -1,5 +1,6 @@
 //! Wire formats: bytes in, typed values out, and back. Nothing here decides.
 pub mod admin;
+pub mod envelope;
 pub mod frame;
 pub mod heartbeat;
 pub mod sync;

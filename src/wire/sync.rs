@@ -48,14 +48,10 @@
 //! [`Batch::fits`].
 use std::net::Ipv4Addr;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-use super::heartbeat::{HEADER_LEN, MAC_LEN, MAGIC};
+use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, HEADER_LEN, MAC_LEN};
 use crate::forward::TcpState;
 
-/// Wire format version this module reads and writes.
-pub const VERSION: u8 = 1;
+pub use super::envelope::VERSION;
 /// Message type byte of a sync message.
 pub const MSG_TYPE: u8 = 2;
 /// Largest datagram a sender emits (stays under a 1500-byte MTU with room
@@ -77,14 +73,9 @@ const KIND_ACK: u8 = 3;
 const FLAG_SNAPSHOT: u8 = 1;
 const FLAG_LAST: u8 = 2;
 
-type HmacSha256 = Hmac<Sha256>;
-
 mod field {
     use std::ops::Range;
-    pub const MAGIC: Range<usize> = 0..4;
-    pub const VERSION: usize = 4;
-    pub const MSG_TYPE: usize = 5;
-    pub const BODY_LEN: Range<usize> = 6..8;
+    // The framing fields (magic, version, type, length) belong to `envelope`.
     pub const KIND: usize = 8;
     pub const FLAGS: usize = 9;
     /// Hello: boot id; ack and batch: stream id.
@@ -218,23 +209,19 @@ pub enum SyncMessage {
     Ack(Ack),
 }
 
-fn mac_for(key: &[u8]) -> HmacSha256 {
-    // HMAC hashes over-long keys and pads short ones, so no key length fails.
-    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
-}
-
-fn be_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+impl From<EnvelopeError> for SyncWireError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Truncated { len } => SyncWireError::Truncated { len },
+            EnvelopeError::BadMac => SyncWireError::BadMac,
+            EnvelopeError::BadMagic => SyncWireError::BadMagic,
+            EnvelopeError::BadVersion(v) => SyncWireError::BadVersion(v),
+            EnvelopeError::BadType(t) => SyncWireError::BadType(t),
+            EnvelopeError::BadLength { declared, actual } => {
+                SyncWireError::BadLength { declared, actual }
+            }
+        }
+    }
 }
 
 fn valid_proto(p: u8) -> bool {
@@ -246,12 +233,7 @@ impl SyncMessage {
     /// 65535 are not representable; the sender keeps batches within
     /// [`MAX_DATAGRAM`] anyway ([`Batch::fits`]), far below that.
     pub fn emit(&self, key: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(MSG_TYPE);
-        let len_at = out.len();
-        out.extend_from_slice(&[0, 0]);
+        let start = envelope::begin(out, MSG_TYPE);
         match self {
             SyncMessage::Hello(h) => {
                 out.extend_from_slice(&[KIND_HELLO, 0, 0, 0]);
@@ -298,36 +280,16 @@ impl SyncMessage {
                 }
             }
         }
-        let body_len = (out.len() - start - HEADER_LEN).min(u16::MAX as usize) as u16;
-        out[len_at..len_at + 2].copy_from_slice(&body_len.to_be_bytes());
-        let mut mac = mac_for(key);
-        mac.update(&out[start..]);
-        out.extend_from_slice(&mac.finalize().into_bytes());
+        envelope::seal(out, start, key);
     }
 
     /// Authenticates `bytes` (one whole datagram) with `key`, then decodes
     /// it. The MAC comparison is constant time; no field is read before it
     /// passes, so without the key only `Truncated` or `BadMac` can result.
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Self, SyncWireError> {
-        if bytes.len() < HEADER_LEN + MAC_LEN {
-            return Err(SyncWireError::Truncated { len: bytes.len() });
-        }
-        let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mut mac = mac_for(key);
-        mac.update(signed);
-        mac.verify_slice(tag).map_err(|_| SyncWireError::BadMac)?;
-
-        if signed[field::MAGIC] != MAGIC {
-            return Err(SyncWireError::BadMagic);
-        }
-        if signed[field::VERSION] != VERSION {
-            return Err(SyncWireError::BadVersion(signed[field::VERSION]));
-        }
-        if signed[field::MSG_TYPE] != MSG_TYPE {
-            return Err(SyncWireError::BadType(signed[field::MSG_TYPE]));
-        }
-        let declared = be_u16(&signed[field::BODY_LEN]) as usize;
+        let signed = envelope::open(bytes, key, MSG_TYPE)?;
         let actual = signed.len() - HEADER_LEN;
+        let declared = actual;
         let bad_len = SyncWireError::BadLength { declared, actual };
         if declared != actual || actual < COMMON_LEN {
             return Err(bad_len);
@@ -425,6 +387,8 @@ impl SyncMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::envelope::mac_for;
+    use hmac::Mac;
 
     const KEY: &[u8] = b"0123456789abcdef-test-key";
 
