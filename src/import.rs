@@ -16,7 +16,7 @@
 //!   198.18.0.1 and 198.18.0.2.
 //! - A service whose real servers include both nodes gets
 //!   `serve_local = true`; the remaining real servers become `backends`.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -97,6 +97,8 @@ struct Virtual {
     vip: Ipv4Addr,
     port: u16,
     reals: Vec<Ipv4Addr>,
+    /// `real=` weights other than 1.
+    weights: BTreeMap<Ipv4Addr, u32>,
     settings: Settings,
 }
 
@@ -210,6 +212,7 @@ fn parse_ldirectord(text: &str, w: &mut Warnings) -> Ldirectord {
                         vip,
                         port,
                         reals: Vec::new(),
+                        weights: BTreeMap::new(),
                         settings: global.clone(),
                     });
                     in_virtual = true;
@@ -228,7 +231,7 @@ fn parse_ldirectord(text: &str, w: &mut Warnings) -> Ldirectord {
         match virtuals.last_mut() {
             Some(v) if indented && in_virtual => {
                 if key == "real" {
-                    parse_real(value, no, v.port, &mut v.reals, w);
+                    parse_real(value, no, v.port, &mut v.reals, &mut v.weights, w);
                 } else {
                     virtual_directive(&mut v.settings, key, value, no, w);
                 }
@@ -276,7 +279,14 @@ fn parse_virtual(value: &str, no: usize, w: &mut Warnings) -> Option<(Ipv4Addr, 
     Some((vip, port))
 }
 
-fn parse_real(value: &str, no: usize, vport: u16, reals: &mut Vec<Ipv4Addr>, w: &mut Warnings) {
+fn parse_real(
+    value: &str,
+    no: usize,
+    vport: u16,
+    reals: &mut Vec<Ipv4Addr>,
+    weights: &mut BTreeMap<Ipv4Addr, u32>,
+    w: &mut Warnings,
+) {
     let mut fields = value.split_whitespace();
     let addr = fields.next().unwrap_or("");
     let method = fields.next().unwrap_or("gate");
@@ -363,17 +373,21 @@ fn parse_real(value: &str, no: usize, vport: u16, reals: &mut Vec<Ipv4Addr>, w: 
             ),
         ),
     }
-    if let Some(weight) = weight {
-        if weight != "1" {
-            w.unsupported(
+    let weight = match weight.map(str::parse::<u32>) {
+        None => 1,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            w.at(
                 LDIRECTORD,
                 no,
-                "real",
-                &format!(
-                    "weight {weight} cannot be set in the config; set it at run time \
-                    with the admin API"
-                ),
+                format_args!("bad weight in real={value:?}; 1 is used"),
             );
+            1
+        }
+    };
+    if weight != 1 {
+        for a in &addrs {
+            weights.insert(*a, weight);
         }
     }
     for addr in addrs {
@@ -968,7 +982,26 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         let _ = writeln!(out, "[[node]]");
         let _ = writeln!(out, "name = {}", q(name));
         let _ = writeln!(out, "address = {}", q(&addr.to_string()));
-        let _ = writeln!(out, "priority = {}\n", if i == 0 { 150 } else { 100 });
+        let _ = writeln!(out, "priority = {}", if i == 0 { 150 } else { 100 });
+        // A node's weight as a real server; duet has one per node, so the
+        // first virtual that gives one sets it.
+        let weights: Vec<u32> = virtuals
+            .iter()
+            .filter_map(|v| v.weights.get(addr).copied())
+            .collect();
+        if let Some(first) = weights.first() {
+            let _ = writeln!(out, "weight = {first}");
+            if weights.iter().any(|x| x != first) {
+                w.at(
+                    LDIRECTORD,
+                    0,
+                    format_args!(
+                        "node {name} has different weights per virtual; duet uses {first} for all"
+                    ),
+                );
+            }
+        }
+        let _ = writeln!(out);
     }
 
     let _ = writeln!(out, "[heartbeat]");
@@ -1008,7 +1041,10 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
             .reals
             .iter()
             .filter(|a| !(serve_local && node_set.contains(a)))
-            .map(|a| q(&a.to_string()))
+            .map(|a| match v.weights.get(a) {
+                Some(wt) => format!("{{ address = {}, weight = {wt} }}", q(&a.to_string())),
+                None => q(&a.to_string()),
+            })
             .collect();
         if !serve_local && reals.iter().any(|a| node_set.contains(a)) {
             w.at(
@@ -1204,8 +1240,6 @@ mod tests {
         for expected in [
             "ldirectord.cf line 8: directive autoreload not supported:",
             "ldirectord.cf line 9: directive logfile not supported:",
-            "ldirectord.cf line 29: directive real not supported: weight 2",
-            "ldirectord.cf line 33: directive netmask not supported:",
             "ldirectord.cf line 35: directive checktype not supported: negotiate checks of \
                 service https",
             "ha.cf line 2: directive logfacility not supported:",
