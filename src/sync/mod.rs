@@ -58,6 +58,9 @@ pub const WINDOW: usize = 64;
 pub const RX_WINDOW: u64 = WINDOW as u64;
 /// Standby → director Hello period.
 pub const HELLO_INTERVAL: Duration = Duration::from_secs(1);
+/// Hello period of a standby that has no complete snapshot yet: a new
+/// director learns of it within this, not within [`HELLO_INTERVAL`].
+pub const HELLO_INTERVAL_UNSYNCED: Duration = Duration::from_millis(100);
 /// Silence after which the sender forgets the standby.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagrams sent back to back before pacing applies.
@@ -712,7 +715,12 @@ impl Receiver {
             }));
         }
         if now >= self.next_hello {
-            self.next_hello = now + HELLO_INTERVAL;
+            self.next_hello = now
+                + if self.snapshot_complete {
+                    HELLO_INTERVAL
+                } else {
+                    HELLO_INTERVAL_UNSYNCED
+                };
             return Some(SyncMessage::Hello(Hello {
                 boot_id: self.boot_id,
                 stream_id: self.stream.unwrap_or(0),

@@ -609,7 +609,10 @@ struct PendingHandover {
 /// A director with a live standby first lets connection sync catch up (the
 /// sync thread re-confirms after this reset); anyone else goes at once.
 fn begin_handover(el: &Election, shared: &Shared, kind: Handover, now: Instant) -> PendingHandover {
-    let wait = el.role() == Role::Director && el.peers().iter().any(|p| p.alive);
+    // With no tracked connection there is nothing for the standby to confirm.
+    let wait = el.role() == Role::Director
+        && el.peers().iter().any(|p| p.alive)
+        && shared.stats().connections > 0;
     if wait {
         shared.sync_caught_up.store(false, Ordering::Release);
         log::info!("handover: waiting for the standby to confirm the connection table");

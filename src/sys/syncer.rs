@@ -36,8 +36,15 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
     let mut conns = Vec::new();
     let mut persists = Vec::new();
     let mut rejected = 0u64;
+    let mut was_director = false;
     while !shared.stopping() {
         let director = shared.is_active();
+        if was_director && !director {
+            // A former director follows the new one's stream from scratch
+            // (and says hello quickly until it has the snapshot).
+            receiver = Receiver::new(p.boot_id, Instant::now());
+        }
+        was_director = director;
         match sock.recv_from(&mut buf) {
             Ok((n, from)) if from.ip() == p.peer.ip() => {
                 let now = Instant::now();
