@@ -319,7 +319,12 @@ fn run_inner(
     let pinger = if cfg.heartbeat.ping.is_empty() {
         None
     } else {
-        match ping::Pinger::start(cfg.heartbeat.ping.clone()) {
+        let hb = &cfg.heartbeat;
+        match ping::Pinger::start(
+            hb.ping.clone(),
+            hb.interval.get_ref().0,
+            hb.dead_after.get_ref().0 / 2,
+        ) {
             Ok(p) => Some(p),
             Err(e) => {
                 log::error!("ping nodes: cannot open an ICMP socket: {e}");

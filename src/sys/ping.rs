@@ -8,10 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PERIOD: Duration = Duration::from_millis(250);
-/// Unreachable once no target has answered for this long.
-const LOST_AFTER: Duration = Duration::from_millis(1500);
-
 pub const UNKNOWN: u8 = 0;
 pub const REACHABLE: u8 = 1;
 pub const UNREACHABLE: u8 = 2;
@@ -23,7 +19,14 @@ pub struct Pinger {
 }
 
 impl Pinger {
-    pub fn start(targets: Vec<Ipv4Addr>) -> std::io::Result<Pinger> {
+    /// Probes every `period`; unreachable once no target answered for
+    /// `lost_after`, which must be shorter than the heartbeat's dead time
+    /// so a cut link is seen as "no gateway" before "no peer".
+    pub fn start(
+        targets: Vec<Ipv4Addr>,
+        period: Duration,
+        lost_after: Duration,
+    ) -> std::io::Result<Pinger> {
         // SAFETY: plain socket(2); owned right away.
         let raw = unsafe {
             libc::socket(
@@ -56,7 +59,7 @@ impl Pinger {
         let (s, st) = (state.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("duet-ping".into())
-            .spawn(move || run(fd, targets, s, st))?;
+            .spawn(move || run(fd, targets, period, lost_after, s, st))?;
         Ok(Pinger {
             state,
             stop,
@@ -74,7 +77,14 @@ impl Drop for Pinger {
     }
 }
 
-fn run(fd: OwnedFd, targets: Vec<Ipv4Addr>, state: Arc<AtomicU8>, stop: Arc<AtomicBool>) {
+fn run(
+    fd: OwnedFd,
+    targets: Vec<Ipv4Addr>,
+    period: Duration,
+    lost_after: Duration,
+    state: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+) {
     let id = (std::process::id() & 0xffff) as u16;
     let start = Instant::now();
     let mut last_reply: Option<Instant> = None;
@@ -84,7 +94,7 @@ fn run(fd: OwnedFd, targets: Vec<Ipv4Addr>, state: Arc<AtomicU8>, stop: Arc<Atom
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= next_send {
-            next_send = now + PERIOD;
+            next_send = now + period;
             seq = seq.wrapping_add(1);
             for t in &targets {
                 send_echo(&fd, *t, id, seq);
@@ -97,8 +107,8 @@ fn run(fd: OwnedFd, targets: Vec<Ipv4Addr>, state: Arc<AtomicU8>, stop: Arc<Atom
         }
         let now = Instant::now();
         let verdict = match last_reply {
-            Some(t) if now.duration_since(t) < LOST_AFTER => REACHABLE,
-            _ if now.duration_since(start) < LOST_AFTER => UNKNOWN,
+            Some(t) if now.duration_since(t) < lost_after => REACHABLE,
+            _ if now.duration_since(start) < lost_after => UNKNOWN,
             _ => UNREACHABLE,
         };
         let old = state.swap(verdict, Ordering::AcqRel);
