@@ -6,16 +6,15 @@ use crate::election::{self, Election, Role};
 use crate::health::{HealthState, Monitor, Target, Transition};
 use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::Store;
-use crate::wire::admin::AdminState;
 use crate::wire::frame::virtual_mac;
-use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::ctl::{handle_event, health_summary, store_warn, unix_ms, Ctl, State};
+use super::control::{ControlLoop, Parts};
+use super::ctl::{store_warn, unix_ms, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, check_spec, health_key, Inputs};
@@ -165,7 +164,6 @@ fn run_inner(
         failover_requested: false,
         dirty: true,
     };
-    let mut generation = 1;
     let macs = neigh::read(&cfg.cluster.interface);
     let silent: BTreeSet<Ipv4Addr> = peers_of(cfg, my_addr).into_iter().collect();
     let snapshot = Arc::new(build_snapshot(
@@ -178,7 +176,7 @@ fn run_inner(
             drains: &state.drains,
             silent_peers: &silent,
         },
-        generation,
+        1,
     ));
     let shared = Shared::new(Control {
         active: false,
@@ -294,7 +292,7 @@ fn run_inner(
     .map_err(io(format!("binding heartbeat socket {my_addr}:{hb_port}")))?;
     let peers = peers_of(cfg, my_addr);
     let now = Instant::now();
-    let mut el = Election::new(
+    let el = Election::new(
         election::Params {
             me: my_addr,
             peers: peers.clone(),
@@ -332,239 +330,22 @@ fn run_inner(
             }
         }
     };
-    let mut ping_state = ping::UNKNOWN;
 
-    let mut macs = macs;
-    let mut wanted_macs: Vec<Ipv4Addr> = peers.clone();
-    for svc in &cfg.services {
-        wanted_macs.extend(svc.backends.iter().map(|b| b.get_ref().address()));
-        if let Some((a, _)) = svc
-            .fallback
-            .as_ref()
-            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
-        {
-            if !a.is_loopback() && a != my_addr {
-                wanted_macs.push(a);
-            }
-        }
-    }
-    let mut last_refresh = Instant::now() - Duration::from_secs(10);
-    let mut leaving_since: Option<Instant> = None;
-    let mut handover: Option<PendingHandover> = None;
-    let mut step_down: Option<Instant> = None;
-    let mut last_admin_sent = Instant::now();
-    let cid = cluster_id(vip, *cfg.cluster.vrid.get_ref());
-    let mut buf = vec![0u8; 2048];
-    let mut out = Vec::with_capacity(256);
-    smol::block_on(async {
-        loop {
-            let now = Instant::now();
-            if signals::terminating() && leaving_since.is_none() && handover.is_none() {
-                handover = Some(begin_handover(&el, &shared, Handover::Leave, now));
-            }
-            if let Some(h) = handover {
-                if now >= h.deadline || shared.sync_caught_up.load(Ordering::Acquire) {
-                    if now >= h.deadline && h.wait_for_sync {
-                        log::warn!(
-                            "handing over before the standby confirmed the connection table"
-                        );
-                    }
-                    handover = None;
-                    match h.kind {
-                        Handover::Leave => {
-                            log::info!("terminating: handing over");
-                            el.leave(now);
-                            leaving_since = Some(now);
-                        }
-                        Handover::Failover => {
-                            if el.failover(now) {
-                                ctl.event("admin", "planned failover");
-                            } else {
-                                log::warn!("failover requested but no live eligible peer");
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(t) = leaving_since {
-                // Two intervals let the Leaving heartbeat reach the peer even if one is lost.
-                if now.duration_since(t) > cfg.heartbeat.interval.get_ref().0 * 2 {
-                    break;
-                }
-            }
-            if let Some(p) = &pinger {
-                let v = p.state.load(Ordering::Acquire);
-                if v != ping_state && v != ping::UNKNOWN {
-                    el.set_ping_ok(now, v == ping::REACHABLE);
-                }
-                ping_state = v;
-            }
-            if ctl.wake.swap(false, Ordering::AcqRel) {
-                let req = std::mem::take(&mut ctl.lock().failover_requested);
-                if req && handover.is_none() {
-                    handover = Some(begin_handover(&el, &shared, Handover::Failover, now));
-                }
-            }
-            // Learn missing backend MACs quickly; after that, a slow refresh.
-            let missing = wanted_macs.iter().any(|a| !macs.contains_key(a));
-            let period = if missing {
-                Duration::from_millis(100)
-            } else {
-                Duration::from_secs(1)
-            };
-            if now.duration_since(last_refresh) >= period {
-                last_refresh = now;
-                let fresh = neigh::read(&cfg.cluster.interface);
-                for a in wanted_macs.iter().filter(|a| !fresh.contains_key(a)) {
-                    neigh::poke(*a);
-                }
-                if fresh != macs {
-                    macs = fresh;
-                    ctl.lock().dirty = true;
-                }
-                if let Some(m) = &monitor {
-                    let states = m.states();
-                    let mut st = ctl.lock();
-                    for (k, s) in states {
-                        if let Some(old) = st.health.insert(k, s.clone()) {
-                            st.dirty |= old.up != s.up;
-                        } else {
-                            st.dirty = true;
-                        }
-                    }
-                }
-            }
-            let (up, total, own_ok) = health_summary(&ctl, cfg, my_addr);
-            el.set_health_summary(up, total);
-            el.set_service_ok(now, own_ok);
-            {
-                let mut st = ctl.lock();
-                if st.dirty {
-                    st.dirty = false;
-                    generation += 1;
-                    let silent: BTreeSet<Ipv4Addr> = st
-                        .peers
-                        .iter()
-                        .filter(|p| !p.alive)
-                        .map(|p| p.addr)
-                        .collect();
-                    let snap = Arc::new(build_snapshot(
-                        cfg,
-                        &Inputs {
-                            me: my_addr,
-                            own_mac: link.mac,
-                            macs: &macs,
-                            health: &st.health,
-                            drains: &st.drains,
-                            silent_peers: &silent,
-                        },
-                        generation,
-                    ));
-                    drop(st);
-                    shared.update(|c| c.snapshot = snap);
-                }
-            }
-
-            let deadline = el.poll_timeout().min(now + Duration::from_millis(50));
-            let got = smol::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
-                smol::Timer::at(deadline).await;
-                None
-            })
-            .await;
-            let now = Instant::now();
-            if let Some(r) = got {
-                match r {
-                    Ok((n, from)) => match HeartbeatRepr::parse(&buf[..n], &key) {
-                        Ok(msg) => {
-                            if let Err(d) = el.handle_heartbeat(now, &msg) {
-                                log::debug!("heartbeat from {from} dropped: {d:?}");
-                            }
-                        }
-                        Err(HeartbeatError::BadType(crate::wire::admin::MSG_TYPE)) => {
-                            match AdminState::parse(&buf[..n], &key) {
-                                Ok(a) if a.cluster_id == cid && peers.contains(&a.node) => {
-                                    let name = ctl.lock().peer_names.get(&a.node).cloned();
-                                    ctl.adopt_drains(
-                                        &name.unwrap_or_else(|| a.node.to_string()),
-                                        a.drains.into_iter().collect(),
-                                        a.version,
-                                    );
-                                }
-                                Ok(a) => log::debug!("admin state from {} ignored", a.node),
-                                Err(e) => {
-                                    el.note_auth_failure();
-                                    warn_rejected(from, &e.to_string());
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            el.note_auth_failure();
-                            log::debug!("heartbeat from {from} rejected: {e}");
-                            warn_rejected(from, &e.to_string());
-                        }
-                    },
-                    Err(e) => log::warn!("heartbeat receive: {e}"),
-                }
-            }
-            el.handle_timeout(now);
-            while let Some((dst, msg)) = el.poll_transmit() {
-                out.clear();
-                msg.emit(&key, &mut out);
-                if let Err(e) = udp.send_to(&out, SocketAddr::from((dst, hb_port))).await {
-                    log::debug!("heartbeat to {dst}: {e}");
-                }
-            }
-            let announce = std::mem::take(&mut ctl.lock().announce_admin);
-            if announce || now.duration_since(last_admin_sent) >= ADMIN_STATE_PERIOD {
-                last_admin_sent = now;
-                let a = {
-                    let st = ctl.lock();
-                    AdminState {
-                        cluster_id: cid,
-                        node: my_addr,
-                        version: st.drains_version,
-                        drains: st.drains.iter().cloned().collect(),
-                    }
-                };
-                out.clear();
-                a.emit(&key, &mut out);
-                for p in &peers {
-                    if let Err(e) = udp.send_to(&out, SocketAddr::from((*p, hb_port))).await {
-                        log::debug!("admin state to {p}: {e}");
-                    }
-                }
-            }
-            while let Some(ev) = el.poll_event() {
-                if handle_event(&ctl, &shared, ev) {
-                    step_down = Some(now + STEP_DOWN_GRACE);
-                }
-            }
-            if let Some(t) = step_down {
-                let peer_directs = el
-                    .peers()
-                    .iter()
-                    .any(|p| p.alive && p.role == Role::Director);
-                if el.role() == Role::Director {
-                    step_down = None;
-                } else if peer_directs || now >= t {
-                    shared.update(|c| c.active = false);
-                    step_down = None;
-                }
-            }
-            let mut st = ctl.lock();
-            st.role = el.role();
-            st.term = el.term();
-            let peers_now = el.peers();
-            let alive =
-                |ps: &[election::PeerInfo]| -> Vec<bool> { ps.iter().map(|p| p.alive).collect() };
-            if alive(&peers_now) != alive(&st.peers) {
-                st.dirty = true;
-            }
-            st.peers = peers_now;
-            st.counters = el.counters().clone();
-            st.effective_priority = el.effective_priority();
-        }
-    });
+    let el = ControlLoop::new(Parts {
+        cfg,
+        ctl: ctl.clone(),
+        shared: shared.clone(),
+        election: el,
+        key,
+        me: my_addr,
+        own_mac: link.mac,
+        peers,
+        cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
+        monitor: monitor.as_ref(),
+        pinger,
+        macs,
+    })
+    .run(&udp, hb_port);
 
     shared.update(|c| c.active = false);
     shared.stop();
@@ -584,69 +365,6 @@ fn run_inner(
         store_warn("flush", s.flush());
     }
     Ok(())
-}
-
-/// The drain set goes to the peer on every change and at this period, so a
-/// peer that was down catches up.
-const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
-
-/// A director that lost the role keeps forwarding until the peer says it
-/// directs, or this long: frames reach it until the peer's gratuitous ARP.
-const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
-
-/// How long a planned handover waits for the standby to confirm it holds
-/// the connection table before going ahead anyway.
-const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Copy)]
-enum Handover {
-    Leave,
-    Failover,
-}
-
-#[derive(Clone, Copy)]
-struct PendingHandover {
-    kind: Handover,
-    deadline: Instant,
-    wait_for_sync: bool,
-}
-
-/// A director with a live standby first lets connection sync catch up (the
-/// sync thread re-confirms after this reset); anyone else goes at once.
-fn begin_handover(el: &Election, shared: &Shared, kind: Handover, now: Instant) -> PendingHandover {
-    // With no tracked connection there is nothing for the standby to confirm.
-    let wait = el.role() == Role::Director
-        && el.peers().iter().any(|p| p.alive)
-        && shared.stats().connections > 0;
-    if wait {
-        shared.sync_caught_up.store(false, Ordering::Release);
-        log::info!("handover: waiting for the standby to confirm the connection table");
-    }
-    PendingHandover {
-        kind,
-        deadline: if wait { now + HANDOVER_SYNC_WAIT } else { now },
-        wait_for_sync: wait,
-    }
-}
-
-/// Rejected heartbeats are logged at warn, at most once a minute per source.
-fn warn_rejected(from: SocketAddr, why: &str) {
-    static LAST: Mutex<Vec<(SocketAddr, Instant)>> = Mutex::new(Vec::new());
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    match last.iter_mut().find(|(a, _)| *a == from) {
-        Some((_, t)) if now.duration_since(*t) < Duration::from_secs(60) => {}
-        Some((_, t)) => {
-            *t = now;
-            log::warn!("rejected heartbeat from {from}: {why}");
-        }
-        None => {
-            if last.len() < 64 {
-                last.push((from, now));
-            }
-            log::warn!("rejected heartbeat from {from}: {why}");
-        }
-    }
 }
 
 fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {

@@ -1,5 +1,6 @@
 //! Everything that touches the kernel: sockets, devices, sysctls, and the
 //! event loops that drive the sans-IO machines.
+mod control;
 mod ctl;
 pub mod daemon;
 pub mod dataplane;
