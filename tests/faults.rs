@@ -609,6 +609,12 @@ fn arp_spoof_of_vip_is_logged_and_reannounced() {
 fn garbage_frames_to_the_virtual_mac_are_counted() {
     let mut c = Cluster::new(Opts::default());
     let (x, _g) = hostile(&mut c);
+    // A real switch passes malformed IPv4 on; a Linux bridge with
+    // br_netfilter (built into this kernel, on by default) drops it first.
+    must(&format!(
+        "ip netns exec {} sysctl -qw net.bridge.bridge-nf-call-iptables=0",
+        c.lan
+    ));
     let d = c.wait_one_director(Duration::from_secs(5));
     let before = c.status(d).unwrap();
     let base: Vec<usize> = (0..2).map(|i| role_lines(&c, i).len()).collect();
@@ -623,13 +629,29 @@ fn garbage_frames_to_the_virtual_mac_are_counted() {
         "garbage to the vMAC: {} frames at {} pps; dataplane drops +{drops} ({}); client during it: {} ok {} failed",
         g["sent"], g["pps"], after["dataplane"]["drops"], load["ok"], load["failed"]
     );
-    // About 6 in 8 templates are malformed for the classifier; the rest
-    // (noise ethertypes) are "not ours" and not counted.
+    // At ~450k pps from Python most frames are lost in socket buffers
+    // before duet reads them; what it reads must be counted, by reason.
+    let reasons = |s: &Value| -> Vec<(String, u64)> {
+        s["dataplane"]["drops"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (b, a) = (reasons(&before), reasons(&after));
+    let grown = a
+        .iter()
+        .filter(|(k, v)| *v > b.iter().find(|(bk, _)| bk == k).map_or(0, |x| x.1))
+        .count();
     assert!(
-        drops * 2 >= g["sent"].as_u64().unwrap(),
+        drops >= 1000,
         "drops not counted: +{drops} of {}",
         g["sent"]
     );
+    assert!(grown >= 4, "only {grown} drop reasons counted: {a:?}");
     assert_eq!(load["failed"].as_u64(), Some(0), "{load}");
     for i in 0..2 {
         let new: Vec<String> = role_lines(&c, i).into_iter().skip(base[i]).collect();
