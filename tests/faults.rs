@@ -290,7 +290,14 @@ fn kill9_director_repeatedly_under_load() {
         // A request started up to its 300 ms timeout before the kill can fail too.
         match kills.iter().position(|k| t >= k - 0.35 && t <= k + 1.5) {
             Some(k) => per_kill[k] += 1,
-            None => outside.push(f.clone()),
+            None => {
+                let nearest = kills
+                    .iter()
+                    .map(|k| t - k)
+                    .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+                    .unwrap_or(0.0);
+                outside.push(format!("{:+.2}s from a kill: {}", nearest, f[1]));
+            }
         }
     }
     eprintln!(
@@ -407,6 +414,11 @@ fn state_dir_unusable_keeps_forwarding() {
         s2.display()
     ));
     let _g2 = MountGuard(s2.clone());
+    // Filled to the last byte, as a runaway log would leave it.
+    sh(&format!(
+        "dd if=/dev/zero of={}/fill bs=4k 2>/dev/null",
+        s2.display()
+    ));
     c.start_duet(0);
     c.start_duet(1);
     let d = c.wait_one_director(Duration::from_secs(8));
@@ -422,6 +434,15 @@ fn state_dir_unusable_keeps_forwarding() {
             .lines()
             .find(|l| (l.contains("ERROR") || l.contains("WARN")) && l.contains("store"));
         eprintln!("web{}: {line:?}", i + 1);
+        if line.is_none() {
+            eprintln!(
+                "{}",
+                log.lines()
+                    .filter(|l| !l.contains("DEBUG"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         assert!(
             line.is_some(),
             "web{}: no clear store error in the log",
