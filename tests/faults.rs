@@ -723,3 +723,33 @@ fn status_port_slowloris_and_oversized_requests_are_bounded() {
         assert!(new.is_empty(), "web{}: role changed: {new:?}", i + 1);
     }
 }
+
+#[test]
+fn flapping_link_converges_to_one_director() {
+    let c = Cluster::new(Opts::default());
+    let d = c.wait_one_director(Duration::from_secs(5));
+    let port = format!("vn{}", d + 1);
+    let base: Vec<usize> = (0..2).map(|i| role_lines(&c, i).len()).collect();
+    // The director's link goes down for 1.5 s (past dead_after) and comes
+    // back, five times; then one for 0.5 s (under dead_after).
+    for down_ms in [1500, 1500, 1500, 1500, 1500, 500] {
+        must(&format!("ip -n {} link set {port} down", c.lan));
+        std::thread::sleep(Duration::from_millis(down_ms));
+        must(&format!("ip -n {} link set {port} up", c.lan));
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let after = c.wait_one_director(Duration::from_secs(5));
+    let changes: Vec<String> = (0..2)
+        .flat_map(|i| role_lines(&c, i).into_iter().skip(base[i]))
+        .collect();
+    eprintln!(
+        "link of web{} flapped 6 times: {} role changes, {} takeovers; director now web{}",
+        d + 1,
+        changes.len(),
+        takeovers(&changes),
+        after + 1
+    );
+    assert_single_responder(&c, after, "after flapping");
+    let v = c.client(&format!("count http://{VIP}/ 20"));
+    assert_eq!(v["errors"].as_u64(), Some(0), "{v}");
+}

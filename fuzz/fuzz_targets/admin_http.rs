@@ -163,8 +163,12 @@ fn renderers(data: &[u8]) {
     let parts: Vec<&str> = text.split('\u{1}').collect();
     let r = report(&parts);
     let html = render::html(&r);
+    // The page has markup and a script of its own: only strings it does
+    // not already contain can tell.
+    static EMPTY_PAGE: OnceLock<String> = OnceLock::new();
+    let empty = EMPTY_PAGE.get_or_init(|| render::html(&report(&[""])));
     for p in &parts {
-        if p.contains('<') {
+        if p.contains('<') && !empty.contains(p) {
             assert!(!html.contains(p), "unescaped string in the HTML page: {p:?}");
         }
     }

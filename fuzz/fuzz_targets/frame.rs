@@ -63,7 +63,7 @@ fn snapshot(sel: u8) -> Snapshot {
     };
     Snapshot {
         generation: 1,
-        services: vec![svc(6, 80), svc(17, 5353), svc(6, 443)],
+        services: vec![svc(6, 80), svc(17, 5353)],
     }
 }
 
@@ -105,9 +105,11 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(_) | Err(_) => {}
         }
-        if n % 16 == 0 {
-            // The snapshot changes under live flows, as health and drains do.
-            engine.set_snapshot(Arc::new(snapshot(sel.rotate_left(n))));
+        if n % 32 == 0 {
+            // The snapshot changes under live flows, as health and drains do
+            // (same scheduler: sh/mh rebuild a 64K-entry Maglev table on
+            // every change of the backend set, which is slow under ASan).
+            engine.set_snapshot(Arc::new(snapshot(sel ^ (rest.len() as u8 & 0x60))));
             engine.expire(now, 32);
         }
         assert!(engine.len() <= CAPACITY, "table above capacity");
