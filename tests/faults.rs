@@ -749,6 +749,9 @@ fn flapping_link_converges_to_one_director() {
         takeovers(&changes),
         after + 1
     );
+    for l in &changes {
+        eprintln!("  {l}");
+    }
     assert_single_responder(&c, after, "after flapping");
     let v = c.client(&format!("count http://{VIP}/ 20"));
     assert_eq!(v["errors"].as_u64(), Some(0), "{v}");
