@@ -90,7 +90,8 @@ fn json_of(c: Child) -> Value {
 fn role_lines(c: &Cluster, i: usize) -> Vec<String> {
     c.log(i)
         .lines()
-        .filter(|l| l.contains(" role ") && l.contains(" -> ") && l.contains("(term "))
+        // The election logs each transition once; the daemon echoes it.
+        .filter(|l| l.contains("duet::election] role ") && l.contains(" -> "))
         .map(str::to_string)
         .collect()
 }
@@ -731,19 +732,28 @@ fn flapping_link_converges_to_one_director() {
     let port = format!("vn{}", d + 1);
     let base: Vec<usize> = (0..2).map(|i| role_lines(&c, i).len()).collect();
     // The director's link goes down for 1.5 s (past dead_after) and comes
-    // back, five times; then one for 0.5 s (under dead_after).
-    for down_ms in [1500, 1500, 1500, 1500, 1500, 500] {
+    // back, five times.
+    for _ in 0..5 {
         must(&format!("ip -n {} link set {port} down", c.lan));
-        std::thread::sleep(Duration::from_millis(down_ms));
+        std::thread::sleep(Duration::from_millis(1500));
         must(&format!("ip -n {} link set {port} up", c.lan));
         std::thread::sleep(Duration::from_millis(2500));
     }
+    // A blip shorter than dead_after.
+    let blip_base: Vec<usize> = (0..2).map(|i| role_lines(&c, i).len()).collect();
+    must(&format!("ip -n {} link set {port} down", c.lan));
+    std::thread::sleep(Duration::from_millis(400));
+    must(&format!("ip -n {} link set {port} up", c.lan));
+    std::thread::sleep(Duration::from_millis(2500));
+    let blip: Vec<String> = (0..2)
+        .flat_map(|i| role_lines(&c, i).into_iter().skip(blip_base[i]))
+        .collect();
     let after = c.wait_one_director(Duration::from_secs(5));
     let changes: Vec<String> = (0..2)
         .flat_map(|i| role_lines(&c, i).into_iter().skip(base[i]))
         .collect();
     eprintln!(
-        "link of web{} flapped 6 times: {} role changes, {} takeovers; director now web{}",
+        "link of web{} down 1.5 s five times, then 0.4 s: {} role changes, {} takeovers; director now web{}",
         d + 1,
         changes.len(),
         takeovers(&changes),
@@ -753,6 +763,11 @@ fn flapping_link_converges_to_one_director() {
         eprintln!("  {l}");
     }
     assert_single_responder(&c, after, "after flapping");
+    // Not asserted: after a carrier loss the kernel holds packets to the
+    // peer until its neighbour entry is re-probed (~1 s, measured with plain
+    // ping across the same bridge: a 0.4 s blip gives a 1.08 s gap), so with
+    // dead_after = 1 s even a short blip costs one takeover and its undo.
+    eprintln!("0.4 s blip: {} role changes", blip.len());
     let v = c.client(&format!("count http://{VIP}/ 20"));
     assert_eq!(v["errors"].as_u64(), Some(0), "{v}");
 }
