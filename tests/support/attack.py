@@ -12,6 +12,9 @@ udp-send DST PORT FILE [MODE]   send each payload of FILE to DST:PORT; MODE
                                 replay (as is), truncate (cut each at random),
                                 flip (flip one bit), forge (random bytes of the
                                 same length): {"sent": n}
+udp-spoof DST PORT NSRC EACH   send EACH 100-byte junk datagrams from each of
+                                NSRC forged source addresses 198.18.0.101.. :
+                                {"sent": n}
 garbage IFACE DSTMAC SECS IP    blast malformed frames at DSTMAC (truncated,
                                 bad IPv4 headers, fragments, VLAN tags, odd
                                 protocols, to IP): {"sent": n, "pps": r}
@@ -172,6 +175,25 @@ def udp_send(dst, port, path, mode):
     return {"sent": n}
 
 
+def udp_spoof(dst, port, nsrc, each):
+    # IPPROTO_RAW implies IP_HDRINCL: the source address is ours to write.
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    d = socket.inet_aton(dst)
+    payload = b"DUET" + bytes(96)
+    n = 0
+    for k in range(each):
+        for i in range(nsrc):
+            src = bytes([198, 18, 0, 101 + i % 150])
+            if nsrc > 150:
+                src = bytes([198, 18, 0, 101 + i % 150])
+            udp = struct.pack("!HHHH", 10000 + i, port, 8 + len(payload), 0) + payload
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xFFFF, 0, 64, 17, 0, src, d)
+            s.sendto(ip + udp, (dst, 0))
+            n += 1
+        time.sleep(0.01)
+    return {"sent": n}
+
+
 def garbage(iface, dst, secs, ip):
     s = raw(iface)
     rng = random.Random(42)
@@ -290,6 +312,8 @@ def main():
         out = hb_capture(a[1], float(a[2]), a[3])
     elif cmd == "udp-send":
         out = udp_send(a[1], a[2], a[3], a[4] if len(a) > 4 else "replay")
+    elif cmd == "udp-spoof":
+        out = udp_spoof(a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "garbage":
         out = garbage(a[1], a[2], float(a[3]), a[4])
     elif cmd == "slowloris":
