@@ -10,7 +10,8 @@
 # checks on). The first build instruments every dependency: ~8-10 minutes on
 # two shared cores; later runs reuse fuzz/target.
 #
-# A crash stops the run: the input is in fuzz/artifacts/<target>/, and
+# A crash ends that target's run (the others still run, then make fails):
+# the input is in fuzz/artifacts/<target>/, and
 # `make fuzz-repro TARGET=<t> INPUT=<file>` replays it.
 
 FUZZ_TARGETS ?= heartbeat sync frame config admin_http
@@ -31,15 +32,20 @@ fuzz-build: fuzz-deps
 # Runs each target for $(1) seconds from its seeds plus the corpus kept from
 # earlier runs, and prints one summary line per target.
 define fuzz_run
-	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+	@failed=""; for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t; \
-		( cd fuzz && $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
-			-max_total_time=$(1) $(FUZZ_FLAGS) ) > fuzz/last-$$t.log 2>&1 \
-		|| { tail -40 fuzz/last-$$t.log; echo "fuzz: $$t FAILED (see fuzz/artifacts/$$t/)"; exit 1; }; \
-		runs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' fuzz/last-$$t.log | grep -o '[0-9]*$$'); \
-		cov=$$(grep -o 'cov: [0-9]*' fuzz/last-$$t.log | tail -1); \
-		echo "fuzz: $$t: $$runs inputs in $(1) s, $$cov, no crash"; \
-	done
+		if ( cd fuzz && $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(1) $(FUZZ_FLAGS) ) > fuzz/last-$$t.log 2>&1; then \
+			runs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' fuzz/last-$$t.log | grep -o '[0-9]*$$'); \
+			cov=$$(grep -o 'cov: [0-9]*' fuzz/last-$$t.log | tail -1); \
+			echo "fuzz: $$t: $$runs inputs in $(1) s, $$cov, no crash"; \
+		else \
+			grep -m1 -A1 -E "panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer" fuzz/last-$$t.log; \
+			grep -m1 -o "artifacts/$$t/[a-z]*-[0-9a-f]*" fuzz/last-$$t.log; \
+			echo "fuzz: $$t: CRASH (log fuzz/last-$$t.log)"; failed="$$failed $$t"; \
+		fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed"; exit 1; fi
 endef
 
 fuzz-smoke: fuzz-build

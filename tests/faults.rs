@@ -96,6 +96,13 @@ fn role_lines(c: &Cluster, i: usize) -> Vec<String> {
         .collect()
 }
 
+fn assert_no_role_change(c: &Cluster, base: &[usize]) {
+    for (i, b) in base.iter().enumerate() {
+        let new: Vec<String> = role_lines(c, i).into_iter().skip(*b).collect();
+        assert!(new.is_empty(), "web{}: role changed: {new:?}", i + 1);
+    }
+}
+
 fn takeovers(lines: &[String]) -> usize {
     lines.iter().filter(|l| l.contains("-> director")).count()
 }
@@ -562,10 +569,7 @@ fn hostile_heartbeats_are_dropped_and_counted() {
     // A node's own echoed heartbeats are dropped too, as self-echo (not in
     // the status map); each node gets the peer's half as replays.
     assert!(replay * 3 >= sent_replay, "replays not counted: +{replay}");
-    for i in 0..2 {
-        let new: Vec<String> = role_lines(&c, i).into_iter().skip(base[i]).collect();
-        assert!(new.is_empty(), "web{}: role changed: {new:?}", i + 1);
-    }
+    assert_no_role_change(&c, &base);
     assert_eq!(c.wait_one_director(Duration::from_secs(2)), d);
     assert!(
         c.log(0).contains(HOSTILE) || c.log(1).contains(HOSTILE),
@@ -675,10 +679,7 @@ fn garbage_frames_to_the_virtual_mac_are_counted() {
     );
     assert!(grown >= 4, "only {grown} drop reasons counted: {a:?}");
     assert_eq!(load["failed"].as_u64(), Some(0), "{load}");
-    for i in 0..2 {
-        let new: Vec<String> = role_lines(&c, i).into_iter().skip(base[i]).collect();
-        assert!(new.is_empty(), "web{}: role changed: {new:?}", i + 1);
-    }
+    assert_no_role_change(&c, &base);
 }
 
 #[test]
@@ -719,10 +720,7 @@ fn status_port_slowloris_and_oversized_requests_are_bounded() {
         );
     }
     assert_eq!(load["failed"].as_u64(), Some(0), "{load}");
-    for i in 0..2 {
-        let new: Vec<String> = role_lines(&c, i).into_iter().skip(base[i]).collect();
-        assert!(new.is_empty(), "web{}: role changed: {new:?}", i + 1);
-    }
+    assert_no_role_change(&c, &base);
 }
 
 #[test]

@@ -11,8 +11,7 @@
 #![no_main]
 
 use duet::status::{
-    render, Admin, BackendStatus, EventRecord, PeerStatus, ServerConfig, StatusReport,
-    StatusServer,
+    render, Admin, BackendStatus, EventRecord, PeerStatus, ServerConfig, StatusReport, StatusServer,
 };
 use libfuzzer_sys::fuzz_target;
 use std::io::{Read, Write};
@@ -37,7 +36,9 @@ impl Admin for FakeAdmin {
     }
     fn drain(&self, backend: &str) -> Result<(), String> {
         self.actions.fetch_add(1, Ordering::SeqCst);
-        (backend == "web2").then_some(()).ok_or_else(|| "no such backend".into())
+        (backend == "web2")
+            .then_some(())
+            .ok_or_else(|| "no such backend".into())
     }
     fn undrain(&self, backend: &str) -> Result<(), String> {
         self.drain(backend)
@@ -112,7 +113,11 @@ fn exchange(data: &[u8]) {
         let ok = line.len() >= 12
             && line.starts_with(b"HTTP/1.1 ")
             && line[9..12].iter().all(u8::is_ascii_digit);
-        assert!(ok, "malformed status line: {:?}", String::from_utf8_lossy(line));
+        assert!(
+            ok,
+            "malformed status line: {:?}",
+            String::from_utf8_lossy(line)
+        );
         assert!(
             resp.windows(4).any(|w| w == b"\r\n\r\n"),
             "response head not terminated"
@@ -129,7 +134,13 @@ fn exchange(data: &[u8]) {
 
 /// A report whose every string comes from the input.
 fn report(parts: &[&str]) -> StatusReport {
-    let p = |i: usize| parts.get(i % parts.len().max(1)).copied().unwrap_or("").to_string();
+    let p = |i: usize| {
+        parts
+            .get(i % parts.len().max(1))
+            .copied()
+            .unwrap_or("")
+            .to_string()
+    };
     StatusReport {
         node: p(0),
         role: p(1),
@@ -169,7 +180,10 @@ fn renderers(data: &[u8]) {
     let empty = EMPTY_PAGE.get_or_init(|| render::html(&report(&[""])));
     for p in &parts {
         if p.contains('<') && !empty.contains(p) {
-            assert!(!html.contains(p), "unescaped string in the HTML page: {p:?}");
+            assert!(
+                !html.contains(p),
+                "unescaped string in the HTML page: {p:?}"
+            );
         }
     }
     let json = render::json(&r);
@@ -183,7 +197,10 @@ fn renderers(data: &[u8]) {
         // name{labels} value: a label value must not break the line apart.
         let (name, _) = line.split_once(['{', ' ']).unwrap_or((line, ""));
         assert!(
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
             "broken metrics line: {line:?}"
         );
     }

@@ -19,12 +19,7 @@ use std::time::{Duration, Instant};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const CAPACITY: usize = 64;
-const SCHEDULERS: [Scheduler; 4] = [
-    Scheduler::Rr,
-    Scheduler::Wrr,
-    Scheduler::Lc,
-    Scheduler::Wlc,
-];
+const SCHEDULERS: [Scheduler; 4] = [Scheduler::Rr, Scheduler::Wrr, Scheduler::Lc, Scheduler::Wlc];
 
 fn backend(i: u8, weight: u32, up: bool, local: bool, fallback: bool) -> BackendSnap {
     BackendSnap {
@@ -94,27 +89,31 @@ fuzz_target!(|data: &[u8]| {
         let len = len.min(rest.len());
         let (frame, tail) = rest.split_at(len);
         rest = tail;
-        match classify(frame, VIP) {
-            Ok(Classified::ToVip { key, tcp_flags, icmp_error }) => {
-                let v = if icmp_error {
-                    engine.decide_related(now, &key, frame.len())
-                } else {
-                    engine.decide(now, &key, tcp_flags, frame.len())
-                };
-                if let Verdict::Forward { addr, .. } = v {
-                    assert!(valid(addr), "forwarded to {addr}, not a backend");
-                }
+        if let Ok(Classified::ToVip {
+            key,
+            tcp_flags,
+            icmp_error,
+        }) = classify(frame, VIP)
+        {
+            let v = if icmp_error {
+                engine.decide_related(now, &key, frame.len())
+            } else {
+                engine.decide(now, &key, tcp_flags, frame.len())
+            };
+            if let Verdict::Forward { addr, .. } = v {
+                assert!(valid(addr), "forwarded to {addr}, not a backend");
             }
-            Ok(_) | Err(_) => {}
         }
-        if n % 32 == 0 {
-            // The snapshot changes under live flows, as health and drains do
-            // (same scheduler: sh/mh rebuild a 64K-entry Maglev table on
-            // every change of the backend set, which is slow under ASan).
+        if n.is_multiple_of(32) {
+            // The snapshot changes under live flows, as health and drains do.
             engine.set_snapshot(Arc::new(snapshot(sel ^ (rest.len() as u8 & 0x60))));
             engine.expire(now, 32);
         }
         assert!(engine.len() <= CAPACITY, "table above capacity");
     }
-    let _ = (engine.export(now), engine.export_persist(now), engine.counters());
+    let _ = (
+        engine.export(now),
+        engine.export_persist(now),
+        engine.counters(),
+    );
 });

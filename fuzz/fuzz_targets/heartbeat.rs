@@ -39,14 +39,26 @@ fn structured(u: &mut Unstructured) -> Result<HeartbeatRepr> {
         _ => Ipv4Addr::from(u.arbitrary::<u32>()?),
     };
     let total: u16 = u.arbitrary()?;
-    let up = if total == 0 { 0 } else { u.int_in_range(0..=total)? };
+    let up = if total == 0 {
+        0
+    } else {
+        u.int_in_range(0..=total)?
+    };
     Ok(HeartbeatRepr {
-        cluster_id: if u.ratio(1, 16)? { u.arbitrary()? } else { CLUSTER },
+        cluster_id: if u.ratio(1, 16)? {
+            u.arbitrary()?
+        } else {
+            CLUSTER
+        },
         node,
         // Small ranges make replays, stale boots and new boots all likely.
         boot_id: u.int_in_range(0..=4u64)?,
         seq: u.int_in_range(0..=64u64)?,
-        term: if u.ratio(1, 8)? { u.arbitrary()? } else { u.int_in_range(0..=16)? },
+        term: if u.ratio(1, 8)? {
+            u.arbitrary()?
+        } else {
+            u.int_in_range(0..=16)?
+        },
         priority: u.arbitrary()?,
         effective_priority: u.arbitrary()?,
         role: role(u.arbitrary()?),
@@ -113,7 +125,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     } else {
                         buf[flip] ^= 1 << (cut % 8);
                     }
-                    assert!(HeartbeatRepr::parse(&buf, KEY).is_err(), "tampered heartbeat accepted");
+                    assert!(
+                        HeartbeatRepr::parse(&buf, KEY).is_err(),
+                        "tampered heartbeat accepted"
+                    );
                     e.note_auth_failure();
                 } else {
                     let back = HeartbeatRepr::parse(&buf, KEY).expect("signed heartbeat rejected");
@@ -124,7 +139,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
             3 => {
                 now += Duration::from_millis(u.int_in_range(0..=2500u64)?);
                 e.handle_timeout(now);
-                assert!(e.poll_timeout() > now, "wake-up not in the future after handle_timeout");
+                assert!(
+                    e.poll_timeout() > now,
+                    "wake-up not in the future after handle_timeout"
+                );
             }
             4 => {
                 // Jump exactly to the requested wake-up, as the driver does.
@@ -133,7 +151,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     now = t;
                 }
                 e.handle_timeout(now);
-                assert!(e.poll_timeout() > now, "wake-up not in the future after handle_timeout");
+                assert!(
+                    e.poll_timeout() > now,
+                    "wake-up not in the future after handle_timeout"
+                );
             }
             5 => {
                 if u.arbitrary()? {

@@ -45,7 +45,11 @@ fn state(u: &mut Unstructured) -> Result<TcpState> {
 
 fn structured(u: &mut Unstructured) -> Result<SyncMessage> {
     let small = |u: &mut Unstructured| -> Result<u64> {
-        Ok(if u.ratio(7, 8)? { u.int_in_range(0..=8)? } else { u.arbitrary()? })
+        Ok(if u.ratio(7, 8)? {
+            u.int_in_range(0..=8)?
+        } else {
+            u.arbitrary()?
+        })
     };
     Ok(match u.int_in_range(0..=2u8)? {
         0 => SyncMessage::Hello(Hello {
@@ -128,7 +132,11 @@ fn entries(u: &mut Unstructured, now: Instant) -> Result<(Vec<ConnEntry>, Vec<Pe
 fn wire(msg: &SyncMessage) -> Vec<u8> {
     let mut buf = Vec::new();
     msg.emit(KEY, &mut buf);
-    assert!(buf.len() <= MAX_DATAGRAM, "sync datagram of {} bytes", buf.len());
+    assert!(
+        buf.len() <= MAX_DATAGRAM,
+        "sync datagram of {} bytes",
+        buf.len()
+    );
     let back = SyncMessage::parse(&buf, KEY).expect("own sync message does not parse");
     assert_eq!(&back, msg, "sync message does not round-trip");
     buf
@@ -194,11 +202,15 @@ impl World {
 
     fn pump(&mut self) {
         for _ in 0..64 {
-            let Some(m) = self.tx.poll_transmit(self.now) else { break };
+            let Some(m) = self.tx.poll_transmit(self.now) else {
+                break;
+            };
             self.to_standby.push(wire(&m));
         }
         for _ in 0..64 {
-            let Some(m) = self.rx.poll_transmit(self.now) else { break };
+            let Some(m) = self.rx.poll_transmit(self.now) else {
+                break;
+            };
             self.to_director.push(wire(&m));
         }
     }
@@ -238,7 +250,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     } else {
                         buf[i] ^= 0x80;
                     }
-                    assert!(SyncMessage::parse(&buf, KEY).is_err(), "tampered sync accepted");
+                    assert!(
+                        SyncMessage::parse(&buf, KEY).is_err(),
+                        "tampered sync accepted"
+                    );
                 } else if u.arbitrary()? {
                     w.deliver_standby(&buf);
                 } else {
@@ -287,8 +302,18 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 w.engine = standby_engine();
             }
             _ => {
-                let _ = (w.tx.caught_up(), w.tx.lag(w.now), w.tx.position(), w.tx.stats());
-                let _ = (w.rx.synced(), w.rx.has_snapshot(), w.rx.position(), w.rx.stats());
+                let _ = (
+                    w.tx.caught_up(),
+                    w.tx.lag(w.now),
+                    w.tx.position(),
+                    w.tx.stats(),
+                );
+                let _ = (
+                    w.rx.synced(),
+                    w.rx.has_snapshot(),
+                    w.rx.position(),
+                    w.rx.stats(),
+                );
                 let _ = (w.tx.poll_timeout(), w.rx.poll_timeout());
                 w.engine.expire(w.now, 64);
             }
