@@ -483,6 +483,16 @@ dead_after = "1s"
         self.nodes[i].web = Some(spawn_web(&ns, &name, &args));
         self.wait_web();
     }
+
+    /// Plugs one more host into the LAN: namespace `<prefix><suffix>` with
+    /// `eth0` at `addr`/24 (bridge port `v<suffix>`). The caller removes it
+    /// (tests/faults.rs wraps it in a guard); a killed run's is reaped by
+    /// prefix like the others.
+    pub fn plug_host(&mut self, suffix: &str, addr: &str) -> String {
+        let ns = format!("{}{suffix}", self.prefix);
+        self.plug(&ns, addr, &format!("v{suffix}"));
+        ns
+    }
 }
 
 fn spawn_web(ns: &str, name: &str, extra: &[&str]) -> Child {
