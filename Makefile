@@ -5,7 +5,7 @@ TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/duet
 APT_PACKAGES := iproute2 nftables curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client
 
-.PHONY: all build deps test unit integration lint demo clean-netns
+.PHONY: all build deps test unit integration lint demo soak clean-netns
 
 all: build
 
@@ -31,8 +31,14 @@ integration: deps
 	$(CARGO) test --no-fail-fast --test '*' -- --test-threads=2
 	$(MAKE) clean-netns
 
-# The appliance image is built and booted as a two-VM cluster under QEMU.
-test: deps lint unit integration vm-test
+# Bounded fuzzing of every parser, then the appliance image built and booted
+# as a two-VM cluster under QEMU.
+test: deps lint unit integration fuzz-smoke vm-test
+
+# Long fault tests (50 % heartbeat loss for two minutes, ...).
+soak: deps
+	$(CARGO) test --test faults -- --ignored --test-threads=1
+	$(MAKE) clean-netns
 
 clean-netns:
 	@for ns in $$(ip netns list 2>/dev/null | awk '/^dt[0-9]/{print $$1}'); do \
@@ -40,6 +46,7 @@ clean-netns:
 
 include image/image.mk
 include bench/bench.mk
+include fuzz/fuzz.mk
 
 demo: deps
 	$(CARGO) build --release

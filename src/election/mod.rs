@@ -442,7 +442,7 @@ impl Election {
             if role == Role::Director && !knew_director && peer_rank < my_rank {
                 // Split brain and we win: make our claim the newest, tell the
                 // loser quickly, and re-announce the address.
-                self.term += 1;
+                self.term = self.term.saturating_add(1);
                 log::info!(
                     "split brain with {}: keeping director role, term {}",
                     msg.node,
@@ -741,7 +741,7 @@ impl Election {
         let from = self.role;
         if to == Role::Director {
             // self.term is already the highest term seen.
-            self.term += 1;
+            self.term = self.term.saturating_add(1);
             self.timers[Timer::HandoffHold as usize] = None;
         }
         let voluntary = matches!(

@@ -103,6 +103,8 @@ pub struct SyncStats {
     /// Entries the peer has not yet acknowledged.
     pub lag_entries: u64,
     pub lag_ms: Option<u64>,
+    /// Sync datagrams dropped: unauthenticated, malformed or from a stranger.
+    pub rejected: u64,
 }
 
 /// One line of the event log (role changes, health transitions, admin actions).

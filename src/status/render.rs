@@ -758,6 +758,16 @@ pub fn metrics(r: &StatusReport) -> String {
     if let Some(ms) = r.sync.lag_ms {
         p.sample("duet_sync_lag_seconds", &[], &float(ms as f64 / 1000.0));
     }
+    p.family(
+        "duet_sync_rejected_total",
+        "counter",
+        "Sync datagrams dropped: unauthenticated, malformed or from a stranger.",
+    );
+    p.sample(
+        "duet_sync_rejected_total",
+        &[],
+        &r.sync.rejected.to_string(),
+    );
     p.out
 }
 
@@ -845,6 +855,7 @@ mod tests {
                 connections_synced: 3,
                 lag_entries: 0,
                 lag_ms: Some(5),
+                rejected: 2,
             },
             events: vec![EventRecord {
                 ts_ms: 1_700_000_000_123,

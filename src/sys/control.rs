@@ -398,22 +398,26 @@ impl<'a> ControlLoop<'a> {
     }
 }
 
-/// Rejected heartbeats are logged at warn, at most once a minute per source.
+/// Rejected control datagrams are logged at warn at most once a second in
+/// all (with the number suppressed meanwhile), so forged traffic from many
+/// sources cannot flood the log; each one is counted in the election's
+/// counters anyway.
 fn warn_rejected(from: SocketAddr, why: &str) {
-    static LAST: Mutex<Vec<(SocketAddr, Instant)>> = Mutex::new(Vec::new());
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    static STATE: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+    let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    match last.iter_mut().find(|(a, _)| *a == from) {
-        Some((_, t)) if now.duration_since(*t) < Duration::from_secs(60) => {}
-        Some((_, t)) => {
-            *t = now;
-            log::warn!("rejected heartbeat from {from}: {why}");
-        }
-        None => {
-            if last.len() < 64 {
-                last.push((from, now));
-            }
-            log::warn!("rejected heartbeat from {from}: {why}");
-        }
+    if st
+        .0
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+    {
+        st.1 += 1;
+        return;
+    }
+    let suppressed = std::mem::take(&mut st.1);
+    st.0 = Some(now);
+    if suppressed > 0 {
+        log::warn!("rejected heartbeat from {from}: {why} ({suppressed} more rejected since the last report)");
+    } else {
+        log::warn!("rejected heartbeat from {from}: {why}");
     }
 }

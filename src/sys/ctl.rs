@@ -238,6 +238,8 @@ pub fn report(ctl: &Ctl) -> StatusReport {
     dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
     dropped.insert("replay".to_string(), cnt.dropped_replay);
     dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
+    dropped.insert("stale".to_string(), cnt.dropped_stale);
+    dropped.insert("self_echo".to_string(), cnt.dropped_self_echo);
     StatusReport {
         node: st.node.clone(),
         role: st.role.to_string(),
@@ -266,6 +268,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             connections_synced: sync.synced,
             lag_entries: sync.lag_entries,
             lag_ms: sync.lag_ms,
+            rejected: sync.rejected,
         },
         events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
     }

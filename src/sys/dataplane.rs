@@ -167,6 +167,7 @@ struct Plane {
     garp_due: Vec<Instant>,
     next_periodic_garp: Instant,
     last_conflict_log: Option<Instant>,
+    last_conflict_garp: Option<Instant>,
     stats: DpStats,
 }
 
@@ -200,6 +201,7 @@ pub fn spawn(
         garp_due: Vec::new(),
         next_periodic_garp: now + GARP_PERIOD,
         last_conflict_log: None,
+        last_conflict_garp: None,
         stats: DpStats::default(),
     };
     std::thread::Builder::new()
@@ -475,19 +477,27 @@ impl Plane {
             return;
         }
         if a.sender_ip == self.p.vip && a.sender_mac != self.p.vmac {
-            // Someone else claims the VIP: say it louder, and tell the operator.
+            // Someone else claims the VIP: answer every claim (at most every
+            // 100 ms, so a flood cannot make us one), tell the operator at
+            // most every 5 s.
             self.stats.vip_conflicts += 1;
-            let quiet = self
+            if self
+                .last_conflict_garp
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
+            {
+                self.last_conflict_garp = Some(now);
+                self.send_garp();
+            }
+            if self
                 .last_conflict_log
-                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5));
-            if !quiet {
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+            {
                 log::warn!(
                     "VIP {} announced by {}: re-announcing",
                     self.p.vip,
                     fmt_mac(&a.sender_mac)
                 );
                 self.last_conflict_log = Some(now);
-                self.send_garp();
             }
             return;
         }
