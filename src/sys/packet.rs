@@ -5,11 +5,12 @@
 //! TPACKET_V2 receive ring (no copy and no system call while frames are
 //! ready) and batched send through `sendmmsg`.
 //!
-//! Sending stays on `sendmmsg` on purpose: a PACKET_TX_RING hands the ring's
-//! pages to the skb as fragments, and the ring slot is marked free as soon as
-//! the skb is orphaned — on veth that is in the receiver's `ip_rcv`, while
-//! the receiving socket may still hold those pages in its queue. Reusing the
-//! slot would then rewrite data already delivered.
+//! Sending stays on `sendmmsg` on purpose (from reading net/packet/af_packet.c,
+//! not from a failed test): a PACKET_TX_RING hands the ring's pages to the
+//! skb as fragments (`tpacket_fill_skb`), and `tpacket_destruct_skb` marks
+//! the slot free as soon as the skb is orphaned — on veth that is in the
+//! receiver's `ip_rcv`, while the receiving socket may still hold those pages
+//! in its queue. Reusing the slot would then rewrite data already delivered.
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
