@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::packet::{PacketSocket, RxBatch, VNET_HDR_LEN};
+use super::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
 use super::tun::Tun;
 
 /// Gratuitous ARPs after a takeover: spaced so one lost frame is not fatal.
@@ -25,7 +25,11 @@ const GARP_BURST: [Duration; 5] = [
 ];
 /// Re-announce well inside a switch's ~300 s MAC ageing.
 const GARP_PERIOD: Duration = Duration::from_secs(60);
-const BATCH: usize = 32;
+/// Frames handed to one `sendmmsg`.
+const BATCH: usize = 64;
+/// Frames taken from the ring before the housekeeping runs again, so a
+/// saturated ring cannot starve sync, expiry or control changes.
+const FRAMES_PER_ROUND: usize = 1024;
 /// How often changes go to (or installs come from) the sync thread.
 const SYNC_PERIOD: Duration = Duration::from_millis(10);
 /// Bound on changes handed over per exchange; the rest wait in the engine's log.
@@ -158,6 +162,7 @@ pub struct Params {
 struct Plane {
     p: Params,
     sock: PacketSocket,
+    ring: Option<RxRing>,
     tun: Tun,
     shared: Arc<Shared>,
     engine: Engine,
@@ -174,7 +179,7 @@ struct Plane {
 /// Starts the data-plane thread; it runs until `shared.stop()`.
 pub fn spawn(
     p: Params,
-    sock: PacketSocket,
+    mut sock: PacketSocket,
     tun: Tun,
     shared: Arc<Shared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -188,10 +193,14 @@ pub fn spawn(
         p.max_connections,
         Timeouts::default(),
     );
+    let ring = sock
+        .take_ring()
+        .ok_or_else(|| std::io::Error::other("packet socket without a receive ring"))?;
     let now = Instant::now();
     let plane = Plane {
         p,
         sock,
+        ring: Some(ring),
         tun,
         shared,
         engine,
@@ -211,52 +220,57 @@ pub fn spawn(
 
 impl Plane {
     fn run(mut self) {
-        let mut rx = RxBatch::new(BATCH);
-        let mut out: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
+        let Some(mut ring) = self.ring.take() else {
+            return;
+        };
+        // Frames to send (rewritten in their ring slots), and every slot
+        // held until that send is done.
+        let mut out: Vec<RxSlot> = Vec::with_capacity(BATCH);
+        let mut held: Vec<RxSlot> = Vec::with_capacity(BATCH);
+        let mut big = vec![0u8; SLOT_LEN].into_boxed_slice();
         let mut last_publish = Instant::now();
         let mut last_expire = Instant::now();
         let mut last_sync = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
-            if let Err(e) = self.sock.wait(self.shared.wake.as_raw_fd(), 20) {
-                log::error!("data plane poll: {e}");
-                std::thread::sleep(Duration::from_millis(20));
+            // Sleep only when the ring is empty; a busy ring is read without
+            // any system call. Control changes are still seen at once: the
+            // version is checked on every round, the eventfd only wakes.
+            if !ring.ready() {
+                if let Err(e) = self.sock.wait(self.shared.wake.as_raw_fd(), 20) {
+                    log::error!("data plane poll: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             let now = Instant::now();
             self.apply_control(now);
             self.send_due_garps(now);
-            loop {
-                let n = match self.sock.recv_batch(&mut rx) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        log::error!("data plane receive: {e}");
-                        break;
-                    }
+            for _ in 0..FRAMES_PER_ROUND {
+                let Some(s) = ring.take() else {
+                    break;
                 };
-                if n == 0 {
-                    break;
-                }
-                out.clear();
-                for i in 0..n {
-                    let len = rx.lens[i];
-                    if let Some(send_len) = self.handle(now, &mut rx.bufs[i][..len]) {
-                        out.push((i, send_len));
+                match s.kind {
+                    SlotKind::InRing => {
+                        held.push(s);
+                        if let Some(len) = self.handle(now, ring.frame_mut(&s)) {
+                            out.push(RxSlot { len, ..s });
+                            if out.len() == BATCH {
+                                self.flush(&mut ring, &mut out, &mut held);
+                            }
+                        }
                     }
-                }
-                if !out.is_empty() {
-                    let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-                    for (f, &(i, l)) in frames.iter_mut().zip(out.iter()) {
-                        *f = &rx.bufs[i][..l];
+                    SlotKind::Truncated => {
+                        ring.release(&s);
+                        self.drop("truncated");
                     }
-                    let frames = &frames[..out.len()];
-                    match self.sock.send_batch(frames) {
-                        Ok(k) => self.stats.tx_packets += k as u64,
-                        Err(e) => log::warn!("data plane send: {e}"),
+                    SlotKind::Queued => {
+                        ring.release(&s);
+                        // Frames before it leave first: a flow keeps its order.
+                        self.flush(&mut ring, &mut out, &mut held);
+                        self.handle_queued(now, &mut big);
                     }
-                }
-                if n < BATCH {
-                    break;
                 }
             }
+            self.flush(&mut ring, &mut out, &mut held);
             if now.duration_since(last_sync) >= SYNC_PERIOD {
                 self.exchange_sync(now);
                 last_sync = now;
@@ -266,6 +280,11 @@ impl Plane {
                 last_expire = now;
             }
             if now.duration_since(last_publish) >= Duration::from_millis(200) {
+                match packet::ring_drops(&self.sock) {
+                    Ok(0) => {}
+                    Ok(n) => *self.stats.drops.entry("rx_ring_full").or_default() += n,
+                    Err(e) => log::debug!("packet statistics: {e}"),
+                }
                 self.publish();
                 last_publish = now;
             }
@@ -276,6 +295,53 @@ impl Plane {
             }
         }
         self.publish();
+    }
+
+    /// Sends the frames of `out` from their ring slots, then hands every
+    /// held slot back to the kernel.
+    fn flush(&mut self, ring: &mut RxRing, out: &mut Vec<RxSlot>, held: &mut Vec<RxSlot>) {
+        if !out.is_empty() {
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            for (f, s) in frames.iter_mut().zip(out.iter()) {
+                *f = ring.frame(s);
+            }
+            self.send(&frames[..out.len()]);
+            out.clear();
+        }
+        for s in held.drain(..) {
+            ring.release(&s);
+        }
+    }
+
+    /// A frame too large for a ring slot (a GSO super-frame): read from
+    /// the socket queue, handled and sent on its own.
+    fn handle_queued(&mut self, now: Instant, big: &mut [u8]) {
+        let n = match self.sock.recv_queued(big) {
+            Ok(0) => {
+                self.drop("queue_missing");
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("data plane receive: {e}");
+                self.drop("queue_missing");
+                return;
+            }
+        };
+        if n > big.len() {
+            self.drop("truncated");
+            return;
+        }
+        if let Some(len) = self.handle(now, &mut big[..n]) {
+            self.send(&[&big[..len]]);
+        }
+    }
+
+    fn send(&mut self, frames: &[&[u8]]) {
+        match self.sock.send_batch(frames) {
+            Ok(k) => self.stats.tx_packets += k as u64,
+            Err(e) => log::warn!("data plane send: {e}"),
+        }
     }
 
     fn exchange_sync(&mut self, now: Instant) {
