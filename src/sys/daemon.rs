@@ -71,9 +71,6 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
             None
         }
     };
-    let drains = store.as_ref().map(|s| s.drains()).unwrap_or_default();
-    let drains_version = store.as_ref().map_or(0, |s| s.drains_version());
-    let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     if let Some(s) = &store {
         log::info!("boot {} of node {}", s.boot_count(), me.name.get_ref());
         store_warn(
@@ -89,14 +86,14 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
     let mut host = HostSetup::apply(&cfg)?;
     let result = run_inner(
         &cfg,
-        me_idx,
-        key,
-        token,
-        vmac,
-        link,
-        store,
-        (drains, drains_version),
-        stored_health,
+        Start {
+            me_idx,
+            key,
+            token,
+            vmac,
+            link,
+            store,
+        },
         &mut host,
     );
     host.undo();
@@ -104,19 +101,28 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_inner(
-    cfg: &Arc<Config>,
+/// What `run` resolved before it touched the host.
+struct Start {
     me_idx: usize,
     key: Vec<u8>,
     token: Option<String>,
     vmac: [u8; 6],
     link: netlink::Link,
     store: Option<Store>,
-    drains: (BTreeSet<String>, u64),
-    stored_health: BTreeMap<String, bool>,
-    host: &mut HostSetup,
-) -> Result<(), DaemonError> {
+}
+
+fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<(), DaemonError> {
+    let Start {
+        me_idx,
+        key,
+        token,
+        vmac,
+        link,
+        store,
+    } = start;
+    let drains = store.as_ref().map(|s| s.drains()).unwrap_or_default();
+    let drains_version = store.as_ref().map_or(0, |s| s.drains_version());
+    let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     let me = &cfg.nodes[me_idx];
     let my_addr = *me.address.get_ref();
     let vip = *cfg.cluster.vip.get_ref();
@@ -156,8 +162,8 @@ fn run_inner(
             .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
             .collect(),
         counters: Default::default(),
-        drains: drains.0,
-        drains_version: drains.1,
+        drains,
+        drains_version,
         announce_admin: true,
         health: BTreeMap::new(),
         started: Instant::now(),
