@@ -169,7 +169,8 @@ fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Option<T
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock unix milliseconds: event times, versions and boot ids.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

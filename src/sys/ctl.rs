@@ -5,7 +5,7 @@ use crate::election::{self, Event, Role};
 use crate::health;
 use crate::status::model::*;
 use crate::status::server::Admin;
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +86,7 @@ impl Ctl {
         } else {
             drains.remove(name);
         }
-        let version = unix_ms().max(st.drains_version + 1);
+        let version = now_ms().max(st.drains_version + 1);
         if let Some(s) = &self.store {
             s.set_drains(&drains, version)
                 .map_err(|e| format!("storing drain: {e}"))?;
@@ -128,12 +128,6 @@ impl Ctl {
         st.drains = drains;
         st.drains_version = version;
     }
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Admin for Ctl {

@@ -5,7 +5,7 @@ use crate::config::{self, Config};
 use crate::election::{self, Election, Role};
 use crate::health::{HealthState, Monitor, Target, Transition};
 use crate::status::server::{ServerConfig, StatusServer};
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 use crate::wire::frame::virtual_mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::control::{ControlLoop, Parts};
-use super::ctl::{store_warn, unix_ms, Ctl, State};
+use super::ctl::{store_warn, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, check_spec, health_key, Inputs};
@@ -203,7 +203,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     )
     .map_err(io("starting the data plane"))?;
 
-    let boot_id = unix_ms();
+    let boot_id = now_ms();
     let sync_thread = match peers_of(cfg, my_addr).first() {
         Some(peer) => Some(
             syncer::spawn(
