@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::dataplane::Shared;
-use super::pool::{backend_defs, health_key};
+use super::pool::{backend_defs, health_key, is_healthy};
 
 /// Everything the status server and admin actions read or change, owned by
 /// the control plane and shared under one short-held lock.
@@ -199,22 +199,17 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         let port = *svc.port.get_ref();
         for d in backend_defs(&ctl.cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
             let h = st.health.get(&health_key(port, &d.name));
-            let healthy = h.is_none_or(|h| h.up);
-            let drained = st.drains.contains(&d.name);
-            let c = counters.get(&d.addr).cloned().unwrap_or_default();
             let silent = st.peers.iter().any(|p| p.addr == d.addr && !p.alive);
+            let standing = d.standing(port, &st.health, &st.drains, silent);
+            let c = counters.get(&d.addr).cloned().unwrap_or_default();
             backends.push(BackendStatus {
                 name: d.name.clone(),
                 address: d.addr.to_string(),
                 service: format!("{}/{}", svc.protocol.name(), port),
-                healthy,
-                weight: if drained || !healthy || silent {
-                    0
-                } else {
-                    d.weight
-                },
+                healthy: standing.healthy,
+                weight: standing.weight,
                 configured_weight: d.weight,
-                drained,
+                drained: standing.drained,
                 fallback: false,
                 local: d.local,
                 active_connections: c.active,
@@ -275,12 +270,8 @@ pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool)
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
         for d in backend_defs(cfg, svc, me) {
-            let healthy = st
-                .health
-                .get(&health_key(port, &d.name))
-                .is_none_or(|h| h.up);
             total = total.saturating_add(1);
-            if healthy {
+            if is_healthy(&st.health, port, &d.name) {
                 up = up.saturating_add(1);
             } else if d.local {
                 own_ok = false;

@@ -42,6 +42,43 @@ pub fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<Ba
     out
 }
 
+/// A backend's standing from its last health verdict, the operator's drains
+/// and its node's liveness: the one rule the snapshot and the status report
+/// share.
+pub struct Standing {
+    pub healthy: bool,
+    pub drained: bool,
+    /// The weight in effect: 0 when drained, unhealthy or a silent peer.
+    pub weight: u32,
+}
+
+impl BackendDef {
+    pub fn standing(
+        &self,
+        port: u16,
+        health: &BTreeMap<String, HealthState>,
+        drains: &BTreeSet<String>,
+        silent: bool,
+    ) -> Standing {
+        let healthy = is_healthy(health, port, &self.name);
+        let drained = drains.contains(&self.name);
+        Standing {
+            healthy,
+            drained,
+            weight: if drained || !healthy || silent {
+                0
+            } else {
+                self.weight
+            },
+        }
+    }
+}
+
+/// A backend never checked (no check configured, or none yet) counts as up.
+pub fn is_healthy(health: &BTreeMap<String, HealthState>, port: u16, name: &str) -> bool {
+    health.get(&health_key(port, name)).is_none_or(|h| h.up)
+}
+
 /// What the snapshot is made of, besides the configuration.
 pub struct Inputs<'a> {
     pub me: Ipv4Addr,
@@ -70,26 +107,19 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
         let mut backends = Vec::new();
         for d in backend_defs(cfg, svc, me) {
-            let healthy = health.get(&health_key(port, &d.name)).is_none_or(|h| h.up);
+            let st = d.standing(port, health, drains, silent_peers.contains(&d.addr));
             let mac = if d.local {
                 Some(own_mac)
             } else {
                 macs.get(&d.addr).copied()
             };
-            let drained = drains.contains(&d.name);
-            let silent = silent_peers.contains(&d.addr);
-            let weight = if drained || !healthy || silent {
-                0
-            } else {
-                d.weight
-            };
             backends.push(BackendSnap {
                 name: d.name,
                 addr: d.addr,
                 mac: mac.unwrap_or([0; 6]),
-                weight,
+                weight: st.weight,
                 // A remote backend whose MAC is unknown cannot be reached yet.
-                up: mac.is_some() && (healthy || quiescent),
+                up: mac.is_some() && (st.healthy || quiescent),
                 local: d.local,
                 fallback: false,
             });
