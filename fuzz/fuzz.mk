@@ -17,9 +17,12 @@
 FUZZ_TARGETS ?= heartbeat sync frame config admin_http
 FUZZ_SMOKE_SECS ?= 45
 FUZZ_SECS ?= 900
+# A fixed seed makes a smoke run repeatable from the same corpus;
+# `make fuzz FUZZ_SEED=0` lets libFuzzer pick one.
+FUZZ_SEED ?= 1
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
 # admin_http talks to a real server over loopback: allow its read timeouts.
-FUZZ_FLAGS := -max_len=4096 -timeout=30 -rss_limit_mb=3072 -print_final_stats=1
+FUZZ_FLAGS := -seed=$(FUZZ_SEED) -max_len=4096 -timeout=30 -rss_limit_mb=3072 -print_final_stats=1
 
 .PHONY: fuzz-deps fuzz-build fuzz-smoke fuzz fuzz-repro
 

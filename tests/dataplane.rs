@@ -47,6 +47,14 @@ scheduler = "rr"
     let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
     assert!(neigh.contains("00:00:5e:00:01:07"), "ARP entry: {neigh}");
 
+    // Operators ping the VIP: the director answers.
+    let ping = c.exec(&c.client, &format!("ping -c 3 -i 0.2 -W 1 {VIP}"));
+    assert!(
+        ping.status.success(),
+        "ping to the VIP: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
     // UDP service.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..6 {

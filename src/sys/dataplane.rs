@@ -474,6 +474,15 @@ impl Plane {
         };
         match classified {
             Classified::NotOurs => None,
+            Classified::EchoRequest => {
+                // The VIP sits on lo: the local stack writes the reply.
+                if self.active {
+                    self.deliver_local(vnet, frame);
+                } else {
+                    self.drop("not_director");
+                }
+                None
+            }
             Classified::Arp(a) => {
                 self.handle_arp(now, &a);
                 None

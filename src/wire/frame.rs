@@ -51,6 +51,7 @@ const ICMP_QUOTED_L4: usize = 8;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_SOURCE_QUENCH: u8 = 4;
 const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// The 5-tuple of a flow as seen by the director (client → VIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +108,9 @@ pub enum Classified {
         /// create or advance connection state.
         icmp_error: bool,
     },
+    /// An ICMP echo request to the VIP: the director answers it itself
+    /// (operators ping the VIP to see that someone holds it).
+    EchoRequest,
     /// Not addressed to the VIP or not a protocol the director handles
     /// (IPv6, LLDP, ...). Not an error and not counted.
     NotOurs,
@@ -276,6 +280,7 @@ fn classify_ipv4(ip: &[u8], vip: Ipv4Addr) -> Result<Classified, DropReason> {
                 ICMP_DEST_UNREACHABLE | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED => {
                     classify_icmp_error(&l4[ICMP_HDR_LEN..], vip)
                 }
+                ICMP_ECHO_REQUEST => Ok(Classified::EchoRequest),
                 _ => Err(DropReason::UnsupportedProto),
             }
         }
@@ -539,6 +544,12 @@ mod tests {
                 .icmpv4_echo_request(1, 1);
             write(|v, p| b.write(v, p), b"ping")
         };
+        let echo_reply = {
+            let b = eth()
+                .ipv4(CLIENT.octets(), VIP.octets(), 64)
+                .icmpv4_echo_reply(1, 1);
+            write(|v, p| b.write(v, p), b"pong")
+        };
         let vlan = {
             let b = eth()
                 .single_vlan(VlanId::try_new(10).unwrap())
@@ -633,7 +644,8 @@ mod tests {
             ("ihl below 5", bad_ihl, Err(BadIpHeader)),
             ("total_len below header", short_total, Err(BadIpHeader)),
             ("sctp to vip", sctp, Err(UnsupportedProto)),
-            ("icmp echo to vip", echo, Err(UnsupportedProto)),
+            ("icmp echo to vip", echo, Ok(Classified::EchoRequest)),
+            ("icmp echo reply to vip", echo_reply, Err(UnsupportedProto)),
             (
                 "icmp frag-needed quoting a tcp reply",
                 icmp_error(&frag_needed, &quoted_reply(VIP, true, 48)),
