@@ -2,7 +2,9 @@
 """Client-side probe for `make bench` (runs in the client namespace).
 
 probe URL SECONDS INTERVAL_MS TIMEOUT_MS
-    Opens a new connection every INTERVAL_MS for SECONDS and prints one JSON
+    Opens a new connection every INTERVAL_MS for SECONDS (each in its own
+    thread, so a probe stuck in its timeout does not delay the next one and
+    a gap is measured to INTERVAL_MS, not TIMEOUT_MS) and prints one JSON
     object: {"start": t0, "probes": [[t, node_or_null], ...]} where t is
     CLOCK_MONOTONIC (shared by all namespaces, so the harness can relate it
     to the moment it killed or stopped something) and node is the first line
@@ -11,6 +13,7 @@ probe URL SECONDS INTERVAL_MS TIMEOUT_MS
 import http.client
 import json
 import sys
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -39,14 +42,25 @@ def main():
     start = time.monotonic()
     end = start + secs
     probes = []
-    while True:
+    threads = []
+
+    def run(slot):
         t = time.monotonic()
-        if t >= end:
-            break
-        probes.append([round(t, 4), one(host, port, path, timeout)])
-        left = interval - (time.monotonic() - t)
+        slot.extend([round(t, 4), one(host, port, path, timeout)])
+
+    t = start
+    while t < end:
+        slot = []
+        probes.append(slot)
+        th = threading.Thread(target=run, args=(slot,))
+        th.start()
+        threads.append(th)
+        t += interval
+        left = t - time.monotonic()
         if left > 0:
             time.sleep(left)
+    for th in threads:
+        th.join()
     print(json.dumps({"start": start, "probes": probes}), flush=True)
 
 

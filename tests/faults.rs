@@ -678,6 +678,12 @@ fn garbage_frames_to_the_virtual_mac_are_counted() {
         g["sent"]
     );
     assert!(grown >= 4, "only {grown} drop reasons counted: {a:?}");
+    // The driver takes a VLAN tag off the bytes; duet must still see it.
+    let vlan = |r: &[(String, u64)]| r.iter().find(|(k, _)| k == "vlan").map_or(0, |x| x.1);
+    assert!(
+        vlan(&a) > vlan(&b),
+        "tagged frames not counted as vlan: {a:?}"
+    );
     // The flood shares the director's socket buffer (and, here, the two
     // cores) with real clients: a request may lose its SYN to a full
     // buffer, but service must carry on (at most 2 % lost).

@@ -262,6 +262,15 @@ impl Plane {
                         ring.release(&s);
                         self.drop("truncated");
                     }
+                    SlotKind::Tagged { queued } => {
+                        ring.release(&s);
+                        if queued {
+                            // Its bytes are next in the queue: a later
+                            // queued frame must not read them as its own.
+                            let _ = self.sock.recv_queued(&mut big);
+                        }
+                        self.drop(frame::DropReason::Vlan.as_str());
+                    }
                     SlotKind::Queued => {
                         ring.release(&s);
                         // Frames before it leave first: a flow keeps its order.

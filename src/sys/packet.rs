@@ -286,6 +286,10 @@ const PKT_STATUS: usize = 0;
 const PKT_LEN: usize = 4;
 const PKT_SNAPLEN: usize = 8;
 const PKT_MAC: usize = 12;
+const PKT_VLAN_TCI: usize = 24;
+/// `TP_STATUS_VLAN_VALID`: the frame carried an 802.1Q tag, which the
+/// driver (veth, most NICs) took off the bytes into `tp_vlan_tci`.
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 /// `sizeof(struct tpacket2_hdr)`: a frame never starts inside it.
 const PKT_HDR: usize = 32;
 
@@ -321,6 +325,10 @@ pub enum SlotKind {
     Queued,
     /// The frame was cut short and cannot be forwarded.
     Truncated,
+    /// The frame came on a VLAN (a tag with a VLAN id, taken off by the
+    /// driver): duet serves the untagged LAN only. `queued` says whether
+    /// its bytes wait in the socket queue and must be read away.
+    Tagged { queued: bool },
 }
 
 impl RxRing {
@@ -389,7 +397,13 @@ impl RxRing {
         let len = rd(PKT_LEN) as usize;
         let snaplen = rd(PKT_SNAPLEN) as usize;
         let mac = usize::from(u16::from_ne_bytes([f[PKT_MAC], f[PKT_MAC + 1]]));
-        let kind = if status & libc::TP_STATUS_COPY != 0 {
+        let queued = status & libc::TP_STATUS_COPY != 0;
+        // VLAN id 0 only carries a priority: the frame belongs to the
+        // untagged LAN, as the kernel's own receive path treats it.
+        let vid = u16::from_ne_bytes([f[PKT_VLAN_TCI], f[PKT_VLAN_TCI + 1]]) & 0x0fff;
+        let kind = if status & TP_STATUS_VLAN_VALID != 0 && vid != 0 {
+            SlotKind::Tagged { queued }
+        } else if queued {
             SlotKind::Queued
         } else if snaplen < len {
             SlotKind::Truncated
