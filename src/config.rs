@@ -70,7 +70,7 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub vip: Spanned<Ipv4Addr>,
@@ -106,7 +106,7 @@ pub struct Node {
     pub weight: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     #[serde(default = "default_interval")]
@@ -388,6 +388,30 @@ impl Config {
         })
     }
 
+    /// The parts a running daemon cannot take over on reload (SIGHUP): the
+    /// sections in which `new` differs from `self`. The election, the
+    /// sockets and the host setup were made from them; services, backends,
+    /// checks and node weights are free to change.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.cluster != new.cluster {
+            out.push("[cluster]");
+        }
+        if self.heartbeat != new.heartbeat {
+            out.push("[heartbeat]");
+        }
+        let members = |c: &Config| -> Vec<(String, Ipv4Addr, u8)> {
+            c.nodes
+                .iter()
+                .map(|n| (n.name.get_ref().clone(), *n.address.get_ref(), n.priority))
+                .collect()
+        };
+        if members(self) != members(new) {
+            out.push("[[node]] names, addresses or priorities");
+        }
+        out
+    }
+
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
@@ -666,6 +690,33 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
             Duration::from_millis(500)
         );
         assert_eq!(c.cluster.key_file.get_ref(), &d.join("key"));
+    }
+
+    #[test]
+    fn reload_may_change_services_and_weights_only() {
+        let d = dir_with_key();
+        let old = Config::parse(GOOD, &d).unwrap();
+        let changes = |text: &str| old.restart_only_changes(&Config::parse(text, &d).unwrap());
+        // Moved lines and changed services are no restart.
+        let moved = GOOD.replace("[[node]]\nname = \"web1\"", "\n\n[[node]]\nname = \"web1\"");
+        assert_eq!(changes(&moved), Vec::<&str>::new());
+        let services = GOOD
+            .replace("scheduler = \"wlc\"", "scheduler = \"rr\"")
+            .replace("weight = 3", "weight = 5")
+            .replace("priority = 150", "priority = 150\nweight = 4");
+        assert_eq!(changes(&services), Vec::<&str>::new());
+        assert_eq!(
+            changes(&GOOD.replace("198.18.0.100", "198.18.0.101")),
+            ["[cluster]"]
+        );
+        assert_eq!(
+            changes(&GOOD.replace("dead_after = \"1s\"", "dead_after = \"2s\"")),
+            ["[heartbeat]"]
+        );
+        assert_eq!(
+            changes(&GOOD.replace("priority = 150", "priority = 120")),
+            ["[[node]] names, addresses or priorities"]
+        );
     }
 
     fn problems(text: &str) -> Vec<Problem> {

@@ -488,7 +488,7 @@ fn global_directive(s: &mut Settings, key: &str, value: &str, no: usize, w: &mut
             LDIRECTORD,
             no,
             key,
-            "duet reads its config at start; restart it to apply changes",
+            "duet does not watch its config; send SIGHUP (systemctl reload duet) to apply changes",
         ),
         "callback" | "execute" => w.unsupported(
             LDIRECTORD,

@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Run { config, node } => {
             let cfg = load(&config)?;
-            duet::sys::daemon::run(cfg, node.as_deref()).map_err(|e| e.to_string())
+            duet::sys::daemon::run(cfg, &config, node.as_deref()).map_err(|e| e.to_string())
         }
         Cmd::CheckConfig { config } => {
             load(&config)?;

@@ -137,6 +137,12 @@ impl Monitor {
             .collect()
     }
 
+    /// Asks every checker to stop and returns at once: a probe in flight
+    /// finishes within its timeout, then its thread ends on its own.
+    pub fn detach(self) {
+        self.stop.set();
+    }
+
     /// Stops every checker and joins its thread. Returns within the longest
     /// check timeout (a running probe is not interrupted).
     pub fn stop(self) {

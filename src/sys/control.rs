@@ -4,15 +4,16 @@
 //! make-before-break step-down live here too.
 use crate::config::{self, Config};
 use crate::election::{self, Election, Role};
-use crate::health::Monitor;
 use crate::wire::admin::{self, AdminState};
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
 use super::dataplane::Shared;
 use super::pool::{build_snapshot, Inputs};
@@ -47,8 +48,10 @@ struct PendingHandover {
 }
 
 /// Everything the loop needs that lives longer than it.
-pub struct Parts<'a> {
-    pub cfg: &'a Config,
+pub struct Parts {
+    pub cfg: Arc<Config>,
+    /// Read again on SIGHUP.
+    pub config_path: PathBuf,
     pub ctl: Arc<Ctl>,
     pub shared: Arc<Shared>,
     pub election: Election,
@@ -57,13 +60,13 @@ pub struct Parts<'a> {
     pub own_mac: [u8; 6],
     pub peers: Vec<Ipv4Addr>,
     pub cluster_id: u32,
-    pub monitor: Option<&'a Monitor>,
+    pub checks: Option<Checks>,
     pub pinger: Option<ping::Pinger>,
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
 }
 
-pub struct ControlLoop<'a> {
-    p: Parts<'a>,
+pub struct ControlLoop {
+    p: Parts,
     ping_state: u8,
     /// Addresses whose MAC the data plane needs (peers, real servers, fallback).
     wanted_macs: Vec<Ipv4Addr>,
@@ -77,21 +80,9 @@ pub struct ControlLoop<'a> {
     outbox: Vec<(Ipv4Addr, Vec<u8>)>,
 }
 
-impl<'a> ControlLoop<'a> {
-    pub fn new(p: Parts<'a>) -> ControlLoop<'a> {
-        let mut wanted_macs = p.peers.clone();
-        for svc in &p.cfg.services {
-            wanted_macs.extend(svc.backends.iter().map(|b| b.get_ref().address()));
-            if let Some((a, _)) = svc
-                .fallback
-                .as_ref()
-                .and_then(|f| config::parse_fallback(f.get_ref()).ok())
-            {
-                if !a.is_loopback() && a != p.me {
-                    wanted_macs.push(a);
-                }
-            }
-        }
+impl ControlLoop {
+    pub fn new(p: Parts) -> ControlLoop {
+        let wanted_macs = wanted_macs(&p.cfg, &p.peers, p.me);
         ControlLoop {
             p,
             ping_state: ping::UNKNOWN,
@@ -106,8 +97,8 @@ impl<'a> ControlLoop<'a> {
         }
     }
 
-    /// Runs until SIGTERM/SIGINT has been handled; returns the election for
-    /// its final term.
+    /// Runs until SIGTERM/SIGINT has been handled and the health checks
+    /// have stopped; returns the election for its final term.
     pub fn run(mut self, udp: &async_net::UdpSocket, hb_port: u16) -> Election {
         let mut buf = vec![0u8; 2048];
         smol::block_on(async {
@@ -136,6 +127,9 @@ impl<'a> ControlLoop<'a> {
                 }
             }
         });
+        if let Some(c) = self.p.checks.take() {
+            c.stop();
+        }
         self.p.election
     }
 
@@ -152,6 +146,9 @@ impl<'a> ControlLoop<'a> {
             }
         }
         self.poll_ping(now);
+        if signals::take_reload() {
+            self.reload();
+        }
         if self.p.ctl.wake.swap(false, Ordering::AcqRel) {
             let req = std::mem::take(&mut self.p.ctl.lock().failover_requested);
             if req && self.handover.is_none() {
@@ -159,7 +156,7 @@ impl<'a> ControlLoop<'a> {
             }
         }
         self.refresh(now);
-        let (up, total, own_ok) = health_summary(&self.p.ctl, self.p.cfg, self.p.me);
+        let (up, total, own_ok) = health_summary(&self.p.ctl, &self.p.cfg, self.p.me);
         self.p.election.set_health_summary(up, total);
         self.p.election.set_service_ok(now, own_ok);
         self.rebuild_snapshot_if_dirty();
@@ -247,7 +244,7 @@ impl<'a> ControlLoop<'a> {
             self.p.macs = fresh;
             self.p.ctl.lock().dirty = true;
         }
-        if let Some(m) = self.p.monitor {
+        if let Some(m) = &self.p.checks {
             let states = m.states();
             let mut st = self.p.ctl.lock();
             for (k, s) in states {
@@ -272,7 +269,7 @@ impl<'a> ControlLoop<'a> {
             .map(|p| p.addr)
             .collect();
         let snap = Arc::new(build_snapshot(
-            self.p.cfg,
+            &self.p.cfg,
             &Inputs {
                 me: self.p.me,
                 own_mac: self.p.own_mac,
@@ -285,6 +282,76 @@ impl<'a> ControlLoop<'a> {
         ));
         drop(st);
         self.p.shared.update(|c| c.snapshot = snap);
+    }
+
+    /// SIGHUP: reads the configuration file again and takes over what may
+    /// change while running (services, backends, checks, node weights).
+    /// Anything wrong, or a change that needs a restart, leaves the running
+    /// configuration as it was and says why.
+    fn reload(&mut self) {
+        let path = self.p.config_path.display().to_string();
+        let new = match Config::load(&self.p.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload: {e}\nreload: keeping the running configuration");
+                self.p.ctl.event(
+                    "config",
+                    &format!("reload of {path} failed; nothing changed"),
+                );
+                return;
+            }
+        };
+        let restart = self.p.cfg.restart_only_changes(&new);
+        if !restart.is_empty() {
+            let what = restart.join(", ");
+            log::error!(
+                "reload: {what} changed in {path}; that takes a restart (SIGTERM hands over \
+                 first); keeping the running configuration"
+            );
+            self.p.ctl.event(
+                "config",
+                &format!("reload refused: {what} changed; restart to apply"),
+            );
+            return;
+        }
+        let new = Arc::new(new);
+        // Checks start anew; each backend keeps its verdict meanwhile.
+        let known: BTreeMap<String, bool> = {
+            let st = self.p.ctl.lock();
+            st.health.iter().map(|(k, h)| (k.clone(), h.up)).collect()
+        };
+        let checks = Checks::start(&new, self.p.me, &self.p.ctl, &known);
+        if let Some(old) = std::mem::replace(&mut self.p.checks, checks) {
+            old.retire();
+        }
+        {
+            let mut st = self.p.ctl.lock();
+            let live: BTreeSet<String> = self
+                .p
+                .checks
+                .as_ref()
+                .map(|c| c.states().into_iter().map(|(k, _)| k).collect())
+                .unwrap_or_default();
+            st.health.retain(|k, _| live.contains(k));
+            st.dirty = true;
+        }
+        self.wanted_macs = wanted_macs(&new, &self.p.peers, self.p.me);
+        self.last_refresh = None;
+        self.p.ctl.set_config(new.clone());
+        self.p.cfg = new;
+        let backends: usize = self
+            .p
+            .cfg
+            .services
+            .iter()
+            .map(|s| super::pool::backend_defs(&self.p.cfg, s, self.p.me).len())
+            .sum();
+        let msg = format!(
+            "configuration reloaded from {path}: {} services, {backends} backends",
+            self.p.cfg.services.len()
+        );
+        log::info!("{msg}");
+        self.p.ctl.event("config", &msg);
     }
 
     fn on_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
@@ -396,6 +463,25 @@ impl<'a> ControlLoop<'a> {
         st.counters = el.counters().clone();
         st.effective_priority = el.effective_priority();
     }
+}
+
+/// Addresses whose MAC the data plane needs: peers, real servers, a remote
+/// fallback.
+fn wanted_macs(cfg: &Config, peers: &[Ipv4Addr], me: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let mut out = peers.to_vec();
+    for svc in &cfg.services {
+        out.extend(svc.backends.iter().map(|b| b.get_ref().address()));
+        if let Some((a, _)) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            if !a.is_loopback() && a != me {
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 /// Rejected control datagrams are logged at warn at most once a second in

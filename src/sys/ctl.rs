@@ -43,11 +43,30 @@ pub struct Ctl {
     pub state: Mutex<State>,
     pub store: Option<Store>,
     pub shared: Arc<Shared>,
-    pub cfg: Arc<Config>,
+    /// Replaced as a whole on reload; readers take the current one.
+    cfg: Mutex<Arc<Config>>,
     pub wake: AtomicBool,
 }
 
 impl Ctl {
+    pub fn new(state: State, store: Option<Store>, shared: Arc<Shared>, cfg: Arc<Config>) -> Ctl {
+        Ctl {
+            state: Mutex::new(state),
+            store,
+            shared,
+            cfg: Mutex::new(cfg),
+            wake: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, cfg: Arc<Config>) {
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -59,10 +78,11 @@ impl Ctl {
     }
 
     pub fn backend_names(&self) -> BTreeSet<String> {
+        let cfg = self.config();
         let mut names = BTreeSet::new();
-        for s in &self.cfg.services {
+        for s in &cfg.services {
             if s.serve_local {
-                for n in &self.cfg.nodes {
+                for n in &cfg.nodes {
                     names.insert(n.name.get_ref().clone());
                 }
             }
@@ -162,9 +182,10 @@ pub fn store_warn<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
 pub fn report(ctl: &Ctl) -> StatusReport {
     let dp = ctl.shared.stats();
     let sync = ctl.shared.sync_status();
+    let cfg = ctl.config();
     let st = ctl.lock();
     let now = Instant::now();
-    let me = ctl.cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
+    let me = cfg.nodes.iter().find(|n| n.name.get_ref() == &st.node);
     let my_addr = me.map(|n| *n.address.get_ref());
     let peers = st
         .peers
@@ -195,9 +216,9 @@ pub fn report(ctl: &Ctl) -> StatusReport {
     let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
         dp.backends.iter().cloned().collect();
     let mut backends = Vec::new();
-    for svc in &ctl.cfg.services {
+    for svc in &cfg.services {
         let port = *svc.port.get_ref();
-        for d in backend_defs(&ctl.cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
+        for d in backend_defs(&cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
             let h = st.health.get(&health_key(port, &d.name));
             let silent = st.peers.iter().any(|p| p.addr == d.addr && !p.alive);
             let standing = d.standing(port, &st.health, &st.drains, silent);

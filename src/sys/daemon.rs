@@ -3,21 +3,21 @@
 //! and puts the host back as it found it.
 use crate::config::{self, Config};
 use crate::election::{self, Election, Role};
-use crate::health::{HealthState, Monitor, Target, Transition};
 use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::{now_ms, Store};
 use crate::wire::frame::virtual_mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::checks::Checks;
 use super::control::{ControlLoop, Parts};
 use super::ctl::{store_warn, Ctl, State};
 use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
-use super::pool::{backend_defs, build_snapshot, check_spec, health_key, Inputs};
+use super::pool::{build_snapshot, Inputs};
 use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
 
 pub const TUN_NAME: &str = "duet0";
@@ -38,7 +38,7 @@ pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Io { what, source }
 }
 
-pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
+pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let local = netlink::local_ipv4().map_err(io("listing local addresses"))?;
     let me_idx = cfg
@@ -87,6 +87,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
     let result = run_inner(
         &cfg,
         Start {
+            config_path: config_path.to_path_buf(),
             me_idx,
             key,
             token,
@@ -103,6 +104,7 @@ pub fn run(cfg: Config, node_name: Option<&str>) -> Result<(), DaemonError> {
 
 /// What `run` resolved before it touched the host.
 struct Start {
+    config_path: PathBuf,
     me_idx: usize,
     key: Vec<u8>,
     token: Option<String>,
@@ -113,6 +115,7 @@ struct Start {
 
 fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<(), DaemonError> {
     let Start {
+        config_path,
         me_idx,
         key,
         token,
@@ -220,60 +223,10 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         None => None,
     };
 
-    let ctl = Arc::new(Ctl {
-        state: Mutex::new(state),
-        store,
-        shared: shared.clone(),
-        cfg: cfg.clone(),
-        wake: AtomicBool::new(false),
-    });
+    let ctl = Arc::new(Ctl::new(state, store, shared.clone(), cfg.clone()));
 
     // Health checks: both nodes run them, so a new director starts warm.
-    let mut targets = Vec::new();
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        let Some(check) = &svc.check else { continue };
-        for d in backend_defs(cfg, svc, my_addr) {
-            let k = health_key(port, &d.name);
-            targets.push(Target {
-                initial_up: stored_health.get(&k).copied(),
-                name: k,
-                addr: d.addr,
-                spec: check_spec(check, port),
-            });
-        }
-    }
-    let monitor = if targets.is_empty() {
-        None
-    } else {
-        let c = ctl.clone();
-        Some(Monitor::start(
-            targets,
-            Arc::new(move |name: &str, t: &Transition| {
-                let state = if t.up { "up" } else { "down" };
-                c.event("health", &format!("{name} {state}: {}", t.reason));
-                if let Some(s) = &c.store {
-                    store_warn("health state", s.set_health(name, t.up));
-                }
-                // The snapshot is rebuilt from `health`: the verdict goes in
-                // now, the details (latency, counts) with the next refresh.
-                let mut st = c.lock();
-                st.health
-                    .entry(name.to_string())
-                    .or_insert_with(|| HealthState {
-                        up: t.up,
-                        last_latency_ms: None,
-                        last_reason: None,
-                        checks: 0,
-                        failures: 0,
-                    })
-                    .up = t.up;
-                st.dirty = true;
-                drop(st);
-                c.wake.store(true, Ordering::Release);
-            }),
-        ))
-    };
+    let checks = Checks::start(cfg, my_addr, &ctl, &stored_health);
 
     let server = match StatusServer::start(
         ServerConfig {
@@ -338,7 +291,8 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     };
 
     let el = ControlLoop::new(Parts {
-        cfg,
+        cfg: cfg.clone(),
+        config_path,
         ctl: ctl.clone(),
         shared: shared.clone(),
         election: el,
@@ -347,7 +301,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         own_mac: link.mac,
         peers,
         cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
-        monitor: monitor.as_ref(),
+        checks,
         pinger,
         macs,
     })
@@ -361,9 +315,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     }
     if let Some(s) = server {
         s.stop();
-    }
-    if let Some(m) = monitor {
-        m.stop();
     }
     if let Some(s) = &ctl.store {
         store_warn("last role", s.set_last_role("leaving", el.term()));

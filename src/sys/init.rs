@@ -15,7 +15,8 @@
 //! 5. forks: PID 1 stays behind as a supervisor that reaps every orphan,
 //!    restarts the daemon if it dies (and busybox httpd serving /data/www,
 //!    when that directory exists) and turns SIGTERM/SIGINT (reboot) and
-//!    SIGUSR2/SIGPWR (power off) into a clean shutdown; the child returns the
+//!    SIGUSR2/SIGPWR (power off) into a clean shutdown, and passes SIGHUP on
+//!    to the daemon (reload its configuration); the child returns the
 //!    config path from `boot` and `main` runs the daemon with it.
 //!
 //! The daemon runs in a child rather than in PID 1 itself because a reaper
@@ -1176,6 +1177,13 @@ fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
         match sig {
             libc::SIGTERM | libc::SIGINT => shutdown(daemon, Halt::Reboot),
             libc::SIGUSR2 | libc::SIGPWR => shutdown(daemon, Halt::PowerOff),
+            libc::SIGHUP => {
+                if let Some(pid) = daemon {
+                    say!("reload: passing SIGHUP to the daemon");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid, libc::SIGHUP) };
+                }
+            }
             _ => {}
         }
         // Reap everything: orphans re-parented to us and our services.

@@ -1,5 +1,6 @@
 //! Everything that touches the kernel: sockets, devices, sysctls, and the
 //! event loops that drive the sans-IO machines.
+mod checks;
 mod control;
 mod ctl;
 pub mod daemon;

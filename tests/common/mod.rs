@@ -235,7 +235,8 @@ impl Cluster {
         ));
     }
 
-    fn config(&self, i: usize, opts: &Opts) -> String {
+    /// The config file of node `i` for `opts`.
+    pub fn config(&self, i: usize, opts: &Opts) -> String {
         let n = &self.nodes[i];
         format!(
             r#"[cluster]
