@@ -50,6 +50,12 @@ enum Cmd {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Make the local daemon read its config file again (as SIGHUP does)
+    /// and say whether it took it.
+    Reload {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Configure a plain real server: VIP on lo and the ARP sysctls.
     Realserver {
         #[arg(value_parser = ["up", "down"])]
@@ -181,6 +187,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Drain(a) => admin(&a.target, &format!("/api/backends/{}/drain", a.backend)),
         Cmd::Undrain(a) => admin(&a.target, &format!("/api/backends/{}/undrain", a.backend)),
         Cmd::Failover { target } => admin(&target, "/api/failover"),
+        Cmd::Reload { target } => admin(&target, "/api/reload"),
         Cmd::Realserver {
             action,
             vip,

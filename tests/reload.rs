@@ -29,12 +29,30 @@ fn hits(v: &Value, name: &str) -> u64 {
     v["names"][name].as_u64().unwrap_or(0)
 }
 
-fn reload(c: &Cluster, services: &Opts, edit: impl Fn(String) -> String) {
+/// Rewrites both nodes' config files.
+fn write_configs(c: &Cluster, services: &Opts, edit: impl Fn(String) -> String) {
     for i in 0..2 {
         let text = edit(c.config(i, services));
         std::fs::write(c.nodes[i].dir.join("duet.toml"), text).unwrap();
+    }
+}
+
+fn reload(c: &Cluster, services: &Opts, edit: impl Fn(String) -> String) {
+    write_configs(c, services, edit);
+    for i in 0..2 {
         c.signal(i, "HUP");
     }
+}
+
+/// `duet reload` on node `i`: (success, what it printed).
+fn reload_cli(c: &Cluster, i: usize) -> (bool, String) {
+    let conf = c.nodes[i].dir.join("duet.toml");
+    let o = c.exec(
+        &c.nodes[i].ns,
+        &format!("{} reload -c {}", duet_bin(), conf.display()),
+    );
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), said)
 }
 
 fn real1(c: &Cluster, i: usize) -> Option<Value> {
@@ -78,7 +96,11 @@ fn sighup_adds_a_backend_without_breaking_connections_or_the_election() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
-    reload(&c, &opts(WITH_REAL), |t| t);
+    // The standby by signal, the director through `duet reload`.
+    write_configs(&c, &opts(WITH_REAL), |t| t);
+    c.signal(1 - d, "HUP");
+    let (ok, said) = reload_cli(&c, d);
+    assert!(ok && said.contains("reloading"), "duet reload: {said}");
     wait_for(
         "real1 in the director's status",
         Duration::from_secs(5),
@@ -143,11 +165,14 @@ fn broken_or_restart_only_reload_changes_nothing() {
         "no file:line in the error: {log}"
     );
 
-    // A new VIP needs a restart: refused, VIP unchanged.
-    reload(&c, &with_real, |t| t.replace(VIP, "198.18.0.101"));
-    wait_for("the refusal in the log", Duration::from_secs(5), || {
-        c.log(d).contains("[cluster] changed").then_some(())
-    });
+    // A new VIP needs a restart: refused at once, VIP unchanged.
+    write_configs(&c, &with_real, |t| t.replace(VIP, "198.18.0.101"));
+    let (ok, said) = reload_cli(&c, d);
+    assert!(!ok, "duet reload took a new VIP: {said}");
+    assert!(
+        said.contains("409") && said.contains("[cluster] changed"),
+        "{said}"
+    );
     let s = c.status(d).unwrap();
     assert_eq!(s["vip"], VIP, "{s}");
     assert_eq!(s["role"], "director", "{s}");

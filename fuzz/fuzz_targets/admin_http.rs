@@ -47,6 +47,10 @@ impl Admin for FakeAdmin {
         self.actions.fetch_add(1, Ordering::SeqCst);
         Err("no standby".into())
     }
+    fn reload(&self) -> Result<String, String> {
+        self.actions.fetch_add(1, Ordering::SeqCst);
+        Ok("reloading".into())
+    }
 }
 
 struct Fixture {

@@ -58,6 +58,9 @@ pub trait Admin: Send + Sync {
     fn undrain(&self, backend: &str) -> Result<(), String>;
     /// Hands the director role to the peer; Ok carries a message for the operator.
     fn failover(&self) -> Result<String, String>;
+    /// Reads the configuration file again and takes over what may change
+    /// while running; Err says why nothing changed.
+    fn reload(&self) -> Result<String, String>;
 }
 
 #[derive(Clone, Debug)]
@@ -707,6 +710,7 @@ enum AdminAction {
     Drain(String),
     Undrain(String),
     Failover,
+    Reload,
 }
 
 /// Routes one complete request. Runs on a worker thread.
@@ -745,6 +749,7 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
             );
         }
         "/api/failover" => AdminAction::Failover,
+        "/api/reload" => AdminAction::Reload,
         _ => {
             let rest = path.strip_prefix("/api/backends/");
             let parsed = rest.and_then(|rest| {
@@ -806,6 +811,7 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
             .undrain(name)
             .map(|()| format!("undrained {name}")),
         AdminAction::Failover => shared.admin.failover(),
+        AdminAction::Reload => shared.admin.reload(),
     };
     match result {
         Ok(msg) => {
@@ -877,6 +883,10 @@ mod tests {
             self.calls.lock().unwrap().push("failover".into());
             Ok("handed over to web2".into())
         }
+        fn reload(&self) -> Result<String, String> {
+            self.calls.lock().unwrap().push("reload".into());
+            Err("duet.toml:3:7: bad address".into())
+        }
     }
 
     struct Panicky;
@@ -891,6 +901,9 @@ mod tests {
             Ok(())
         }
         fn failover(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+        fn reload(&self) -> Result<String, String> {
             Ok(String::new())
         }
     }
@@ -973,6 +986,7 @@ mod tests {
         let (s, admin) = start(Some("secret-token"), Limits::default());
         let a = s.local_addr();
         for path in [
+            "/api/reload",
             "/api/backends/web2/drain",
             "/api/backends/web2/undrain",
             "/api/failover",
@@ -1017,9 +1031,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(refused, (409, "no such backend\n".to_string()));
+        let refused = client::request(a, "POST", "/api/reload", Some("secret-token"), T).unwrap();
+        assert_eq!(refused, (409, "duet.toml:3:7: bad address\n".to_string()));
         assert_eq!(
             admin.calls(),
-            ["drain web2", "undrain we b/3", "failover", "drain nope"]
+            [
+                "drain web2",
+                "undrain we b/3",
+                "failover",
+                "drain nope",
+                "reload"
+            ]
         );
         s.stop();
     }

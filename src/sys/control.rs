@@ -8,7 +8,6 @@ use crate::wire::admin::{self, AdminState};
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
 use super::dataplane::Shared;
-use super::pool::{build_snapshot, Inputs};
+use super::pool::{backend_defs, build_snapshot, Inputs};
 use super::{neigh, ping, signals};
 
 /// The drain set goes to the peer on every change and at this period, so a
@@ -50,8 +49,6 @@ struct PendingHandover {
 /// Everything the loop needs that lives longer than it.
 pub struct Parts {
     pub cfg: Arc<Config>,
-    /// Read again on SIGHUP.
-    pub config_path: PathBuf,
     pub ctl: Arc<Ctl>,
     pub shared: Arc<Shared>,
     pub election: Election,
@@ -147,7 +144,11 @@ impl ControlLoop {
         }
         self.poll_ping(now);
         if signals::take_reload() {
-            self.reload();
+            // Refusals are logged and recorded by `reload` itself.
+            let _ = self.p.ctl.reload();
+        }
+        if let Some(new) = self.p.ctl.take_pending_config() {
+            self.apply_config(new);
         }
         if self.p.ctl.wake.swap(false, Ordering::AcqRel) {
             let req = std::mem::take(&mut self.p.ctl.lock().failover_requested);
@@ -284,37 +285,10 @@ impl ControlLoop {
         self.p.shared.update(|c| c.snapshot = snap);
     }
 
-    /// SIGHUP: reads the configuration file again and takes over what may
-    /// change while running (services, backends, checks, node weights).
-    /// Anything wrong, or a change that needs a restart, leaves the running
-    /// configuration as it was and says why.
-    fn reload(&mut self) {
-        let path = self.p.config_path.display().to_string();
-        let new = match Config::load(&self.p.config_path) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("reload: {e}\nreload: keeping the running configuration");
-                self.p.ctl.event(
-                    "config",
-                    &format!("reload of {path} failed; nothing changed"),
-                );
-                return;
-            }
-        };
-        let restart = self.p.cfg.restart_only_changes(&new);
-        if !restart.is_empty() {
-            let what = restart.join(", ");
-            log::error!(
-                "reload: {what} changed in {path}; that takes a restart (SIGTERM hands over \
-                 first); keeping the running configuration"
-            );
-            self.p.ctl.event(
-                "config",
-                &format!("reload refused: {what} changed; restart to apply"),
-            );
-            return;
-        }
-        let new = Arc::new(new);
+    /// Takes over a configuration `Ctl::reload` checked and queued (after
+    /// SIGHUP or an admin request): services, backends, checks and node
+    /// weights; the rest is equal by construction.
+    fn apply_config(&mut self, new: Arc<Config>) {
         // Checks start anew; each backend keeps its verdict meanwhile.
         let known: BTreeMap<String, bool> = {
             let st = self.p.ctl.lock();
@@ -324,34 +298,32 @@ impl ControlLoop {
         if let Some(old) = std::mem::replace(&mut self.p.checks, checks) {
             old.retire();
         }
+        let live: BTreeSet<String> = self
+            .p
+            .checks
+            .as_ref()
+            .map(|c| c.states().into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
         {
             let mut st = self.p.ctl.lock();
-            let live: BTreeSet<String> = self
-                .p
-                .checks
-                .as_ref()
-                .map(|c| c.states().into_iter().map(|(k, _)| k).collect())
-                .unwrap_or_default();
             st.health.retain(|k, _| live.contains(k));
             st.dirty = true;
         }
         self.wanted_macs = wanted_macs(&new, &self.p.peers, self.p.me);
         self.last_refresh = None;
         self.p.ctl.set_config(new.clone());
-        self.p.cfg = new;
-        let backends: usize = self
-            .p
-            .cfg
+        let backends: usize = new
             .services
             .iter()
-            .map(|s| super::pool::backend_defs(&self.p.cfg, s, self.p.me).len())
+            .map(|s| backend_defs(&new, s, self.p.me).len())
             .sum();
         let msg = format!(
-            "configuration reloaded from {path}: {} services, {backends} backends",
-            self.p.cfg.services.len()
+            "configuration reloaded: {} services, {backends} backends",
+            new.services.len()
         );
         log::info!("{msg}");
         self.p.ctl.event("config", &msg);
+        self.p.cfg = new;
     }
 
     fn on_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {

@@ -8,6 +8,7 @@ use crate::status::server::Admin;
 use crate::store::{now_ms, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -45,16 +46,27 @@ pub struct Ctl {
     pub shared: Arc<Shared>,
     /// Replaced as a whole on reload; readers take the current one.
     cfg: Mutex<Arc<Config>>,
+    config_path: PathBuf,
+    /// A checked configuration the control loop has yet to take over.
+    pending_config: Mutex<Option<Arc<Config>>>,
     pub wake: AtomicBool,
 }
 
 impl Ctl {
-    pub fn new(state: State, store: Option<Store>, shared: Arc<Shared>, cfg: Arc<Config>) -> Ctl {
+    pub fn new(
+        state: State,
+        store: Option<Store>,
+        shared: Arc<Shared>,
+        cfg: Arc<Config>,
+        config_path: PathBuf,
+    ) -> Ctl {
         Ctl {
             state: Mutex::new(state),
             store,
             shared,
             cfg: Mutex::new(cfg),
+            config_path,
+            pending_config: Mutex::new(None),
             wake: AtomicBool::new(false),
         }
     }
@@ -65,6 +77,54 @@ impl Ctl {
 
     pub fn set_config(&self, cfg: Arc<Config>) {
         *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+
+    /// Reads the configuration file again (SIGHUP or the admin API). A
+    /// configuration that parses and changes nothing that needs a restart
+    /// is queued for the control loop, which takes it over on its next turn
+    /// (that cannot fail); otherwise the running one stays and the reason
+    /// is logged, recorded as an event and returned.
+    pub fn reload(&self) -> Result<String, String> {
+        let path = self.config_path.display().to_string();
+        let refuse = |why: String, event: &str| {
+            log::error!("reload: {why}; keeping the running configuration");
+            self.event("config", event);
+            Err(why)
+        };
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(
+                    e.to_string(),
+                    &format!("reload of {path} failed; nothing changed"),
+                )
+            }
+        };
+        let restart = self.config().restart_only_changes(&new);
+        if !restart.is_empty() {
+            let what = restart.join(", ");
+            return refuse(
+                format!(
+                    "{what} changed in {path}; that takes a restart (SIGTERM hands over first)"
+                ),
+                &format!("reload refused: {what} changed; restart to apply"),
+            );
+        }
+        let summary = format!("reloading {path}: {} services", new.services.len());
+        *self
+            .pending_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(new));
+        self.wake.store(true, Ordering::Release);
+        Ok(summary)
+    }
+
+    /// The configuration `reload` queued, if any.
+    pub fn take_pending_config(&self) -> Option<Arc<Config>> {
+        self.pending_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -159,6 +219,9 @@ impl Admin for Ctl {
     }
     fn undrain(&self, backend: &str) -> Result<(), String> {
         self.set_drain(backend, false)
+    }
+    fn reload(&self) -> Result<String, String> {
+        Ctl::reload(self)
     }
     fn failover(&self) -> Result<String, String> {
         let mut st = self.lock();

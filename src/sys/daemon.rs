@@ -223,7 +223,13 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         None => None,
     };
 
-    let ctl = Arc::new(Ctl::new(state, store, shared.clone(), cfg.clone()));
+    let ctl = Arc::new(Ctl::new(
+        state,
+        store,
+        shared.clone(),
+        cfg.clone(),
+        config_path,
+    ));
 
     // Health checks: both nodes run them, so a new director starts warm.
     let checks = Checks::start(cfg, my_addr, &ctl, &stored_health);
@@ -292,7 +298,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
 
     let el = ControlLoop::new(Parts {
         cfg: cfg.clone(),
-        config_path,
         ctl: ctl.clone(),
         shared: shared.clone(),
         election: el,
