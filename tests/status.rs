@@ -344,6 +344,18 @@ fn page_drain_button_needs_the_token_and_drains() {
     assert_eq!(v["after"]["drained"], "false", "{v}");
     let (a, b, e) = spread(&c.client(&format!("count http://{VIP}/ 10")));
     assert!(e == 0 && a > 0 && b > 0, "after undrain {a}/{b}/{e}");
+
+    // The Admin section's reload button: the daemon reads its file again.
+    let v = page_action(&c, d, TOKEN, "reload", "-");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("reload: 200 reloading"),
+        "{v}"
+    );
+    let events = status_of(&c, d)["events"].to_string();
+    assert!(events.contains("configuration reloaded"), "{events}");
 }
 
 // ------------------------------------------------------- metrics and JSON

@@ -324,10 +324,11 @@ pub fn html(r: &StatusReport) -> String {
     let _ = write!(
         out,
         "<section id=\"admin\"><details><summary>Admin</summary>\
-         <p>Drain, undrain and failover need the admin token; it is kept in this browser only.</p>\
+         <p>Drain, undrain, failover and reload need the admin token; it is kept in this browser only.</p>\
          <input id=\"token\" type=\"password\" autocomplete=\"off\" placeholder=\"admin token\">\
          <button type=\"button\" id=\"save-token\">save token</button> \
-         <button type=\"button\" data-action=\"failover\">failover</button></details>\
+         <button type=\"button\" data-action=\"failover\">failover</button> \
+         <button type=\"button\" data-action=\"reload\" title=\"read the config file again\">reload config</button></details>\
          <p id=\"msg\" role=\"status\"></p></section></main>\
          <footer>duet <span id=\"version\">{ver}</span> · <span id=\"updated\">rendered by server</span></footer>\
          <script>{SCRIPT}</script></body></html>",
@@ -437,7 +438,7 @@ fetch("/api/status",{cache:"no-store"}).then(function(x){if(!x.ok)throw new Erro
 function msg(s){$("msg").textContent=s;}
 function act(a,name){var tok="";try{tok=localStorage.getItem(TK)||"";}catch(e){}
 if(!tok){msg("paste the admin token under Admin first");var d=document.querySelector("#admin details");if(d)d.open=true;return;}
-var u=a==="failover"?"/api/failover":"/api/backends/"+encodeURIComponent(name)+"/"+a;
+var u=(a==="failover"||a==="reload")?"/api/"+a:"/api/backends/"+encodeURIComponent(name)+"/"+a;
 fetch(u,{method:"POST",headers:{"Authorization":"Bearer "+tok}}).then(function(x){return x.text().then(function(b){msg(a+(name?" "+name:"")+": "+x.status+" "+b);poll();});})
 .catch(function(e){msg(a+" failed: "+e.message);});}
 document.addEventListener("click",function(ev){var b=ev.target.closest?ev.target.closest("button"):null;if(!b)return;

@@ -2,8 +2,9 @@
 """Drives headless Chromium over the DevTools protocol (--remote-debugging-pipe:
 NUL-terminated JSON on fds 3 and 4, so no websocket library is needed) to
 use the status page the way an operator does: wait for the script's refresh,
-paste a token under Admin, press a backend's drain/undrain button, and watch
-the table change. Prints one JSON object.
+paste a token under Admin, press a backend's drain/undrain button (or, with
+BACKEND "-", the Admin section's failover/reload button), and watch the
+table change. Prints one JSON object.
 
 usage: cdp.py CHROMIUM PROFILE_DIR URL TOKEN ACTION BACKEND
   -> {"msg": "<#msg text>", "before": {...row...}, "after": {...row...}}
@@ -89,16 +90,20 @@ try:
 document.getElementById('token').value=%s;document.getElementById('save-token').click();
 return true;})()""" % json.dumps(token))
     wait(session, "document.getElementById('msg').textContent.indexOf('token saved')===0")
-    evaluate(session, """(function(){document.querySelector(
-'tr.backend[data-backend=%s] button[data-action=%s]').click();return true;})()"""
-             % (json.dumps(backend), json.dumps(action)))
+    if backend == "-":
+        button, said = "#admin button[data-action=%s]" % json.dumps(action), action + ": "
+    else:
+        button = "tr.backend[data-backend=%s] button[data-action=%s]" % (json.dumps(backend), json.dumps(action))
+        said = action + " "
+    evaluate(session, "(function(){document.querySelector(%s).click();return true;})()" % json.dumps(button))
     out["msg"] = wait(session, "document.getElementById('msg').textContent.indexOf(%s)===0 && "
-                      "document.getElementById('msg').textContent" % json.dumps(action + " "))
-    want = "true" if action == "drain" else "false"
-    try:
-        wait(session, "(%s||{}).drained===%s" % (ROW, json.dumps(want)), 3000)
-    except RuntimeError:
-        pass  # reported through "after"
+                      "document.getElementById('msg').textContent" % json.dumps(said))
+    if backend != "-":
+        want = "true" if action == "drain" else "false"
+        try:
+            wait(session, "(%s||{}).drained===%s" % (ROW, json.dumps(want)), 3000)
+        except RuntimeError:
+            pass  # reported through "after"
     out["after"] = evaluate(session, ROW)
 except Exception as e:
     out["error"] = str(e)
