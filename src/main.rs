@@ -245,5 +245,24 @@ fn print_status(body: &str) -> Result<(), String> {
             b.total_connections
         );
     }
+    let dp = &r.dataplane;
+    println!(
+        "  {} connections tracked, {} packets dropped; sync: {} connections synced, {} entries unacknowledged",
+        dp.connections,
+        dp.drops.values().sum::<u64>(),
+        r.sync.connections_synced,
+        r.sync.lag_entries
+    );
+    // The operator's first question after "who directs" is "what just
+    // happened": the newest events, with their age.
+    const EVENTS: usize = 5;
+    if !r.events.is_empty() {
+        println!("  recent events:");
+        let now = duet::store::now_ms();
+        for e in r.events.iter().take(EVENTS) {
+            let age = now.saturating_sub(e.ts_ms) / 1000;
+            println!("    {age:>6} s ago  {:<7} {}", e.kind, e.message);
+        }
+    }
     Ok(())
 }

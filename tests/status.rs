@@ -981,6 +981,11 @@ fn cli_status_prints_the_role() {
             n.name
         );
         assert!(text.contains("web1") && text.contains("web2"), "{text}");
+        assert!(text.contains("connections tracked"), "{text}");
+        assert!(
+            text.contains("recent events:") && text.contains(" s ago  role"),
+            "{text}"
+        );
     }
 
     // `duet drain` / `undrain` through the same API, with the token file.

@@ -365,6 +365,14 @@ pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool)
     (up, total, own_ok)
 }
 
+/// "web2 (198.18.0.2)" for the event log, which already says "peer".
+fn peer_label(ctl: &Ctl, addr: Ipv4Addr) -> String {
+    match ctl.lock().peer_names.get(&addr) {
+        Some(name) => format!("{name} ({addr})"),
+        None => addr.to_string(),
+    }
+}
+
 /// Applies one election event. Returns true when this node stopped being
 /// director: the caller keeps forwarding until the peer has taken over
 /// (make-before-break), so a planned handover drops no packet.
@@ -388,11 +396,11 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
         }
         Event::PeerUp { peer } => {
             log::info!("peer {peer} up");
-            ctl.event("peer", &format!("peer {peer} up"));
+            ctl.event("peer", &format!("{} up", peer_label(ctl, peer)));
         }
         Event::PeerLost { peer } => {
             log::warn!("peer {peer} lost");
-            ctl.event("peer", &format!("peer {peer} lost"));
+            ctl.event("peer", &format!("{} lost", peer_label(ctl, peer)));
         }
         Event::Announce => {
             log::info!("re-announcing the VIP");
