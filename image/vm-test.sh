@@ -21,7 +21,9 @@
 #      it reboots and is still there after a second reboot.
 # Measures: QEMU start -> first heartbeat line on the console, RSS per QEMU.
 #
-# Env: OUT (image/out), VM_TEST_ALLOW_NO_DAEMON=1 turns checks 3-5 into
+# Env: OUT (image/out), VM_TEST_ONLY=boot stops after check 2 and prints
+# the boot figures as "BOOT <vm> key=value..." lines (make bench),
+# VM_TEST_ALLOW_NO_DAEMON=1 turns checks 3-5 into
 # SKIPs when no status page answers (for testing the image before the
 # daemon exists), HEARTBEAT_RE (regex of the daemon's heartbeat log line),
 # VM_MEM (default 256M), BOOT_TIMEOUT (s, default 180).
@@ -223,6 +225,15 @@ done
 
 declare -A RSS
 for n in web1 web2; do RSS[$n]=$(rss_mib "${QPID[$n]}"); done
+
+# VM_TEST_ONLY=boot (make bench): the boot figures, one line per VM, and stop.
+if [ "${VM_TEST_ONLY:-}" = boot ]; then
+    for n in web1 web2; do
+        echo "BOOT $n daemon_started_s=${T_DAEMON[$n]:-n/a} first_heartbeat_s=${T_HB[$n]:-n/a} qemu_rss_mib=${RSS[$n]:-n/a}"
+    done
+    [ $failed -eq 0 ]
+    exit
+fi
 
 # --- election -------------------------------------------------------------
 have_daemon=0
