@@ -22,8 +22,8 @@ use super::{neigh, ping, signals};
 /// peer that was down catches up.
 const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
 
-/// A director that lost the role keeps forwarding until the peer says it
-/// directs, or this long: frames reach it until the peer's gratuitous ARP.
+/// A director that lost the role keeps forwarding until it sees the peer's
+/// gratuitous ARP, or this long.
 const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
 
 /// How long a planned handover waits for the standby to confirm it holds
@@ -401,21 +401,21 @@ impl ControlLoop {
         }
     }
 
-    /// Make-before-break: a former director stops forwarding once the peer
-    /// says it directs (or after the grace period).
+    /// Make-before-break: a former director forwards until the data plane
+    /// sees its successor's gratuitous ARP (which proves the LAN moved the
+    /// virtual MAC; a heartbeat saying "director" does not), or at most
+    /// the grace period.
     fn progress_step_down(&mut self, now: Instant) {
         let Some(t) = self.step_down else { return };
-        let el = &self.p.election;
-        if el.role() == Role::Director {
+        if self.p.election.role() == Role::Director || !self.p.shared.is_active() {
             self.step_down = None;
             return;
         }
-        let peer_directs = el
-            .peers()
-            .iter()
-            .any(|p| p.alive && p.role == Role::Director);
-        if peer_directs || now >= t {
-            self.p.shared.update(|c| c.active = false);
+        if now >= t {
+            self.p.shared.update(|c| {
+                c.active = false;
+                c.stepping_down = false;
+            });
             self.step_down = None;
         }
     }

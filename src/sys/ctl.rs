@@ -390,9 +390,16 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
                 store_warn("last role", s.set_last_role(&to.to_string(), term));
             }
             if to == Role::Director {
-                shared.update(|c| c.active = true);
+                shared.update(|c| {
+                    c.active = true;
+                    c.stepping_down = false;
+                });
             }
-            return from == Role::Director && to != Role::Director;
+            let stepped_down = from == Role::Director && to != Role::Director;
+            if stepped_down {
+                shared.update(|c| c.stepping_down = c.active);
+            }
+            return stepped_down;
         }
         Event::PeerUp { peer } => {
             log::info!("peer {peer} up");

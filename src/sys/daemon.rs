@@ -189,6 +189,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     ));
     let shared = Shared::new(Control {
         active: false,
+        stepping_down: false,
         snapshot,
         announce: 0,
     })

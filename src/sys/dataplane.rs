@@ -39,6 +39,11 @@ const SYNC_MAX: usize = 8192;
 #[derive(Clone)]
 pub struct Control {
     pub active: bool,
+    /// This node lost the director role: it keeps forwarding (frames for
+    /// the VIP may still come its way) but no longer answers ARP for the
+    /// VIP, and stops by itself once its successor's gratuitous ARP shows
+    /// the LAN has moved the virtual MAC (make-before-break).
+    pub stepping_down: bool,
     pub snapshot: Arc<Snapshot>,
     /// Bumped to ask for a fresh burst of gratuitous ARPs.
     pub announce: u64,
@@ -167,6 +172,7 @@ struct Plane {
     shared: Arc<Shared>,
     engine: Engine,
     active: bool,
+    stepping_down: bool,
     seen_version: u64,
     announce_seen: u64,
     garp_due: Vec<Instant>,
@@ -205,6 +211,7 @@ pub fn spawn(
         shared,
         engine,
         active: false,
+        stepping_down: false,
         seen_version: 0,
         announce_seen: control.announce,
         garp_due: Vec::new(),
@@ -416,6 +423,10 @@ impl Plane {
                 self.garp_due.clear();
             }
         }
+        if c.stepping_down && !self.stepping_down {
+            self.garp_due.clear();
+        }
+        self.stepping_down = c.stepping_down;
         if c.announce != self.announce_seen {
             self.announce_seen = c.announce;
             if self.active {
@@ -430,7 +441,7 @@ impl Plane {
     }
 
     fn send_due_garps(&mut self, now: Instant) {
-        if !self.active {
+        if !self.active || self.stepping_down {
             return;
         }
         let before = self.garp_due.len();
@@ -558,6 +569,22 @@ impl Plane {
 
     fn handle_arp(&mut self, now: Instant, a: &frame::ArpInfo) {
         if !self.active {
+            return;
+        }
+        if self.stepping_down {
+            // Our own ARP frames never come back (PACKET_IGNORE_OUTGOING):
+            // this is the successor's, and the switch that delivered it has
+            // learnt the virtual MAC on the successor's port. Nothing for
+            // the VIP comes here any more.
+            if a.sender_ip == self.p.vip && a.sender_mac == self.p.vmac {
+                log::info!("step-down: the successor announced the VIP; forwarding stops");
+                self.shared.update(|c| {
+                    if c.stepping_down {
+                        c.active = false;
+                        c.stepping_down = false;
+                    }
+                });
+            }
             return;
         }
         if a.sender_ip == self.p.vip && a.sender_mac != self.p.vmac {
