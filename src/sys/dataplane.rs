@@ -494,13 +494,13 @@ impl Plane {
         };
         match classified {
             Classified::NotOurs => None,
+            Classified::EchoRequest | Classified::ToVip { .. } if !self.active => {
+                self.drop("not_director");
+                None
+            }
             Classified::EchoRequest => {
                 // The VIP sits on lo: the local stack writes the reply.
-                if self.active {
-                    self.deliver_local(vnet, frame);
-                } else {
-                    self.drop("not_director");
-                }
+                self.deliver_local(vnet, frame);
                 None
             }
             Classified::Arp(a) => {
@@ -512,10 +512,6 @@ impl Plane {
                 tcp_flags,
                 icmp_error,
             } => {
-                if !self.active {
-                    self.drop("not_director");
-                    return None;
-                }
                 let len = frame.len();
                 let verdict = if icmp_error {
                     self.engine.decide_related(now, &key, len)
