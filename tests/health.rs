@@ -104,18 +104,6 @@ fn count(c: &Cluster, n: usize) -> Value {
     c.client(&format!("count http://{VIP}/ {n}"))
 }
 
-fn hits(v: &Value, name: &str) -> u64 {
-    v["names"][name].as_u64().unwrap_or(0)
-}
-
-fn backend(c: &Cluster, i: usize, name: &str) -> Option<Value> {
-    c.status(i)?["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["name"] == name)
-        .cloned()
-}
-
 /// Polls node `i`'s status until backend `name` satisfies `pred`.
 fn wait_backend(
     c: &Cluster,
@@ -126,7 +114,7 @@ fn wait_backend(
 ) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if backend(c, i, name).is_some_and(|b| pred(&b)) {
+        if c.backend(i, name).is_some_and(|b| pred(&b)) {
             return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -218,7 +206,7 @@ fn stopped_server_gets_no_new_connections_and_returns() {
             "run {k}: {} received new connections {l:?} after its server stopped (bound {bound:?})",
             c.nodes[victim].name
         );
-        let s = backend(&c, d, &c.nodes[victim].name).unwrap();
+        let s = c.backend(d, &c.nodes[victim].name).unwrap();
         assert_eq!(s["healthy"], false, "{s}");
         assert_eq!(s["weight"], 0, "{s}");
 
@@ -228,7 +216,7 @@ fn stopped_server_gets_no_new_connections_and_returns() {
         let back = wait_traffic(&c, &name, Duration::from_secs(6))
             .unwrap_or_else(|| panic!("{name} got no traffic after its server restarted"));
         eprintln!("restarted {name}: traffic again after {back:?}");
-        let s = backend(&c, d, &name).unwrap();
+        let s = c.backend(d, &name).unwrap();
         assert_eq!(s["healthy"], true, "{s}");
     }
     eprintln!(
@@ -287,7 +275,7 @@ fn wrong_body_is_down() {
     let t = wait_backend(&c, d, "web2", Duration::from_secs(5), |b| {
         b["healthy"] == false
     });
-    let b = backend(&c, d, "web2").unwrap();
+    let b = c.backend(d, "web2").unwrap();
     assert!(t.is_some(), "web2 with a wrong body still healthy: {b}");
     eprintln!("wrong body: web2 down after {t:?}: {b}");
     assert_eq!(b["weight"], 0, "{b}");
@@ -302,7 +290,7 @@ fn wrong_body_is_down() {
         wait_traffic(&c, "web2", Duration::from_secs(6)).is_some(),
         "web2 got no traffic after its page was fixed"
     );
-    assert_eq!(backend(&c, d, "web2").unwrap()["healthy"], true);
+    assert_eq!(c.backend(d, "web2").unwrap()["healthy"], true);
 }
 
 /// All backends down: the fallback real server answers; once a backend is
@@ -392,7 +380,7 @@ fn drain_keeps_established_downloads_and_undrain_restores() {
         String::from_utf8_lossy(&o.stderr)
     );
     let drained_at = Instant::now();
-    let b = backend(&c, d, "web2").unwrap();
+    let b = c.backend(d, "web2").unwrap();
     assert_eq!(b["drained"], true, "{b}");
     assert_eq!(b["weight"], 0, "{b}");
     let v = count(&c, 20);
@@ -402,7 +390,7 @@ fn drain_keeps_established_downloads_and_undrain_restores() {
         20,
         "new connections reached drained web2: {v}"
     );
-    let during = backend(&c, d, "web2").unwrap();
+    let during = c.backend(d, "web2").unwrap();
 
     let mut on_web2 = 0;
     for p in downloads {
@@ -439,7 +427,7 @@ fn drain_keeps_established_downloads_and_undrain_restores() {
         ),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let b = backend(&c, d, "web2").unwrap();
+    let b = c.backend(d, "web2").unwrap();
     assert_eq!(b["drained"], false, "{b}");
     assert!(
         wait_traffic(&c, "web2", Duration::from_secs(3)).is_some(),

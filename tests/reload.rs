@@ -25,10 +25,6 @@ fn opts(services: &str) -> Opts {
     }
 }
 
-fn hits(v: &Value, name: &str) -> u64 {
-    v["names"][name].as_u64().unwrap_or(0)
-}
-
 /// Rewrites both nodes' config files.
 fn write_configs(c: &Cluster, services: &Opts, edit: impl Fn(String) -> String) {
     for i in 0..2 {
@@ -53,14 +49,6 @@ fn reload_cli(c: &Cluster, i: usize) -> (bool, String) {
     );
     let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     (o.status.success(), said)
-}
-
-fn real1(c: &Cluster, i: usize) -> Option<Value> {
-    c.status(i)?["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["name"] == "real1")
-        .cloned()
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -104,7 +92,7 @@ fn sighup_adds_a_backend_without_breaking_connections_or_the_election() {
     wait_for(
         "real1 in the director's status",
         Duration::from_secs(5),
-        || real1(&c, d),
+        || c.backend(d, "real1"),
     );
     let v = c.client(&format!("count http://{VIP}/ 120"));
     eprintln!("after reload: {v}");
@@ -132,7 +120,7 @@ fn sighup_adds_a_backend_without_breaking_connections_or_the_election() {
         let _ = w.wait();
     }
     wait_for("real1 marked down", Duration::from_secs(5), || {
-        real1(&c, d).filter(|b| b["healthy"] == false)
+        c.backend(d, "real1").filter(|b| b["healthy"] == false)
     });
     let v = c.client(&format!("count http://{VIP}/ 30"));
     assert_eq!(v["errors"], 0, "{v}");

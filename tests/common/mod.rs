@@ -378,6 +378,15 @@ dead_after = "1s"
         None
     }
 
+    /// Backend `name` as node `i`'s status reports it.
+    pub fn backend(&self, i: usize, name: &str) -> Option<Value> {
+        self.status(i)?["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+    }
+
     pub fn role(&self, i: usize) -> Option<String> {
         self.status(i)
             .and_then(|v| v["role"].as_str().map(str::to_string))
@@ -533,6 +542,11 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Connections answered by `name` in the client's `count` output.
+pub fn hits(v: &Value, name: &str) -> u64 {
+    v["names"][name].as_u64().unwrap_or(0)
 }
 
 pub fn median(mut v: Vec<Duration>) -> Duration {
