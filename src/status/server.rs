@@ -1187,8 +1187,13 @@ mod tests {
             let t = Instant::now();
             let (code, _) = client::request(a, "GET", "/api/status", None, T).unwrap();
             assert_eq!(code, 200);
+            // A server stalled by the slow clients would answer only when
+            // their request timeout cuts them off; half of it separates
+            // that from a loaded machine (1 s was exceeded once in CI with
+            // the other unit tests running beside it).
+            let stalled = Limits::default().request_timeout / 2;
             assert!(
-                t.elapsed() < Duration::from_secs(1),
+                t.elapsed() < stalled,
                 "GET took {:?} with 200 slow clients",
                 t.elapsed()
             );
