@@ -92,6 +92,10 @@ pub struct Cluster {
     /// Upper bound of the connection table; new flows beyond it are dropped and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long a stopping node waits for the connections it serves as a
+    /// backend to end before it takes the VIP off `lo` (0 = at once).
+    #[serde(default = "default_stop_drain")]
+    pub stop_drain: Spanned<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +269,10 @@ fn default_state_dir() -> PathBuf {
 fn default_sync_port() -> u16 {
     695
 }
+fn default_stop_drain() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(30)))
+}
+
 fn default_max_connections() -> usize {
     // The table is preallocated: ~80 bytes an entry plus its change log.
     1 << 18

@@ -1,64 +1,17 @@
 //! Issue 7: connection sync — takeovers that break nothing.
 mod common;
 use common::*;
-use std::process::Child;
-use std::time::{Duration, Instant};
 
 const DL_BYTES: u64 = 2_000_000;
 const DL_RATE: u64 = 200_000; // ~10 s per download
-
-fn start_downloads(c: &Cluster, n: usize) -> Vec<Child> {
-    (0..n)
-        .map(|_| {
-            c.client_bg(&format!(
-                "download http://{VIP}/bytes?n={DL_BYTES}&rate={DL_RATE} {DL_BYTES}"
-            ))
-        })
-        .collect()
-}
-
-/// Waits for every download; returns (intact, per-node counts, failures).
-fn finish_downloads(dl: Vec<Child>) -> (usize, Vec<String>) {
-    let mut intact = 0;
-    let mut bad = Vec::new();
-    for d in dl {
-        let out = d.wait_with_output().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if v["sha256"].is_string() && v["sha256"] == v["expected"] {
-            intact += 1;
-        } else {
-            bad.push(v.to_string());
-        }
-    }
-    (intact, bad)
-}
-
-fn wait_synced(c: &Cluster, i: usize, n: u64) {
-    // Twenty client processes start together: give a loaded machine time.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut got = 0;
-    while Instant::now() < deadline {
-        got = synced(c, i);
-        if got >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("standby synced only {got} entries, expected {n}");
-}
-
-fn synced(c: &Cluster, i: usize) -> u64 {
-    c.status(i)
-        .map(|s| s["sync"]["connections_synced"].as_u64().unwrap_or(0))
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant};
 
 #[test]
 fn planned_switchover_loses_nothing() {
     let c = Cluster::new(Opts::default());
     let d = c.wait_one_director(Duration::from_secs(5));
     let peer = 1 - d;
-    let dl = start_downloads(&c, 20);
+    let dl = start_downloads(&c, 20, DL_BYTES, DL_RATE);
     std::thread::sleep(Duration::from_secs(2));
     wait_synced(&c, peer, 20);
     let probe = c.client_bg(&format!("gap http://{VIP}/ 5"));
@@ -94,7 +47,7 @@ fn kill9_keeps_established_downloads() {
     let mut c = Cluster::new(Opts::default());
     let d = c.wait_one_director(Duration::from_secs(5));
     let peer = 1 - d;
-    let dl = start_downloads(&c, 20);
+    let dl = start_downloads(&c, 20, DL_BYTES, DL_RATE);
     std::thread::sleep(Duration::from_secs(2));
     wait_synced(&c, peer, 20);
     let probe = c.client_bg(&format!("gap http://{VIP}/ 5"));

@@ -43,6 +43,7 @@
 //! back in the latency gap before the peer has taken over. With
 //! `preempt = true` an admin failover away from the better node is undone as
 //! soon as that hold ends, as with keepalived.
+pub mod leave;
 #[cfg(test)]
 mod sim_tests;
 
@@ -256,6 +257,16 @@ pub struct PeerInfo {
     pub boot_id: u64,
     pub backends_up: u16,
     pub backends_total: u16,
+}
+
+impl PeerInfo {
+    /// Whether the director may schedule new flows to this peer: it is
+    /// heard and not leaving. A leaving peer keeps the flows it has (it
+    /// drains them before it takes the VIP off `lo`); a silent one too,
+    /// since its web server may well still be serving them.
+    pub fn takes_new_flows(&self) -> bool {
+        self.alive && self.role != Role::Leaving
+    }
 }
 
 type Rank = (u8, Ipv4Addr);

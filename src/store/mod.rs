@@ -54,6 +54,7 @@ const K_BOOT: &str = "boot_count";
 const K_NODE_ID: &str = "node_id";
 const K_LAST_ROLE: &str = "last_role";
 const K_DRAINS_VERSION: &str = "drains_version";
+const K_HOST: &str = "host_changes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,6 +117,13 @@ struct RoleRec {
     role: String,
     term: u64,
     ts_ms: u64,
+}
+/// What `duet run` changed on the host, with the values it found, so a
+/// start after a crash or a cut-short stop restores the true originals.
+#[derive(Serialize, Deserialize)]
+struct HostRec {
+    vip: String,
+    sysctls: Vec<(String, String)>,
 }
 #[derive(Serialize, Deserialize)]
 struct DrainsVersionRec {
@@ -380,6 +388,38 @@ impl Store {
                 ts_ms: now_ms(),
             })?,
         )?;
+        self.flush()
+    }
+
+    /// The sysctls (key, value found) a run changed for `vip`, if a run
+    /// that did not finish recorded them.
+    pub fn host_changes(&self, vip: &str) -> Option<Vec<(String, String)>> {
+        self.get::<HostRec>(&self.meta, META, K_HOST)
+            .filter(|r| r.vip == vip)
+            .map(|r| r.sysctls)
+    }
+
+    /// Records the host changes of this run (`None` once they are undone).
+    /// Flushed: a crash right after must still know the originals.
+    pub fn set_host_changes(
+        &self,
+        vip: &str,
+        sysctls: Option<&[(String, String)]>,
+    ) -> Result<(), StoreError> {
+        match sysctls {
+            Some(s) => {
+                self.meta.insert(
+                    K_HOST,
+                    encode(HostRec {
+                        vip: vip.to_string(),
+                        sysctls: s.to_vec(),
+                    })?,
+                )?;
+            }
+            None => {
+                self.meta.remove(K_HOST)?;
+            }
+        }
         self.flush()
     }
 

@@ -3,6 +3,7 @@
 //! peers and neighbour MACs. Handovers (SIGTERM, planned failover) and the
 //! make-before-break step-down live here too.
 use crate::config::{self, Config};
+use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
 use crate::wire::admin::{self, AdminState};
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
 use super::dataplane::Shared;
-use super::pool::{backend_defs, build_snapshot, Inputs};
-use super::{neigh, ping, signals};
+use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
+use super::{localconns, neigh, ping, signals};
 
 /// The drain set goes to the peer on every change and at this period, so a
 /// peer that was down catches up.
@@ -29,6 +30,9 @@ const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
 /// How long a planned handover waits for the standby to confirm it holds
 /// the connection table before going ahead anyway.
 const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
+
+/// While draining, how often the count of open local connections is logged.
+const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Longest sleep between two turns, so signals and admin requests are seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(50);
@@ -62,6 +66,16 @@ pub struct Parts {
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
 }
 
+/// A node on its way out: the decision, and what the log needs.
+struct Leaving {
+    departure: Departure,
+    since: Instant,
+    /// Stop signals counted when the leave began; one more cuts it short.
+    signals_seen: u32,
+    last_report: Instant,
+    last_count: usize,
+}
+
 pub struct ControlLoop {
     p: Parts,
     ping_state: u8,
@@ -70,7 +84,7 @@ pub struct ControlLoop {
     last_refresh: Option<Instant>,
     generation: u64,
     handover: Option<PendingHandover>,
-    leaving_since: Option<Instant>,
+    leaving: Option<Leaving>,
     step_down: Option<Instant>,
     last_admin_sent: Option<Instant>,
     /// Datagrams to send at the end of this turn.
@@ -87,7 +101,7 @@ impl ControlLoop {
             last_refresh: None,
             generation: 1,
             handover: None,
-            leaving_since: None,
+            leaving: None,
             step_down: None,
             last_admin_sent: None,
             outbox: Vec::new(),
@@ -132,15 +146,12 @@ impl ControlLoop {
 
     /// Work before waiting for a datagram; false when it is time to exit.
     fn before_wait(&mut self, now: Instant) -> bool {
-        if signals::terminating() && self.leaving_since.is_none() && self.handover.is_none() {
+        if signals::stop_requests() > 0 && self.leaving.is_none() && self.handover.is_none() {
             self.handover = Some(self.begin_handover(Handover::Leave, now));
         }
         self.progress_handover(now);
-        if let Some(t) = self.leaving_since {
-            // Two intervals let the Leaving heartbeat reach the peer even if one is lost.
-            if now.duration_since(t) > self.p.cfg.heartbeat.interval.get_ref().0 * 2 {
-                return false;
-            }
+        if !self.progress_leave(now) {
+            return false;
         }
         self.poll_ping(now);
         if signals::take_reload() {
@@ -195,9 +206,32 @@ impl ControlLoop {
         self.handover = None;
         match h.kind {
             Handover::Leave => {
-                log::info!("terminating: handing over");
+                let directing = self.p.election.role() == Role::Director;
                 self.p.election.leave(now);
-                self.leaving_since = Some(now);
+                let stop_drain = self.p.cfg.cluster.stop_drain.get_ref().0;
+                let departure =
+                    Departure::new(now, self.p.cfg.heartbeat.interval.get_ref().0, stop_drain);
+                let count = self.local_connections();
+                log::info!(
+                    "leaving: {}told the peer to send no new flows; {count} local connections, \
+                     waiting up to {:.1}s for them (cluster.stop_drain) with the VIP kept on lo",
+                    if directing {
+                        "handed the VIP over, "
+                    } else {
+                        ""
+                    },
+                    departure.remaining(now).as_secs_f64()
+                );
+                self.leaving = Some(Leaving {
+                    departure,
+                    since: now,
+                    signals_seen: signals::stop_requests(),
+                    last_report: now,
+                    last_count: count,
+                });
+                // This node's own weight drops to 0 in its snapshot too,
+                // for the frames it may still forward while stepping down.
+                self.p.ctl.lock().dirty = true;
             }
             Handover::Failover => {
                 if self.p.election.failover(now) {
@@ -205,6 +239,60 @@ impl ControlLoop {
                 } else {
                     log::warn!("failover requested but no live eligible peer");
                 }
+            }
+        }
+    }
+
+    fn local_connections(&self) -> usize {
+        localconns::count(*self.p.cfg.cluster.vip.get_ref()).unwrap_or_else(|e| {
+            log::warn!("leaving: cannot read /proc/net/tcp ({e}); not waiting for connections");
+            0
+        })
+    }
+
+    /// False when the leave is complete and the loop should end.
+    fn progress_leave(&mut self, now: Instant) -> bool {
+        let Some(l) = self.leaving.as_ref() else {
+            return true;
+        };
+        let forced = signals::stop_requests() > l.signals_seen;
+        let count = self.local_connections();
+        let Some(l) = self.leaving.as_mut() else {
+            return true;
+        };
+        if forced {
+            l.departure.force();
+        }
+        let waited = now.duration_since(l.since).as_secs_f64();
+        match l.departure.poll(now, count) {
+            Step::Wait => {
+                if count != l.last_count && now.duration_since(l.last_report) >= DRAIN_REPORT_PERIOD
+                {
+                    log::info!(
+                        "leaving: {count} local connections still open after {waited:.1}s, \
+                         {:.1}s left",
+                        l.departure.remaining(now).as_secs_f64()
+                    );
+                    l.last_report = now;
+                    l.last_count = count;
+                }
+                true
+            }
+            Step::Exit(e) => {
+                match e {
+                    Exit::Drained => {
+                        log::info!("leaving: no local connection left after {waited:.1}s")
+                    }
+                    Exit::DrainBound { remaining } => log::warn!(
+                        "leaving: drain bound reached after {waited:.1}s with {remaining} local \
+                         connections open; they end when the VIP leaves lo"
+                    ),
+                    Exit::Forced { remaining } => log::warn!(
+                        "leaving: second stop signal after {waited:.1}s; {remaining} local \
+                         connections end when the VIP leaves lo"
+                    ),
+                }
+                false
             }
         }
     }
@@ -263,12 +351,11 @@ impl ControlLoop {
         }
         st.dirty = false;
         self.generation += 1;
-        let silent: BTreeSet<Ipv4Addr> = st
-            .peers
-            .iter()
-            .filter(|p| !p.alive)
-            .map(|p| p.addr)
-            .collect();
+        let no_new = no_new_flows(
+            &st.peers,
+            self.p.me,
+            self.p.election.role() == Role::Leaving,
+        );
         let snap = Arc::new(build_snapshot(
             &self.p.cfg,
             &Inputs {
@@ -277,7 +364,7 @@ impl ControlLoop {
                 macs: &self.p.macs,
                 health: &st.health,
                 drains: &st.drains,
-                silent_peers: &silent,
+                no_new_flows: &no_new,
             },
             self.generation,
         ));
@@ -426,9 +513,12 @@ impl ControlLoop {
         st.role = el.role();
         st.term = el.term();
         let peers_now = el.peers();
-        let alive =
-            |ps: &[election::PeerInfo]| -> Vec<bool> { ps.iter().map(|p| p.alive).collect() };
-        if alive(&peers_now) != alive(&st.peers) {
+        // A peer that dies, returns or starts leaving changes who may get
+        // new flows: in this turn, not after `dead_after`.
+        let takes = |ps: &[election::PeerInfo]| -> Vec<bool> {
+            ps.iter().map(|p| p.takes_new_flows()).collect()
+        };
+        if takes(&peers_now) != takes(&st.peers) {
             st.dirty = true;
         }
         st.peers = peers_now;

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::dataplane::Shared;
-use super::pool::{backend_defs, health_key, is_healthy};
+use super::pool::{backend_defs, health_key, is_healthy, no_new_flows};
 
 /// Everything the status server and admin actions read or change, owned by
 /// the control plane and shared under one short-held lock.
@@ -276,6 +276,11 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             .find(|p| p.role == "director")
             .map(|p| p.node.clone())
     };
+    let no_new = no_new_flows(
+        &st.peers,
+        my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        st.role == Role::Leaving,
+    );
     let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
         dp.backends.iter().cloned().collect();
     let mut backends = Vec::new();
@@ -283,8 +288,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         let port = *svc.port.get_ref();
         for d in backend_defs(&cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
             let h = st.health.get(&health_key(port, &d.name));
-            let silent = st.peers.iter().any(|p| p.addr == d.addr && !p.alive);
-            let standing = d.standing(port, &st.health, &st.drains, silent);
+            let standing = d.standing(port, &st.health, &st.drains, no_new.contains(&d.addr));
             let c = counters.get(&d.addr).cloned().unwrap_or_default();
             backends.push(BackendStatus {
                 name: d.name.clone(),

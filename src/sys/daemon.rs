@@ -83,7 +83,7 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
     }
 
     signals::install();
-    let mut host = HostSetup::apply(&cfg)?;
+    let mut host = HostSetup::apply(&cfg, store.as_ref())?;
     let result = run_inner(
         &cfg,
         Start {
@@ -97,8 +97,9 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
         },
         &mut host,
     );
-    host.undo();
-    log::info!("stopped; host settings restored");
+    // Normally done already, with the store at hand; this covers an error
+    // on the way up.
+    host.undo(None);
     result
 }
 
@@ -148,7 +149,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     }
     let tun = Tun::open(TUN_NAME).map_err(io("creating TUN device duet0"))?;
     netlink::set_up(TUN_NAME).map_err(io("bringing duet0 up"))?;
-    host.local_path()?;
+    host.local_path(store.as_ref())?;
     let sock = packet::PacketSocket::open(link.index, vmac).map_err(io("opening packet socket"))?;
 
     let state = State {
@@ -183,7 +184,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             macs: &macs,
             health: &state.health,
             drains: &state.drains,
-            silent_peers: &silent,
+            no_new_flows: &silent,
         },
         1,
     ));
@@ -322,6 +323,8 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     if let Some(s) = server {
         s.stop();
     }
+    host.undo(ctl.store.as_ref());
+    log::info!("stopped; VIP off lo and host settings restored");
     if let Some(s) = &ctl.store {
         store_warn("last role", s.set_last_role("leaving", el.term()));
         store_warn("event log", s.log_event("stop", "duet stopped"));

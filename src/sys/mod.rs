@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 mod host;
 pub mod init;
+mod localconns;
 pub mod neigh;
 pub mod netlink;
 pub mod packet;

@@ -48,7 +48,8 @@ pub fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<Ba
 pub struct Standing {
     pub healthy: bool,
     pub drained: bool,
-    /// The weight in effect: 0 when drained, unhealthy or a silent peer.
+    /// The weight in effect: 0 when drained, unhealthy, or a node that takes
+    /// no new flows.
     pub weight: u32,
 }
 
@@ -58,14 +59,14 @@ impl BackendDef {
         port: u16,
         health: &BTreeMap<String, HealthState>,
         drains: &BTreeSet<String>,
-        silent: bool,
+        no_new_flows: bool,
     ) -> Standing {
         let healthy = is_healthy(health, port, &self.name);
         let drained = drains.contains(&self.name);
         Standing {
             healthy,
             drained,
-            weight: if drained || !healthy || silent {
+            weight: if drained || !healthy || no_new_flows {
                 0
             } else {
                 self.weight
@@ -86,10 +87,30 @@ pub struct Inputs<'a> {
     pub macs: &'a HashMap<Ipv4Addr, [u8; 6]>,
     pub health: &'a BTreeMap<String, HealthState>,
     pub drains: &'a BTreeSet<String>,
-    /// Peer nodes not heard from: their duet is down (so may be their host,
-    /// or the VIP on their lo). They keep established flows but get no new
-    /// ones, so a dead node leaves the other serving everything.
-    pub silent_peers: &'a BTreeSet<Ipv4Addr>,
+    /// Nodes that keep their established flows but get no new ones (see
+    /// [`no_new_flows`]).
+    pub no_new_flows: &'a BTreeSet<Ipv4Addr>,
+}
+
+/// Nodes that get no new flows: peers not heard from (their duet is down,
+/// so may be their host or the VIP on their lo) or leaving (draining
+/// before they stop), and this node itself while it leaves. A dead node
+/// thus leaves the other serving everything, and a stopping one is given
+/// weight 0 in the turn its Leaving heartbeat arrives.
+pub fn no_new_flows(
+    peers: &[crate::election::PeerInfo],
+    me: Ipv4Addr,
+    leaving: bool,
+) -> BTreeSet<Ipv4Addr> {
+    let mut out: BTreeSet<Ipv4Addr> = peers
+        .iter()
+        .filter(|p| !p.takes_new_flows())
+        .map(|p| p.addr)
+        .collect();
+    if leaving {
+        out.insert(me);
+    }
+    out
 }
 
 pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
@@ -99,7 +120,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         macs,
         health,
         drains,
-        silent_peers,
+        no_new_flows,
     } = *inp;
     let mut services = Vec::new();
     for svc in &cfg.services {
@@ -107,7 +128,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
         let mut backends = Vec::new();
         for d in backend_defs(cfg, svc, me) {
-            let st = d.standing(port, health, drains, silent_peers.contains(&d.addr));
+            let st = d.standing(port, health, drains, no_new_flows.contains(&d.addr));
             let mac = if d.local {
                 Some(own_mac)
             } else {

@@ -1,12 +1,14 @@
 //! SIGTERM/SIGINT and SIGHUP become flags the control loop polls each tick:
 //! the handlers do nothing but store them (async-signal-safe).
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
+/// Stop signals received: the first starts a graceful leave, a second
+/// one cuts its drain short.
+static TERMINATE: AtomicU32 = AtomicU32::new(0);
 static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_terminate(_: libc::c_int) {
-    TERMINATE.store(true, Ordering::SeqCst);
+    TERMINATE.fetch_add(1, Ordering::SeqCst);
 }
 
 extern "C" fn on_reload(_: libc::c_int) {
@@ -29,7 +31,8 @@ pub fn install() {
     }
 }
 
-pub fn terminating() -> bool {
+/// How many stop signals arrived so far.
+pub fn stop_requests() -> u32 {
     TERMINATE.load(Ordering::SeqCst)
 }
 

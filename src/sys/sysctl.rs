@@ -21,6 +21,16 @@ pub struct Saved {
 }
 
 impl Saved {
+    /// Starts from changes an earlier run made and did not undo: their
+    /// recorded values are the ones to put back, not what is there now.
+    pub fn from_entries(entries: Vec<(String, String)>) -> Saved {
+        Saved { entries }
+    }
+
+    pub fn entries(&self) -> &[(String, String)] {
+        &self.entries
+    }
+
     /// Sets `key` to `value`, remembering the old value the first time.
     pub fn set(&mut self, key: &str, value: &str) -> io::Result<()> {
         let old = read(key)?;

@@ -553,3 +553,54 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// Starts `n` rate-limited downloads of `bytes` through the VIP, each a
+/// client process that checks what it got.
+pub fn start_downloads(c: &Cluster, n: usize, bytes: u64, rate: u64) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            c.client_bg(&format!(
+                "download http://{VIP}/bytes?n={bytes}&rate={rate} {bytes}"
+            ))
+        })
+        .collect()
+}
+
+/// Waits for every download; returns how many arrived intact, and the
+/// client's report of each one that did not.
+pub fn finish_downloads(dl: Vec<Child>) -> (usize, Vec<String>) {
+    let mut intact = 0;
+    let mut bad = Vec::new();
+    for d in dl {
+        let out = d.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["sha256"].is_string() && v["sha256"] == v["expected"] {
+            intact += 1;
+        } else {
+            bad.push(v.to_string());
+        }
+    }
+    (intact, bad)
+}
+
+/// Connection entries node `i` has received as a standby.
+pub fn synced(c: &Cluster, i: usize) -> u64 {
+    c.status(i)
+        .map(|s| s["sync"]["connections_synced"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Waits until node `i` has received at least `n` synced entries.
+pub fn wait_synced(c: &Cluster, i: usize, n: u64) {
+    // Many client processes start together: give a loaded machine time.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = 0;
+    while Instant::now() < deadline {
+        got = synced(c, i);
+        if got >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("standby synced only {got} entries, expected {n}");
+}
