@@ -34,6 +34,9 @@ const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
 /// While draining, how often the count of open local connections is logged.
 const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(5);
 
+/// How often the LAN interface's presence and carrier are checked.
+const LINK_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
 /// Longest sleep between two turns, so signals and admin requests are seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
@@ -64,6 +67,8 @@ pub struct Parts {
     pub checks: Option<Checks>,
     pub pinger: Option<ping::Pinger>,
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
+    /// The LAN interface's index at start: the packet socket is bound to it.
+    pub link_index: u32,
 }
 
 /// A node on its way out: the decision, and what the log needs.
@@ -87,6 +92,10 @@ pub struct ControlLoop {
     leaving: Option<Leaving>,
     step_down: Option<Instant>,
     last_admin_sent: Option<Instant>,
+    last_link_check: Option<Instant>,
+    carrier: bool,
+    /// Why the loop must end with an error (the LAN interface is gone).
+    fatal: Option<String>,
     /// Datagrams to send at the end of this turn.
     outbox: Vec<(Ipv4Addr, Vec<u8>)>,
 }
@@ -104,13 +113,17 @@ impl ControlLoop {
             leaving: None,
             step_down: None,
             last_admin_sent: None,
+            last_link_check: None,
+            carrier: true,
+            fatal: None,
             outbox: Vec::new(),
         }
     }
 
     /// Runs until SIGTERM/SIGINT has been handled and the health checks
-    /// have stopped; returns the election for its final term.
-    pub fn run(mut self, udp: &async_net::UdpSocket, hb_port: u16) -> Election {
+    /// have stopped; returns the election for its final term, and why it
+    /// had to stop if it was not asked to.
+    pub fn run(mut self, udp: &async_net::UdpSocket, hb_port: u16) -> (Election, Option<String>) {
         let mut buf = vec![0u8; 2048];
         smol::block_on(async {
             loop {
@@ -141,7 +154,7 @@ impl ControlLoop {
         if let Some(c) = self.p.checks.take() {
             c.stop();
         }
-        self.p.election
+        (self.p.election, self.fatal)
     }
 
     /// Work before waiting for a datagram; false when it is time to exit.
@@ -150,7 +163,7 @@ impl ControlLoop {
             self.handover = Some(self.begin_handover(Handover::Leave, now));
         }
         self.progress_handover(now);
-        if !self.progress_leave(now) {
+        if !self.progress_leave(now) || !self.watch_link(now) {
             return false;
         }
         self.poll_ping(now);
@@ -241,6 +254,54 @@ impl ControlLoop {
                 }
             }
         }
+    }
+
+    /// Carrier loss is waited out (heartbeats go on, and the election
+    /// converges when the link returns); a deleted or re-created interface
+    /// is not, since the packet socket is bound to the old one: the loop
+    /// ends and duet exits non-zero for its supervisor to restart it.
+    fn watch_link(&mut self, now: Instant) -> bool {
+        if self
+            .last_link_check
+            .is_some_and(|t| now.duration_since(t) < LINK_CHECK_PERIOD)
+        {
+            return true;
+        }
+        self.last_link_check = Some(now);
+        let iface = &self.p.cfg.cluster.interface;
+        let link = match super::netlink::link(iface) {
+            Ok(l) if l.index == self.p.link_index => l,
+            Ok(_) => {
+                self.fatal = Some(format!(
+                    "interface {iface} is gone: it was re-created under a new index; \
+                     exiting so the supervisor starts duet afresh"
+                ));
+                return false;
+            }
+            Err(e) => {
+                self.fatal = Some(format!(
+                    "interface {iface} is gone ({e}); exiting so the supervisor starts duet \
+                     again once it is back"
+                ));
+                return false;
+            }
+        };
+        if link.carrier != self.carrier {
+            self.carrier = link.carrier;
+            if link.carrier {
+                log::info!("{iface}: carrier back; announcing the VIP again if directing");
+                self.p.ctl.event("link", &format!("{iface} carrier back"));
+                if self.p.election.role() == Role::Director {
+                    self.p.shared.update(|c| c.announce += 1);
+                }
+            } else {
+                log::warn!(
+                    "{iface}: lost carrier; heartbeats go on and duet waits for the link to return"
+                );
+                self.p.ctl.event("link", &format!("{iface} lost carrier"));
+            }
+        }
+        true
     }
 
     fn local_connections(&self) -> usize {

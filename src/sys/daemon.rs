@@ -26,6 +26,9 @@ pub const TUN_NAME: &str = "duet0";
 pub enum DaemonError {
     #[error("{0}")]
     Config(String),
+    /// The LAN interface went away under the running daemon.
+    #[error("{0}")]
+    LinkGone(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -298,7 +301,8 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         }
     };
 
-    let el = ControlLoop::new(Parts {
+    let link_index = link.index;
+    let (el, fatal) = ControlLoop::new(Parts {
         cfg: cfg.clone(),
         ctl: ctl.clone(),
         shared: shared.clone(),
@@ -311,6 +315,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         checks,
         pinger,
         macs,
+        link_index,
     })
     .run(&udp, hb_port);
 
@@ -330,7 +335,10 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         store_warn("event log", s.log_event("stop", "duet stopped"));
         store_warn("flush", s.flush());
     }
-    Ok(())
+    match fatal {
+        Some(why) => Err(DaemonError::LinkGone(why)),
+        None => Ok(()),
+    }
 }
 
 fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {

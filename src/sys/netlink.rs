@@ -28,6 +28,8 @@ fn to_io(e: rtnetlink::Error) -> io::Error {
 pub struct Link {
     pub index: u32,
     pub mac: [u8; 6],
+    /// The kernel sees a carrier (cable in, peer veth up).
+    pub carrier: bool,
 }
 
 pub fn link(name: &str) -> io::Result<Link> {
@@ -39,16 +41,18 @@ pub fn link(name: &str) -> io::Result<Link> {
             .await?
             .ok_or(rtnetlink::Error::RequestFailed)?;
         let mut mac = [0u8; 6];
+        let mut carrier = false;
         for a in &msg.attributes {
-            if let LinkAttribute::Address(m) = a {
-                if m.len() == 6 {
-                    mac.copy_from_slice(m);
-                }
+            match a {
+                LinkAttribute::Address(m) if m.len() == 6 => mac.copy_from_slice(m),
+                LinkAttribute::Carrier(c) => carrier = *c != 0,
+                _ => {}
             }
         }
         Ok(Link {
             index: msg.header.index,
             mac,
+            carrier,
         })
     })
 }

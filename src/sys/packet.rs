@@ -204,6 +204,23 @@ impl PacketSocket {
                 Err(e)
             };
         }
+        if p[0].revents & libc::POLLERR != 0 {
+            // The link went down (ENETDOWN): reading the error clears it,
+            // or every later poll would return at once and spin.
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: SO_ERROR writes one int into err.
+            unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            log::debug!("packet socket: {}", io::Error::from_raw_os_error(err));
+        }
         if p[1].revents & libc::POLLIN != 0 {
             let mut v = 0u64;
             // SAFETY: an eventfd read takes exactly 8 bytes into v.
