@@ -59,6 +59,17 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 /// Default silence after which a peer is considered dead.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(1);
 
+/// Heartbeats sent per `dead_after`, at least: `interval` is an upper
+/// bound. With the tight timings of a 150 ms failover (20 ms / 100 ms)
+/// only five heartbeats would fit, and at 20 % loss five in a row go
+/// missing every few seconds (0.2^5); ten make that once in hours.
+const MIN_HEARTBEATS_PER_DEAD_AFTER: u32 = 10;
+
+/// How often heartbeats actually go out for the configured timing.
+pub fn send_period(interval: Duration, dead_after: Duration) -> Duration {
+    interval.min(dead_after / MIN_HEARTBEATS_PER_DEAD_AFTER)
+}
+
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -806,5 +817,20 @@ impl Election {
             };
             self.transmits.push_back((self.peers[i].info.addr, msg));
         }
+    }
+}
+
+#[cfg(test)]
+mod send_period_tests {
+    use super::send_period;
+    use std::time::Duration;
+
+    #[test]
+    fn ten_heartbeats_fit_in_dead_after() {
+        let ms = Duration::from_millis;
+        assert_eq!(send_period(ms(100), ms(1000)), ms(100));
+        assert_eq!(send_period(ms(50), ms(300)), ms(30));
+        assert_eq!(send_period(ms(20), ms(100)), ms(10));
+        assert_eq!(send_period(ms(10), ms(5000)), ms(10));
     }
 }

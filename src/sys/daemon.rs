@@ -269,7 +269,10 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
             boot_id,
             priority: me.priority,
-            interval: cfg.heartbeat.interval.get_ref().0,
+            interval: election::send_period(
+                cfg.heartbeat.interval.get_ref().0,
+                cfg.heartbeat.dead_after.get_ref().0,
+            ),
             dead_after: cfg.heartbeat.dead_after.get_ref().0,
             preempt: cfg.heartbeat.preempt,
             ping_configured: !cfg.heartbeat.ping.is_empty(),

@@ -259,15 +259,13 @@ address = "198.18.0.2"
 priority = {p2}
 
 [heartbeat]
-interval = "100ms"
-dead_after = "1s"
 {hb}
 {services}
 "#,
             addr = n.addr,
             p1 = opts.priorities[0],
             p2 = opts.priorities[1],
-            hb = opts.heartbeat,
+            hb = heartbeat_keys(&opts.heartbeat),
             services = opts.services,
         )
     }
@@ -552,6 +550,18 @@ pub fn hits(v: &Value, name: &str) -> u64 {
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The `[heartbeat]` keys of a test config: 100 ms / 1 s unless `extra`
+/// sets its own.
+fn heartbeat_keys(extra: &str) -> String {
+    let mut out = String::new();
+    for (key, default) in [("interval", "\"100ms\""), ("dead_after", "\"1s\"")] {
+        if !extra.lines().any(|l| l.trim_start().starts_with(key)) {
+            out.push_str(&format!("{key} = {default}\n"));
+        }
+    }
+    out + extra
 }
 
 /// Starts `n` rate-limited downloads of `bytes` through the VIP, each a
