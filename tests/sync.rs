@@ -38,6 +38,10 @@ fn planned_switchover_loses_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
     let (intact, bad) = finish_downloads(dl);
     eprintln!("planned switchover: {intact}/20 downloads intact; probe {v}");
+    if intact != 20 || v["failed"].as_u64() != Some(0) {
+        // A rare failure is worth its logs: they show which flow went where.
+        c.dump_logs();
+    }
     assert_eq!(intact, 20, "downloads broken by the switchover: {bad:?}");
     assert_eq!(v["failed"].as_u64(), Some(0), "new connections failed: {v}");
 }

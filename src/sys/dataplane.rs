@@ -376,6 +376,14 @@ impl Plane {
                 ex.persists.clear();
                 ex.snapshot = Some((self.engine.export(now), self.engine.export_persist(now)));
             }
+            // Flows a stepping-down predecessor created after we took over
+            // (see the sync thread); ours win where both exist.
+            for c in ex.installs.conns.drain(..) {
+                if self.engine.lookup(now, &c.key).is_none() {
+                    self.engine.install(now, c);
+                }
+            }
+            ex.installs.persists.clear();
         } else {
             for c in ex.installs.conns.drain(..) {
                 self.engine.install(now, c);

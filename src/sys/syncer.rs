@@ -49,6 +49,14 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
             Ok((n, from)) if from.ip() == p.peer.ip() => {
                 let now = Instant::now();
                 match SyncMessage::parse(&buf[..n], &p.key) {
+                    Ok(msg @ SyncMessage::Batch(_)) if director => {
+                        // A predecessor still stepping down (make-before-
+                        // break) creates flows until the LAN has moved the
+                        // virtual MAC; following its stream a little longer
+                        // brings those here, so their next packets find an
+                        // entry instead of being scheduled afresh.
+                        receiver.handle(now, &msg, &mut installs)
+                    }
                     Ok(msg) if director => sender.handle(now, &msg),
                     Ok(msg) => receiver.handle(now, &msg, &mut installs),
                     Err(e) => {
@@ -87,6 +95,15 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
             }
             while let Some(m) = sender.poll_transmit(now) {
                 send(&sock, &m, &p, &mut out);
+            }
+            let mut ex = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+            ex.installs.conns.append(&mut installs.conns);
+            ex.installs.persists.append(&mut installs.persists);
+            drop(ex);
+            while let Some(m) = receiver.poll_transmit(now) {
+                if matches!(m, SyncMessage::Ack(_)) {
+                    send(&sock, &m, &p, &mut out);
+                }
             }
         } else {
             ex.installs.conns.append(&mut installs.conns);
