@@ -68,6 +68,16 @@ fn fmt_age(ms: Option<u64>) -> String {
     }
 }
 
+/// The batch of a peer's sync position, "-" without a stream (as the
+/// page's script shows it).
+fn fmt_sync_batch(pos: u64, batch: u64) -> String {
+    if pos == 0 {
+        "-".to_string()
+    } else {
+        batch.to_string()
+    }
+}
+
 /// "YYYY-MM-DD HH:MM:SSZ" for a unix time in ms (the same string the page's
 /// script produces with `toISOString`).
 pub fn fmt_unix_ms(ts_ms: u64) -> String {
@@ -265,6 +275,8 @@ pub fn html(r: &StatusReport) -> String {
                 ("term".into(), p.term.to_string()),
                 ("heartbeat".into(), fmt_age(p.last_heard_ms)),
                 ("address".into(), p.address.clone()),
+                ("key".into(), p.key.clone().unwrap_or_else(|| "-".into())),
+                ("sync batch".into(), fmt_sync_batch(p.sync_pos, p.sync_batch)),
             ],
         );
     }
@@ -419,7 +431,7 @@ document.body.setAttribute("data-role",r.role);document.title="duet · "+r.node+
 $("node").textContent=r.node;$("term").textContent=r.term;$("vip").textContent=r.vip;$("vip-holder").textContent=r.vip_holder||"nobody";
 var ns=$("nodes");ns.textContent="";
 ns.appendChild(card(r.node,r.role," self"+(r.vip_holder===r.node?" holder":""),[["priority",r.priority+" (effective "+r.effective_priority+")"],["term",String(r.term)],["heartbeat","this node"],["uptime",r.uptime_s+" s"]]));
-(r.peers||[]).forEach(function(p){ns.appendChild(card(p.node,p.role,r.vip_holder===p.node?" holder":"",[["priority",String(p.priority)],["term",String(p.term)],["heartbeat",age(p.last_heard_ms)],["address",p.address]]));});
+(r.peers||[]).forEach(function(p){ns.appendChild(card(p.node,p.role,r.vip_holder===p.node?" holder":"",[["priority",String(p.priority)],["term",String(p.term)],["heartbeat",age(p.last_heard_ms)],["address",p.address],["key",p.key||"-"],["sync batch",p.sync_pos?String(p.sync_batch):"-"]]));});
 var tb=$("backends").tBodies[0];tb.textContent="";(r.backends||[]).forEach(function(b){tb.appendChild(row(b,t));});
 var hb=r.heartbeat||{},dp=r.dataplane||{},sy=r.sync||{};
 $("hb").textContent=hb.sent+" / "+hb.received+" / "+sum(hb.dropped||{});
@@ -608,6 +620,30 @@ pub fn metrics(r: &StatusReport) -> String {
                 &float(ms as f64 / 1000.0),
             );
         }
+    }
+
+    p.family(
+        "duet_peer_key_next",
+        "gauge",
+        "1 while the peer signs its heartbeats with our next key (mid-rotation), 0 with our current one.",
+    );
+    for peer in &r.peers {
+        if let Some(k) = &peer.key {
+            let v = if k == "next" { "1" } else { "0" };
+            p.sample("duet_peer_key_next", &[("peer", &peer.node)], v);
+        }
+    }
+    p.family(
+        "duet_peer_sync_batch",
+        "gauge",
+        "Sync batch the peer last reported (sent on a director, applied on a standby).",
+    );
+    for peer in &r.peers {
+        p.sample(
+            "duet_peer_sync_batch",
+            &[("peer", &peer.node)],
+            &peer.sync_batch.to_string(),
+        );
     }
 
     type Field = fn(&BackendStatus) -> Option<String>;
@@ -813,6 +849,9 @@ mod tests {
                 priority: 100,
                 last_heard_ms: Some(80),
                 term: 7,
+                key: Some("next".into()),
+                sync_pos: 0x0000_0123_0000_002a,
+                sync_batch: 42,
             }],
             backends: vec![
                 BackendStatus {
@@ -844,6 +883,7 @@ mod tests {
                 sent: 10,
                 received: 9,
                 dropped: BTreeMap::from([("bad_hmac".into(), 1), ("we\"ird\\\n".into(), 2)]),
+                ..Default::default()
             },
             dataplane: crate::status::model::DataplaneStats {
                 rx_packets: 100,
@@ -947,6 +987,8 @@ mod tests {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["peers"][0]["last_heard_ms"], 80);
+        assert_eq!(v["peers"][0]["key"], "next");
+        assert_eq!(v["peers"][0]["sync_pos"], 0x0000_0123_0000_002a_u64);
         let b = &v["backends"][0];
         for k in [
             "name",
@@ -1134,6 +1176,8 @@ mod tests {
         assert_eq!(s["duet_dataplane_drops_total{reason=\"no_backend\"}"], 1.0);
         assert_eq!(s["duet_sync_lag_entries"], 0.0);
         assert_eq!(s["duet_peer_last_heard_seconds{peer=\"web2\"}"], 0.08);
+        assert_eq!(s["duet_peer_key_next{peer=\"web2\"}"], 1.0);
+        assert_eq!(s["duet_peer_sync_batch{peer=\"web2\"}"], 42.0);
         let evil = format!(
             "duet_backend_up{{backend={:?},address={:?},service=\"tcp/80\"}}",
             "<script>alert(1)</script>", "198.18.0.21\"><img src=x>"

@@ -266,6 +266,9 @@ pub fn report(ctl: &Ctl) -> StatusReport {
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             term: p.term,
+            key: p.key.map(|k| k.as_str().to_string()),
+            sync_pos: p.sync_pos,
+            sync_batch: p.sync_pos & 0xffff_ffff,
         })
         .collect::<Vec<_>>();
     let vip_holder = if st.role == Role::Director {
@@ -329,6 +332,8 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             sent: cnt.sent,
             received: cnt.received,
             dropped,
+            challenges_sent: cnt.challenges_sent,
+            boots_verified: cnt.boots_verified,
         },
         dataplane: DataplaneStats {
             rx_packets: dp.rx_packets,
