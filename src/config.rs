@@ -2,6 +2,7 @@
 //! then `validate()` which reports every semantic problem at once, each with
 //! the file, line and column of the key at fault (keepalived's
 //! `--config-test` habit: one run shows all mistakes).
+use crate::wire::envelope::Keys;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -9,7 +10,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
-use crate::wire::envelope::Keys;
 
 /// A duration written as "100ms", "1s", "10m", "2h" (or a bare number of seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -817,9 +817,14 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(k, Keys::new(current.clone(), Some(next.clone())));
         assert_eq!(k.signing(), &current[..]);
         std::fs::write(&path, "0123456789abcdef0123\nshort\n").unwrap();
-        assert!(read_keys(&path).unwrap_err().contains("next key has 5 bytes"));
-        std::fs::write(&path, "0123456789abcdef0123\nfedcba9876543210-next\nthird-key-0123456789\n")
-            .unwrap();
+        assert!(read_keys(&path)
+            .unwrap_err()
+            .contains("next key has 5 bytes"));
+        std::fs::write(
+            &path,
+            "0123456789abcdef0123\nfedcba9876543210-next\nthird-key-0123456789\n",
+        )
+        .unwrap();
         assert!(read_keys(&path).unwrap_err().contains("3 keys"));
         std::fs::write(&path, "\n \n").unwrap();
         assert_eq!(read_keys(&path), Err("empty".into()));

@@ -184,7 +184,10 @@ fn key_rotation_under_load_breaks_nothing() {
         .iter()
         .filter(|(i, r)| *r != if *i == d { "director" } else { "standby" })
         .collect();
-    assert!(changed.is_empty(), "role changed during rotation: {changed:?}");
+    assert!(
+        changed.is_empty(),
+        "role changed during rotation: {changed:?}"
+    );
     assert!(seen.len() > 20, "too few role samples: {}", seen.len());
     assert_eq!(sd["role"], "director");
     assert_eq!(ss["role"], "standby");

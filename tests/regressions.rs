@@ -44,7 +44,13 @@ fn heartbeat(term: u64, role: WireRole) -> HeartbeatRepr {
 /// Hand `hb` to `e` the way a live peer gets in: its first heartbeat draws
 /// a challenge, and `hb` (one sequence number later) echoes it.
 fn admit(e: &mut Election, now: Instant, hb: HeartbeatRepr) {
-    let _ = e.handle_heartbeat(now, &HeartbeatRepr { seq: hb.seq - 1, ..hb.clone() });
+    let _ = e.handle_heartbeat(
+        now,
+        &HeartbeatRepr {
+            seq: hb.seq - 1,
+            ..hb.clone()
+        },
+    );
     let mut nonce = 0;
     while let Some((_, out)) = e.poll_transmit() {
         nonce = out.challenge;
@@ -63,7 +69,14 @@ fn term_at_u64_max_does_not_overflow() {
     let now = Instant::now();
     let mut e = Election::new(params(), now);
     // A lower-ranked standby peer: we win the election at once.
-    admit(&mut e, now, HeartbeatRepr { seq: 2, ..heartbeat(u64::MAX, WireRole::Standby) });
+    admit(
+        &mut e,
+        now,
+        HeartbeatRepr {
+            seq: 2,
+            ..heartbeat(u64::MAX, WireRole::Standby)
+        },
+    );
     e.handle_timeout(now + Duration::from_millis(10));
     assert_eq!(e.role(), Role::Director);
     assert!(

@@ -979,7 +979,10 @@ fn replayed_old_boot_and_replayed_answers_are_rejected() {
     }
     let after = pair.el(1).counters().clone();
     assert_eq!(after.received, before.received);
-    assert_eq!(after.dropped_replay - before.dropped_replay, boot5.len() as u64);
+    assert_eq!(
+        after.dropped_replay - before.dropped_replay,
+        boot5.len() as u64
+    );
 
     // Kill A for good and restart B: a fresh B has no window at all, and
     // all of A's recorded traffic, answers included, echoes nonces of B's

@@ -276,7 +276,10 @@ pub fn html(r: &StatusReport) -> String {
                 ("heartbeat".into(), fmt_age(p.last_heard_ms)),
                 ("address".into(), p.address.clone()),
                 ("key".into(), p.key.clone().unwrap_or_else(|| "-".into())),
-                ("sync batch".into(), fmt_sync_batch(p.sync_pos, p.sync_batch)),
+                (
+                    "sync batch".into(),
+                    fmt_sync_batch(p.sync_pos, p.sync_batch),
+                ),
             ],
         );
     }

@@ -364,7 +364,10 @@ impl Sender {
 
     fn handle_hello(&mut self, now: Instant, h: &Hello) {
         if self.standby_boot.is_some_and(|b| b != h.boot_id) {
-            log::debug!("sync: hello from unverified standby boot {} ignored", h.boot_id);
+            log::debug!(
+                "sync: hello from unverified standby boot {} ignored",
+                h.boot_id
+            );
             self.stats.ignored += 1;
             return;
         }
@@ -630,11 +633,11 @@ impl Receiver {
             let adopt = match self.director_boot {
                 Some(d) => {
                     stream_boot(b.stream_id) == d
-                        && !self.stream.is_some_and(|cur| {
-                            stream_boot(cur) == d && b.stream_id < cur
-                        })
+                        && self
+                            .stream
+                            .is_none_or(|cur| stream_boot(cur) != d || b.stream_id >= cur)
                 }
-                None => !self.stream.is_some_and(|cur| b.stream_id < cur),
+                None => self.stream.is_none_or(|cur| b.stream_id >= cur),
             };
             if !starts || !adopt {
                 log::debug!(

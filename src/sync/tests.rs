@@ -794,7 +794,10 @@ fn positions_compare_stream_and_batch() {
     assert!(position_covers(position((7 << 20) | 1, 12), sent));
     assert!(position_covers(position((7 << 20) | 1, 13), sent));
     assert!(!position_covers(position((7 << 20) | 1, 11), sent));
-    assert!(!position_covers(position((7 << 20) | 2, 12), sent), "another stream");
+    assert!(
+        !position_covers(position((7 << 20) | 2, 12), sent),
+        "another stream"
+    );
     assert!(position_covers(0, 0), "nothing sent");
     assert!(!position_covers(0, sent));
 }

@@ -164,7 +164,12 @@ impl ControlLoop {
         {
             // Our sync position goes into our heartbeats; the peer's verified
             // boot binds the sync streams to it (`crate::sync`).
-            let mut st = self.p.shared.sync_status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self
+                .p
+                .shared
+                .sync_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.p.election.set_sync_pos(st.position);
             st.peer_boot = self.p.election.peers().first().map_or(0, |p| p.boot_id);
         }
@@ -360,27 +365,36 @@ impl ControlLoop {
     }
 
     fn on_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
-        let keys = self.p.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = self
+            .p
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         match HeartbeatRepr::parse_with(bytes, &keys) {
             Ok((msg, slot)) => match self.p.election.handle_heartbeat(now, &msg) {
                 Ok(()) => self.p.election.note_peer_key(msg.node, slot),
                 Err(d) => log::debug!("heartbeat from {from} dropped: {d:?}"),
             },
-            Err(HeartbeatError::BadType(admin::MSG_TYPE)) => match AdminState::parse_with(bytes, &keys) {
-                Ok(a) if a.cluster_id == self.p.cluster_id && self.p.peers.contains(&a.node) => {
-                    let name = self.p.ctl.lock().peer_names.get(&a.node).cloned();
-                    self.p.ctl.adopt_drains(
-                        &name.unwrap_or_else(|| a.node.to_string()),
-                        a.drains.into_iter().collect(),
-                        a.version,
-                    );
+            Err(HeartbeatError::BadType(admin::MSG_TYPE)) => {
+                match AdminState::parse_with(bytes, &keys) {
+                    Ok(a)
+                        if a.cluster_id == self.p.cluster_id && self.p.peers.contains(&a.node) =>
+                    {
+                        let name = self.p.ctl.lock().peer_names.get(&a.node).cloned();
+                        self.p.ctl.adopt_drains(
+                            &name.unwrap_or_else(|| a.node.to_string()),
+                            a.drains.into_iter().collect(),
+                            a.version,
+                        );
+                    }
+                    Ok(a) => log::debug!("admin state from {} ignored", a.node),
+                    Err(e) => {
+                        self.p.election.note_auth_failure();
+                        warn_rejected(from, &e.to_string());
+                    }
                 }
-                Ok(a) => log::debug!("admin state from {} ignored", a.node),
-                Err(e) => {
-                    self.p.election.note_auth_failure();
-                    warn_rejected(from, &e.to_string());
-                }
-            },
+            }
             Err(e) => {
                 self.p.election.note_auth_failure();
                 log::debug!("heartbeat from {from} rejected: {e}");
@@ -393,7 +407,12 @@ impl ControlLoop {
     /// server shows.
     fn after_wait(&mut self, now: Instant) {
         self.p.election.handle_timeout(now);
-        let keys = self.p.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = self
+            .p
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         while let Some((dst, msg)) = self.p.election.poll_transmit() {
             let mut out = Vec::with_capacity(128);
             msg.emit(keys.signing(), &mut out);

@@ -48,9 +48,7 @@
 //! [`Batch::fits`].
 use std::net::Ipv4Addr;
 
-use super::envelope::{
-    self, be_u16, be_u32, be_u64, EnvelopeError, Keys, HEADER_LEN, MAC_LEN,
-};
+use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, Keys, HEADER_LEN, MAC_LEN};
 use crate::forward::TcpState;
 
 pub use super::envelope::VERSION;
