@@ -596,8 +596,22 @@ impl Election {
         self.backends_total = total;
     }
 
+    /// Our connection-sync position ([`crate::sync::position`]), carried
+    /// in our heartbeats: the last batch sent (director) or applied
+    /// (standby).
     pub fn set_sync_pos(&mut self, pos: u64) {
         self.sync_pos = pos;
+    }
+
+    /// For a planned switchover: a live peer's last heartbeat says it has
+    /// applied everything up to `sent` (our position when the handover
+    /// began: under load our own position keeps moving, so compare with
+    /// the one taken then). An independent confirmation besides the sync
+    /// layer's acks, and one that survives a lost ack.
+    pub fn peer_synced_to(&self, sent: u64) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.info.alive && crate::sync::position_covers(p.info.sync_pos, sent))
     }
 
     /// Leave the cluster: priority 0 from now on. Sends a Leaving heartbeat

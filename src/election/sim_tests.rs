@@ -1032,3 +1032,23 @@ fn a_replayed_challenge_does_not_disturb_a_live_pair() {
     assert!(pair.el(1).peers()[0].alive);
     assert_eq!(pair.el(1).peers()[0].boot_id, 2);
 }
+
+#[test]
+fn peer_sync_position_from_heartbeats() {
+    let mut pair = Pair::default_pair(43);
+    pair.settle_with_director(0);
+    let stream = (5 << 20) | 1;
+    let sent = crate::sync::position(stream, 12);
+    pair.el(0).set_sync_pos(sent);
+    pair.el(1).set_sync_pos(crate::sync::position(stream, 11));
+    pair.run_for(2 * INTERVAL);
+    assert_eq!(pair.el(1).peers()[0].sync_pos, sent, "director's position");
+    assert!(!pair.el(0).peer_synced_to(sent));
+    pair.el(1).set_sync_pos(crate::sync::position(stream, 12));
+    pair.run_for(2 * INTERVAL);
+    assert!(pair.el(0).peer_synced_to(sent));
+    // A dead peer confirms nothing.
+    pair.stop(1);
+    pair.run_for(2 * DEAD_AFTER);
+    assert!(!pair.el(0).peer_synced_to(sent));
+}
