@@ -90,8 +90,11 @@ pub struct BackendStatus {
 pub struct HeartbeatStats {
     pub sent: u64,
     pub received: u64,
-    /// Dropped heartbeats by reason ("bad_hmac", "stale", "replay", ...).
+    /// Dropped heartbeats by reason ("auth", "replay", ...).
     pub dropped: BTreeMap<String, u64>,
+    /// Heartbeats held back because their boot had not answered our
+    /// challenge yet (a restart's first one or two, or replayed traffic).
+    pub unverified: u64,
     /// Challenges sent to a peer that showed a boot not yet verified.
     pub challenges_sent: u64,
     /// Peer boots accepted after answering a challenge.

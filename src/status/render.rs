@@ -609,6 +609,27 @@ pub fn metrics(r: &StatusReport) -> String {
             &n.to_string(),
         );
     }
+    let challenge_families = [
+        (
+            "duet_heartbeats_unverified_total",
+            "Heartbeats held back until their boot answered our challenge.",
+            r.heartbeat.unverified,
+        ),
+        (
+            "duet_heartbeat_challenges_total",
+            "Challenges sent to a peer showing a boot not yet verified.",
+            r.heartbeat.challenges_sent,
+        ),
+        (
+            "duet_peer_boots_verified_total",
+            "Peer boots accepted after answering a challenge.",
+            r.heartbeat.boots_verified,
+        ),
+    ];
+    for (name, help, v) in challenge_families {
+        p.family(name, "counter", help);
+        p.sample(name, &[], &v.to_string());
+    }
 
     p.family(
         "duet_peer_last_heard_seconds",
@@ -1180,6 +1201,8 @@ mod tests {
         assert_eq!(s["duet_sync_lag_entries"], 0.0);
         assert_eq!(s["duet_peer_last_heard_seconds{peer=\"web2\"}"], 0.08);
         assert_eq!(s["duet_peer_key_next{peer=\"web2\"}"], 1.0);
+        assert_eq!(s["duet_heartbeats_unverified_total"], 0.0);
+        assert_eq!(s["duet_peer_boots_verified_total"], 0.0);
         assert_eq!(s["duet_peer_sync_batch{peer=\"web2\"}"], 42.0);
         let evil = format!(
             "duet_backend_up{{backend={:?},address={:?},service=\"tcp/80\"}}",

@@ -314,7 +314,6 @@ pub fn report(ctl: &Ctl) -> StatusReport {
     dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
     dropped.insert("replay".to_string(), cnt.dropped_replay);
     dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
-    dropped.insert("stale".to_string(), cnt.dropped_stale);
     dropped.insert("self_echo".to_string(), cnt.dropped_self_echo);
     StatusReport {
         node: st.node.clone(),
@@ -332,6 +331,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             sent: cnt.sent,
             received: cnt.received,
             dropped,
+            unverified: cnt.unverified,
             challenges_sent: cnt.challenges_sent,
             boots_verified: cnt.boots_verified,
         },
