@@ -162,6 +162,18 @@ mod tests {
     }
 
     #[test]
+    fn either_key_during_a_rotation() {
+        let b = emitted(&sample());
+        let next = Keys::new(b"the new key, 16 bytes+".to_vec(), Some(KEY.to_vec()));
+        assert_eq!(AdminState::parse_with(&b, &next), Ok(sample()));
+        let gone = Keys::new(b"the new key, 16 bytes+".to_vec(), None);
+        assert_eq!(
+            AdminState::parse_with(&b, &gone),
+            Err(AdminError::from(EnvelopeError::BadMac))
+        );
+    }
+
+    #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
         let b = emitted(&sample());
         for n in 0..b.len() {

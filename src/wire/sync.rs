@@ -613,6 +613,18 @@ mod tests {
     }
 
     #[test]
+    fn either_key_during_a_rotation() {
+        let out = emitted(&hello());
+        let next = Keys::new(b"the new key, 16 bytes+".to_vec(), Some(KEY.to_vec()));
+        assert_eq!(SyncMessage::parse_with(&out, &next), Ok(hello()));
+        let gone = Keys::new(b"the new key, 16 bytes+".to_vec(), None);
+        assert_eq!(
+            SyncMessage::parse_with(&out, &gone),
+            Err(SyncWireError::BadMac)
+        );
+    }
+
+    #[test]
     fn wrong_key_and_heartbeat_key_domain() {
         let mut out = Vec::new();
         SyncMessage::Batch(batch()).emit(b"another key entirely", &mut out);
