@@ -942,6 +942,8 @@ mod tests {
         );
         assert!(page.contains("class=\"node\" data-node=\"web2\" data-role=\"standby\""));
         assert!(page.contains("data-backend=\"web2\""));
+        assert!(page.contains("<dt>key</dt><dd>next</dd>"));
+        assert!(page.contains("<dt>sync batch</dt><dd>42</dd>"));
         assert!(page.contains("80 ms ago"));
         assert!(page.contains("2023-11-14 22:13:20Z"));
         assert_eq!(page.matches("<tr class=\"backend").count(), 2);
