@@ -2,6 +2,7 @@
 //! then `validate()` which reports every semantic problem at once, each with
 //! the file, line and column of the key at fault (keepalived's
 //! `--config-test` habit: one run shows all mistakes).
+use crate::wire::envelope::Keys;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -467,15 +468,7 @@ impl Config {
         if *c.vrid.get_ref() == 0 {
             p.at(c.vrid.span(), "cluster.vrid must be 1..=255".into());
         }
-        match read_secret(c.key_file.get_ref()) {
-            Ok(k) if k.len() < 16 => p.at(
-                c.key_file.span(),
-                format!(
-                    "cluster.key_file {}: secret has {} bytes, needs at least 16",
-                    c.key_file.get_ref().display(),
-                    k.len()
-                ),
-            ),
+        match read_keys(c.key_file.get_ref()) {
             Ok(_) => {}
             Err(e) => p.at(
                 c.key_file.span(),
@@ -630,6 +623,42 @@ pub fn parse_fallback(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
         .map_err(|_| format!("fallback {s:?} is not ADDRESS or ADDRESS:PORT"))
 }
 
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// The cluster key file: the current key on its first non-empty line, and
+/// optionally the next key (during a rotation, SECURITY.md) on the second.
+/// Surrounding whitespace of each line is ignored; each key needs at least
+/// [`MIN_KEY_LEN`] bytes. Messages are signed with the first and accepted
+/// with either.
+pub fn read_keys(path: &Path) -> Result<Keys, String> {
+    let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.len() > 2 {
+        return Err(format!(
+            "{} keys; it holds the current key and at most one next key, one a line",
+            lines.len()
+        ));
+    }
+    for (i, l) in lines.iter().enumerate() {
+        if l.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "{} key has {} bytes, needs at least {MIN_KEY_LEN}",
+                if i == 0 { "current" } else { "next" },
+                l.len()
+            ));
+        }
+    }
+    let mut keys = lines.into_iter().map(|l| l.as_bytes().to_vec());
+    let current = keys.next().ok_or("empty")?;
+    Ok(Keys::new(current, keys.next()))
+}
+
 /// A secret file: text, surrounding whitespace ignored.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     let raw = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -781,6 +810,34 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         std::fs::write(d.join("key"), "short").unwrap();
         let p = Config::parse(GOOD, &d).unwrap_err();
         assert!(p[0].message.contains("at least 16"), "{p:?}");
+    }
+
+    #[test]
+    fn key_file_with_current_and_next_key() {
+        let d = dir_with_key();
+        let path = d.join("key");
+        let current = b"0123456789abcdef0123".to_vec();
+        let next = b"fedcba9876543210-next".to_vec();
+        // One key, as before: nothing else accepted.
+        assert_eq!(read_keys(&path), Ok(Keys::new(current.clone(), None)));
+        std::fs::write(&path, "  0123456789abcdef0123 \n\nfedcba9876543210-next\n").unwrap();
+        let k = read_keys(&path).unwrap();
+        assert_eq!(k, Keys::new(current.clone(), Some(next.clone())));
+        assert_eq!(k.signing(), &current[..]);
+        std::fs::write(&path, "0123456789abcdef0123\nshort\n").unwrap();
+        assert!(read_keys(&path)
+            .unwrap_err()
+            .contains("next key has 5 bytes"));
+        std::fs::write(
+            &path,
+            "0123456789abcdef0123\nfedcba9876543210-next\nthird-key-0123456789\n",
+        )
+        .unwrap();
+        assert!(read_keys(&path).unwrap_err().contains("3 keys"));
+        std::fs::write(&path, "\n \n").unwrap();
+        assert_eq!(read_keys(&path), Err("empty".into()));
+        let p = Config::parse(GOOD, &d).unwrap_err();
+        assert!(p[0].message.contains("key_file"), "{p:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn params() -> Params {
         peers: vec![PEER],
         cluster_id: 1,
         boot_id: 1,
+        nonce_seed: 7,
         priority: 150,
         interval: Duration::from_millis(100),
         dead_after: Duration::from_secs(1),
@@ -35,7 +36,26 @@ fn heartbeat(term: u64, role: WireRole) -> HeartbeatRepr {
         backends_up: 0,
         backends_total: 0,
         sync_pos: 0,
+        challenge: 0,
+        echo: 0,
     }
+}
+
+/// Hand `hb` to `e` the way a live peer gets in: its first heartbeat draws
+/// a challenge, and `hb` (one sequence number later) echoes it.
+fn admit(e: &mut Election, now: Instant, hb: HeartbeatRepr) {
+    let _ = e.handle_heartbeat(
+        now,
+        &HeartbeatRepr {
+            seq: hb.seq - 1,
+            ..hb.clone()
+        },
+    );
+    let mut nonce = 0;
+    while let Some((_, out)) = e.poll_transmit() {
+        nonce = out.challenge;
+    }
+    let _ = e.handle_heartbeat(now, &HeartbeatRepr { echo: nonce, ..hb });
 }
 
 /// fuzz/regressions/heartbeat/term-overflow: an authenticated heartbeat
@@ -49,7 +69,14 @@ fn term_at_u64_max_does_not_overflow() {
     let now = Instant::now();
     let mut e = Election::new(params(), now);
     // A lower-ranked standby peer: we win the election at once.
-    let _ = e.handle_heartbeat(now, &heartbeat(u64::MAX, WireRole::Standby));
+    admit(
+        &mut e,
+        now,
+        HeartbeatRepr {
+            seq: 2,
+            ..heartbeat(u64::MAX, WireRole::Standby)
+        },
+    );
     e.handle_timeout(now + Duration::from_millis(10));
     assert_eq!(e.role(), Role::Director);
     assert!(
@@ -70,7 +97,7 @@ fn split_brain_at_u64_max_does_not_overflow() {
     assert_eq!(e.role(), Role::Director);
     let mut hb = heartbeat(u64::MAX, WireRole::Director);
     hb.seq = 2;
-    let _ = e.handle_heartbeat(later, &hb);
+    admit(&mut e, later, hb);
     assert_eq!(e.role(), Role::Director, "the higher-ranked node yielded");
     assert!(
         e.term() >= u64::MAX - 1,

@@ -5,7 +5,8 @@
 //! `HeartbeatRepr::parse` exactly as the daemon does (authenticated ones into
 //! `handle_heartbeat`, the rest into `note_auth_failure`); structured steps
 //! build a correctly signed heartbeat from fuzzed fields so the state machine
-//! sees far more than the few inputs that happen to carry a valid HMAC.
+//! sees far more than the few inputs that happen to carry a valid HMAC; they
+//! often echo the challenge the machine last sent, so boots get verified.
 //! Checked besides "no panic": every message the machine emits parses back to
 //! itself, a leaving node never becomes director again, and after
 //! `handle_timeout(now)` the next wake-up lies in the future (no busy loop).
@@ -32,7 +33,7 @@ fn role(b: u8) -> WireRole {
     }
 }
 
-fn structured(u: &mut Unstructured) -> Result<HeartbeatRepr> {
+fn structured(u: &mut Unstructured, last_challenge: u64) -> Result<HeartbeatRepr> {
     let node = match u.int_in_range(0..=3u8)? {
         0 | 1 => PEER,
         2 => ME,
@@ -65,11 +66,21 @@ fn structured(u: &mut Unstructured) -> Result<HeartbeatRepr> {
         backends_up: up,
         backends_total: total,
         sync_pos: u.arbitrary()?,
+        challenge: if u.ratio(1, 4)? { u.arbitrary()? } else { 0 },
+        echo: if u.ratio(3, 4)? {
+            last_challenge
+        } else {
+            u.arbitrary()?
+        },
     })
 }
 
-fn drain(e: &mut Election, left: bool) {
+/// Drains what the machine sent; returns the last challenge in it, if any.
+fn drain(e: &mut Election, left: bool, last_challenge: &mut u64) {
     while let Some((to, msg)) = e.poll_transmit() {
+        if msg.challenge != 0 {
+            *last_challenge = msg.challenge;
+        }
         assert_ne!(to, ME, "heartbeat addressed to ourselves");
         let mut buf = Vec::new();
         msg.emit(KEY, &mut buf);
@@ -90,6 +101,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         peers: vec![PEER],
         cluster_id: CLUSTER,
         boot_id: 3,
+        nonce_seed: u.arbitrary()?,
         priority: u.arbitrary()?,
         interval: Duration::from_millis(100),
         dead_after: Duration::from_millis(u.int_in_range(100..=3000)?),
@@ -98,6 +110,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     };
     let mut e = Election::new(params, now);
     let mut left = false;
+    let mut last_challenge = 0;
     let mut steps = 0;
     while !u.is_empty() && steps < 512 {
         steps += 1;
@@ -113,7 +126,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 }
             }
             1 | 2 => {
-                let m = structured(u)?;
+                let m = structured(u, last_challenge)?;
                 let mut buf = Vec::new();
                 m.emit(KEY, &mut buf);
                 // Truncate or flip a byte sometimes: must be rejected, not misread.
@@ -177,7 +190,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 e.set_sync_pos(u.arbitrary()?);
             }
         }
-        drain(&mut e, left);
+        drain(&mut e, left, &mut last_challenge);
         let _ = (e.term(), e.effective_priority(), e.peers(), e.counters());
     }
     Ok(())

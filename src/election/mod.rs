@@ -43,6 +43,21 @@
 //! back in the latency gap before the peer has taken over. With
 //! `preempt = true` an admin failover away from the better node is undone as
 //! soon as that hold ends, as with keepalived.
+//!
+//! # Replay protection without a clock
+//!
+//! Within one boot of a peer, heartbeats are accepted only with a sequence
+//! number above the last accepted one. A boot id we have not verified (the
+//! peer restarted, or we did, or someone replays an older boot's traffic)
+//! is never accepted on its own, whatever its value: we answer its first
+//! heartbeat with a fresh challenge nonce in ours (sent at once), and accept
+//! that boot only from a heartbeat that echoes the nonce — which the peer can
+//! only have written after our challenge left, so it is not a recording. The
+//! sequence window then restarts at that heartbeat. Nonces come from a seed
+//! the driver draws at random per process, so no two boots of ours share
+//! one. Boot ids therefore need only differ between boots; they need not
+//! grow, and a node whose clock or boot counter went back rejoins after one
+//! round trip.
 pub mod leave;
 #[cfg(test)]
 mod sim_tests;
@@ -52,6 +67,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use crate::wire::envelope::KeySlot;
 use crate::wire::heartbeat::{HeartbeatRepr, WireRole};
 
 /// Default heartbeat interval.
@@ -122,8 +138,11 @@ pub struct Params {
     /// Every other node's configured address.
     pub peers: Vec<Ipv4Addr>,
     pub cluster_id: u32,
-    /// Must grow across restarts, or peers drop our heartbeats as stale.
+    /// Differs between boots of this node (see "Replay protection" above).
     pub boot_id: u64,
+    /// Seeds our challenge nonces: random per process, so that a peer's
+    /// answer to an earlier boot's challenge never passes for a fresh one.
+    pub nonce_seed: u64,
     pub priority: u8,
     pub interval: Duration,
     pub dead_after: Duration,
@@ -213,8 +232,9 @@ pub enum Drop {
     WrongCluster,
     /// Same boot and a sequence number not above the last accepted one.
     Replay,
-    /// From an older boot of the peer than one already heard: a delayed or
-    /// replayed message from before it restarted.
+    /// From a boot of the peer we have not verified by challenge: a delayed
+    /// or replayed message from an earlier boot, or a restart whose answer
+    /// to our challenge has not arrived yet.
     Stale,
     /// The node address is not one of our configured peers.
     UnknownPeer,
@@ -227,7 +247,7 @@ impl fmt::Display for Drop {
         f.write_str(match self {
             Drop::WrongCluster => "wrong cluster id",
             Drop::Replay => "replayed sequence number",
-            Drop::Stale => "older boot id",
+            Drop::Stale => "unverified boot id (challenge sent)",
             Drop::UnknownPeer => "unknown peer",
             Drop::SelfEcho => "own heartbeat",
         })
@@ -245,11 +265,19 @@ pub struct Counters {
     pub dropped_auth: u64,
     pub dropped_wrong_cluster: u64,
     pub dropped_replay: u64,
-    pub dropped_stale: u64,
+    /// Heartbeats of a boot not (yet) verified ([`Drop::Stale`]): one or
+    /// two per peer restart while the challenge crosses, which is why they
+    /// are not counted with the drops; a count that keeps growing while
+    /// `boots_verified` does not is replayed traffic.
+    pub unverified: u64,
     pub dropped_unknown_peer: u64,
     pub dropped_self_echo: u64,
     pub role_changes: u64,
     pub announces: u64,
+    /// Challenges issued to a peer showing an unverified boot.
+    pub challenges_sent: u64,
+    /// Peer boots accepted after they echoed our challenge.
+    pub boots_verified: u64,
 }
 
 /// What we know about one peer, for status.
@@ -268,6 +296,9 @@ pub struct PeerInfo {
     pub boot_id: u64,
     pub backends_up: u16,
     pub backends_total: u16,
+    /// Which of our keys its last accepted heartbeat was signed with (the
+    /// driver reports it with [`Election::note_peer_key`]).
+    pub key: Option<KeySlot>,
 }
 
 impl PeerInfo {
@@ -288,6 +319,10 @@ struct Peer {
     /// `(boot_id, seq)` of the last accepted heartbeat; survives the peer's
     /// death on purpose, so recorded traffic cannot revive it.
     last_accepted: Option<(u64, u64)>,
+    /// The nonce we asked it to echo, while one of its boots is unverified.
+    challenge: Option<u64>,
+    /// The nonce it asked us to echo (0 = none), sent in our heartbeats.
+    echo: u64,
 }
 
 impl Peer {
@@ -329,6 +364,8 @@ pub struct Election {
     /// Our directorship term while director; otherwise the highest term seen.
     term: u64,
     seq: u64,
+    /// Challenge nonces issued so far (input to [`Election::next_nonce`]).
+    nonces: u64,
     ping_ok: bool,
     service_ok: bool,
     backends_up: u16,
@@ -372,8 +409,11 @@ impl Election {
                     boot_id: 0,
                     backends_up: 0,
                     backends_total: 0,
+                    key: None,
                 },
                 last_accepted: None,
+                challenge: None,
+                echo: 0,
             })
             .collect();
         let start_deadline = now + params.dead_after;
@@ -381,6 +421,7 @@ impl Election {
             role: Role::Starting,
             term: 0,
             seq: 0,
+            nonces: 0,
             ping_ok: true,
             service_ok: true,
             backends_up: 0,
@@ -404,11 +445,11 @@ impl Election {
 
     /// Take in a heartbeat that [`HeartbeatRepr::parse`] authenticated.
     pub fn handle_heartbeat(&mut self, now: Instant, msg: &HeartbeatRepr) -> Result<(), Drop> {
-        if let Err(d) = self.check(msg) {
+        if let Err(d) = self.admit(msg) {
             match d {
                 Drop::WrongCluster => self.counters.dropped_wrong_cluster += 1,
                 Drop::Replay => self.counters.dropped_replay += 1,
-                Drop::Stale => self.counters.dropped_stale += 1,
+                Drop::Stale => self.counters.unverified += 1,
                 Drop::UnknownPeer => self.counters.dropped_unknown_peer += 1,
                 Drop::SelfEcho => self.counters.dropped_self_echo += 1,
             }
@@ -431,6 +472,7 @@ impl Election {
         let prev_role = peer.info.role;
         let role = Role::from_wire(msg.role);
         peer.last_accepted = Some((msg.boot_id, msg.seq));
+        let key = peer.info.key;
         peer.info = PeerInfo {
             addr: msg.node,
             role,
@@ -443,6 +485,7 @@ impl Election {
             boot_id: msg.boot_id,
             backends_up: msg.backends_up,
             backends_total: msg.backends_total,
+            key,
         };
         let peer_rank = peer.rank();
         if !was_alive {
@@ -480,6 +523,14 @@ impl Election {
         }
         self.evaluate(now, handoff);
         Ok(())
+    }
+
+    /// Record which of our keys `peer`'s last accepted heartbeat was signed
+    /// with, for status.
+    pub fn note_peer_key(&mut self, peer: Ipv4Addr, key: KeySlot) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.info.addr == peer) {
+            p.info.key = Some(key);
+        }
     }
 
     /// Count a datagram that failed [`HeartbeatRepr::parse`].
@@ -571,8 +622,22 @@ impl Election {
         self.backends_total = total;
     }
 
+    /// Our connection-sync position ([`crate::sync::position`]), carried
+    /// in our heartbeats: the last batch sent (director) or applied
+    /// (standby).
     pub fn set_sync_pos(&mut self, pos: u64) {
         self.sync_pos = pos;
+    }
+
+    /// For a planned switchover: a live peer's last heartbeat says it has
+    /// applied everything up to `sent` (our position when the handover
+    /// began: under load our own position keeps moving, so compare with
+    /// the one taken then). An independent confirmation besides the sync
+    /// layer's acks, and one that survives a lost ack.
+    pub fn peer_synced_to(&self, sent: u64) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.info.alive && crate::sync::position_covers(p.info.sync_pos, sent))
     }
 
     /// Leave the cluster: priority 0 from now on. Sends a Leaving heartbeat
@@ -627,22 +692,104 @@ impl Election {
         &self.counters
     }
 
-    fn check(&self, msg: &HeartbeatRepr) -> Result<(), Drop> {
+    /// Replay protection (module docs): the sequence window within a
+    /// verified boot, the challenge for any other boot. Takes in the
+    /// challenge the peer put to us, and issues ours.
+    fn admit(&mut self, msg: &HeartbeatRepr) -> Result<(), Drop> {
         if msg.cluster_id != self.p.cluster_id {
             return Err(Drop::WrongCluster);
         }
         if msg.node == self.p.me {
             return Err(Drop::SelfEcho);
         }
-        let peer = self
+        let i = self
             .peers
             .iter()
-            .find(|p| p.info.addr == msg.node)
+            .position(|p| p.info.addr == msg.node)
             .ok_or(Drop::UnknownPeer)?;
-        match peer.last_accepted {
-            Some((boot, _)) if msg.boot_id < boot => Err(Drop::Stale),
-            Some((boot, seq)) if msg.boot_id == boot && msg.seq <= seq => Err(Drop::Replay),
-            _ => Ok(()),
+        let peer = &mut self.peers[i];
+        let same_boot = peer.last_accepted.map(|(b, _)| b) == Some(msg.boot_id);
+        if peer
+            .last_accepted
+            .is_some_and(|(_, seq)| same_boot && msg.seq > seq)
+        {
+            if peer.challenge.is_some_and(|n| n == msg.echo) {
+                // Answered by the boot we already trust (our challenge came
+                // from a replay): nothing left to prove.
+                peer.challenge = None;
+            }
+            self.take_challenge(i, msg.challenge);
+            return Ok(());
+        }
+        // A boot we have not verified, or an old sequence number: a
+        // recording, or a restart that drew a boot id seen before. Either
+        // way only a heartbeat echoing a fresh challenge gets in. Its
+        // challenge may come from the real peer, which cannot trust us
+        // either until we answer; a replayed 0 must not erase a pending one,
+        // so only nonces are taken.
+        let drop = if same_boot { Drop::Replay } else { Drop::Stale };
+        if msg.challenge != 0 {
+            self.take_challenge(i, msg.challenge);
+        }
+        let peer = &mut self.peers[i];
+        if peer.challenge.is_some_and(|n| n == msg.echo) {
+            peer.challenge = None;
+            self.counters.boots_verified += 1;
+            log::info!(
+                "peer {} boot {} verified (answered our challenge)",
+                msg.node,
+                msg.boot_id
+            );
+            return Ok(());
+        }
+        if peer.challenge.is_none() {
+            let nonce = self.next_nonce();
+            self.peers[i].challenge = Some(nonce);
+            self.counters.challenges_sent += 1;
+            // A new boot is news; an old sequence number (a duplicate
+            // datagram, a replay) is not worth more than a debug line.
+            let level = if same_boot {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
+                "peer {} shows unverified boot {} (seq {}): challenging it",
+                msg.node,
+                msg.boot_id,
+                msg.seq
+            );
+            self.queue_heartbeats();
+        }
+        Err(drop)
+    }
+
+    /// Echo `challenge` from now on; a new nonce is answered at once, so a
+    /// restarted peer is back within a round trip.
+    fn take_challenge(&mut self, i: usize, challenge: u64) {
+        if self.peers[i].echo != challenge {
+            self.peers[i].echo = challenge;
+            if challenge != 0 {
+                self.queue_heartbeats();
+            }
+        }
+    }
+
+    /// Distinct non-zero nonces (splitmix64 over the per-process seed).
+    fn next_nonce(&mut self) -> u64 {
+        loop {
+            self.nonces += 1;
+            let mut z = self
+                .p
+                .nonce_seed
+                .wrapping_add(self.nonces.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
         }
     }
 
@@ -814,6 +961,8 @@ impl Election {
                 backends_up: self.backends_up,
                 backends_total: self.backends_total,
                 sync_pos: self.sync_pos,
+                challenge: self.peers[i].challenge.unwrap_or(0),
+                echo: self.peers[i].echo,
             };
             self.transmits.push_back((self.peers[i].info.addr, msg));
         }

@@ -19,6 +19,7 @@ fn params(me: Ipv4Addr, priority: u8) -> Params {
         peers: vec![peer],
         cluster_id: CLUSTER,
         boot_id: 1_000,
+        nonce_seed: u64::from(u32::from(me)),
         priority,
         interval: INTERVAL,
         dead_after: DEAD_AFTER,
@@ -100,10 +101,13 @@ impl Pair {
         self.nodes[i].up = false;
     }
 
-    /// (Re)start a node with a fresh machine and a later boot id.
+    /// (Re)start a node with a fresh machine, a boot id (lower or higher
+    /// than before: it does not matter) and a new nonce seed, as a new
+    /// process draws.
     fn restart(&mut self, i: usize, boot_id: u64) {
         let mut p = self.nodes[i].params.clone();
         p.boot_id = boot_id;
+        p.nonce_seed = p.nonce_seed.wrapping_mul(31).wrapping_add(boot_id);
         self.nodes[i].el = Election::new(p.clone(), self.now);
         self.nodes[i].params = p;
         self.nodes[i].up = true;
@@ -240,11 +244,12 @@ fn simultaneous_start_elects_exactly_one_director_quickly() {
         pair.run_for(3 * DEAD_AFTER);
         assert_eq!(pair.directors(), vec![0], "seed {seed}");
         assert_eq!(pair.role(1), Role::Standby);
-        // Each heard the other at once: decided by rank, not by timeout.
+        // Each heard the other at once: decided by rank, not by timeout,
+        // after the challenges crossed (first heartbeat, challenge, echo).
         let (t, reason) = pair.became(0, Role::Director, pair.epoch).unwrap();
         assert_eq!(reason, Reason::WonElection);
         assert!(
-            t <= pair.at(LATENCY),
+            t <= pair.at(3 * LATENCY),
             "became director at {:?}",
             t - pair.epoch
         );
@@ -439,10 +444,7 @@ fn replayed_heartbeats_change_nothing_and_are_counted() {
         pair.deliver(1, bytes);
     }
     let after = pair.el(1).counters().clone();
-    assert_eq!(
-        after.dropped_stale - before.dropped_stale,
-        recorded.len() as u64
-    );
+    assert_eq!(after.unverified - before.unverified, recorded.len() as u64);
     assert_eq!(pair.role(1), Role::Director);
     assert_eq!(pair.role(0), Role::Standby);
 }
@@ -464,6 +466,8 @@ fn forged_heartbeats_change_nothing_and_are_counted() {
         backends_up: 0,
         backends_total: 0,
         sync_pos: 0,
+        challenge: 0,
+        echo: 0,
     };
     let mut with_wrong_key = Vec::new();
     forged.emit(b"not the cluster key", &mut with_wrong_key);
@@ -735,15 +739,40 @@ fn heartbeat_from(node: Ipv4Addr, boot_id: u64, seq: u64, role: WireRole) -> Hea
         backends_up: 1,
         backends_total: 2,
         sync_pos: 9,
+        challenge: 0,
+        echo: 0,
     }
+}
+
+/// The challenge `el` last put to its peer in a heartbeat.
+fn last_challenge(el: &mut Election) -> u64 {
+    let mut c = 0;
+    while let Some((_, hb)) = el.poll_transmit() {
+        c = hb.challenge;
+    }
+    c
+}
+
+/// Make `el` accept boot `boot_id` of B: its first heartbeat draws a
+/// challenge, which the second (seq `seq`) echoes.
+fn verified(el: &mut Election, now: Instant, boot_id: u64, seq: u64) {
+    let first = heartbeat_from(B, boot_id, seq - 1, WireRole::Standby);
+    assert_eq!(el.handle_heartbeat(now, &first), Err(Drop::Stale));
+    let nonce = last_challenge(el);
+    assert_ne!(nonce, 0, "an unverified boot is challenged");
+    let answer = HeartbeatRepr {
+        echo: nonce,
+        ..heartbeat_from(B, boot_id, seq, WireRole::Standby)
+    };
+    assert_eq!(el.handle_heartbeat(now, &answer), Ok(()));
 }
 
 #[test]
 fn drops_are_classified_and_counted() {
     let t0 = Instant::now();
     let mut el = Election::new(params(A, 150), t0);
+    verified(&mut el, t0, 10, 5);
     let ok = heartbeat_from(B, 10, 5, WireRole::Standby);
-    assert_eq!(el.handle_heartbeat(t0, &ok), Ok(()));
     let cases = [
         (
             HeartbeatRepr {
@@ -771,19 +800,25 @@ fn drops_are_classified_and_counted() {
     assert_eq!(c.dropped_self_echo, 1);
     assert_eq!(c.dropped_unknown_peer, 1);
     assert_eq!(c.dropped_replay, 2);
-    assert_eq!(c.dropped_stale, 1);
+    // The first heartbeat of boot 10 (before its answer) and boot 9.
+    assert_eq!(c.unverified, 2);
     assert_eq!(c.dropped_auth, 1);
-    // Next seq of the same boot, and any seq of a newer boot, are accepted.
+    assert_eq!((c.challenges_sent, c.boots_verified), (2, 1));
+    // Next seq of the same boot is accepted; another boot, newer or older,
+    // only once it answered a challenge.
     assert_eq!(
         el.handle_heartbeat(t0, &heartbeat_from(B, 10, 6, WireRole::Standby)),
         Ok(())
     );
     assert_eq!(
         el.handle_heartbeat(t0, &heartbeat_from(B, 11, 1, WireRole::Standby)),
-        Ok(())
+        Err(Drop::Stale)
     );
     let peer = &el.peers()[0];
-    assert_eq!((peer.boot_id, peer.sync_pos, peer.backends_up), (11, 9, 1));
+    assert_eq!((peer.boot_id, peer.sync_pos, peer.backends_up), (10, 9, 1));
+    verified(&mut el, t0, 3, 2);
+    let peer = &el.peers()[0];
+    assert_eq!(peer.boot_id, 3);
 }
 
 #[test]
@@ -856,4 +891,158 @@ fn role_and_reason_display() {
     );
     assert_eq!(Reason::PeerDead.to_string(), "peer dead");
     assert_eq!(Drop::Replay.to_string(), "replayed sequence number");
+}
+
+// ---- boots that do not grow: challenge and response ----
+
+#[test]
+fn node_restarted_with_a_lower_boot_id_rejoins_after_the_challenge() {
+    for (restarted, boot) in [(1, 3), (0, 3), (1, 1_000)] {
+        let mut pair = Pair::default_pair(40);
+        pair.settle_with_director(0);
+        let verified_before = pair.el(1 - restarted).counters().boots_verified;
+        // Its clock or boot counter went back (or repeated): the old rule
+        // dropped such a boot as stale for as long as the peer ran.
+        pair.stop(restarted);
+        pair.run_for(Duration::from_millis(300));
+        pair.restart(restarted, boot);
+        let back = pair.now;
+        let other = 1 - restarted;
+        // Heard again within a few round trips, not after dead_after.
+        while pair.el(other).peers()[0].boot_id != boot {
+            pair.run_for(LATENCY);
+            assert!(pair.now - back <= 4 * LATENCY, "boot {boot} not accepted");
+        }
+        pair.run_for(3 * DEAD_AFTER);
+        assert_eq!(pair.directors(), vec![0], "node {restarted} boot {boot}");
+        assert_eq!(pair.role(1), Role::Standby);
+        let peer = &pair.el(other).peers()[0];
+        assert!(peer.alive);
+        assert_eq!(peer.boot_id, boot);
+        assert_eq!(
+            pair.el(other).counters().boots_verified,
+            verified_before + 1
+        );
+    }
+}
+
+#[test]
+fn replayed_old_boot_and_replayed_answers_are_rejected() {
+    let mut pair = Pair::default_pair(41);
+    pair.settle_with_director(0);
+    // Everything A's first boot sent to B, answers to B's challenges included.
+    let boot1: Vec<Vec<u8>> = pair
+        .wire_log
+        .iter()
+        .filter(|(to, _)| *to == 1)
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert!(boot1
+        .iter()
+        .any(|b| HeartbeatRepr::parse(b, KEY).unwrap().echo != 0));
+    // A restarts with a lower boot id and is accepted again.
+    pair.stop(0);
+    pair.run_for(Duration::from_millis(200));
+    let restart_mark = pair.wire_log.len();
+    pair.restart(0, 5);
+    pair.run_for(3 * DEAD_AFTER);
+    assert_eq!(pair.el(1).peers()[0].boot_id, 5);
+    let log_mark = pair.wire_log.len();
+    pair.run_for(DEAD_AFTER);
+    let boot5: Vec<Vec<u8>> = pair.wire_log[restart_mark..log_mark]
+        .iter()
+        .filter(|(to, _)| *to == 1)
+        .map(|(_, b)| b.clone())
+        .collect();
+
+    // Replays of the higher old boot: not accepted, whatever they echo.
+    let peers = pair.el(1).peers();
+    let before = pair.el(1).counters().clone();
+    for b in &boot1 {
+        pair.deliver(1, b);
+    }
+    let after = pair.el(1).counters().clone();
+    assert_eq!(after.received, before.received);
+    assert_eq!(after.unverified - before.unverified, boot1.len() as u64);
+    assert_eq!(pair.el(1).peers(), peers);
+
+    // Replays of the current boot's answer: replays by sequence number.
+    let before = pair.el(1).counters().clone();
+    for b in &boot5 {
+        pair.deliver(1, b);
+    }
+    let after = pair.el(1).counters().clone();
+    assert_eq!(after.received, before.received);
+    assert_eq!(
+        after.dropped_replay - before.dropped_replay,
+        boot5.len() as u64
+    );
+
+    // Kill A for good and restart B: a fresh B has no window at all, and
+    // all of A's recorded traffic, answers included, echoes nonces of B's
+    // earlier process. A stays dead and B directs.
+    pair.stop(0);
+    pair.restart(1, 77);
+    for b in boot1.iter().chain(&boot5) {
+        pair.deliver(1, b);
+    }
+    pair.run_for(DEAD_AFTER / 2);
+    for b in boot1.iter().chain(&boot5) {
+        pair.deliver(1, b);
+    }
+    pair.run_for(2 * DEAD_AFTER);
+    assert_eq!(pair.el(1).counters().received, 0);
+    assert!(!pair.el(1).peers()[0].alive);
+    assert_eq!(pair.directors(), vec![1]);
+}
+
+#[test]
+fn a_replayed_challenge_does_not_disturb_a_live_pair() {
+    let mut pair = Pair::default_pair(42);
+    pair.settle_with_director(0);
+    let old: Vec<Vec<u8>> = pair
+        .wire_log
+        .iter()
+        .filter(|(to, _)| *to == 1)
+        .map(|(_, b)| b.clone())
+        .collect();
+    pair.stop(0);
+    pair.run_for(Duration::from_millis(100));
+    pair.restart(0, 2);
+    pair.run_for(3 * DEAD_AFTER);
+    let settled = pair.now;
+    // Old-boot traffic replayed again and again while both run: B
+    // challenges, A answers in its ongoing boot, nothing else happens.
+    for _ in 0..20 {
+        for b in old.iter().take(5) {
+            pair.deliver(1, b);
+        }
+        pair.run_for(INTERVAL);
+    }
+    pair.run_for(3 * DEAD_AFTER);
+    assert_eq!(pair.directors(), vec![0]);
+    assert_eq!(pair.role_changes_since(0, settled), 0);
+    assert_eq!(pair.role_changes_since(1, settled), 0);
+    assert!(pair.el(1).peers()[0].alive);
+    assert_eq!(pair.el(1).peers()[0].boot_id, 2);
+}
+
+#[test]
+fn peer_sync_position_from_heartbeats() {
+    let mut pair = Pair::default_pair(43);
+    pair.settle_with_director(0);
+    let stream = (5 << 20) | 1;
+    let sent = crate::sync::position(stream, 12);
+    pair.el(0).set_sync_pos(sent);
+    pair.el(1).set_sync_pos(crate::sync::position(stream, 11));
+    pair.run_for(2 * INTERVAL);
+    assert_eq!(pair.el(1).peers()[0].sync_pos, sent, "director's position");
+    assert!(!pair.el(0).peer_synced_to(sent));
+    pair.el(1).set_sync_pos(crate::sync::position(stream, 12));
+    pair.run_for(2 * INTERVAL);
+    assert!(pair.el(0).peer_synced_to(sent));
+    // A dead peer confirms nothing.
+    pair.stop(1);
+    pair.run_for(2 * DEAD_AFTER);
+    assert!(!pair.el(0).peer_synced_to(sent));
 }

@@ -47,6 +47,16 @@ pub struct PeerStatus {
     /// Age of the last authenticated heartbeat; `None` if never heard.
     pub last_heard_ms: Option<u64>,
     pub term: u64,
+    /// Which of our keys its heartbeats are signed with: "current" (our
+    /// signing key) or "next" (the key file's second line); `None` if never
+    /// heard.
+    pub key: Option<String>,
+    /// Its connection-sync position from its last heartbeat
+    /// (`sync::position`: stream and batch; 0 = none).
+    pub sync_pos: u64,
+    /// The batch part of `sync_pos` (its low 32 bits), for display: the page's
+    /// script cannot do 64-bit arithmetic.
+    pub sync_batch: u64,
 }
 
 /// One real server of one service.
@@ -80,8 +90,15 @@ pub struct BackendStatus {
 pub struct HeartbeatStats {
     pub sent: u64,
     pub received: u64,
-    /// Dropped heartbeats by reason ("bad_hmac", "stale", "replay", ...).
+    /// Dropped heartbeats by reason ("auth", "replay", ...).
     pub dropped: BTreeMap<String, u64>,
+    /// Heartbeats held back because their boot had not answered our
+    /// challenge yet (a restart's first one or two, or replayed traffic).
+    pub unverified: u64,
+    /// Challenges sent to a peer that showed a boot not yet verified.
+    pub challenges_sent: u64,
+    /// Peer boots accepted after answering a challenge.
+    pub boots_verified: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -68,6 +68,16 @@ fn fmt_age(ms: Option<u64>) -> String {
     }
 }
 
+/// The batch of a peer's sync position, "-" without a stream (as the
+/// page's script shows it).
+fn fmt_sync_batch(pos: u64, batch: u64) -> String {
+    if pos == 0 {
+        "-".to_string()
+    } else {
+        batch.to_string()
+    }
+}
+
 /// "YYYY-MM-DD HH:MM:SSZ" for a unix time in ms (the same string the page's
 /// script produces with `toISOString`).
 pub fn fmt_unix_ms(ts_ms: u64) -> String {
@@ -265,6 +275,11 @@ pub fn html(r: &StatusReport) -> String {
                 ("term".into(), p.term.to_string()),
                 ("heartbeat".into(), fmt_age(p.last_heard_ms)),
                 ("address".into(), p.address.clone()),
+                ("key".into(), p.key.clone().unwrap_or_else(|| "-".into())),
+                (
+                    "sync batch".into(),
+                    fmt_sync_batch(p.sync_pos, p.sync_batch),
+                ),
             ],
         );
     }
@@ -419,7 +434,7 @@ document.body.setAttribute("data-role",r.role);document.title="duet · "+r.node+
 $("node").textContent=r.node;$("term").textContent=r.term;$("vip").textContent=r.vip;$("vip-holder").textContent=r.vip_holder||"nobody";
 var ns=$("nodes");ns.textContent="";
 ns.appendChild(card(r.node,r.role," self"+(r.vip_holder===r.node?" holder":""),[["priority",r.priority+" (effective "+r.effective_priority+")"],["term",String(r.term)],["heartbeat","this node"],["uptime",r.uptime_s+" s"]]));
-(r.peers||[]).forEach(function(p){ns.appendChild(card(p.node,p.role,r.vip_holder===p.node?" holder":"",[["priority",String(p.priority)],["term",String(p.term)],["heartbeat",age(p.last_heard_ms)],["address",p.address]]));});
+(r.peers||[]).forEach(function(p){ns.appendChild(card(p.node,p.role,r.vip_holder===p.node?" holder":"",[["priority",String(p.priority)],["term",String(p.term)],["heartbeat",age(p.last_heard_ms)],["address",p.address],["key",p.key||"-"],["sync batch",p.sync_pos?String(p.sync_batch):"-"]]));});
 var tb=$("backends").tBodies[0];tb.textContent="";(r.backends||[]).forEach(function(b){tb.appendChild(row(b,t));});
 var hb=r.heartbeat||{},dp=r.dataplane||{},sy=r.sync||{};
 $("hb").textContent=hb.sent+" / "+hb.received+" / "+sum(hb.dropped||{});
@@ -594,6 +609,27 @@ pub fn metrics(r: &StatusReport) -> String {
             &n.to_string(),
         );
     }
+    let challenge_families = [
+        (
+            "duet_heartbeats_unverified_total",
+            "Heartbeats held back until their boot answered our challenge.",
+            r.heartbeat.unverified,
+        ),
+        (
+            "duet_heartbeat_challenges_total",
+            "Challenges sent to a peer showing a boot not yet verified.",
+            r.heartbeat.challenges_sent,
+        ),
+        (
+            "duet_peer_boots_verified_total",
+            "Peer boots accepted after answering a challenge.",
+            r.heartbeat.boots_verified,
+        ),
+    ];
+    for (name, help, v) in challenge_families {
+        p.family(name, "counter", help);
+        p.sample(name, &[], &v.to_string());
+    }
 
     p.family(
         "duet_peer_last_heard_seconds",
@@ -608,6 +644,30 @@ pub fn metrics(r: &StatusReport) -> String {
                 &float(ms as f64 / 1000.0),
             );
         }
+    }
+
+    p.family(
+        "duet_peer_key_next",
+        "gauge",
+        "1 while the peer signs its heartbeats with our next key (mid-rotation), 0 with our current one.",
+    );
+    for peer in &r.peers {
+        if let Some(k) = &peer.key {
+            let v = if k == "next" { "1" } else { "0" };
+            p.sample("duet_peer_key_next", &[("peer", &peer.node)], v);
+        }
+    }
+    p.family(
+        "duet_peer_sync_batch",
+        "gauge",
+        "Sync batch the peer last reported (sent on a director, applied on a standby).",
+    );
+    for peer in &r.peers {
+        p.sample(
+            "duet_peer_sync_batch",
+            &[("peer", &peer.node)],
+            &peer.sync_batch.to_string(),
+        );
     }
 
     type Field = fn(&BackendStatus) -> Option<String>;
@@ -813,6 +873,9 @@ mod tests {
                 priority: 100,
                 last_heard_ms: Some(80),
                 term: 7,
+                key: Some("next".into()),
+                sync_pos: 0x0000_0123_0000_002a,
+                sync_batch: 42,
             }],
             backends: vec![
                 BackendStatus {
@@ -844,6 +907,7 @@ mod tests {
                 sent: 10,
                 received: 9,
                 dropped: BTreeMap::from([("bad_hmac".into(), 1), ("we\"ird\\\n".into(), 2)]),
+                ..Default::default()
             },
             dataplane: crate::status::model::DataplaneStats {
                 rx_packets: 100,
@@ -878,6 +942,8 @@ mod tests {
         );
         assert!(page.contains("class=\"node\" data-node=\"web2\" data-role=\"standby\""));
         assert!(page.contains("data-backend=\"web2\""));
+        assert!(page.contains("<dt>key</dt><dd>next</dd>"));
+        assert!(page.contains("<dt>sync batch</dt><dd>42</dd>"));
         assert!(page.contains("80 ms ago"));
         assert!(page.contains("2023-11-14 22:13:20Z"));
         assert_eq!(page.matches("<tr class=\"backend").count(), 2);
@@ -947,6 +1013,8 @@ mod tests {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["peers"][0]["last_heard_ms"], 80);
+        assert_eq!(v["peers"][0]["key"], "next");
+        assert_eq!(v["peers"][0]["sync_pos"], 0x0000_0123_0000_002a_u64);
         let b = &v["backends"][0];
         for k in [
             "name",
@@ -1134,6 +1202,10 @@ mod tests {
         assert_eq!(s["duet_dataplane_drops_total{reason=\"no_backend\"}"], 1.0);
         assert_eq!(s["duet_sync_lag_entries"], 0.0);
         assert_eq!(s["duet_peer_last_heard_seconds{peer=\"web2\"}"], 0.08);
+        assert_eq!(s["duet_peer_key_next{peer=\"web2\"}"], 1.0);
+        assert_eq!(s["duet_heartbeats_unverified_total"], 0.0);
+        assert_eq!(s["duet_peer_boots_verified_total"], 0.0);
+        assert_eq!(s["duet_peer_sync_batch{peer=\"web2\"}"], 42.0);
         let evil = format!(
             "duet_backend_up{{backend={:?},address={:?},service=\"tcp/80\"}}",
             "<script>alert(1)</script>", "198.18.0.21\"><img src=x>"

@@ -11,8 +11,10 @@
 //! standby lacks its table: first contact, a standby restart (new boot id in
 //! its Hello), a standby that left our stream, or a change log overflow.
 //! Stream ids are `boot_id << 20 | n` for the n-th stream of this Sender, so
-//! they grow within a process and across restarts as long as boot ids grow;
-//! keep one Sender per process (the driver may leave it idle while standby).
+//! they grow within a process; the bits above the low 20 tell the boots of
+//! a director apart, which need not be ordered (boot ids differ between
+//! boots but need not grow, see `crate::election`). Keep one Sender per
+//! process (the driver may leave it idle while standby).
 //!
 //! # Reliability
 //! - Acks are cumulative. The receiver buffers up to [`RX_WINDOW`] batches
@@ -28,9 +30,15 @@
 //!   [`PACE_INTERVAL`].
 //! - A batch with a sequence at or below what the receiver applied is a
 //!   duplicate or a replay: re-acked, not applied. A batch of another stream
-//!   is adopted only if it starts a stream (sequence 1, snapshot part) with
-//!   a larger id than the current one, so replayed batches of an old stream
-//!   are dropped. Forged batches never parse ([`crate::wire::sync`]).
+//!   is adopted only if it starts a stream (sequence 1, snapshot part) and
+//!   has a larger id than the current one, so replayed batches of an old
+//!   stream are dropped. Boot ids need not grow, though: once the driver
+//!   passes on the director's boot as the heartbeat challenge verified it
+//!   ([`Receiver::set_director_boot`]), only streams of that boot are
+//!   adopted, whatever their id, and only larger ids within it. The
+//!   director likewise listens only to Hellos of the standby's verified boot
+//!   ([`Sender::set_standby_boot`]). Forged batches never parse
+//!   ([`crate::wire::sync`]).
 //! - The sender forgets a standby it has not heard from for
 //!   [`PEER_TIMEOUT`] (the standby sends a Hello every [`HELLO_INTERVAL`]):
 //!   it stops buffering and sends a snapshot when the standby is back.
@@ -231,6 +239,8 @@ pub struct Sender {
     streams_started: u64,
     stream: Option<Stream>,
     peer_boot: Option<u64>,
+    /// The standby's boot as the heartbeat layer verified it.
+    standby_boot: Option<u64>,
     last_heard: Option<Instant>,
     want_snapshot: bool,
     srtt: Option<Duration>,
@@ -247,6 +257,7 @@ impl Sender {
             streams_started: 0,
             stream: None,
             peer_boot: None,
+            standby_boot: None,
             last_heard: None,
             want_snapshot: false,
             srtt: None,
@@ -345,12 +356,22 @@ impl Sender {
         }
     }
 
+    /// The standby's boot id as the heartbeat challenge verified it: Hellos
+    /// of any other boot (replays of an earlier one) are ignored from now on.
+    pub fn set_standby_boot(&mut self, boot_id: u64) {
+        self.standby_boot = Some(boot_id);
+    }
+
     fn handle_hello(&mut self, now: Instant, h: &Hello) {
-        if self.peer_boot.is_some_and(|b| h.boot_id < b) {
-            log::debug!("sync: hello from an old standby boot {} ignored", h.boot_id);
+        if self.standby_boot.is_some_and(|b| b != h.boot_id) {
+            log::debug!(
+                "sync: hello from unverified standby boot {} ignored",
+                h.boot_id
+            );
             self.stats.ignored += 1;
             return;
         }
+        // Another boot is a restart, whether its id is larger or not.
         let new_boot = self.peer_boot != Some(h.boot_id);
         if new_boot {
             log::info!("sync: standby boot {} is here", h.boot_id);
@@ -566,6 +587,8 @@ struct Buffered {
 /// The standby side of connection sync. See the module docs.
 pub struct Receiver {
     boot_id: u64,
+    /// `stream_boot` of the director's verified boot, once known.
+    director_boot: Option<u64>,
     stream: Option<u64>,
     applied: u64,
     snapshot_complete: bool,
@@ -582,6 +605,7 @@ impl Receiver {
     pub fn new(boot_id: u64, now: Instant) -> Self {
         Receiver {
             boot_id,
+            director_boot: None,
             stream: None,
             applied: 0,
             snapshot_complete: false,
@@ -606,7 +630,16 @@ impl Receiver {
         };
         if self.stream != Some(b.stream_id) {
             let starts = b.seq == 1 && b.full_snapshot_part;
-            if !starts || self.stream.is_some_and(|cur| b.stream_id < cur) {
+            let adopt = match self.director_boot {
+                Some(d) => {
+                    stream_boot(b.stream_id) == d
+                        && self
+                            .stream
+                            .is_none_or(|cur| stream_boot(cur) != d || b.stream_id >= cur)
+                }
+                None => self.stream.is_none_or(|cur| b.stream_id >= cur),
+            };
+            if !starts || !adopt {
                 log::debug!(
                     "sync: batch {:#x}/{} of another stream dropped",
                     b.stream_id,
@@ -737,6 +770,13 @@ impl Receiver {
         )
     }
 
+    /// The director's boot id as the heartbeat challenge verified it: from
+    /// now on only its streams are followed, even if their ids are lower
+    /// than the current one (its boot counter went back).
+    pub fn set_director_boot(&mut self, boot_id: u64) {
+        self.director_boot = Some(stream_boot(boot_id.wrapping_shl(20)));
+    }
+
     /// Entries handed out for installation since start.
     pub fn synced(&self) -> u64 {
         self.synced
@@ -755,6 +795,29 @@ impl Receiver {
     pub fn stats(&self) -> &ReceiverStats {
         &self.stats
     }
+}
+
+/// The part of a stream id that names the director's boot (the boot id's
+/// low 44 bits).
+fn stream_boot(stream_id: u64) -> u64 {
+    stream_id >> 20
+}
+
+/// The sync position a node puts in its heartbeats (`Election::set_sync_pos`):
+/// the low 32 bits of the stream id above the batch sequence (the last one
+/// sent on a director, the last one applied on a standby); 0 = no stream.
+pub fn position(stream_id: u64, seq: u64) -> u64 {
+    if stream_id == 0 {
+        return 0;
+    }
+    (stream_id & 0xffff_ffff) << 32 | (seq & 0xffff_ffff)
+}
+
+/// Whether the standby's reported position `applied` covers everything the
+/// director's `sent` position says it sent: same stream, sequence at least
+/// as far. A planned switchover can wait for this on the peer's heartbeat.
+pub fn position_covers(applied: u64, sent: u64) -> bool {
+    sent == 0 || (applied >> 32 == sent >> 32 && applied as u32 >= sent as u32)
 }
 
 /// Largest datagram either side emits, for the driver's receive buffer.

@@ -734,3 +734,70 @@ fn a_new_director_stream_resets_the_receiver() {
     old.handle(t, &hello);
     assert!(!old.caught_up());
 }
+
+#[test]
+fn a_director_whose_boot_id_went_back_is_followed_once_verified() {
+    let t0 = Instant::now();
+    let mut rx = Receiver::new(1, t0);
+    let mut out = Installs::default();
+    // The director restarted with a lower boot id (its boot counter went
+    // back): its stream ids are lower than the one the standby follows.
+    let mut before = Sender::new(900, t0);
+    let mut after = Sender::new(7, t0);
+    let hello = rx.poll_transmit(t0).unwrap();
+    for tx in [&mut before, &mut after] {
+        tx.handle(t0, &hello);
+        tx.start_snapshot(t0, vec![], vec![]);
+    }
+    let first_before = before.poll_transmit(t0).unwrap();
+    rx.handle(t0, &first_before, &mut out);
+    assert_eq!(rx.position(), (before.position().0, 1));
+    let first_after = after.poll_transmit(t0).unwrap();
+    assert!(after.position().0 < before.position().0);
+    // Unverified, the lower id looks like a replay.
+    rx.handle(t0, &first_after, &mut out);
+    assert_eq!(rx.position(), (before.position().0, 1));
+    // Once the heartbeat challenge verified boot 7, its stream is followed,
+    // and the earlier boot's, replayed, no longer is.
+    rx.set_director_boot(7);
+    rx.handle(t0, &first_after, &mut out);
+    assert_eq!(rx.position(), (after.position().0, 1));
+    rx.handle(t0, &first_before, &mut out);
+    assert_eq!(rx.position(), (after.position().0, 1));
+    assert_eq!(rx.stats().foreign_stream, 2);
+}
+
+#[test]
+fn hellos_of_an_unverified_standby_boot_are_ignored() {
+    let t0 = Instant::now();
+    let mut tx = Sender::new(10, t0);
+    let mut old = Receiver::new(50, t0);
+    let mut new = Receiver::new(3, t0);
+    let old_hello = old.poll_transmit(t0).unwrap();
+    let new_hello = new.poll_transmit(t0).unwrap();
+    // Without a verified boot, any new boot is a restart, lower or not.
+    tx.handle(t0, &old_hello);
+    tx.handle(t0, &new_hello);
+    assert_eq!(tx.stats().ignored, 0);
+    tx.set_standby_boot(3);
+    tx.handle(t0, &old_hello);
+    assert_eq!(tx.stats().ignored, 1, "a replayed hello of boot 50");
+    tx.handle(t0, &new_hello);
+    assert_eq!(tx.stats().ignored, 1);
+}
+
+#[test]
+fn positions_compare_stream_and_batch() {
+    assert_eq!(position(0, 5), 0);
+    let sent = position((7 << 20) | 1, 12);
+    assert_eq!(sent & 0xffff_ffff, 12);
+    assert!(position_covers(position((7 << 20) | 1, 12), sent));
+    assert!(position_covers(position((7 << 20) | 1, 13), sent));
+    assert!(!position_covers(position((7 << 20) | 1, 11), sent));
+    assert!(
+        !position_covers(position((7 << 20) | 2, 12), sent),
+        "another stream"
+    );
+    assert!(position_covers(0, 0), "nothing sent");
+    assert!(!position_covers(0, sent));
+}

@@ -6,11 +6,12 @@ use crate::config::{self, Config};
 use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
 use crate::wire::admin::{self, AdminState};
+use crate::wire::envelope::Keys;
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::checks::Checks;
@@ -51,6 +52,9 @@ struct PendingHandover {
     kind: Handover,
     deadline: Instant,
     wait_for_sync: bool,
+    /// Our sync position when the handover began; the standby's heartbeat
+    /// reporting it applied that far confirms it as well as an ack does.
+    sent: u64,
 }
 
 /// Everything the loop needs that lives longer than it.
@@ -59,7 +63,8 @@ pub struct Parts {
     pub ctl: Arc<Ctl>,
     pub shared: Arc<Shared>,
     pub election: Election,
-    pub key: Vec<u8>,
+    /// Shared with the sync thread; replaced when a reload re-reads the key file.
+    pub keys: Arc<RwLock<Keys>>,
     pub me: Ipv4Addr,
     pub own_mac: [u8; 6],
     pub peers: Vec<Ipv4Addr>,
@@ -183,6 +188,18 @@ impl ControlLoop {
         self.refresh(now);
         let (up, total, own_ok) = health_summary(&self.p.ctl, &self.p.cfg, self.p.me);
         self.p.election.set_health_summary(up, total);
+        {
+            // Our sync position goes into our heartbeats; the peer's verified
+            // boot binds the sync streams to it (`crate::sync`).
+            let mut st = self
+                .p
+                .shared
+                .sync_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.p.election.set_sync_pos(st.position);
+            st.peer_boot = self.p.election.peers().first().map_or(0, |p| p.boot_id);
+        }
         self.p.election.set_service_ok(now, own_ok);
         self.rebuild_snapshot_if_dirty();
         true
@@ -201,6 +218,7 @@ impl ControlLoop {
             log::info!("handover: waiting for the standby to confirm the connection table");
         }
         PendingHandover {
+            sent: self.p.shared.sync_status().position,
             kind,
             deadline: if wait { now + HANDOVER_SYNC_WAIT } else { now },
             wait_for_sync: wait,
@@ -209,7 +227,8 @@ impl ControlLoop {
 
     fn progress_handover(&mut self, now: Instant) {
         let Some(h) = self.handover else { return };
-        let caught_up = self.p.shared.sync_caught_up.load(Ordering::Acquire);
+        let caught_up = self.p.shared.sync_caught_up.load(Ordering::Acquire)
+            || (h.wait_for_sync && self.p.election.peer_synced_to(h.sent));
         if now < h.deadline && !caught_up {
             return;
         }
@@ -457,6 +476,7 @@ impl ControlLoop {
             st.health.retain(|k, _| live.contains(k));
             st.dirty = true;
         }
+        self.reload_keys(&new);
         self.wanted_macs = wanted_macs(&new, &self.p.peers, self.p.me);
         self.last_refresh = None;
         self.p.ctl.set_config(new.clone());
@@ -474,29 +494,60 @@ impl ControlLoop {
         self.p.cfg = new;
     }
 
-    fn on_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
-        let key = &self.p.key;
-        match HeartbeatRepr::parse(bytes, key) {
-            Ok(msg) => {
-                if let Err(d) = self.p.election.handle_heartbeat(now, &msg) {
-                    log::debug!("heartbeat from {from} dropped: {d:?}");
+    /// Key rotation (SECURITY.md): the key file is read again on every
+    /// reload; heartbeats, admin state and sync then sign with its first key
+    /// and accept either. `Config::load` checked the file just before, so a
+    /// failure here is a race with an editor: keep the keys in use.
+    fn reload_keys(&mut self, cfg: &Config) {
+        match config::read_keys(cfg.cluster.key_file.get_ref()) {
+            Ok(k) => {
+                let mut cur = self.p.keys.write().unwrap_or_else(|e| e.into_inner());
+                if *cur != k {
+                    let msg = if k.has_next() {
+                        "key file re-read: signing with the first key, accepting the second too"
+                    } else {
+                        "key file re-read: one key"
+                    };
+                    log::info!("{msg}");
+                    self.p.ctl.event("config", msg);
+                    *cur = k;
                 }
             }
-            Err(HeartbeatError::BadType(admin::MSG_TYPE)) => match AdminState::parse(bytes, key) {
-                Ok(a) if a.cluster_id == self.p.cluster_id && self.p.peers.contains(&a.node) => {
-                    let name = self.p.ctl.lock().peer_names.get(&a.node).cloned();
-                    self.p.ctl.adopt_drains(
-                        &name.unwrap_or_else(|| a.node.to_string()),
-                        a.drains.into_iter().collect(),
-                        a.version,
-                    );
-                }
-                Ok(a) => log::debug!("admin state from {} ignored", a.node),
-                Err(e) => {
-                    self.p.election.note_auth_failure();
-                    warn_rejected(from, &e.to_string());
-                }
+            Err(e) => log::error!("reload: key file: {e}; keeping the keys in use"),
+        }
+    }
+
+    fn on_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
+        let keys = self
+            .p
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match HeartbeatRepr::parse_with(bytes, &keys) {
+            Ok((msg, slot)) => match self.p.election.handle_heartbeat(now, &msg) {
+                Ok(()) => self.p.election.note_peer_key(msg.node, slot),
+                Err(d) => log::debug!("heartbeat from {from} dropped: {d:?}"),
             },
+            Err(HeartbeatError::BadType(admin::MSG_TYPE)) => {
+                match AdminState::parse_with(bytes, &keys) {
+                    Ok(a)
+                        if a.cluster_id == self.p.cluster_id && self.p.peers.contains(&a.node) =>
+                    {
+                        let name = self.p.ctl.lock().peer_names.get(&a.node).cloned();
+                        self.p.ctl.adopt_drains(
+                            &name.unwrap_or_else(|| a.node.to_string()),
+                            a.drains.into_iter().collect(),
+                            a.version,
+                        );
+                    }
+                    Ok(a) => log::debug!("admin state from {} ignored", a.node),
+                    Err(e) => {
+                        self.p.election.note_auth_failure();
+                        warn_rejected(from, &e.to_string());
+                    }
+                }
+            }
             Err(e) => {
                 self.p.election.note_auth_failure();
                 log::debug!("heartbeat from {from} rejected: {e}");
@@ -509,12 +560,18 @@ impl ControlLoop {
     /// server shows.
     fn after_wait(&mut self, now: Instant) {
         self.p.election.handle_timeout(now);
+        let keys = self
+            .p
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         while let Some((dst, msg)) = self.p.election.poll_transmit() {
             let mut out = Vec::with_capacity(128);
-            msg.emit(&self.p.key, &mut out);
+            msg.emit(keys.signing(), &mut out);
             self.outbox.push((dst, out));
         }
-        self.queue_admin_state(now);
+        self.queue_admin_state(now, &keys);
         while let Some(ev) = self.p.election.poll_event() {
             if handle_event(&self.p.ctl, &self.p.shared, ev) {
                 self.step_down = Some(now + STEP_DOWN_GRACE);
@@ -524,7 +581,7 @@ impl ControlLoop {
         self.publish();
     }
 
-    fn queue_admin_state(&mut self, now: Instant) {
+    fn queue_admin_state(&mut self, now: Instant, keys: &Keys) {
         let announce = std::mem::take(&mut self.p.ctl.lock().announce_admin);
         let due = self
             .last_admin_sent
@@ -543,7 +600,7 @@ impl ControlLoop {
             }
         };
         let mut out = Vec::with_capacity(128);
-        a.emit(&self.p.key, &mut out);
+        a.emit(keys.signing(), &mut out);
         for p in &self.p.peers {
             self.outbox.push((*p, out.clone()));
         }

@@ -266,6 +266,9 @@ pub fn report(ctl: &Ctl) -> StatusReport {
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             term: p.term,
+            key: p.key.map(|k| k.as_str().to_string()),
+            sync_pos: p.sync_pos,
+            sync_batch: p.sync_pos & 0xffff_ffff,
         })
         .collect::<Vec<_>>();
     let vip_holder = if st.role == Role::Director {
@@ -315,7 +318,6 @@ pub fn report(ctl: &Ctl) -> StatusReport {
     dropped.insert("wrong_cluster".to_string(), cnt.dropped_wrong_cluster);
     dropped.insert("replay".to_string(), cnt.dropped_replay);
     dropped.insert("unknown_peer".to_string(), cnt.dropped_unknown_peer);
-    dropped.insert("stale".to_string(), cnt.dropped_stale);
     dropped.insert("self_echo".to_string(), cnt.dropped_self_echo);
     StatusReport {
         node: st.node.clone(),
@@ -333,6 +335,9 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             sent: cnt.sent,
             received: cnt.received,
             dropped,
+            unverified: cnt.unverified,
+            challenges_sent: cnt.challenges_sent,
+            boots_verified: cnt.boots_verified,
         },
         dataplane: DataplaneStats {
             rx_packets: dp.rx_packets,

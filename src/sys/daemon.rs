@@ -4,12 +4,13 @@
 use crate::config::{self, Config};
 use crate::election::{self, Election, Role};
 use crate::status::server::{ServerConfig, StatusServer};
-use crate::store::{now_ms, Store};
+use crate::store::Store;
+use crate::wire::envelope::Keys;
 use crate::wire::frame::virtual_mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use super::checks::Checks;
@@ -48,8 +49,9 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
         .find_node(node_name, &local)
         .map_err(DaemonError::Config)?;
     let me = &cfg.nodes[me_idx];
-    let key = config::read_secret(cfg.cluster.key_file.get_ref())
+    let keys = config::read_keys(cfg.cluster.key_file.get_ref())
         .map_err(|e| DaemonError::Config(format!("key file: {e}")))?;
+    let keys = Arc::new(RwLock::new(keys));
     let token = match &cfg.cluster.admin_token_file {
         Some(p) => Some(
             String::from_utf8_lossy(
@@ -92,7 +94,7 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
         Start {
             config_path: config_path.to_path_buf(),
             me_idx,
-            key,
+            keys,
             token,
             vmac,
             link,
@@ -110,7 +112,7 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
 struct Start {
     config_path: PathBuf,
     me_idx: usize,
-    key: Vec<u8>,
+    keys: Arc<RwLock<Keys>>,
     token: Option<String>,
     vmac: [u8; 6],
     link: netlink::Link,
@@ -121,7 +123,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let Start {
         config_path,
         me_idx,
-        key,
+        keys,
         token,
         vmac,
         link,
@@ -211,14 +213,24 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     )
     .map_err(io("starting the data plane"))?;
 
-    let boot_id = now_ms();
+    // Peers accept a boot of ours only after a challenge (see
+    // `crate::election`), so the boot id need only differ from every earlier
+    // one: the store's boot counter (opened, incremented and flushed above)
+    // in the high half, for the logs and so that sync stream ids normally
+    // grow, and 32 random bits, so that a counter that went back with a
+    // wiped store does not repeat an id; fully random without a store. The
+    // wall clock plays no part.
+    let boot_id = store.as_ref().map_or_else(random_u64, |s| {
+        s.boot_count().wrapping_shl(32) | (random_u64() & 0xffff_ffff)
+    });
+    log::debug!("boot id {boot_id}");
     let sync_thread = match peers_of(cfg, my_addr).first() {
         Some(peer) => Some(
             syncer::spawn(
                 syncer::Params {
                     bind: SocketAddr::from((my_addr, cfg.cluster.sync_port)),
                     peer: SocketAddr::from((*peer, cfg.cluster.sync_port)),
-                    key: key.clone(),
+                    keys: keys.clone(),
                     boot_id,
                 },
                 shared.clone(),
@@ -268,6 +280,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             peers: peers.clone(),
             cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
             boot_id,
+            nonce_seed: random_u64(),
             priority: me.priority,
             interval: election::send_period(
                 cfg.heartbeat.interval.get_ref().0,
@@ -310,7 +323,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         ctl: ctl.clone(),
         shared: shared.clone(),
         election: el,
-        key,
+        keys,
         me: my_addr,
         own_mac: link.mac,
         peers,
@@ -350,6 +363,19 @@ fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {
         .map(|n| *n.address.get_ref())
         .filter(|a| *a != me)
         .collect()
+}
+
+/// 64 bits from the kernel's random pool, or from fastrand (seeded from the
+/// OS at start) should `getrandom(2)` fail.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
+        u64::from_ne_bytes(b)
+    } else {
+        fastrand::u64(..)
+    }
 }
 
 fn cluster_id(vip: Ipv4Addr, vrid: u8) -> u32 {

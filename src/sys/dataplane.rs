@@ -82,6 +82,11 @@ pub struct SyncStatus {
     pub lag_entries: u64,
     pub lag_ms: Option<u64>,
     pub rejected: u64,
+    /// `sync::position`: last batch sent (director) or applied (standby).
+    pub position: u64,
+    /// The peer's boot id as its heartbeats' challenge verified it (0 =
+    /// none yet); written by the control loop, read by the sync thread.
+    pub peer_boot: u64,
 }
 
 pub struct Shared {

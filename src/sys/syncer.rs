@@ -2,11 +2,12 @@
 //! the director's `sync::Sender` or the standby's `sync::Receiver`,
 //! depending on the role, and trades entries with the data-plane thread
 //! through `Shared::sync` (the hot path never waits on the network).
-use crate::sync::{Installs, Receiver, Sender};
+use crate::sync::{self, Installs, Receiver, Sender};
+use crate::wire::envelope::Keys;
 use crate::wire::sync::{SyncMessage, MAX_DATAGRAM};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::dataplane::Shared;
@@ -14,7 +15,8 @@ use super::dataplane::Shared;
 pub struct Params {
     pub bind: SocketAddr,
     pub peer: SocketAddr,
-    pub key: Vec<u8>,
+    /// Shared with the control loop, which replaces them on reload.
+    pub keys: Arc<RwLock<Keys>>,
     pub boot_id: u64,
 }
 
@@ -48,7 +50,11 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) if from.ip() == p.peer.ip() => {
                 let now = Instant::now();
-                match SyncMessage::parse(&buf[..n], &p.key) {
+                let parsed = {
+                    let keys = p.keys.read().unwrap_or_else(|e| e.into_inner());
+                    SyncMessage::parse_with(&buf[..n], &keys)
+                };
+                match parsed {
                     Ok(msg @ SyncMessage::Batch(_)) if director => {
                         // A predecessor still stepping down (make-before-
                         // break) creates flows until the LAN has moved the
@@ -125,14 +131,29 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
             st.lag_entries = 0;
             st.lag_ms = None;
         }
+        let (stream, seq) = if director {
+            sender.position()
+        } else {
+            receiver.position()
+        };
+        st.position = sync::position(stream, seq);
         st.synced = receiver.synced();
         st.rejected = rejected;
+        let peer_boot = st.peer_boot;
+        drop(st);
+        if peer_boot != 0 {
+            sender.set_standby_boot(peer_boot);
+            receiver.set_director_boot(peer_boot);
+        }
     }
 }
 
 fn send(sock: &UdpSocket, m: &SyncMessage, p: &Params, out: &mut Vec<u8>) {
     out.clear();
-    m.emit(&p.key, out);
+    {
+        let keys = p.keys.read().unwrap_or_else(|e| e.into_inner());
+        m.emit(keys.signing(), out);
+    }
     if let Err(e) = sock.send_to(out, p.peer) {
         log::debug!("sync send to {}: {e}", p.peer);
     }

@@ -19,7 +19,7 @@
 //! replaying the newest one changes nothing.
 use std::net::Ipv4Addr;
 
-use super::envelope::{self, be_u32, be_u64, EnvelopeError, HEADER_LEN};
+use super::envelope::{self, be_u32, be_u64, EnvelopeError, Keys, HEADER_LEN};
 
 pub const MSG_TYPE: u8 = 3;
 pub const MAX_DRAINS: usize = 64;
@@ -82,7 +82,15 @@ impl AdminState {
     }
 
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<AdminState, AdminError> {
-        let msg = envelope::open(bytes, key, MSG_TYPE)?;
+        Self::decode(envelope::open(bytes, key, MSG_TYPE)?)
+    }
+
+    /// Like [`AdminState::parse`], accepting either of `keys`.
+    pub fn parse_with(bytes: &[u8], keys: &Keys) -> Result<AdminState, AdminError> {
+        Self::decode(envelope::open_with(bytes, keys, MSG_TYPE)?.0)
+    }
+
+    fn decode(msg: &[u8]) -> Result<AdminState, AdminError> {
         if msg.len() < HEADER_LEN + 17 {
             return Err(AdminError::Truncated);
         }
@@ -151,6 +159,18 @@ mod tests {
             ..sample()
         };
         assert_eq!(AdminState::parse(&emitted(&empty), KEY), Ok(empty));
+    }
+
+    #[test]
+    fn either_key_during_a_rotation() {
+        let b = emitted(&sample());
+        let next = Keys::new(b"the new key, 16 bytes+".to_vec(), Some(KEY.to_vec()));
+        assert_eq!(AdminState::parse_with(&b, &next), Ok(sample()));
+        let gone = Keys::new(b"the new key, 16 bytes+".to_vec(), None);
+        assert_eq!(
+            AdminState::parse_with(&b, &gone),
+            Err(AdminError::from(EnvelopeError::BadMac))
+        );
     }
 
     #[test]

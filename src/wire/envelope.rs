@@ -36,6 +36,59 @@ pub enum EnvelopeError {
     BadLength { declared: usize, actual: usize },
 }
 
+/// The keys a node holds (SECURITY.md, "Rotating the key"): it signs with
+/// the current key and accepts messages signed with either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    current: Vec<u8>,
+    next: Option<Vec<u8>>,
+}
+
+/// Which of our keys a message was signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySlot {
+    /// Our signing key (the key file's first line).
+    Current,
+    /// The other key we accept (the key file's second line).
+    Next,
+}
+
+impl KeySlot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySlot::Current => "current",
+            KeySlot::Next => "next",
+        }
+    }
+}
+
+impl Keys {
+    pub fn new(current: Vec<u8>, next: Option<Vec<u8>>) -> Keys {
+        // The same key twice is one key: report it as the current one.
+        let next = next.filter(|n| *n != current);
+        Keys { current, next }
+    }
+
+    /// The key messages are signed with.
+    pub fn signing(&self) -> &[u8] {
+        &self.current
+    }
+
+    pub fn has_next(&self) -> bool {
+        self.next.is_some()
+    }
+}
+
+impl std::fmt::Debug for Keys {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("next", &self.next.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) fn mac_for(key: &[u8]) -> HmacSha256 {
     // HMAC hashes over-long keys and pads short ones, so no key length fails.
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
@@ -64,6 +117,30 @@ pub fn seal(out: &mut Vec<u8>, start: usize, key: &[u8]) {
 /// Authenticates one whole datagram with `key` and checks its framing;
 /// returns the signed part (header and body).
 pub fn open<'a>(bytes: &'a [u8], key: &[u8], msg_type: u8) -> Result<&'a [u8], EnvelopeError> {
+    framing(authenticate(bytes, key)?, msg_type)
+}
+
+/// Like [`open`] with each of `keys` (the current one first); also says
+/// which key signed the datagram.
+pub fn open_with<'a>(
+    bytes: &'a [u8],
+    keys: &Keys,
+    msg_type: u8,
+) -> Result<(&'a [u8], KeySlot), EnvelopeError> {
+    let (signed, slot) = match authenticate(bytes, &keys.current) {
+        Ok(s) => (s, KeySlot::Current),
+        Err(EnvelopeError::BadMac) => match &keys.next {
+            Some(next) => (authenticate(bytes, next)?, KeySlot::Next),
+            None => return Err(EnvelopeError::BadMac),
+        },
+        Err(e) => return Err(e),
+    };
+    Ok((framing(signed, msg_type)?, slot))
+}
+
+/// Checks the MAC (in constant time: `verify_slice`) and returns the
+/// signed part.
+fn authenticate<'a>(bytes: &'a [u8], key: &[u8]) -> Result<&'a [u8], EnvelopeError> {
     if bytes.len() < HEADER_LEN + MAC_LEN {
         return Err(EnvelopeError::Truncated { len: bytes.len() });
     }
@@ -71,6 +148,10 @@ pub fn open<'a>(bytes: &'a [u8], key: &[u8], msg_type: u8) -> Result<&'a [u8], E
     let mut mac = mac_for(key);
     mac.update(signed);
     mac.verify_slice(tag).map_err(|_| EnvelopeError::BadMac)?;
+    Ok(signed)
+}
+
+fn framing(signed: &[u8], msg_type: u8) -> Result<&[u8], EnvelopeError> {
     if signed[0..4] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
@@ -121,5 +202,28 @@ mod tests {
             open(&out[2..9], b"k", 7),
             Err(EnvelopeError::Truncated { len: 7 })
         );
+    }
+
+    #[test]
+    fn open_with_either_key_says_which() {
+        let mut out = Vec::new();
+        let start = begin(&mut out, 7);
+        out.extend_from_slice(b"body");
+        seal(&mut out, start, b"new key");
+        let both = Keys::new(b"old key".to_vec(), Some(b"new key".to_vec()));
+        assert_eq!(open_with(&out, &both, 7).unwrap().1, KeySlot::Next);
+        let swapped = Keys::new(b"new key".to_vec(), Some(b"old key".to_vec()));
+        assert_eq!(open_with(&out, &swapped, 7).unwrap().1, KeySlot::Current);
+        let old_only = Keys::new(b"old key".to_vec(), None);
+        assert_eq!(open_with(&out, &old_only, 7), Err(EnvelopeError::BadMac));
+        // Framing errors come after authentication, with either key.
+        assert_eq!(open_with(&out, &both, 6), Err(EnvelopeError::BadType(7)));
+        assert_eq!(
+            open_with(&out[..9], &both, 7),
+            Err(EnvelopeError::Truncated { len: 9 })
+        );
+        // The same key twice is one key.
+        assert!(!Keys::new(b"k".to_vec(), Some(b"k".to_vec())).has_next());
+        assert!(!format!("{both:?}").contains("key\""));
     }
 }

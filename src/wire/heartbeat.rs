@@ -7,7 +7,7 @@
 //! |      0 |    4 | magic                | `b"DUET"`                                        |
 //! |      4 |    1 | version              | [`VERSION`] (1)                                  |
 //! |      5 |    1 | message type         | [`MSG_TYPE`] (1 = heartbeat; 2 = sync, elsewhere)|
-//! |      6 |    2 | body length          | bytes from offset 8 up to the MAC; 48 in v1      |
+//! |      6 |    2 | body length          | bytes from offset 8 up to the MAC: 64            |
 //! |      8 |    4 | cluster id           |                                                  |
 //! |     12 |    4 | node                 | the sender's configured IPv4 address             |
 //! |     16 |    8 | boot id              | grows across restarts of the sender              |
@@ -20,7 +20,15 @@
 //! |     44 |    2 | backends up          | health summary, `up <= total`                    |
 //! |     46 |    2 | backends total       |                                                  |
 //! |     48 |    8 | sync position        | director: sent; standby: applied                 |
-//! |     56 |   32 | HMAC-SHA256          | keyed with the cluster key over bytes `0..56`    |
+//! |     56 |    8 | challenge            | nonce the receiver must echo; 0 = none           |
+//! |     64 |    8 | echo                 | last challenge received from the receiver        |
+//! |     72 |   32 | HMAC-SHA256          | keyed with the cluster key over bytes `0..72`    |
+//!
+//! Challenge and echo make replay protection independent of the wall clock
+//! (see `crate::election`): a node accepts a boot of its peer only after a
+//! heartbeat of that boot echoed a fresh nonce. The first duet releases sent
+//! a 48-byte body without them; such a datagram is reported as
+//! [`HeartbeatError::OldLayout`] so a mixed pair says what is wrong.
 //!
 //! The MAC is always the last 32 bytes of the datagram and covers everything
 //! before it. [`HeartbeatRepr::parse`] checks it before it looks at any other
@@ -30,13 +38,15 @@
 //! which makes it worth reporting to an operator as a real misconfiguration.
 use std::net::Ipv4Addr;
 
-use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError};
+use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, KeySlot, Keys};
 
 /// Message type byte of a heartbeat.
 pub const MSG_TYPE: u8 = 1;
-/// Length of a v1 heartbeat body.
-pub const BODY_LEN: usize = 48;
-/// Length of a whole v1 heartbeat datagram.
+/// Length of a heartbeat body.
+pub const BODY_LEN: usize = 64;
+/// Body length of the first releases' heartbeat, without challenge and echo.
+pub const OLD_BODY_LEN: usize = 48;
+/// Length of a whole heartbeat datagram.
 pub const MESSAGE_LEN: usize = HEADER_LEN + BODY_LEN + MAC_LEN;
 
 pub use super::envelope::{HEADER_LEN, MAC_LEN, MAGIC, VERSION};
@@ -60,6 +70,8 @@ mod field {
     pub const BACKENDS_UP: Range<usize> = 44..46;
     pub const BACKENDS_TOTAL: Range<usize> = 46..48;
     pub const SYNC_POS: Range<usize> = 48..56;
+    pub const CHALLENGE: Range<usize> = 56..64;
+    pub const ECHO: Range<usize> = 64..72;
 }
 
 /// A node's role as carried on the wire.
@@ -112,7 +124,11 @@ pub enum HeartbeatError {
     /// message sent to the heartbeat port).
     #[error("not a heartbeat: message type {0}")]
     BadType(u8),
-    /// The body length field disagrees with the datagram or with v1's layout.
+    /// A heartbeat of the first releases' layout (no challenge and echo):
+    /// the peer runs an older duet.
+    #[error("heartbeat without challenge/echo fields from an older duet: upgrade both nodes")]
+    OldLayout,
+    /// The body length field disagrees with the datagram or with the layout.
     #[error("bad body length {declared} (datagram holds {actual})")]
     BadLength { declared: usize, actual: usize },
     /// Unknown role byte.
@@ -129,7 +145,8 @@ pub struct HeartbeatRepr {
     pub cluster_id: u32,
     /// Node id: the sender's configured address.
     pub node: Ipv4Addr,
-    /// Grows across restarts (the driver uses unix ms at start).
+    /// Differs between boots of the sender (the driver uses the store's boot
+    /// counter, or a random number without a store). Need not grow.
     pub boot_id: u64,
     /// Per boot, strictly increasing.
     pub seq: u64,
@@ -141,8 +158,13 @@ pub struct HeartbeatRepr {
     pub role: WireRole,
     pub backends_up: u16,
     pub backends_total: u16,
-    /// Sync stream position (director: sent; standby: applied).
+    /// Sync stream position (director: sent; standby: applied), see
+    /// `crate::sync::position`.
     pub sync_pos: u64,
+    /// A nonce the receiver must echo before its boot is accepted; 0 = none.
+    pub challenge: u64,
+    /// The last challenge the sender received from the receiver; 0 = none.
+    pub echo: u64,
 }
 
 impl From<EnvelopeError> for HeartbeatError {
@@ -177,6 +199,8 @@ impl HeartbeatRepr {
         out.extend_from_slice(&self.backends_up.to_be_bytes());
         out.extend_from_slice(&self.backends_total.to_be_bytes());
         out.extend_from_slice(&self.sync_pos.to_be_bytes());
+        out.extend_from_slice(&self.challenge.to_be_bytes());
+        out.extend_from_slice(&self.echo.to_be_bytes());
         envelope::seal(out, start, key);
     }
 
@@ -184,8 +208,21 @@ impl HeartbeatRepr {
     ///
     /// The MAC comparison is constant time; no field is read before it passes.
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Self, HeartbeatError> {
-        let signed = envelope::open(bytes, key, MSG_TYPE)?;
+        Self::decode(envelope::open(bytes, key, MSG_TYPE)?)
+    }
+
+    /// Like [`HeartbeatRepr::parse`] with either of `keys`; also says which
+    /// key the sender signed with.
+    pub fn parse_with(bytes: &[u8], keys: &Keys) -> Result<(Self, KeySlot), HeartbeatError> {
+        let (signed, slot) = envelope::open_with(bytes, keys, MSG_TYPE)?;
+        Ok((Self::decode(signed)?, slot))
+    }
+
+    fn decode(signed: &[u8]) -> Result<Self, HeartbeatError> {
         let actual = signed.len() - HEADER_LEN;
+        if actual == OLD_BODY_LEN {
+            return Err(HeartbeatError::OldLayout);
+        }
         if actual != BODY_LEN {
             return Err(HeartbeatError::BadLength {
                 declared: actual,
@@ -215,6 +252,8 @@ impl HeartbeatRepr {
             backends_up,
             backends_total,
             sync_pos: be_u64(&signed[field::SYNC_POS]),
+            challenge: be_u64(&signed[field::CHALLENGE]),
+            echo: be_u64(&signed[field::ECHO]),
         })
     }
 }
@@ -240,13 +279,15 @@ mod tests {
             backends_up: 2,
             backends_total: 3,
             sync_pos: 0x3132_3334_3536_3738,
+            challenge: 0x4142_4344_4546_4748,
+            echo: 0x5152_5354_5556_5758,
         }
     }
 
-    /// Bytes 0..56 of `repr()` emitted, laid out by hand from the table.
+    /// Bytes 0..72 of `repr()` emitted, laid out by hand from the table.
     #[rustfmt::skip]
-    static BODY_FIXTURE: [u8; 56] = [
-        b'D', b'U', b'E', b'T', 0x01, 0x01, 0x00, 0x30,
+    static BODY_FIXTURE: [u8; 72] = [
+        b'D', b'U', b'E', b'T', 0x01, 0x01, 0x00, 0x40,
         0x01, 0x02, 0x03, 0x04,
         198, 18, 0, 1,
         0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18,
@@ -255,11 +296,13 @@ mod tests {
         150, 75, 2, 0,
         0x00, 0x02, 0x00, 0x03,
         0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38,
+        0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48,
+        0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58,
     ];
 
     /// HMAC-SHA256 of `BODY_FIXTURE` under `KEY`, computed independently
     /// (Python's `hmac` module), so a change of MAC construction shows up.
-    const MAC_FIXTURE: &str = "6ac19bc8802622207dc7941a630af9024130ef1762923bba5a89a8c917109f68";
+    const MAC_FIXTURE: &str = "e2db869fc1a8390783db61a3f5f2c97863ae09616bfc0df196c45d71fb9fef1e";
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
@@ -286,14 +329,36 @@ mod tests {
         let mut out = Vec::new();
         repr().emit(KEY, &mut out);
         assert_eq!(out.len(), MESSAGE_LEN);
-        assert_eq!(&out[..56], &BODY_FIXTURE[..]);
-        assert_eq!(hex(&out[56..]), MAC_FIXTURE);
+        assert_eq!(&out[..72], &BODY_FIXTURE[..]);
+        assert_eq!(hex(&out[72..]), MAC_FIXTURE);
     }
 
     #[test]
     fn parse_fixture() {
         let bytes = sign(&BODY_FIXTURE, KEY);
         assert_eq!(HeartbeatRepr::parse(&bytes, KEY), Ok(repr()));
+    }
+
+    #[test]
+    fn parse_with_either_key() {
+        let mut out = Vec::new();
+        repr().emit(b"the next key, 16+ bytes", &mut out);
+        let keys = Keys::new(KEY.to_vec(), Some(b"the next key, 16+ bytes".to_vec()));
+        assert_eq!(
+            HeartbeatRepr::parse_with(&out, &keys),
+            Ok((repr(), KeySlot::Next))
+        );
+        let mut out = Vec::new();
+        repr().emit(KEY, &mut out);
+        assert_eq!(
+            HeartbeatRepr::parse_with(&out, &keys),
+            Ok((repr(), KeySlot::Current))
+        );
+        let other = Keys::new(b"neither of them".to_vec(), None);
+        assert_eq!(
+            HeartbeatRepr::parse_with(&out, &other),
+            Err(HeartbeatError::BadMac)
+        );
     }
 
     #[test]
@@ -386,25 +451,34 @@ mod tests {
             HeartbeatRepr::parse(&bytes, KEY),
             Err(HeartbeatError::BadType(2))
         );
-        let bytes = tampered_and_resigned(|b| b[7] = 0x31);
+        let bytes = tampered_and_resigned(|b| b[7] = 0x41);
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
             Err(HeartbeatError::BadLength {
-                declared: 49,
-                actual: 48
+                declared: 65,
+                actual: 64
             })
         );
-        // A longer body with a matching length field is still not v1.
+        // A longer body with a matching length field is still not this layout.
         let bytes = tampered_and_resigned(|b| {
-            b[7] = 0x31;
+            b[7] = 0x41;
             b.push(0);
         });
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
             Err(HeartbeatError::BadLength {
-                declared: 49,
-                actual: 49
+                declared: 65,
+                actual: 65
             })
+        );
+        // The first releases' 48-byte layout is named as such.
+        let bytes = tampered_and_resigned(|b| {
+            b[7] = 0x30;
+            b.truncate(56);
+        });
+        assert_eq!(
+            HeartbeatRepr::parse(&bytes, KEY),
+            Err(HeartbeatError::OldLayout)
         );
     }
 

@@ -48,7 +48,7 @@
 //! [`Batch::fits`].
 use std::net::Ipv4Addr;
 
-use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, HEADER_LEN, MAC_LEN};
+use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, Keys, HEADER_LEN, MAC_LEN};
 use crate::forward::TcpState;
 
 pub use super::envelope::VERSION;
@@ -287,7 +287,15 @@ impl SyncMessage {
     /// it. The MAC comparison is constant time; no field is read before it
     /// passes, so without the key only `Truncated` or `BadMac` can result.
     pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Self, SyncWireError> {
-        let signed = envelope::open(bytes, key, MSG_TYPE)?;
+        Self::decode(envelope::open(bytes, key, MSG_TYPE)?)
+    }
+
+    /// Like [`SyncMessage::parse`], accepting either of `keys`.
+    pub fn parse_with(bytes: &[u8], keys: &Keys) -> Result<Self, SyncWireError> {
+        Self::decode(envelope::open_with(bytes, keys, MSG_TYPE)?.0)
+    }
+
+    fn decode(signed: &[u8]) -> Result<Self, SyncWireError> {
         let actual = signed.len() - HEADER_LEN;
         let declared = actual;
         let bad_len = SyncWireError::BadLength { declared, actual };
@@ -605,6 +613,18 @@ mod tests {
     }
 
     #[test]
+    fn either_key_during_a_rotation() {
+        let out = emitted(&hello());
+        let next = Keys::new(b"the new key, 16 bytes+".to_vec(), Some(KEY.to_vec()));
+        assert_eq!(SyncMessage::parse_with(&out, &next), Ok(hello()));
+        let gone = Keys::new(b"the new key, 16 bytes+".to_vec(), None);
+        assert_eq!(
+            SyncMessage::parse_with(&out, &gone),
+            Err(SyncWireError::BadMac)
+        );
+    }
+
+    #[test]
     fn wrong_key_and_heartbeat_key_domain() {
         let mut out = Vec::new();
         SyncMessage::Batch(batch()).emit(b"another key entirely", &mut out);
@@ -622,6 +642,8 @@ mod tests {
             backends_up: 0,
             backends_total: 0,
             sync_pos: 0,
+            challenge: 0,
+            echo: 0,
         };
         let mut out = Vec::new();
         hb.emit(KEY, &mut out);
