@@ -434,6 +434,16 @@ struct PersistKey {
     client: Ipv4Addr,
 }
 
+impl conntable::Key for PersistKey {
+    fn hash_with(&self, seed: u64) -> u64 {
+        let mut b = [0u8; 7];
+        b[0] = self.proto;
+        b[1..3].copy_from_slice(&self.port.to_be_bytes());
+        b[3..7].copy_from_slice(&self.client.octets());
+        xxhash_rust::xxh3::xxh3_64_with_seed(&b, seed)
+    }
+}
+
 struct Persist {
     dest: u32,
     expires: Instant,
