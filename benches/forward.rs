@@ -281,7 +281,9 @@ fn main() {
         Timeouts::default(),
     );
     for i in 0..FLOWS {
+        // Confirmed: 100k half-open flows would not fit the embryonic part.
         small.decide(now, &key(i), TCP_SYN, 60);
+        small.decide(now, &key(i), TCP_ACK, 60);
     }
     r.run(
         &format!("lookup: table hit (wlc, {FLOWS} flows, capacity 128k)"),

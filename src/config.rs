@@ -90,7 +90,8 @@ pub struct Cluster {
     /// Port of the connection-sync stream (UDP, authenticated like the heartbeat).
     #[serde(default = "default_sync_port")]
     pub sync_port: u16,
-    /// Upper bound of the connection table; new flows beyond it are dropped and counted.
+    /// Confirmed TCP flows the connection table holds (never evicted); half-open
+    /// TCP and UDP flows get a quarter of it each, evicted oldest first.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How long a stopping node waits for the connections it serves as a

@@ -5,11 +5,10 @@
 //! once at construction, so inserting and removing never allocate, and
 //! expiry walks the slab with a cursor so each call does bounded work.
 
-use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
-use xxhash_rust::xxh3::Xxh3Builder;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::wire::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::wire::frame::{FlowKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use super::Timeouts;
 
@@ -136,6 +135,26 @@ impl TcpState {
     }
 }
 
+/// A key of a [`BoundedMap`]: hashed in one shot over its packed bytes.
+/// `std::hash::Hash` feeds a streaming hasher field by field, several
+/// times the cost of one call on 13 bytes; under a flood every packet
+/// hashes a key up to three times (lookup, eviction, insert).
+pub(crate) trait Key: Copy + Eq {
+    fn hash_with(&self, seed: u64) -> u64;
+}
+
+impl Key for FlowKey {
+    fn hash_with(&self, seed: u64) -> u64 {
+        let mut b = [0u8; 13];
+        b[0] = self.proto;
+        b[1..5].copy_from_slice(&self.src.octets());
+        b[5..7].copy_from_slice(&self.sport.to_be_bytes());
+        b[7..11].copy_from_slice(&self.dst.octets());
+        b[11..13].copy_from_slice(&self.dport.to_be_bytes());
+        xxh3_64_with_seed(&b, seed)
+    }
+}
+
 /// A fixed-capacity map from `K` to `V` whose entries live in a slab.
 /// Indices stay valid until the entry is removed, so other entries can refer
 /// to them.
@@ -147,10 +166,10 @@ impl TcpState {
 /// the following run back instead of leaving tombstones, so probe lengths
 /// never degrade and nothing is ever rehashed or reallocated.
 pub(crate) struct BoundedMap<K, V> {
-    /// xxh3 with a per-process random seed: several times cheaper than
+    /// Seed of xxh3, random per table: several times cheaper than
     /// SipHash on the hot path, and still unpredictable to a client
     /// choosing ports to collide.
-    hasher: Xxh3Builder,
+    seed: u64,
     index: Box<[u64]>,
     mask: usize,
     len: usize,
@@ -174,7 +193,7 @@ fn bucket_slot(b: u64) -> u32 {
     (b as u32).wrapping_sub(1)
 }
 
-impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
+impl<K: Key, V> BoundedMap<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         // Slot numbers are stored as u32 + 1.
         let capacity = capacity.clamp(1, u32::MAX as usize - 1);
@@ -182,7 +201,7 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
         // bucket to end a search.
         let buckets = (capacity + capacity / 2 + 1).next_power_of_two();
         BoundedMap {
-            hasher: Xxh3Builder::new().with_seed(fastrand::u64(..)),
+            seed: fastrand::u64(..),
             index: vec![EMPTY; buckets].into_boxed_slice(),
             mask: buckets - 1,
             len: 0,
@@ -194,7 +213,7 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
     }
 
     fn hash(&self, key: &K) -> u32 {
-        let h = self.hasher.hash_one(key);
+        let h = key.hash_with(self.seed);
         // Fold the high half in: the bucket number comes from the low bits.
         (h ^ (h >> 32)) as u32
     }
@@ -317,11 +336,152 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
     }
 }
 
+/// No slot / no list.
+const NIL: u32 = u32::MAX;
+const NO_LIST: u8 = u8::MAX;
+
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    list: u8,
+}
+
+/// `N` intrusive doubly-linked recency lists over the slot indices of a
+/// [`BoundedMap`], oldest first. Each slot is in at most one list; moving,
+/// unlinking and finding the oldest are O(1), and the links are allocated
+/// once for the map's capacity, so eviction never allocates either.
+pub(crate) struct Lru<const N: usize> {
+    links: Box<[Link]>,
+    head: [u32; N],
+    tail: [u32; N],
+    len: [usize; N],
+}
+
+impl<const N: usize> Lru<N> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let unlinked = Link {
+            prev: NIL,
+            next: NIL,
+            list: NO_LIST,
+        };
+        Lru {
+            links: vec![unlinked; capacity.max(1)].into_boxed_slice(),
+            head: [NIL; N],
+            tail: [NIL; N],
+            len: [0; N],
+        }
+    }
+
+    /// The list slot `i` is in.
+    pub(crate) fn list_of(&self, i: u32) -> Option<usize> {
+        let l = self.links.get(i as usize)?.list;
+        (l != NO_LIST).then_some(l as usize)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self, list: usize) -> usize {
+        self.len[list]
+    }
+
+    /// The least recently pushed slot of `list`.
+    pub(crate) fn oldest(&self, list: usize) -> Option<u32> {
+        let h = self.head[list];
+        (h != NIL).then_some(h)
+    }
+
+    /// Makes `i` the newest entry of `list`, taking it out of any list it
+    /// was in. Out-of-range slots are ignored.
+    pub(crate) fn push(&mut self, list: usize, i: u32) {
+        if list >= N || i as usize >= self.links.len() {
+            return;
+        }
+        self.unlink(i);
+        let t = self.tail[list];
+        self.links[i as usize] = Link {
+            prev: t,
+            next: NIL,
+            list: list as u8,
+        };
+        match t {
+            NIL => self.head[list] = i,
+            t => self.links[t as usize].next = i,
+        }
+        self.tail[list] = i;
+        self.len[list] += 1;
+    }
+
+    /// Takes `i` out of its list, if it is in one.
+    pub(crate) fn unlink(&mut self, i: u32) {
+        let Some(&Link { prev, next, list }) = self.links.get(i as usize) else {
+            return;
+        };
+        if list == NO_LIST {
+            return;
+        }
+        let l = list as usize;
+        match prev {
+            NIL => self.head[l] = next,
+            p => self.links[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail[l] = prev,
+            n => self.links[n as usize].prev = prev,
+        }
+        self.links[i as usize] = Link {
+            prev: NIL,
+            next: NIL,
+            list: NO_LIST,
+        };
+        self.len[l] -= 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::frame::TCP_PSH;
     use TcpState::*;
+
+    impl Key for u32 {
+        fn hash_with(&self, seed: u64) -> u64 {
+            xxh3_64_with_seed(&self.to_le_bytes(), seed)
+        }
+    }
+
+    impl Key for u64 {
+        fn hash_with(&self, seed: u64) -> u64 {
+            xxh3_64_with_seed(&self.to_le_bytes(), seed)
+        }
+    }
+
+    #[test]
+    fn flow_keys_differing_in_any_field_hash_apart() {
+        let k = FlowKey {
+            proto: 6,
+            src: std::net::Ipv4Addr::new(198, 18, 0, 1),
+            sport: 1000,
+            dst: std::net::Ipv4Addr::new(198, 18, 0, 100),
+            dport: 80,
+        };
+        let variants = [
+            FlowKey { proto: 17, ..k },
+            FlowKey {
+                src: std::net::Ipv4Addr::new(198, 18, 0, 2),
+                ..k
+            },
+            FlowKey { sport: 1001, ..k },
+            FlowKey {
+                dst: std::net::Ipv4Addr::new(198, 18, 0, 101),
+                ..k
+            },
+            FlowKey { dport: 81, ..k },
+        ];
+        for v in variants {
+            assert_ne!(v.hash_with(7), k.hash_with(7), "{v:?}");
+        }
+        assert_ne!(k.hash_with(7), k.hash_with(8), "the seed matters");
+    }
 
     const S: u8 = TCP_SYN;
     const A: u8 = TCP_ACK;
@@ -456,6 +616,60 @@ mod tests {
             }
             let live = m.index.iter().filter(|&&b| b != EMPTY).count();
             assert_eq!(live, model.len(), "index and slab disagree");
+        }
+    }
+
+    #[test]
+    fn lru_lists_keep_order_and_move_in_constant_time() {
+        let mut l: Lru<2> = Lru::new(8);
+        for i in 0..4 {
+            l.push(0, i);
+        }
+        assert_eq!((l.oldest(0), l.len(0)), (Some(0), 4));
+        // Touching moves to the newest end; moving changes list.
+        l.push(0, 0);
+        assert_eq!(l.oldest(0), Some(1));
+        l.push(1, 1);
+        assert_eq!((l.oldest(0), l.len(0), l.len(1)), (Some(2), 3, 1));
+        assert_eq!((l.list_of(1), l.list_of(7)), (Some(1), None));
+        l.unlink(2);
+        l.unlink(2);
+        let mut order = Vec::new();
+        while let Some(i) = l.oldest(0) {
+            order.push(i);
+            l.unlink(i);
+        }
+        assert_eq!(order, vec![3, 0]);
+        assert_eq!((l.len(0), l.oldest(0)), (0, None));
+        // Out of range is ignored, not a panic.
+        l.push(0, 99);
+        l.push(5, 1);
+        l.unlink(99);
+        assert_eq!((l.len(0), l.len(1)), (0, 1));
+    }
+
+    /// Random pushes and unlinks against a model of ordered lists.
+    #[test]
+    fn lru_matches_a_model() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut l: Lru<3> = Lru::new(50);
+        let mut model: [Vec<u32>; 3] = Default::default();
+        for _ in 0..20_000 {
+            let i = rng.u32(..50);
+            for m in model.iter_mut() {
+                m.retain(|&x| x != i);
+            }
+            if rng.bool() {
+                let list = rng.usize(..3);
+                l.push(list, i);
+                model[list].push(i);
+            } else {
+                l.unlink(i);
+            }
+            for (list, m) in model.iter().enumerate() {
+                assert_eq!(l.len(list), m.len());
+                assert_eq!(l.oldest(list), m.first().copied());
+            }
         }
     }
 }

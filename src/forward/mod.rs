@@ -19,10 +19,10 @@
 //! - **A SYN on an entry in TIME_WAIT or CLOSE** (port reuse) is scheduled
 //!   afresh, like IPVS `conn_reuse_mode = 1`, so a drained backend does not
 //!   keep receiving new connections through recycled ports.
-//! - **Table full**: a packet that would create an entry is dropped
-//!   ([`ForwardDrop::TableFull`]) instead of being forwarded statelessly,
-//!   so the load counters lc/wlc see stay truthful; established flows are
-//!   not affected.
+//! - **Table full**: see *Floods* below: a new flow always gets an entry
+//!   (evicting the oldest unconfirmed one), confirmed flows are never
+//!   evicted, and only the confirmed part can refuse (a promotion, or an
+//!   install from the peer).
 //! - **Snapshots**: flows stay on their backend while it is `up`, whatever
 //!   its weight (weight 0 = quiescent/drain: no new flows). A flow whose
 //!   backend is no longer `up` or no longer in the snapshot loses its entry
@@ -41,8 +41,65 @@
 //!   table capacity and, when it overflows, [`Engine::take_changes`] says so once
 //!   and the caller resyncs with [`Engine::export`]. Entries learnt through
 //!   [`Engine::install`] are not logged (no echo back to the peer).
+//!
+//! # Floods: unconfirmed flows live apart from confirmed ones
+//!
+//! A spoofed flood never completes a handshake, so the rule that keeps the
+//! VIP answering is that **an unconfirmed flow can never take the place of
+//! a confirmed one**. The table has three parts, each strictly bounded
+//! ([`Limits`]; by default `max_connections` confirmed flows, and a quarter
+//! of that for each of the others). Both engines follow it: the eBPF
+//! engine's map layout is the same (an LRU hash for each evictable part,
+//! a plain hash for the confirmed part).
+//!
+//! - **embryonic**: every new TCP entry starts here: after a SYN
+//!   (SYN_RECV), or a mid-flow packet of an unknown flow picked up
+//!   sloppily, or a FIN before any handshake. When the part is full the
+//!   least recently seen entry is evicted for the newcomer (LRU), so a new
+//!   SYN always gets a slot.
+//! - **established**: an embryonic entry is *promoted* here by the packet
+//!   that completes the handshake (the client's ACK after its SYN; for a
+//!   picked-up flow, its second packet: a state of ESTABLISHED or FIN_WAIT
+//!   after a hit). It stays here through FIN_WAIT/TIME_WAIT/CLOSE until it
+//!   expires. Nothing is ever evicted from this part; when it is full a
+//!   confirmed flow stays (and keeps being forwarded) in the embryonic
+//!   part, counted as `promote_refused`.
+//! - **udp**: UDP flows. The director never sees UDP replies in DR, so
+//!   they are never confirmed; a flow seen twice is *assured* and is
+//!   evicted only when no flow seen once is left (single-datagram spoofed
+//!   sources go first). Losing a UDP entry costs only affinity: the next
+//!   datagram is scheduled anew.
+//!
+//! **Pressure** (an evictable part more than 3/4 full): new and refreshed
+//! entries of that part get short timeouts ([`Timeouts::syn_pressure`],
+//! [`Timeouts::udp_pressure`]), like IPVS `secure_tcp`; their entries and
+//! persistence templates are not logged for sync until confirmed (the
+//! standby would otherwise pay for the flood too); [`Engine::expire`]
+//! frees expired entries oldest-first so the part drains as soon as the
+//! flood stops. An episode ends once the part has stayed at most 1/4 full
+//! for 10 s; its start and end are [`FloodEvent`]s ([`Engine::poll_event`]),
+//! with the number of distinct sources estimated by a 1 KiB HyperLogLog,
+//! and not repeated within a minute. A persistence template that no
+//! confirmed flow used dies with its last connection, so spoofed sources
+//! cannot fill the persistence table for its 600 s either.
+//!
+//! **What a real client sees** when its half-open entry is evicted before
+//! its ACK arrives (a flood of more entries than the embryonic part holds
+//! within one round trip): the ACK is scheduled anew (sloppy TCP). With
+//! `mh` (client address and port) or `sh` (client address) it reaches the
+//! backend that answered the SYN, the handshake completes and the client
+//! notices nothing. With `rr`, `wrr`, `lc` and `wlc` it most likely
+//! reaches another backend, which has no such connection and answers RST:
+//! the client's connect() succeeded but its first request fails with
+//! "connection reset", and it retries (a new SYN, a new slot). Use `mh` on
+//! a service that must ride out floods cleanly. An ACK flood from random
+//! sources is bounded the same way (picked-up flows are embryonic until
+//! their second packet); a flood of complete spoofed handshakes (SYN then
+//! ACK per source) is not recognisable from the client side alone and
+//! fills the confirmed part as real clients would.
 
 mod conntable;
+mod flood;
 mod maglev;
 mod sched;
 
@@ -53,8 +110,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::conntable::BoundedMap;
 pub use self::conntable::TcpState;
+use self::conntable::{BoundedMap, Lru};
+use self::flood::Guard;
+pub use self::flood::{FloodEvent, TokenBucket};
 use self::sched::{Load, SchedState};
 use crate::wire::frame::{FlowKey, Mac, TCP_ACK, TCP_RST, TCP_SYN};
 
@@ -166,6 +225,11 @@ pub struct Timeouts {
     pub syn: Duration,
     /// CLOSE: after a RST.
     pub close: Duration,
+    /// Cap on a half-open (embryonic) entry's timeout while that part of
+    /// the table is under pressure (IPVS `secure_tcp` shortens SYN_RECV).
+    pub syn_pressure: Duration,
+    /// UDP timeout while the UDP part is under pressure.
+    pub udp_pressure: Duration,
 }
 
 impl Default for Timeouts {
@@ -176,6 +240,8 @@ impl Default for Timeouts {
             udp: Duration::from_secs(300),
             syn: Duration::from_secs(60),
             close: Duration::from_secs(10),
+            syn_pressure: Duration::from_secs(5),
+            udp_pressure: Duration::from_secs(10),
         }
     }
 }
@@ -200,7 +266,10 @@ pub enum ForwardDrop {
     NoService,
     /// The service has no backend that can take a new flow.
     NoBackend,
-    /// The connection table is full; the flow would have needed an entry.
+    /// The connection table refused an entry. Cannot happen while the
+    /// per-kind limits sum to the table's capacity (a new flow evicts the
+    /// oldest unconfirmed entry instead); kept so that a bookkeeping bug
+    /// costs a packet, not a panic.
     TableFull,
     /// The flow's backend was removed or is down; its entry is gone now and
     /// the next packet is scheduled anew.
@@ -347,6 +416,7 @@ impl Dest {
 
 struct Conn {
     dest: u32,
+    kind: Kind,
     state: TcpState,
     expires: Instant,
     /// The template this connection was scheduled through, or NO_PERSIST.
@@ -364,12 +434,27 @@ struct PersistKey {
     client: Ipv4Addr,
 }
 
+impl conntable::Key for PersistKey {
+    fn hash_with(&self, seed: u64) -> u64 {
+        let mut b = [0u8; 7];
+        b[0] = self.proto;
+        b[1..3].copy_from_slice(&self.port.to_be_bytes());
+        b[3..7].copy_from_slice(&self.client.octets());
+        xxhash_rust::xxh3::xxh3_64_with_seed(&b, seed)
+    }
+}
+
 struct Persist {
     dest: u32,
     expires: Instant,
     timeout: Duration,
     /// Connections scheduled through this template that are still alive.
     conns: u64,
+    /// A connection through it completed a handshake (UDP: sent a second
+    /// datagram), or the peer synced it. An unconfirmed template dies with
+    /// its last connection instead of outliving it: a spoofed flood must
+    /// not fill the persistence table either.
+    confirmed: bool,
     mark: u32,
     synced_until: Instant,
 }
@@ -446,6 +531,106 @@ struct Service {
     eligible: Vec<u32>,
 }
 
+/// The parts of the connection table. Each has its own limit; only the
+/// unconfirmed ones are evicted for newcomers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// TCP not yet confirmed: SYN seen but no handshake ACK, or picked up
+    /// mid-flow (sloppy) and seen once.
+    Embryonic,
+    /// TCP confirmed by the director having seen the handshake complete
+    /// (or a second packet of a picked-up flow), in whatever state it is now.
+    Established,
+    /// UDP: the director never sees replies, so never confirmed.
+    Udp,
+}
+
+impl Kind {
+    fn idx(self) -> usize {
+        match self {
+            Kind::Embryonic => 0,
+            Kind::Established => 1,
+            Kind::Udp => 2,
+        }
+    }
+}
+
+/// Recency lists (oldest first) of the evictable entries.
+const LIST_EMBRYONIC: usize = 0;
+/// UDP flows seen once: evicted before any UDP flow seen twice.
+const LIST_UDP_FRESH: usize = 1;
+const LIST_UDP_ASSURED: usize = 2;
+
+/// How many entries each part of the connection table may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Confirmed TCP flows (`cluster.max_connections`); never evicted.
+    pub established: usize,
+    /// Half-open TCP flows; the oldest is evicted for a new one.
+    pub embryonic: usize,
+    /// UDP flows; the oldest seen-once flow is evicted for a new one.
+    pub udp: usize,
+}
+
+impl Limits {
+    /// The parts for a connection table of `capacity` confirmed flows: a
+    /// quarter of it each for half-open TCP and UDP flows (all of it for
+    /// small tables, which tests and tiny deployments use).
+    pub fn for_capacity(capacity: usize) -> Limits {
+        let capacity = capacity.max(1);
+        let part = (capacity / 4).max(capacity.min(1024));
+        Limits {
+            established: capacity,
+            embryonic: part,
+            udp: part,
+        }
+    }
+
+    fn of(&self, k: Kind) -> usize {
+        match k {
+            Kind::Embryonic => self.embryonic,
+            Kind::Established => self.established,
+            Kind::Udp => self.udp,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.established
+            .saturating_add(self.embryonic)
+            .saturating_add(self.udp)
+    }
+}
+
+/// Occupancy of one part of the connection table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartStats {
+    pub entries: usize,
+    pub limit: usize,
+    /// Entries evicted to make room for a newer one (never for
+    /// `established`).
+    pub evicted: u64,
+    /// Under pressure: more than 3/4 full, short timeouts in force, until
+    /// it has stayed at most 1/4 full for 10 s.
+    pub pressure: bool,
+}
+
+/// The connection table by part, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub embryonic: PartStats,
+    pub established: PartStats,
+    pub udp: PartStats,
+    /// Half-open entries that completed their handshake and moved to the
+    /// established part.
+    pub promoted: u64,
+    /// Packets of confirmed flows carried in the embryonic part because
+    /// the established part was full (they stay evictable).
+    pub promote_refused: u64,
+}
+
+/// At most this many flood events wait for [`Engine::poll_event`].
+const EVENT_QUEUE: usize = 8;
+
 /// The forwarding engine of one director. See the module docs for policies.
 pub struct Engine {
     snapshot: Arc<Snapshot>,
@@ -455,6 +640,17 @@ pub struct Engine {
     dest_free: Vec<u32>,
     dest_index: HashMap<(u8, u16, Ipv4Addr), u32>,
     conns: BoundedMap<FlowKey, Conn>,
+    /// Recency of the embryonic and UDP entries of `conns`.
+    lru: Lru<3>,
+    limits: Limits,
+    /// Entries per [`Kind`], and evictions per kind.
+    counts: [usize; 3],
+    evicted: [u64; 3],
+    promoted: u64,
+    promote_refused: u64,
+    syn_guard: Guard,
+    udp_guard: Guard,
+    events: VecDeque<FloodEvent>,
     persists: BoundedMap<PersistKey, Persist>,
     drops: DropCounters,
     conn_log: ChangeLog,
@@ -462,9 +658,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `capacity` bounds both the connection and the persistence table; all
-    /// memory for them is allocated here.
+    /// `capacity` bounds the confirmed connections and the persistence
+    /// table; half-open and UDP flows get [`Limits::for_capacity`]. All
+    /// memory for the tables is allocated here.
     pub fn new(snapshot: Arc<Snapshot>, capacity: usize, timeouts: Timeouts) -> Self {
+        Engine::with_limits(snapshot, Limits::for_capacity(capacity), timeouts)
+    }
+
+    /// Like [`Engine::new`] with explicit part limits; the persistence
+    /// table holds `limits.established` templates.
+    pub fn with_limits(snapshot: Arc<Snapshot>, limits: Limits, timeouts: Timeouts) -> Self {
+        let limits = Limits {
+            established: limits.established.max(1),
+            embryonic: limits.embryonic.max(1),
+            udp: limits.udp.max(1),
+        };
+        let capacity = limits.total();
         let mut e = Engine {
             snapshot: Arc::new(Snapshot::default()),
             timeouts,
@@ -473,7 +682,16 @@ impl Engine {
             dest_free: Vec::new(),
             dest_index: HashMap::new(),
             conns: BoundedMap::new(capacity),
-            persists: BoundedMap::new(capacity),
+            lru: Lru::new(capacity),
+            limits,
+            counts: [0; 3],
+            evicted: [0; 3],
+            promoted: 0,
+            promote_refused: 0,
+            syn_guard: Guard::new("SYN", "half-open flows", limits.embryonic),
+            udp_guard: Guard::new("UDP", "UDP flows", limits.udp),
+            events: VecDeque::with_capacity(EVENT_QUEUE),
+            persists: BoundedMap::new(limits.established),
             drops: DropCounters::default(),
             // Twice the table: indices of entries removed before being
             // taken stay in the log, so churn between two takes needs room.
@@ -605,9 +823,9 @@ impl Engine {
         if tcp && tcp_flags & TCP_RST != 0 {
             return self.stateless(now, si, key, len);
         }
-        if self.conns.is_full() {
-            return self.drop(ForwardDrop::TableFull);
-        }
+        // Every new flow starts unconfirmed, in a part of its own.
+        let kind = if tcp { Kind::Embryonic } else { Kind::Udp };
+        self.make_room(kind);
         let Some((dest, persist)) = self.schedule(now, si, key) else {
             return self.drop(ForwardDrop::NoBackend);
         };
@@ -616,9 +834,10 @@ impl Engine {
         } else {
             TcpState::Udp
         };
-        let expires = now + state.timeout(&self.timeouts);
+        let expires = now + self.timeout_for(kind, state);
         let conn = Conn {
             dest,
+            kind,
             state,
             expires,
             persist,
@@ -626,12 +845,33 @@ impl Engine {
             synced_until: expires,
         };
         let Some(ci) = self.conns.insert(*key, conn) else {
-            // Unreachable after the is_full check; stay consistent anyway.
+            // Unreachable: make_room kept the part, hence the slab, below
+            // its limit. Stay consistent anyway.
             self.release_template(persist);
+            self.forget_unconfirmed_template(persist);
             return self.drop(ForwardDrop::TableFull);
         };
+        self.counts[kind.idx()] += 1;
+        let guard = if tcp {
+            self.lru.push(LIST_EMBRYONIC, ci);
+            &mut self.syn_guard
+        } else {
+            self.lru.push(LIST_UDP_FRESH, ci);
+            &mut self.udp_guard
+        };
+        guard.on_new(key.src);
+        // Under a flood, unconfirmed entries are not synced until they are
+        // confirmed (IPVS syncs only after a few packets): the standby
+        // would spend as much on the flood as the director. A held-back
+        // entry counts as one whose peer copy has run out, so the packet
+        // that confirms it also sends it.
+        let quiet = guard.under_pressure();
         if let Some((_, c)) = self.conns.at_mut(ci) {
-            self.conn_log.mark(&mut c.mark, ci);
+            if quiet {
+                c.synced_until = now;
+            } else {
+                self.conn_log.mark(&mut c.mark, ci);
+            }
         }
         if let Some(p) = self.persists.at_mut(persist) {
             p.1.conns += 1;
@@ -657,14 +897,13 @@ impl Engine {
     /// Table hit: `None` when the entry is stale and must be removed before
     /// scheduling; a verdict otherwise.
     fn hit(&mut self, now: Instant, ci: u32, tcp: bool, flags: u8, len: usize) -> Option<Verdict> {
-        let timeouts = self.timeouts;
-        let (_, c) = self.conns.at_mut(ci)?;
+        let (_, c) = self.conns.at(ci)?;
         if c.expires <= now {
             return None;
         }
-        let d = &mut self.dests[c.dest as usize];
+        let (dest, old, kind, persist) = (c.dest, c.state, c.kind, c.persist);
         let pure_syn = tcp && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
-        if !d.up {
+        if !self.dests[dest as usize].up {
             // A new connection (SYN) is scheduled afresh instead of costing
             // the client a retransmission; mid-flow packets of a removed
             // backend are dropped.
@@ -679,31 +918,121 @@ impl Engine {
         // connection (IPVS conn_reuse_mode), not a retransmission.
         let reuse = pure_syn
             && matches!(
-                c.state,
+                old,
                 TcpState::FinWait | TcpState::TimeWait | TcpState::Close
             );
         if reuse {
             return None;
         }
         let state = if tcp {
-            TcpState::after(Some(c.state), flags)
+            TcpState::after(Some(old), flags)
         } else {
             TcpState::Udp
         };
+        // Confirmation: the handshake completed (or a picked-up flow sent
+        // again), or a UDP flow's second datagram.
+        let mut new_kind = kind;
+        let mut confirmed = false;
+        match kind {
+            Kind::Embryonic if matches!(state, TcpState::Established | TcpState::FinWait) => {
+                confirmed = true;
+                if self.counts[Kind::Established.idx()] < self.limits.established {
+                    self.lru.unlink(ci);
+                    self.counts[Kind::Embryonic.idx()] -= 1;
+                    self.counts[Kind::Established.idx()] += 1;
+                    self.promoted += 1;
+                    new_kind = Kind::Established;
+                } else {
+                    // Confirmed flows are never evicted to make room: this
+                    // one keeps going as best it can where it is.
+                    self.promote_refused += 1;
+                    self.lru.push(LIST_EMBRYONIC, ci);
+                }
+            }
+            Kind::Embryonic => self.lru.push(LIST_EMBRYONIC, ci),
+            Kind::Udp => {
+                confirmed = self.lru.list_of(ci) == Some(LIST_UDP_FRESH);
+                self.lru.push(LIST_UDP_ASSURED, ci);
+            }
+            Kind::Established => {}
+        }
+        if confirmed {
+            self.confirm_template(persist);
+        }
+        // Seen twice (UDP) or confirmed: worth syncing even under a flood.
+        let quiet = new_kind == Kind::Embryonic && self.syn_guard.under_pressure();
+        let timeout = self.timeout_for(new_kind, state);
+        let (_, c) = self.conns.at_mut(ci)?;
+        let d = &mut self.dests[dest as usize];
         let changed = state != c.state;
         if changed {
             count_state(&mut d.counters, c.state, -1);
             count_state(&mut d.counters, state, 1);
             c.state = state;
         }
-        let timeout = state.timeout(&timeouts);
+        c.kind = new_kind;
         c.expires = now + timeout;
-        if changed || needs_refresh(c.expires, c.synced_until, timeout) {
+        if !quiet && (changed || needs_refresh(c.expires, c.synced_until, timeout)) {
             self.conn_log.mark(&mut c.mark, ci);
         }
         d.counters.packets += 1;
         d.counters.bytes += len as u64;
         Some(d.verdict())
+    }
+
+    /// Idle timeout of an entry of `kind` in `state`: the state's own,
+    /// capped while that part of the table is under pressure.
+    fn timeout_for(&self, kind: Kind, state: TcpState) -> Duration {
+        let t = &self.timeouts;
+        match kind {
+            Kind::Established => state.timeout(t),
+            Kind::Embryonic if self.syn_guard.under_pressure() => {
+                state.timeout(t).min(t.syn_pressure)
+            }
+            Kind::Embryonic => state.timeout(t),
+            Kind::Udp if self.udp_guard.under_pressure() => t.udp_pressure,
+            Kind::Udp => t.udp,
+        }
+    }
+
+    /// Evicts the oldest entry of `kind`'s part when it is full: the
+    /// oldest half-open flow, or the oldest UDP flow seen only once (else
+    /// the oldest UDP flow). The established part never evicts.
+    fn make_room(&mut self, kind: Kind) {
+        if self.counts[kind.idx()] < self.limits.of(kind) {
+            return;
+        }
+        let victim = match kind {
+            Kind::Embryonic => self.lru.oldest(LIST_EMBRYONIC),
+            Kind::Udp => self
+                .lru
+                .oldest(LIST_UDP_FRESH)
+                .or_else(|| self.lru.oldest(LIST_UDP_ASSURED)),
+            Kind::Established => None,
+        };
+        if let Some(ci) = victim {
+            self.remove_conn(ci);
+            self.evicted[kind.idx()] += 1;
+        }
+    }
+
+    /// Marks the template a confirmed flow went through as confirmed, and
+    /// logs it for sync if it was held back.
+    fn confirm_template(&mut self, pi: u32) {
+        if let Some((_, p)) = self.persists.at_mut(pi) {
+            p.confirmed = true;
+            if needs_refresh(p.expires, p.synced_until, p.timeout) {
+                self.persist_log.mark(&mut p.mark, pi);
+            }
+        }
+    }
+
+    /// Removes a template no confirmed flow ever used once its last
+    /// connection is gone.
+    fn forget_unconfirmed_template(&mut self, pi: u32) {
+        if matches!(self.persists.at(pi), Some((_, p)) if p.conns == 0 && !p.confirmed) {
+            self.remove_persist(pi);
+        }
     }
 
     /// The path for packets that must not create state.
@@ -754,11 +1083,18 @@ impl Engine {
             return self.pick(si, key).map(|d| (d, NO_PERSIST));
         };
         let pkey = self.persist_key(si, key);
+        // Templates of unconfirmed flows are held back from sync under a
+        // flood, like the flows themselves.
+        let quiet = if key.proto == FlowKey::TCP {
+            self.syn_guard.under_pressure()
+        } else {
+            self.udp_guard.under_pressure()
+        };
         if let Some(pi) = self.persists.find(&pkey) {
             if let Some(d) = self.template_dest(now, si, key) {
                 let (_, p) = self.persists.at_mut(pi)?;
                 p.expires = p.expires.max(now + timeout);
-                if needs_refresh(p.expires, p.synced_until, timeout) {
+                if (p.confirmed || !quiet) && needs_refresh(p.expires, p.synced_until, timeout) {
                     self.persist_log.mark(&mut p.mark, pi);
                 }
                 return Some((d, pi));
@@ -770,7 +1106,11 @@ impl Engine {
             let old = std::mem::replace(&mut p.dest, new);
             p.expires = now + timeout;
             p.timeout = timeout;
-            self.persist_log.mark(&mut p.mark, pi);
+            if p.confirmed || !quiet {
+                self.persist_log.mark(&mut p.mark, pi);
+            } else {
+                p.synced_until = now;
+            }
             self.dests[new as usize].templates += 1;
             self.dests[old as usize].templates =
                 self.dests[old as usize].templates.saturating_sub(1);
@@ -783,13 +1123,18 @@ impl Engine {
             expires: now + timeout,
             timeout,
             conns: 0,
+            confirmed: false,
             mark: 0,
             synced_until: now + timeout,
         };
         match self.persists.insert(pkey, template) {
             Some(pi) => {
                 if let Some((_, p)) = self.persists.at_mut(pi) {
-                    self.persist_log.mark(&mut p.mark, pi);
+                    if quiet {
+                        p.synced_until = now;
+                    } else {
+                        self.persist_log.mark(&mut p.mark, pi);
+                    }
                 }
                 self.dests[dest as usize].templates += 1;
                 Some((dest, pi))
@@ -830,8 +1175,11 @@ impl Engine {
         let Some((_, c)) = self.conns.remove_at(ci) else {
             return;
         };
+        self.lru.unlink(ci);
+        self.counts[c.kind.idx()] -= 1;
         count_state(&mut self.dests[c.dest as usize].counters, c.state, -1);
         self.release_template(c.persist);
+        self.forget_unconfirmed_template(c.persist);
         self.maybe_free_dest(c.dest);
     }
 
@@ -898,9 +1246,30 @@ impl Engine {
     /// and `budget` persistence slots. Returns how many entries were removed.
     /// Calling it with budget ≥ `capacity / calls-per-timeout` keeps memory
     /// tight; lookups ignore expired entries regardless.
+    ///
+    /// Also the place where pressure on the evictable parts is judged
+    /// (call it a few times a second): see [`Engine::poll_event`].
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
         let mut removed = 0;
-        for _ in 0..budget.min(self.conns.slot_count()) {
+        let mut visited = 0;
+        // The oldest evictable entries first: after a flood they are what
+        // fills the table, and in recency order the expired ones come
+        // first, so this frees them at once instead of a sweep later.
+        for list in [LIST_EMBRYONIC, LIST_UDP_FRESH, LIST_UDP_ASSURED] {
+            while visited < budget {
+                let Some(ci) = self.lru.oldest(list) else {
+                    break;
+                };
+                if !matches!(self.conns.at(ci), Some((_, c)) if c.expires <= now) {
+                    break;
+                }
+                visited += 1;
+                self.remove_conn(ci);
+                removed += 1;
+            }
+        }
+        self.judge_pressure(now);
+        for _ in 0..(budget - visited).min(self.conns.slot_count()) {
             let Some(ci) = self.conns.sweep_next() else {
                 break;
             };
@@ -933,7 +1302,47 @@ impl Engine {
         removed
     }
 
-    /// Live connection entries.
+    fn judge_pressure(&mut self, now: Instant) {
+        let emb = self.counts[Kind::Embryonic.idx()];
+        let udp = self.counts[Kind::Udp.idx()];
+        let events = [
+            self.syn_guard
+                .observe(now, emb, self.evicted[Kind::Embryonic.idx()]),
+            self.udp_guard
+                .observe(now, udp, self.evicted[Kind::Udp.idx()]),
+        ];
+        for ev in events.into_iter().flatten() {
+            if self.events.len() >= EVENT_QUEUE {
+                self.events.pop_front();
+            }
+            self.events.push_back(ev);
+        }
+    }
+
+    /// The next flood event (pressure on a part of the table started or
+    /// ended), oldest first; at most a few are kept.
+    pub fn poll_event(&mut self) -> Option<FloodEvent> {
+        self.events.pop_front()
+    }
+
+    /// Occupancy, limits and evictions per part of the connection table.
+    pub fn table_stats(&self) -> TableStats {
+        let part = |k: Kind, pressure: bool| PartStats {
+            entries: self.counts[k.idx()],
+            limit: self.limits.of(k),
+            evicted: self.evicted[k.idx()],
+            pressure,
+        };
+        TableStats {
+            embryonic: part(Kind::Embryonic, self.syn_guard.under_pressure()),
+            established: part(Kind::Established, false),
+            udp: part(Kind::Udp, self.udp_guard.under_pressure()),
+            promoted: self.promoted,
+            promote_refused: self.promote_refused,
+        }
+    }
+
+    /// Live connection entries (all parts).
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -1044,24 +1453,38 @@ impl Engine {
         if !self.dests[dest as usize].up {
             return false;
         }
-        let state = if e.key.proto == FlowKey::TCP {
-            e.state
-        } else {
-            TcpState::Udp
+        let (state, kind) = match (e.key.proto, e.state) {
+            (FlowKey::TCP, TcpState::SynRecv) => (TcpState::SynRecv, Kind::Embryonic),
+            (FlowKey::TCP, s) => (s, Kind::Established),
+            _ => (TcpState::Udp, Kind::Udp),
         };
         if let Some(ci) = self.conns.find(&e.key) {
             self.remove_conn(ci);
         }
+        // The peer's confirmed flows are confirmed here too, and as here
+        // they never displace one another; unconfirmed ones take the
+        // place of the oldest.
+        if kind == Kind::Established && self.counts[kind.idx()] >= self.limits.established {
+            return false;
+        }
+        self.make_room(kind);
         let conn = Conn {
             dest,
+            kind,
             state,
             expires: e.expires,
             persist: NO_PERSIST,
             mark: 0,
             synced_until: e.expires,
         };
-        if self.conns.insert(e.key, conn).is_none() {
+        let Some(ci) = self.conns.insert(e.key, conn) else {
             return false;
+        };
+        self.counts[kind.idx()] += 1;
+        match kind {
+            Kind::Embryonic => self.lru.push(LIST_EMBRYONIC, ci),
+            Kind::Udp => self.lru.push(LIST_UDP_FRESH, ci),
+            Kind::Established => {}
         }
         count_state(&mut self.dests[dest as usize].counters, state, 1);
         true
@@ -1115,6 +1538,7 @@ impl Engine {
             expires: e.expires,
             timeout,
             conns: 0,
+            confirmed: true,
             mark: 0,
             synced_until: e.expires,
         };

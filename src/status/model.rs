@@ -111,6 +111,26 @@ pub struct DataplaneStats {
     pub connections: u64,
     /// Dropped packets by reason.
     pub drops: BTreeMap<String, u64>,
+    /// The connection table by part: "embryonic" (half-open TCP, evicted
+    /// oldest first), "established" (confirmed TCP, never evicted), "udp".
+    pub tables: BTreeMap<String, TablePart>,
+    /// Half-open entries whose handshake completed (moved to established).
+    pub promoted: u64,
+    /// Packets of confirmed flows kept in the embryonic part because the
+    /// established part was full.
+    pub promote_refused: u64,
+}
+
+/// One part of the connection table.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct TablePart {
+    pub entries: u64,
+    pub limit: u64,
+    /// Entries evicted for newer ones.
+    pub evicted: u64,
+    /// More than 3/4 full recently: short timeouts in force (a flood).
+    pub pressure: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

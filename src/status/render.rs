@@ -46,6 +46,25 @@ fn role_class(role: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// "12 / 3 / 0 · evicted 0 / 0 · SYN flood": occupancy of the connection
+/// table's parts, evictions of the two evictable ones, and pressure. The
+/// page's script (`tl`) writes the same.
+fn tables_line(dp: &crate::status::model::DataplaneStats) -> String {
+    let part = |k: &str| dp.tables.get(k).cloned().unwrap_or_default();
+    let (e, h, u) = (part("established"), part("embryonic"), part("udp"));
+    let mut s = format!(
+        "{} / {} / {} · evicted {} / {}",
+        e.entries, h.entries, u.entries, h.evicted, u.evicted
+    );
+    if h.pressure {
+        s.push_str(" · SYN flood");
+    }
+    if u.pressure {
+        s.push_str(" · UDP flood");
+    }
+    s
+}
+
 fn fmt_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
@@ -305,6 +324,7 @@ pub fn html(r: &StatusReport) -> String {
          <dt>bytes rx</dt><dd id=\"dp-bytes\">{}</dd>\
          <dt>rx rate</dt><dd id=\"dp-rate\">-</dd>\
          <dt>connections</dt><dd id=\"dp-conns\">{}</dd>\
+         <dt>flows established / half-open / udp</dt><dd id=\"dp-tables\">{}</dd>\
          <dt>drops</dt><dd id=\"dp-drops\">{}</dd>\
          <dt>sync synced / lag</dt><dd id=\"sync\">{} / {} entries{}</dd></dl></section>",
         r.heartbeat.sent,
@@ -314,6 +334,7 @@ pub fn html(r: &StatusReport) -> String {
         r.dataplane.tx_packets,
         fmt_bytes(r.dataplane.rx_bytes),
         r.dataplane.connections,
+        esc(&tables_line(&r.dataplane)),
         dp_drops,
         r.sync.connections_synced,
         r.sync.lag_entries,
@@ -410,6 +431,7 @@ function fb(n){var u=["B","KiB","MiB","GiB","TiB"],i=0;if(n<1024)return n+" B";w
 function age(ms){if(ms===null||ms===undefined)return"never";if(ms<1000)return ms+" ms ago";return(ms/1000).toFixed(1)+" s ago";}
 function ts(ms){try{return new Date(ms).toISOString().replace("T"," ").slice(0,19)+"Z";}catch(e){return String(ms);}}
 function sum(o){var s=0;for(var k in o)if(Object.prototype.hasOwnProperty.call(o,k))s+=o[k];return s;}
+function tl(t){var p=function(k){return t[k]||{entries:0,evicted:0,pressure:false};},e=p("established"),h=p("embryonic"),u=p("udp");return e.entries+" / "+h.entries+" / "+u.entries+" · evicted "+h.evicted+" / "+u.evicted+(h.pressure?" · SYN flood":"")+(u.pressure?" · UDP flood":"");}
 function card(name,role,cls,meta){var d=el("div","node"+cls);d.setAttribute("data-node",name);d.setAttribute("data-role",role);
 var h=el("div","nhead");h.appendChild(el("span","nname",name));h.appendChild(el("span","badge role-"+roleClass(role),role));d.appendChild(h);
 var dl=el("dl","nmeta");meta.forEach(function(m){dl.appendChild(el("dt",null,m[0]));dl.appendChild(el("dd",null,m[1]));});d.appendChild(dl);return d;}
@@ -439,7 +461,7 @@ var tb=$("backends").tBodies[0];tb.textContent="";(r.backends||[]).forEach(funct
 var hb=r.heartbeat||{},dp=r.dataplane||{},sy=r.sync||{};
 $("hb").textContent=hb.sent+" / "+hb.received+" / "+sum(hb.dropped||{});
 $("dp-packets").textContent=dp.rx_packets+" / "+dp.tx_packets;$("dp-bytes").textContent=fb(dp.rx_bytes);
-$("dp-conns").textContent=dp.connections;$("dp-drops").textContent=sum(dp.drops||{});
+$("dp-conns").textContent=dp.connections;$("dp-tables").textContent=tl(dp.tables||{});$("dp-drops").textContent=sum(dp.drops||{});
 var dr="-";if(prevDp&&t>prevDp.t&&dp.rx_bytes>=prevDp.b){var dt=(t-prevDp.t)/1000;dr=fb(Math.round((dp.rx_bytes-prevDp.b)/dt))+"/s · "+Math.round((dp.rx_packets-prevDp.p)/dt)+" pkt/s";}
 prevDp={t:t,b:dp.rx_bytes,p:dp.rx_packets};$("dp-rate").textContent=dr;
 $("sync").textContent=sy.connections_synced+" / "+sy.lag_entries+" entries"+(sy.lag_ms!==null&&sy.lag_ms!==undefined?", "+sy.lag_ms+" ms":"");
@@ -778,6 +800,59 @@ pub fn metrics(r: &StatusReport) -> String {
         &[],
         &r.dataplane.connections.to_string(),
     );
+    type Part = fn(&crate::status::model::TablePart) -> u64;
+    let part_families: [(&str, &str, &str, Part); 4] = [
+        (
+            "duet_dataplane_table_entries",
+            "gauge",
+            "Connection table entries by part (embryonic: half-open TCP; established: confirmed TCP; udp).",
+            |t| t.entries,
+        ),
+        (
+            "duet_dataplane_table_limit",
+            "gauge",
+            "Entries each part of the connection table may hold.",
+            |t| t.limit,
+        ),
+        (
+            "duet_dataplane_table_evictions_total",
+            "counter",
+            "Entries evicted for newer ones (oldest first; never established ones).",
+            |t| t.evicted,
+        ),
+        (
+            "duet_dataplane_table_pressure",
+            "gauge",
+            "1 while a part is under flood pressure (short timeouts in force).",
+            |t| u64::from(t.pressure),
+        ),
+    ];
+    for (name, kind, help, f) in part_families {
+        p.family(name, kind, help);
+        for (part, t) in &r.dataplane.tables {
+            p.sample(name, &[("kind", part)], &f(t).to_string());
+        }
+    }
+    p.family(
+        "duet_dataplane_promoted_total",
+        "counter",
+        "Half-open entries whose handshake completed.",
+    );
+    p.sample(
+        "duet_dataplane_promoted_total",
+        &[],
+        &r.dataplane.promoted.to_string(),
+    );
+    p.family(
+        "duet_dataplane_promote_refused_total",
+        "counter",
+        "Packets of confirmed flows kept half-open because the established part was full.",
+    );
+    p.sample(
+        "duet_dataplane_promote_refused_total",
+        &[],
+        &r.dataplane.promote_refused.to_string(),
+    );
     p.family(
         "duet_dataplane_drops_total",
         "counter",
@@ -915,6 +990,27 @@ mod tests {
                 rx_bytes: 12345,
                 connections: 3,
                 drops: BTreeMap::from([("no_backend".into(), 1)]),
+                tables: BTreeMap::from([
+                    (
+                        "embryonic".into(),
+                        crate::status::model::TablePart {
+                            entries: 49152,
+                            limit: 65536,
+                            evicted: 120000,
+                            pressure: true,
+                        },
+                    ),
+                    (
+                        "established".into(),
+                        crate::status::model::TablePart {
+                            entries: 3,
+                            limit: 262144,
+                            ..Default::default()
+                        },
+                    ),
+                ]),
+                promoted: 40,
+                promote_refused: 0,
             },
             sync: crate::status::model::SyncStats {
                 connections_synced: 3,
@@ -948,6 +1044,7 @@ mod tests {
         assert!(page.contains("2023-11-14 22:13:20Z"));
         assert_eq!(page.matches("<tr class=\"backend").count(), 2);
         assert_eq!(page.matches("<li class=\"event\"").count(), 1);
+        assert!(page.contains("id=\"dp-tables\">3 / 49152 / 0 · evicted 120000 / 0 · SYN flood<"));
         // Self-contained: nothing is loaded from elsewhere.
         assert!(!page.contains("src=\"http"));
         assert!(!page.contains("href=\"http"));
@@ -1200,6 +1297,20 @@ mod tests {
             0.0015
         );
         assert_eq!(s["duet_dataplane_drops_total{reason=\"no_backend\"}"], 1.0);
+        assert_eq!(
+            s["duet_dataplane_table_entries{kind=\"embryonic\"}"],
+            49152.0
+        );
+        assert_eq!(
+            s["duet_dataplane_table_evictions_total{kind=\"embryonic\"}"],
+            120000.0
+        );
+        assert_eq!(s["duet_dataplane_table_pressure{kind=\"embryonic\"}"], 1.0);
+        assert_eq!(
+            s["duet_dataplane_table_limit{kind=\"established\"}"],
+            262144.0
+        );
+        assert_eq!(s["duet_dataplane_promoted_total"], 40.0);
         assert_eq!(s["duet_sync_lag_entries"], 0.0);
         assert_eq!(s["duet_peer_last_heard_seconds{peer=\"web2\"}"], 0.08);
         assert_eq!(s["duet_peer_key_next{peer=\"web2\"}"], 1.0);

@@ -186,6 +186,9 @@ impl ControlLoop {
             }
         }
         self.refresh(now);
+        for ev in self.p.shared.take_events() {
+            self.p.ctl.event("flood", &ev.message);
+        }
         let (up, total, own_ok) = health_summary(&self.p.ctl, &self.p.cfg, self.p.me);
         self.p.election.set_health_summary(up, total);
         {

@@ -345,6 +345,24 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             rx_bytes: dp.rx_bytes,
             connections: dp.connections as u64,
             drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            tables: [
+                ("embryonic", dp.table.embryonic),
+                ("established", dp.table.established),
+                ("udp", dp.table.udp),
+            ]
+            .into_iter()
+            .map(|(k, t)| {
+                let part = TablePart {
+                    entries: t.entries as u64,
+                    limit: t.limit as u64,
+                    evicted: t.evicted,
+                    pressure: t.pressure,
+                };
+                (k.to_string(), part)
+            })
+            .collect(),
+            promoted: dp.table.promoted,
+            promote_refused: dp.table.promote_refused,
         },
         sync: SyncStats {
             connections_synced: sync.synced,

@@ -2,7 +2,10 @@
 //! the forwarding engine. It never waits on the control plane: role,
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
-use crate::forward::{ConnEntry, Engine, PersistEntry, Snapshot, Timeouts, Verdict};
+use crate::forward::{
+    ConnEntry, Engine, FloodEvent, PersistEntry, Snapshot, TableStats, Timeouts, TokenBucket,
+    Verdict,
+};
 use crate::sync::Installs;
 use crate::wire::frame::{self, Classified, Mac};
 use std::collections::BTreeMap;
@@ -34,6 +37,13 @@ const FRAMES_PER_ROUND: usize = 1024;
 const SYNC_PERIOD: Duration = Duration::from_millis(10);
 /// Bound on changes handed over per exchange; the rest wait in the engine's log.
 const SYNC_MAX: usize = 8192;
+/// Pings of the VIP answered per second (and at once): each costs a TUN
+/// write and a reply from the kernel, which does not rate-limit echo
+/// replies, so an ICMP flood must not turn into as many of both.
+const ECHO_RATE: u32 = 1000;
+/// Flood events waiting for the control plane (it takes them every few
+/// hundred milliseconds; the engine emits at most one pair a minute).
+const EVENTS_MAX: usize = 16;
 
 /// What the control plane tells the data plane.
 #[derive(Clone)]
@@ -60,6 +70,8 @@ pub struct DpStats {
     pub drops: BTreeMap<&'static str, u64>,
     pub backends: Vec<(Ipv4Addr, crate::forward::BackendCounters)>,
     pub vip_conflicts: u64,
+    /// Connection table occupancy and evictions per part.
+    pub table: TableStats,
 }
 
 /// Entries traded between the data plane and the sync thread.
@@ -100,6 +112,8 @@ pub struct Shared {
     pub stats: Mutex<DpStats>,
     pub sync: Mutex<SyncExchange>,
     pub sync_status: Mutex<SyncStatus>,
+    /// Flood events from the engine, for the control plane's event log.
+    events: Mutex<Vec<FloodEvent>>,
     /// Director: everything taken from the engine so far is acknowledged by
     /// the standby (gates a planned switchover).
     pub sync_caught_up: AtomicBool,
@@ -123,6 +137,7 @@ impl Shared {
             stats: Mutex::new(DpStats::default()),
             sync: Mutex::new(SyncExchange::default()),
             sync_status: Mutex::new(SyncStatus::default()),
+            events: Mutex::new(Vec::new()),
             sync_caught_up: AtomicBool::new(false),
         }))
     }
@@ -157,6 +172,11 @@ impl Shared {
             .clone()
     }
 
+    /// Flood events since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<FloodEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn stats(&self) -> DpStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -184,6 +204,7 @@ struct Plane {
     next_periodic_garp: Instant,
     last_conflict_log: Option<Instant>,
     last_conflict_garp: Option<Instant>,
+    echo: TokenBucket,
     stats: DpStats,
 }
 
@@ -223,6 +244,7 @@ pub fn spawn(
         next_periodic_garp: now + GARP_PERIOD,
         last_conflict_log: None,
         last_conflict_garp: None,
+        echo: TokenBucket::new(ECHO_RATE, ECHO_RATE),
         stats: DpStats::default(),
     };
     std::thread::Builder::new()
@@ -298,6 +320,7 @@ impl Plane {
             }
             if now.duration_since(last_expire) >= Duration::from_millis(100) {
                 self.engine.expire(now, 4096);
+                self.pass_events();
                 last_expire = now;
             }
             if now.duration_since(last_publish) >= Duration::from_millis(200) {
@@ -399,8 +422,19 @@ impl Plane {
         }
     }
 
+    fn pass_events(&mut self) {
+        while let Some(ev) = self.engine.poll_event() {
+            log::warn!("{}", ev.message);
+            let mut q = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() < EVENTS_MAX {
+                q.push(ev);
+            }
+        }
+    }
+
     fn publish(&mut self) {
         self.stats.connections = self.engine.len();
+        self.stats.table = self.engine.table_stats();
         self.stats.backends = self.engine.counters().into_iter().collect();
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
     }
@@ -512,6 +546,10 @@ impl Plane {
                 None
             }
             Classified::EchoRequest => {
+                if !self.echo.allow(now) {
+                    self.drop("echo_rate_limit");
+                    return None;
+                }
                 // The VIP sits on lo: the local stack writes the reply.
                 self.deliver_local(vnet, frame);
                 None

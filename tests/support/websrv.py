@@ -83,7 +83,11 @@ def udp_loop(port, name):
     s.bind(("0.0.0.0", port))
     while True:
         data, addr = s.recvfrom(2048)
-        s.sendto(name.encode(), addr)
+        try:
+            s.sendto(name.encode(), addr)
+        except OSError:
+            # A forged source may be unreachable: that must not end the loop.
+            pass
 
 def main():
     ap = argparse.ArgumentParser()
