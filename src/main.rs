@@ -227,9 +227,13 @@ fn print_status(body: &str) -> Result<(), String> {
         let heard = p
             .last_heard_ms
             .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        let key = match p.key.as_deref() {
+            Some("next") => ", signs with our next key",
+            _ => "",
+        };
         println!(
-            "  peer {} ({}) {} — heard {heard}",
-            p.node, p.address, p.role
+            "  peer {} ({}) {} — heard {heard}, sync batch {}{key}",
+            p.node, p.address, p.role, p.sync_batch
         );
     }
     for b in &r.backends {
@@ -253,6 +257,27 @@ fn print_status(body: &str) -> Result<(), String> {
         r.sync.connections_synced,
         r.sync.lag_entries
     );
+    // Table parts: where a flood shows first.
+    let parts: Vec<String> = dp
+        .tables
+        .iter()
+        .map(|(kind, t)| {
+            format!(
+                "{kind} {}/{}{}{}",
+                t.entries,
+                t.limit,
+                if t.evicted > 0 {
+                    format!(" ({} evicted)", t.evicted)
+                } else {
+                    String::new()
+                },
+                if t.pressure { " UNDER PRESSURE" } else { "" }
+            )
+        })
+        .collect();
+    if !parts.is_empty() {
+        println!("  flows: {}", parts.join(", "));
+    }
     // The operator's first question after "who directs" is "what just
     // happened": the newest events, with their age.
     const EVENTS: usize = 5;
