@@ -56,7 +56,12 @@ fn carrier_loss_does_not_spin_and_heals_to_one_director() {
     );
     must(&format!("ip -n {} link set {port} up", c.lan));
     let one = c.wait_one_director(Duration::from_secs(10));
-    assert!(c.log(d).contains("carrier back"), "{}", c.log(d));
+    // The link is checked once a second: the line may follow the election.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.log(d).contains("carrier back") {
+        assert!(Instant::now() < deadline, "{}", c.log(d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let v = c.client(&format!("count http://{VIP}/ 10"));
     eprintln!("after healing: director web{}, {v}", one + 1);
     assert_eq!(v["errors"].as_u64(), Some(0), "{v}");
