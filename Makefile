@@ -27,8 +27,13 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 # netns tests run the real binary; a few at a time keeps timings honest on 2 cores.
+# Everything runs with the default engine (eBPF where the kernel allows);
+# the data-plane, sync, failover, health, reload and fault tests run again
+# on the userspace engine.
+USERSPACE_TESTS := dataplane sync partition health reload faults
 integration: deps
 	$(CARGO) test --no-fail-fast --test '*' -- --test-threads=2
+	DUET_ENGINE=userspace $(CARGO) test --no-fail-fast $(addprefix --test ,$(USERSPACE_TESTS)) -- --test-threads=2
 	$(MAKE) clean-netns
 
 # Bounded fuzzing of every parser, then the appliance image built and booted

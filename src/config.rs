@@ -92,6 +92,20 @@ pub struct Cluster {
     /// Upper bound of the connection table; new flows beyond it are dropped and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Which data-plane engine forwards (DESIGN.md section 2).
+    #[serde(default)]
+    pub engine: EngineChoice,
+}
+
+/// `cluster.engine`: `auto` uses the eBPF engine where the kernel and the
+/// privileges allow it and otherwise the userspace one, saying why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    Ebpf,
+    Userspace,
 }
 
 #[derive(Debug, Deserialize)]

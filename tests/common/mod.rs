@@ -102,6 +102,23 @@ pub struct Opts {
     pub start: bool,
 }
 
+/// `cluster.engine` from `DUET_ENGINE` (`make integration` runs the
+/// data-plane tests again with `userspace`); the default engine otherwise.
+pub fn engine_line() -> String {
+    match std::env::var("DUET_ENGINE") {
+        Ok(e) if !e.is_empty() => format!("engine = \"{e}\""),
+        _ => String::new(),
+    }
+}
+
+/// The engine the nodes are expected to run.
+pub fn expected_engine() -> &'static str {
+    match std::env::var("DUET_ENGINE").as_deref() {
+        Ok("userspace") => "userspace",
+        _ => "ebpf",
+    }
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Opts {
@@ -247,6 +264,7 @@ key_file = "key"
 admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
+{engine}
 
 [[node]]
 name = "web1"
@@ -269,6 +287,7 @@ dead_after = "1s"
             p2 = opts.priorities[1],
             hb = opts.heartbeat,
             services = opts.services,
+            engine = engine_line(),
         )
     }
 
