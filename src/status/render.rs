@@ -881,6 +881,7 @@ mod tests {
                 rx_bytes: 12345,
                 connections: 3,
                 drops: BTreeMap::from([("no_backend".into(), 1)]),
+                ..Default::default()
             },
             sync: crate::status::model::SyncStats {
                 connections_synced: 3,

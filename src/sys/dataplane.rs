@@ -3,9 +3,9 @@
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
 use crate::dataplane::ebpf::{self, Kernel};
+use crate::forward::TcpState;
 use crate::forward::{ConnEntry, Engine, PersistEntry, Snapshot, Timeouts, Verdict};
 use crate::sync::Installs;
-use crate::forward::TcpState;
 use crate::wire::frame::{self, Classified, FlowKey, Mac, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -100,6 +100,8 @@ pub struct Opts {
     /// Key of node 2 (to test a node with a wrong key).
     pub key2: String,
     pub start: bool,
+    /// Environment of every duet process.
+    pub duet_env: Vec<(&'static str, &'static str)>,
 }
 
 /// `cluster.engine` from `DUET_ENGINE` (`make integration` runs the
@@ -128,6 +130,7 @@ impl Default for Opts {
             priorities: [150, 100],
             key2: KEY.into(),
             start: true,
+            duet_env: Vec::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ pub struct Cluster {
     pub reals: Vec<Node>,
     pub dir: PathBuf,
     extra: Vec<Child>,
+    duet_env: Vec<(&'static str, &'static str)>,
 }
 
 impl Cluster {
@@ -178,6 +182,7 @@ impl Cluster {
             reals: Vec::new(),
             dir: dir.clone(),
             extra: Vec::new(),
+            duet_env: opts.duet_env.clone(),
         };
         must(&format!("ip netns add {lan}"));
         must(&format!(
@@ -335,6 +340,7 @@ dead_after = "1s"
             .args(["netns", "exec", &n.ns, duet_bin(), "run", "-c"])
             .arg(n.dir.join("duet.toml"))
             .env("RUST_LOG", "debug")
+            .envs(self.duet_env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

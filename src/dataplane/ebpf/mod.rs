@@ -248,8 +248,18 @@ impl Kernel {
             .ok_or_else(|| tc_err("program missing".into()))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| tc_err(e.to_string()))?;
-        prog.attach(ifname, TcAttachType::Ingress)
-            .map_err(|e| tc_err(e.to_string()))?;
+        // DUET_TC_ATTACH=netlink attaches as kernels before 6.6 must (a tc
+        // filter that outlives the process), to test that path here.
+        let r = if std::env::var("DUET_TC_ATTACH").as_deref() == Ok("netlink") {
+            prog.attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+            )
+        } else {
+            prog.attach(ifname, TcAttachType::Ingress)
+        };
+        r.map_err(|e| tc_err(e.to_string()))?;
         Ok(())
     }
 
