@@ -49,6 +49,8 @@ CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+# BENCH_ENGINE: cluster.engine of both nodes (auto, ebpf, userspace).
+ENGINE = os.environ.get("BENCH_ENGINE", "")
 # BENCH_PERF=1: record the director with `perf` during the UDP flood and the
 # new-connection HTTP case (use an unstripped DUET_BIN to get symbols).
 PERF = os.environ.get("BENCH_PERF") == "1" and shutil.which("perf") is not None
@@ -287,6 +289,7 @@ key_file = "key"
 admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
+{f'engine = "{ENGINE}"' if ENGINE else ""}
 {nodes}
 [heartbeat]
 interval = "{heartbeat[0]}"
@@ -756,7 +759,8 @@ def main():
         "git_commit": git_commit(),
         "machine": machine(),
         "settings": {"seconds": SECONDS, "failover_n": FAILOVER_N, "wrk_connections": CONNS,
-                     "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET)},
+                     "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET),
+                     "engine": ENGINE or "auto"},
     }
     if "micro" not in SKIP:
         results["micro"] = bench_micro()

@@ -372,10 +372,16 @@ impl Plane {
         for proto in [FlowKey::TCP, FlowKey::UDP] {
             k.walk(proto, KERNEL_WALK, |key, act| {
                 let t = act.target;
+                // Only a flow the engine still holds there: `decide` on a
+                // flow it lost would schedule it afresh.
+                if engine
+                    .lookup(now, &key)
+                    .is_none_or(|e| e.backend != t.backend)
+                {
+                    return false;
+                }
                 if act.packets == 0 {
-                    return engine
-                        .lookup(now, &key)
-                        .is_some_and(|e| e.backend == t.backend);
+                    return true;
                 }
                 let flags = if proto == FlowKey::TCP { TCP_ACK } else { 0 };
                 let v = engine.decide(now, &key, flags, act.bytes as usize);
