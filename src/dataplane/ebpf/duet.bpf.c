@@ -112,6 +112,7 @@ struct {
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 {
@@ -141,7 +142,7 @@ static __always_inline void count(__u32 which, __u64 n)
 // The flow entry duet_tc forwards this frame by, or NULL when user space
 // (or nobody) handles it.
 static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
-							 struct control **out)
+							 struct control **out, int reuse)
 {
 	__u32 zero = 0;
 	struct control *c = bpf_map_lookup_elem(&ctl, &zero);
@@ -167,20 +168,27 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 		.daddr = ip.daddr,
 		.proto = ip.protocol,
 	};
-	__u16 ports[2];
-	if (ip.protocol == IPPROTO_TCP) {
-		__u8 flags;
-		if (load(skb, l4 + 13, &flags, 1) < 0)
-			return NULL;
-		if (flags & (TCP_SYN | TCP_FIN | TCP_RST))
-			return NULL;
-	} else if (ip.protocol != IPPROTO_UDP) {
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
 		return NULL;
-	}
+	__u16 ports[2];
 	if (load(skb, l4, ports, sizeof(ports)) < 0)
 		return NULL;
 	k.sport = ports[0];
 	k.dport = ports[1];
+	if (ip.protocol == IPPROTO_TCP) {
+		__u8 flags;
+		if (load(skb, l4 + 13, &flags, 1) < 0)
+			return NULL;
+		if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
+			// A new SYN on a known flow's ports is a new connection
+			// (port reuse) that user space may send elsewhere: the old
+			// entry must not catch its handshake's ACK. Deleted here,
+			// before user space reads the SYN the socket has queued.
+			if (reuse && (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+				bpf_map_delete_elem(&confirmed, &k);
+			return NULL;
+		}
+	}
 	*out = c;
 	if (ip.protocol == IPPROTO_TCP)
 		return bpf_map_lookup_elem(&confirmed, &k);
@@ -191,7 +199,7 @@ SEC("classifier")
 int duet_tc(struct __sk_buff *skb)
 {
 	struct control *c = NULL;
-	struct flow_val *v = kernel_forwards(skb, &c);
+	struct flow_val *v = kernel_forwards(skb, &c, 1);
 	if (!v) {
 		// A frame to the virtual MAC that user space handles (it has its
 		// copy already) or nobody does: the stack would drop it as
@@ -243,7 +251,7 @@ SEC("socket")
 int duet_sock(struct __sk_buff *skb)
 {
 	struct control *c = NULL;
-	if (kernel_forwards(skb, &c))
+	if (kernel_forwards(skb, &c, 0))
 		return 0;
 	__u32 zero = 0;
 	c = bpf_map_lookup_elem(&ctl, &zero);

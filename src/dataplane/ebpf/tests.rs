@@ -243,6 +243,23 @@ fn table_of_frames() {
 }
 
 #[test]
+fn syn_on_a_known_flow_takes_it_from_the_kernel() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let a = key(6, 1000, 80);
+    assert!(k.install(&a, remote()).unwrap());
+    // The socket filter has no side effects; tc removes the old entry.
+    assert_eq!(k.sock(&tcp(VMAC, 1000, SYN)), KEEP);
+    assert!(k.lookup(&a).is_some());
+    assert_eq!(k.tc(&tcp(VMAC, 1000, SYN)).0, TC_ACT_SHOT);
+    assert!(k.lookup(&a).is_none(), "port reuse: old entry left");
+    // A SYN-ACK or FIN does not.
+    assert!(k.install(&a, remote()).unwrap());
+    assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_SHOT);
+    assert!(k.lookup(&a).is_some());
+}
+
+#[test]
 fn socket_keeps_arp() {
     let k = kernel();
     let arp = crate::wire::frame::build_arp(1, CLIENT_MAC, CLIENT, [0; 6], VIP, [0xff; 6]);
