@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/duet
-APT_PACKAGES := iproute2 iputils-ping nftables curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client hping3
+APT_PACKAGES := iproute2 iputils-ping nftables curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client hping3 clang libbpf-dev
 
 .PHONY: all build deps test unit integration lint demo soak clean-netns
 
@@ -27,8 +27,13 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 # netns tests run the real binary; a few at a time keeps timings honest on 2 cores.
+# Everything runs with the default engine (eBPF where the kernel allows);
+# the data-plane, sync, failover, health, reload and fault tests run again
+# on the userspace engine.
+USERSPACE_TESTS := dataplane sync partition health reload faults
 integration: deps
 	$(CARGO) test --no-fail-fast --test '*' -- --test-threads=2
+	DUET_ENGINE=userspace $(CARGO) test --no-fail-fast $(addprefix --test ,$(USERSPACE_TESTS)) -- --test-threads=2
 	$(MAKE) clean-netns
 
 # Bounded fuzzing of every parser, then the appliance image built and booted

@@ -49,6 +49,8 @@ CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+# BENCH_ENGINE: cluster.engine of both nodes (auto, ebpf, userspace).
+ENGINE = os.environ.get("BENCH_ENGINE", "")
 # BENCH_PERF=1: record the director with `perf` during the UDP flood and the
 # new-connection HTTP case (use an unstripped DUET_BIN to get symbols).
 PERF = os.environ.get("BENCH_PERF") == "1" and shutil.which("perf") is not None
@@ -289,6 +291,7 @@ key_file = "key"
 admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
+{f'engine = "{ENGINE}"' if ENGINE else ""}
 {nodes}
 [heartbeat]
 interval = "{heartbeat[0]}"
@@ -506,6 +509,11 @@ def flood(t, src, nsrc, nports, pps, count, seconds, length=60):
     return json.loads(out)
 
 
+def kernel_packets(t, i):
+    s = t.status(i) or {}
+    return s.get("dataplane", {}).get("kernel_packets", 0)
+
+
 def bench_pps(t, director):
     peer = 1 - director
     dname = NODES[director][0]
@@ -517,6 +525,7 @@ def bench_pps(t, director):
     # Offered: flat out, and a rate the director should sustain.
     for rate in (0, 100_000):
         before = udp_counted(t, peer)
+        k0 = kernel_packets(t, director)
         c0, tc0 = proc_cpu(pid), proc_cpu(pid, tid) if tid else 0
         with Perf(f"udp_flood_{rate or 'max'}", pid if rate == 0 else None, t.work):
             f = flood(t, "198.18.0.254", 1, PPS_FLOWS, rate, 50_000_000, secs)
@@ -535,6 +544,8 @@ def bench_pps(t, director):
             "director_cpu_ns_per_packet": round(cpu * 1e9 / delivered) if delivered else None,
             "dataplane_thread_cpu_s": round(tcpu, 3) if tcpu is not None else None,
             "dataplane_cpu_ns_per_packet": round(tcpu * 1e9 / delivered) if delivered and tcpu else None,
+            # eBPF engine: frames forwarded in kernel, not by the thread.
+            "kernel_packets": kernel_packets(t, director) - k0,
         }
         res["runs"].append(run)
         log(f"pps: {run}")
@@ -759,7 +770,8 @@ def main():
         "git_commit": git_commit(),
         "machine": machine(),
         "settings": {"seconds": SECONDS, "failover_n": FAILOVER_N, "wrk_connections": CONNS,
-                     "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET)},
+                     "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET),
+                     "engine": ENGINE or "auto"},
     }
     if "micro" not in SKIP:
         results["micro"] = bench_micro()

@@ -98,6 +98,20 @@ pub struct Cluster {
     /// backend to end before it takes the VIP off `lo` (0 = at once).
     #[serde(default = "default_stop_drain")]
     pub stop_drain: Spanned<Dur>,
+    /// Which data-plane engine forwards (DESIGN.md section 2).
+    #[serde(default)]
+    pub engine: EngineChoice,
+}
+
+/// `cluster.engine`: `auto` uses the eBPF engine where the kernel and the
+/// privileges allow it and otherwise the userspace one, saying why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    Ebpf,
+    Userspace,
 }
 
 #[derive(Debug, Deserialize)]

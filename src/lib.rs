@@ -4,6 +4,7 @@
 //! `election`, `health`, `forward` and `sync` are sans-IO machines driven by
 //! an explicit clock, `sys` owns every syscall and the event loops.
 pub mod config;
+pub mod dataplane;
 pub mod election;
 pub mod forward;
 pub mod health;

@@ -251,7 +251,8 @@ fn print_status(body: &str) -> Result<(), String> {
     }
     let dp = &r.dataplane;
     println!(
-        "  {} connections tracked, {} packets dropped; sync: {} connections synced, {} entries unacknowledged",
+        "  {} engine: {} connections tracked, {} packets dropped; sync: {} connections synced, {} entries unacknowledged",
+        if dp.engine.is_empty() { "data plane" } else { &dp.engine },
         dp.connections,
         dp.drops.values().sum::<u64>(),
         r.sync.connections_synced,

@@ -69,6 +69,7 @@ scheduler = "rr"
 
     // Status counters report per-backend traffic.
     let s = c.status(d).unwrap();
+    assert_eq!(s["dataplane"]["engine"], expected_engine(), "{s}");
     let total: u64 = s["backends"]
         .as_array()
         .unwrap()
@@ -81,7 +82,7 @@ scheduler = "rr"
 #[test]
 fn bulk_transfers_both_paths_intact() {
     let c = Cluster::new(Opts::default());
-    c.wait_one_director(Duration::from_secs(5));
+    let d = c.wait_one_director(Duration::from_secs(5));
     let mut down = std::collections::BTreeMap::new();
     let mut up = std::collections::BTreeMap::new();
     // rr alternates backends, so consecutive transfers cover the local and the peer path.
@@ -107,6 +108,12 @@ fn bulk_transfers_both_paths_intact() {
         "downloads did not cover both paths: {down:?}"
     );
     assert_eq!(up.len(), 2, "uploads did not cover both paths: {up:?}");
+    if expected_engine() == "ebpf" {
+        // The transfers' segments went through the kernel, not the ring.
+        let s = c.status(d).unwrap();
+        let kernel = s["dataplane"]["kernel_packets"].as_u64().unwrap_or(0);
+        assert!(kernel > 1000, "eBPF engine forwarded {kernel} packets: {s}");
+    }
 }
 
 #[test]

@@ -104,6 +104,13 @@ pub struct HeartbeatStats {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(default)]
 pub struct DataplaneStats {
+    /// "ebpf" or "userspace".
+    pub engine: String,
+    /// eBPF engine: flows held by the kernel, frames it forwarded itself
+    /// (included in rx/tx), and confirmed flows it had no room for.
+    pub kernel_flows: u64,
+    pub kernel_packets: u64,
+    pub kernel_full: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub rx_bytes: u64,

@@ -761,6 +761,36 @@ pub fn metrics(r: &StatusReport) -> String {
     }
 
     p.family(
+        "duet_dataplane_engine",
+        "gauge",
+        "The data-plane engine that runs (1 for its label).",
+    );
+    p.sample(
+        "duet_dataplane_engine",
+        &[("engine", r.dataplane.engine.as_str())],
+        "1",
+    );
+    p.family(
+        "duet_dataplane_kernel_packets_total",
+        "counter",
+        "Packets the eBPF engine forwarded in kernel (included in rx and tx).",
+    );
+    p.sample(
+        "duet_dataplane_kernel_packets_total",
+        &[],
+        &r.dataplane.kernel_packets.to_string(),
+    );
+    p.family(
+        "duet_dataplane_kernel_flows",
+        "gauge",
+        "Flows the eBPF engine forwards in kernel.",
+    );
+    p.sample(
+        "duet_dataplane_kernel_flows",
+        &[],
+        &r.dataplane.kernel_flows.to_string(),
+    );
+    p.family(
         "duet_dataplane_rx_packets_total",
         "counter",
         "Packets received on the VIP.",
@@ -1011,6 +1041,7 @@ mod tests {
                 ]),
                 promoted: 40,
                 promote_refused: 0,
+                ..Default::default()
             },
             sync: crate::status::model::SyncStats {
                 connections_synced: 3,

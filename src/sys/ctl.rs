@@ -340,6 +340,10 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             boots_verified: cnt.boots_verified,
         },
         dataplane: DataplaneStats {
+            engine: dp.engine.to_string(),
+            kernel_flows: dp.kernel_flows as u64,
+            kernel_packets: dp.kernel_packets,
+            kernel_full: dp.kernel_full,
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,

@@ -156,6 +156,22 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     netlink::set_up(TUN_NAME).map_err(io("bringing duet0 up"))?;
     host.local_path(store.as_ref())?;
     let sock = packet::PacketSocket::open(link.index, vmac).map_err(io("opening packet socket"))?;
+    let kernel = crate::dataplane::select(
+        cfg.cluster.engine,
+        &crate::dataplane::ebpf::Params {
+            ifindex: link.index,
+            vip,
+            vmac,
+            own_mac: link.mac,
+            max_connections: u32::try_from(cfg.cluster.max_connections).unwrap_or(u32::MAX),
+            // Fail-safe for a filter that outlives a killed duet: it stops
+            // forwarding within half the time a peer takes to take over.
+            lease: cfg.heartbeat.dead_after.get_ref().0 / 2,
+        },
+        &cfg.cluster.interface,
+        sock.raw_fd(),
+    )
+    .map_err(|e| DaemonError::Config(format!("cluster.engine = \"ebpf\": {e}")))?;
 
     let state = State {
         node: me.name.get_ref().clone(),
@@ -206,6 +222,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             vmac,
             own_mac: link.mac,
             max_connections: cfg.cluster.max_connections,
+            kernel,
         },
         sock,
         tun,

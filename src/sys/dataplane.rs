@@ -2,12 +2,13 @@
 //! the forwarding engine. It never waits on the control plane: role,
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
+use crate::dataplane::ebpf::{self, Kernel};
 use crate::forward::{
-    ConnEntry, Engine, FloodEvent, PersistEntry, Snapshot, TableStats, Timeouts, TokenBucket,
-    Verdict,
+    ConnEntry, Engine, FloodEvent, PersistEntry, Snapshot, TableStats, TcpState, Timeouts,
+    TokenBucket, Verdict,
 };
 use crate::sync::Installs;
-use crate::wire::frame::{self, Classified, Mac};
+use crate::wire::frame::{self, Classified, FlowKey, Mac, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -44,6 +45,12 @@ const ECHO_RATE: u32 = 1000;
 /// Flood events waiting for the control plane (it takes them every few
 /// hundred milliseconds; the engine emits at most one pair a minute).
 const EVENTS_MAX: usize = 16;
+/// eBPF engine: how often the lease is renewed and the kernel's flows are
+/// walked, and how many flows of each map one walk visits (a full table of
+/// 262,144 takes ~6 s, well inside the shortest timeout of a flow the
+/// kernel holds).
+const KERNEL_PERIOD: Duration = Duration::from_millis(100);
+const KERNEL_WALK: usize = 4096;
 
 /// What the control plane tells the data plane.
 #[derive(Clone)]
@@ -72,6 +79,14 @@ pub struct DpStats {
     pub vip_conflicts: u64,
     /// Connection table occupancy and evictions per part.
     pub table: TableStats,
+    /// "ebpf" or "userspace".
+    pub engine: &'static str,
+    /// eBPF engine: flows the kernel forwards, and confirmed flows it had
+    /// no room for (user space forwards those).
+    pub kernel_flows: usize,
+    pub kernel_full: u64,
+    /// Frames the kernel forwarded itself (counted in rx/tx too).
+    pub kernel_packets: u64,
 }
 
 /// Entries traded between the data plane and the sync thread.
@@ -187,6 +202,8 @@ pub struct Params {
     pub vmac: Mac,
     pub own_mac: Mac,
     pub max_connections: usize,
+    /// The eBPF engine's kernel half, when it runs.
+    pub kernel: Option<Kernel>,
 }
 
 struct Plane {
@@ -206,11 +223,15 @@ struct Plane {
     last_conflict_garp: Option<Instant>,
     echo: TokenBucket,
     stats: DpStats,
+    kernel: Option<Kernel>,
+    /// Per backend, packets the kernel forwarded beyond the one each walk
+    /// visit accounts through the engine (see `walk_kernel`).
+    kernel_extra: BTreeMap<Ipv4Addr, u64>,
 }
 
 /// Starts the data-plane thread; it runs until `shared.stop()`.
 pub fn spawn(
-    p: Params,
+    mut p: Params,
     mut sock: PacketSocket,
     tun: Tun,
     shared: Arc<Shared>,
@@ -229,7 +250,14 @@ pub fn spawn(
         .take_ring()
         .ok_or_else(|| std::io::Error::other("packet socket without a receive ring"))?;
     let now = Instant::now();
+    let kernel = p.kernel.take();
     let plane = Plane {
+        stats: DpStats {
+            engine: crate::dataplane::engine_name(&kernel),
+            ..DpStats::default()
+        },
+        kernel,
+        kernel_extra: BTreeMap::new(),
         p,
         sock,
         ring: Some(ring),
@@ -245,7 +273,6 @@ pub fn spawn(
         last_conflict_log: None,
         last_conflict_garp: None,
         echo: TokenBucket::new(ECHO_RATE, ECHO_RATE),
-        stats: DpStats::default(),
     };
     std::thread::Builder::new()
         .name("duet-dataplane".into())
@@ -265,6 +292,7 @@ impl Plane {
         let mut last_publish = Instant::now();
         let mut last_expire = Instant::now();
         let mut last_sync = Instant::now();
+        let mut last_kernel = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             // Sleep only when the ring is empty; a busy ring is read without
             // any system call. Control changes are still seen at once: the
@@ -318,6 +346,10 @@ impl Plane {
                 self.exchange_sync(now);
                 last_sync = now;
             }
+            if now.duration_since(last_kernel) >= KERNEL_PERIOD {
+                self.tend_kernel(now);
+                last_kernel = now;
+            }
             if now.duration_since(last_expire) >= Duration::from_millis(100) {
                 self.engine.expire(now, 4096);
                 self.pass_events();
@@ -338,7 +370,86 @@ impl Plane {
                 log::warn!("leaving virtual MAC: {e}");
             }
         }
+        if let Some(k) = &mut self.kernel {
+            if let Err(e) = k.set_active(false) {
+                log::warn!("stopping the eBPF engine: {e}");
+            }
+        }
         self.publish();
+    }
+
+    /// eBPF engine: renews the lease while directing, and walks part of
+    /// the kernel's flows. Each flow the kernel forwarded since the last
+    /// visit goes through the Rust engine once, as one packet carrying all
+    /// its bytes: that refreshes its expiry by the same state machine and
+    /// timeouts as a packet seen here, and tells whether it still goes
+    /// where the kernel sends it (a backend that went down, a flow that
+    /// expired or was rescheduled: taken back from the kernel).
+    fn tend_kernel(&mut self, now: Instant) {
+        let Some(k) = &mut self.kernel else {
+            return;
+        };
+        if self.active {
+            if let Err(e) = k.renew() {
+                log::warn!("renewing the eBPF lease: {e}");
+            }
+        }
+        let engine = &mut self.engine;
+        let extra = &mut self.kernel_extra;
+        for proto in [FlowKey::TCP, FlowKey::UDP] {
+            k.walk(proto, KERNEL_WALK, |key, act| {
+                let t = act.target;
+                // Only a flow the engine still holds there: `decide` on a
+                // flow it lost would schedule it afresh.
+                if engine
+                    .lookup(now, &key)
+                    .is_none_or(|e| e.backend != t.backend)
+                {
+                    return false;
+                }
+                if act.packets == 0 {
+                    return true;
+                }
+                let flags = if proto == FlowKey::TCP { TCP_ACK } else { 0 };
+                let v = engine.decide(now, &key, flags, act.bytes as usize);
+                let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
+                *extra.entry(t.backend).or_default() += act.packets - 1;
+                keep
+            });
+        }
+    }
+
+    /// eBPF engine: a flow user space just forwarded goes to the kernel
+    /// once it is confirmed: a TCP flow in ESTABLISHED (the client's ACK
+    /// came), a UDP flow seen before. SYN, FIN and RST never reach the
+    /// kernel's fast path (the program hands them here).
+    fn offer_kernel(&mut self, now: Instant, key: &FlowKey, known: bool, v: &Verdict) {
+        let Some(k) = &self.kernel else {
+            return;
+        };
+        let Verdict::Forward { addr, mac, local } = *v else {
+            return;
+        };
+        let confirmed = match key.proto {
+            FlowKey::UDP => known,
+            _ => self
+                .engine
+                .lookup(now, key)
+                .is_some_and(|e| e.state == TcpState::Established),
+        };
+        if !confirmed {
+            return;
+        }
+        let target = ebpf::Target {
+            backend: addr,
+            mac,
+            local,
+        };
+        match k.install(key, target) {
+            Ok(true) => {}
+            Ok(false) => self.stats.kernel_full += 1,
+            Err(e) => log::debug!("eBPF install: {e}"),
+        }
     }
 
     /// Sends the frames of `out` from their ring slots, then hands every
@@ -436,7 +547,25 @@ impl Plane {
         self.stats.connections = self.engine.len();
         self.stats.table = self.engine.table_stats();
         self.stats.backends = self.engine.counters().into_iter().collect();
-        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
+        let mut out = self.stats.clone();
+        if let Some(k) = &self.kernel {
+            // What the kernel forwarded never passed through here.
+            let s = k.stats();
+            out.rx_packets += s.remote_packets + s.local_packets;
+            out.rx_bytes += s.remote_bytes + s.local_bytes;
+            out.tx_packets += s.remote_packets;
+            out.local_packets += s.local_packets;
+            out.kernel_packets = s.remote_packets + s.local_packets;
+            if s.redirect_errors > 0 {
+                out.drops.insert("redirect", s.redirect_errors);
+            }
+            let (tcp, udp) = k.len();
+            out.kernel_flows = tcp + udp;
+            for (addr, c) in &mut out.backends {
+                c.packets += self.kernel_extra.get(addr).copied().unwrap_or(0);
+            }
+        }
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = out;
     }
 
     fn apply_control(&mut self, now: Instant) {
@@ -462,6 +591,11 @@ impl Plane {
             };
             if let Err(e) = r {
                 log::error!("virtual MAC membership (active={}): {e}", c.active);
+            }
+            if let Some(k) = &mut self.kernel {
+                if let Err(e) = k.set_active(c.active) {
+                    log::error!("eBPF engine (active={}): {e}", c.active);
+                }
             }
             self.active = c.active;
             if c.active {
@@ -567,7 +701,14 @@ impl Plane {
                 let verdict = if icmp_error {
                     self.engine.decide_related(now, &key, len)
                 } else {
-                    self.engine.decide(now, &key, tcp_flags, len)
+                    let known = self.kernel.is_some()
+                        && key.proto == FlowKey::UDP
+                        && self.engine.lookup(now, &key).is_some();
+                    let v = self.engine.decide(now, &key, tcp_flags, len);
+                    if self.kernel.is_some() && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+                        self.offer_kernel(now, &key, known, &v);
+                    }
+                    v
                 };
                 match verdict {
                     Verdict::Forward {

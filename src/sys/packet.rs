@@ -179,6 +179,11 @@ impl PacketSocket {
         self.membership(mac, false)
     }
 
+    /// The socket, for the eBPF engine's filter.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Waits up to `timeout_ms` for frames or a poke on `wake` (an eventfd,
     /// drained here).
     pub fn wait(&self, wake: RawFd, timeout_ms: i32) -> io::Result<()> {

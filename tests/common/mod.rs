@@ -100,6 +100,25 @@ pub struct Opts {
     /// Key of node 2 (to test a node with a wrong key).
     pub key2: String,
     pub start: bool,
+    /// Environment of every duet process.
+    pub duet_env: Vec<(&'static str, &'static str)>,
+}
+
+/// `cluster.engine` from `DUET_ENGINE` (`make integration` runs the
+/// data-plane tests again with `userspace`); the default engine otherwise.
+pub fn engine_line() -> String {
+    match std::env::var("DUET_ENGINE") {
+        Ok(e) if !e.is_empty() => format!("engine = \"{e}\""),
+        _ => String::new(),
+    }
+}
+
+/// The engine the nodes are expected to run.
+pub fn expected_engine() -> &'static str {
+    match std::env::var("DUET_ENGINE").as_deref() {
+        Ok("userspace") => "userspace",
+        _ => "ebpf",
+    }
 }
 
 impl Default for Opts {
@@ -111,6 +130,7 @@ impl Default for Opts {
             priorities: [150, 100],
             key2: KEY.into(),
             start: true,
+            duet_env: Vec::new(),
         }
     }
 }
@@ -140,6 +160,7 @@ pub struct Cluster {
     pub reals: Vec<Node>,
     pub dir: PathBuf,
     extra: Vec<Child>,
+    duet_env: Vec<(&'static str, &'static str)>,
 }
 
 impl Cluster {
@@ -161,6 +182,7 @@ impl Cluster {
             reals: Vec::new(),
             dir: dir.clone(),
             extra: Vec::new(),
+            duet_env: opts.duet_env.clone(),
         };
         must(&format!("ip netns add {lan}"));
         must(&format!(
@@ -247,6 +269,7 @@ key_file = "key"
 admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
+{engine}
 
 [[node]]
 name = "web1"
@@ -267,6 +290,7 @@ priority = {p2}
             p2 = opts.priorities[1],
             hb = heartbeat_keys(&opts.heartbeat),
             services = opts.services,
+            engine = engine_line(),
         )
     }
 
@@ -314,6 +338,7 @@ priority = {p2}
             .args(["netns", "exec", &n.ns, duet_bin(), "run", "-c"])
             .arg(n.dir.join("duet.toml"))
             .env("RUST_LOG", "debug")
+            .envs(self.duet_env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

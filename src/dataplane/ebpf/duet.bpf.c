@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: MIT
+//
+// duet's in-kernel fast path for established flows.
+//
+// User space (the Rust engine) decides every new flow and owns every
+// scheduling rule; it installs a flow here once it is confirmed (a TCP
+// flow after the client's ACK, a UDP flow once it has been seen twice).
+// This file only looks flows up and moves frames:
+//
+// - duet_tc (tc clsact ingress, direct action) forwards a frame to the
+//   virtual MAC whose flow is in a map: remote backend = MAC rewrite +
+//   redirect to the same interface's egress; local backend = destination
+//   MAC set to our own, PACKET_HOST, TC_ACT_OK (the stack delivers it to the
+//   VIP on lo). Any other frame to the virtual MAC is dropped: the packet
+//   socket of user space, which the kernel serves before tc ingress, has
+//   already taken its copy and forwards it.
+// - duet_sock (socket filter on that packet socket) keeps ARP and frames to
+//   the virtual MAC, except those duet_tc forwards: user space never copies
+//   an established flow's packets.
+//
+// Both run the same `kernel_forwards` test, so a frame is handled exactly
+// once. TCP segments with SYN, FIN or RST always go to user space: the
+// state machine (port reuse, FIN_WAIT, CLOSE timeouts) has one
+// implementation, in Rust. ICMP errors and fragments go there too.
+//
+// Fail-safe: the program forwards only while `lease_until` (CLOCK_MONOTONIC
+// ns, renewed by duet) lies in the future. A filter left behind by a killed
+// duet (netlink-attached on kernels before 6.6) stops by itself.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_CONFIRMED 262144
+#define MAX_UDP 65536
+
+// Layouts shared with src/dataplane/ebpf/maps.rs (repr(C) there).
+struct flow_key {
+	__u32 saddr; // network order
+	__u32 daddr; // network order
+	__u16 sport; // network order
+	__u16 dport; // network order
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct flow_val {
+	__u8 mac[6];   // backend MAC (remote); unused for local
+	__u8 local;    // 1: deliver to this node's own stack
+	__u8 pad;
+	__u32 backend; // backend address, network order (for user space)
+	__u64 packets;
+	__u64 bytes;
+	__u64 last_seen; // bpf_ktime_get_ns of the last forwarded frame
+};
+
+struct control {
+	__u32 active; // 1 while this node directs (or steps down)
+	__u32 ifindex;
+	__u32 vip; // network order
+	__u8 own_mac[6];
+	__u8 vmac[6];
+	__u64 lease_until; // bpf_ktime_get_ns deadline
+};
+
+enum stat {
+	STAT_REMOTE_PACKETS,
+	STAT_REMOTE_BYTES,
+	STAT_LOCAL_PACKETS,
+	STAT_LOCAL_BYTES,
+	STAT_REDIRECT_ERRORS,
+	STAT_MAX,
+};
+
+// Confirmed TCP flows: a plain hash, never evicted for a newcomer (a full
+// map refuses the insert and user space keeps the flow).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_CONFIRMED);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} confirmed SEC(".maps");
+
+// UDP flows live apart, so a UDP flood cannot take the space confirmed TCP
+// flows need. LRU: an evicted flow is still in user space's table, whose
+// next packet finds it there and reinstalls it.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UDP);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} udp SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct control);
+} ctl SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	// clang 14 emits a call to memcmp for __builtin_memcmp on BPF.
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+// Reads from the MAC header on: a packet socket's filter and tc both see
+// frames from there, but BPF_PROG_TEST_RUN hands a socket filter its skb at
+// the network header.
+static __always_inline long load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_MAC);
+}
+
+static __always_inline void count(__u32 which, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		*v += n;
+}
+
+// The flow entry duet_tc forwards this frame by, or NULL when user space
+// (or nobody) handles it.
+static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
+							 struct control **out, int reuse)
+{
+	__u32 zero = 0;
+	struct control *c = bpf_map_lookup_elem(&ctl, &zero);
+	if (!c || !c->active || bpf_ktime_get_ns() >= c->lease_until)
+		return NULL;
+	if (skb->vlan_present)
+		return NULL;
+	struct ethhdr eth;
+	if (load(skb, 0, &eth, sizeof(eth)) < 0)
+		return NULL;
+	if (!mac_eq(eth.h_dest, c->vmac) || eth.h_proto != bpf_htons(ETH_P_IP))
+		return NULL;
+	struct iphdr ip;
+	if (load(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return NULL;
+	if (ip.version != 4 || ip.ihl < 5 || ip.daddr != c->vip)
+		return NULL;
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return NULL;
+	__u32 l4 = ETH_HLEN + ip.ihl * 4;
+	struct flow_key k = {
+		.saddr = ip.saddr,
+		.daddr = ip.daddr,
+		.proto = ip.protocol,
+	};
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+		return NULL;
+	__u16 ports[2];
+	if (load(skb, l4, ports, sizeof(ports)) < 0)
+		return NULL;
+	k.sport = ports[0];
+	k.dport = ports[1];
+	if (ip.protocol == IPPROTO_TCP) {
+		__u8 flags;
+		if (load(skb, l4 + 13, &flags, 1) < 0)
+			return NULL;
+		if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
+			// A new SYN on a known flow's ports is a new connection
+			// (port reuse) that user space may send elsewhere: the old
+			// entry must not catch its handshake's ACK. Deleted here,
+			// before user space reads the SYN the socket has queued.
+			if (reuse && (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+				bpf_map_delete_elem(&confirmed, &k);
+			return NULL;
+		}
+	}
+	*out = c;
+	if (ip.protocol == IPPROTO_TCP)
+		return bpf_map_lookup_elem(&confirmed, &k);
+	return bpf_map_lookup_elem(&udp, &k);
+}
+
+SEC("classifier")
+int duet_tc(struct __sk_buff *skb)
+{
+	struct control *c = NULL;
+	struct flow_val *v = kernel_forwards(skb, &c, 1);
+	if (!v) {
+		// A frame to the virtual MAC that user space handles (it has its
+		// copy already) or nobody does: the stack would drop it as
+		// PACKET_OTHERHOST anyway. Everything else passes untouched.
+		if (!c) {
+			__u32 zero = 0;
+			c = bpf_map_lookup_elem(&ctl, &zero);
+			if (!c || !c->active)
+				return TC_ACT_OK;
+		}
+		__u8 dst[6];
+		if (load(skb, 0, dst, 6) < 0 || !mac_eq(dst, c->vmac))
+			return TC_ACT_OK;
+		return TC_ACT_SHOT;
+	}
+	__u64 len = skb->len;
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+	v->last_seen = bpf_ktime_get_ns();
+	if (v->local) {
+		if (bpf_skb_store_bytes(skb, 0, c->own_mac, 6, 0) < 0)
+			return TC_ACT_SHOT;
+		if (bpf_skb_change_type(skb, PACKET_HOST) < 0)
+			return TC_ACT_SHOT;
+		count(STAT_LOCAL_PACKETS, 1);
+		count(STAT_LOCAL_BYTES, len);
+		return TC_ACT_OK;
+	}
+	__u8 macs[12];
+#pragma unroll
+	for (int i = 0; i < 6; i++) {
+		macs[i] = v->mac[i];
+		macs[6 + i] = c->own_mac[i];
+	}
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return TC_ACT_SHOT;
+	int r = bpf_redirect(c->ifindex, 0);
+	if (r != TC_ACT_REDIRECT) {
+		count(STAT_REDIRECT_ERRORS, 1);
+		return TC_ACT_SHOT;
+	}
+	count(STAT_REMOTE_PACKETS, 1);
+	count(STAT_REMOTE_BYTES, len);
+	return r;
+}
+
+// Socket filter: the number of bytes to keep, 0 to drop.
+SEC("socket")
+int duet_sock(struct __sk_buff *skb)
+{
+	struct control *c = NULL;
+	if (kernel_forwards(skb, &c, 0))
+		return 0;
+	__u32 zero = 0;
+	c = bpf_map_lookup_elem(&ctl, &zero);
+	if (!c)
+		return 0;
+	struct ethhdr eth;
+	if (load(skb, 0, &eth, sizeof(eth)) < 0)
+		return 0;
+	if (eth.h_proto == bpf_htons(ETH_P_ARP) || mac_eq(eth.h_dest, c->vmac))
+		return 0x40000;
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

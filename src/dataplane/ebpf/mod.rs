@@ -1,0 +1,448 @@
+//! The eBPF engine's kernel half: loads `duet.bpf.c` (compiled by build.rs,
+//! embedded here), attaches it to the LAN interface and the packet socket,
+//! and reads and writes its maps. What goes into the maps, and when, is
+//! decided by the data-plane thread (src/sys/dataplane.rs) from the Rust
+//! engine's verdicts: this file knows nothing about scheduling.
+use crate::wire::frame::{FlowKey, Mac};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::programs::{tc, SchedClassifier, SocketFilter, TcAttachType};
+use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
+
+mod sys;
+#[cfg(test)]
+mod tests;
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/duet.bpf.o"));
+
+/// The tc program's name: also what finds a filter a killed duet left behind.
+const TC_PROG: &str = "duet_tc";
+const SOCK_PROG: &str = "duet_sock";
+/// UDP flows in the kernel: a separate LRU map (evicting one only sends its
+/// packets back to user space), sized apart from the confirmed TCP flows.
+const UDP_FLOWS: u32 = 65536;
+
+/// `struct flow_key` in duet.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+struct RawKey {
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+    pad: [u8; 3],
+}
+
+/// `struct flow_val` in duet.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RawVal {
+    mac: Mac,
+    local: u8,
+    pad: u8,
+    backend: [u8; 4],
+    packets: u64,
+    bytes: u64,
+    last_seen: u64,
+}
+
+/// `struct control` in duet.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RawControl {
+    active: u32,
+    ifindex: u32,
+    vip: [u8; 4],
+    own_mac: Mac,
+    vmac: Mac,
+    lease_until: u64,
+}
+
+// SAFETY: plain repr(C) data without padding the kernel could leak into
+// (every gap is an explicit field), valid for any bit pattern.
+unsafe impl Pod for RawKey {}
+// SAFETY: as above.
+unsafe impl Pod for RawVal {}
+// SAFETY: as above.
+unsafe impl Pod for RawControl {}
+
+impl RawKey {
+    fn new(k: &FlowKey) -> RawKey {
+        RawKey {
+            saddr: k.src.octets(),
+            daddr: k.dst.octets(),
+            sport: k.sport.to_be_bytes(),
+            dport: k.dport.to_be_bytes(),
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    }
+
+    fn flow(&self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            src: Ipv4Addr::from(self.saddr),
+            sport: u16::from_be_bytes(self.sport),
+            dst: Ipv4Addr::from(self.daddr),
+            dport: u16::from_be_bytes(self.dport),
+        }
+    }
+}
+
+/// Why the eBPF engine cannot run here; auto mode logs it and falls back.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0}: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("tc on {0}: {1}")]
+    Tc(String, String),
+}
+
+/// Where the kernel sends a flow's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub backend: Ipv4Addr,
+    pub mac: Mac,
+    pub local: bool,
+}
+
+/// What the kernel did with one flow since it was installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub target: Target,
+    pub packets: u64,
+    pub bytes: u64,
+    /// How long ago the kernel last forwarded one of its frames; `None`
+    /// when it never did.
+    pub idle: Option<Duration>,
+}
+
+/// Totals over all CPUs of the frames the kernel forwarded itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub remote_packets: u64,
+    pub remote_bytes: u64,
+    pub local_packets: u64,
+    pub local_bytes: u64,
+    pub redirect_errors: u64,
+}
+
+/// Fixed facts about the interface the program serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub ifindex: u32,
+    pub vip: Ipv4Addr,
+    pub vmac: Mac,
+    pub own_mac: Mac,
+    /// Entries in the confirmed-flow map.
+    pub max_connections: u32,
+    /// How long one renewal keeps the program forwarding (dead_after/2).
+    pub lease: Duration,
+}
+
+/// The loaded programs and their maps. Dropping it detaches the tc program
+/// (a TCX link, or a netlink filter removed by aya) and frees the maps.
+pub struct Kernel {
+    bpf: Ebpf,
+    confirmed: MapData,
+    udp: MapData,
+    ctl: Array<MapData, RawControl>,
+    stats: PerCpuArray<MapData, u64>,
+    control: RawControl,
+    lease: Duration,
+    /// Where the next bounded walk resumes, per map.
+    cursor: [Option<RawKey>; 2],
+    /// Counters as last read, per flow, with the walk round that read them:
+    /// the kernel's counters only grow (user space cannot reset them
+    /// without racing the program), so activity is the difference.
+    seen: HashMap<RawKey, (u64, u64, u32)>,
+    round: [u32; 2],
+}
+
+impl Kernel {
+    /// Loads both programs and fills the control map (not forwarding yet).
+    pub fn load(p: &Params) -> Result<Kernel, Error> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries("confirmed", p.max_connections.max(1))
+            .map_max_entries("udp", UDP_FLOWS)
+            .load(OBJECT)?;
+        for name in [TC_PROG, SOCK_PROG] {
+            let prog = bpf
+                .program_mut(name)
+                .ok_or(Error::Program(name, aya::programs::ProgramError::NotLoaded))?;
+            let r = match name {
+                TC_PROG => <&mut SchedClassifier>::try_from(prog).and_then(|p| p.load()),
+                _ => <&mut SocketFilter>::try_from(prog).and_then(|p| p.load()),
+            };
+            r.map_err(|e| Error::Program(name, e))?;
+        }
+        let hash = |bpf: &mut Ebpf, name: &'static str| match bpf.take_map(name) {
+            Some(Map::HashMap(m) | Map::LruHashMap(m)) => Ok(m),
+            _ => Err(Error::Map(name, "missing or not a hash".into())),
+        };
+        let confirmed = hash(&mut bpf, "confirmed")?;
+        let udp = hash(&mut bpf, "udp")?;
+        let ctl = bpf
+            .take_map("ctl")
+            .ok_or(Error::Map("ctl", "missing".into()))
+            .and_then(|m| Array::try_from(m).map_err(|e| Error::Map("ctl", e.to_string())))?;
+        let stats = bpf
+            .take_map("stats")
+            .ok_or(Error::Map("stats", "missing".into()))
+            .and_then(|m| {
+                PerCpuArray::try_from(m).map_err(|e| Error::Map("stats", e.to_string()))
+            })?;
+        let mut k = Kernel {
+            bpf,
+            confirmed,
+            udp,
+            ctl,
+            stats,
+            control: RawControl {
+                active: 0,
+                ifindex: p.ifindex,
+                vip: p.vip.octets(),
+                own_mac: p.own_mac,
+                vmac: p.vmac,
+                lease_until: 0,
+            },
+            lease: p.lease,
+            cursor: [None, None],
+            seen: HashMap::new(),
+            round: [0, 0],
+        };
+        k.write_control()?;
+        Ok(k)
+    }
+
+    /// Attaches the tc program to `ifname`'s clsact ingress. A filter left
+    /// by an earlier duet that was killed (netlink attachments, kernels
+    /// before 6.6, outlive their process) is removed first.
+    pub fn attach_tc(&mut self, ifname: &str) -> Result<(), Error> {
+        let tc_err = |e: String| Error::Tc(ifname.to_string(), e);
+        match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, TC_PROG) {
+            Ok(()) => log::warn!("removed a stale duet tc filter from {ifname}"),
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::debug!("looking for a stale tc filter on {ifname}: {e}"),
+        }
+        // EEXIST: the qdisc is there already (ours from before, or another
+        // user's); both are fine.
+        if let Err(e) = tc::qdisc_add_clsact(ifname) {
+            let exists = matches!(&e, tc::TcError::NetlinkError(n)
+                if n.raw_os_error() == Some(libc::EEXIST));
+            if !exists {
+                return Err(tc_err(e.to_string()));
+            }
+        }
+        let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut(TC_PROG)
+            .ok_or_else(|| tc_err("program missing".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| tc_err(e.to_string()))?;
+        // DUET_TC_ATTACH=netlink attaches as kernels before 6.6 must (a tc
+        // filter that outlives the process), to test that path here.
+        let r = if std::env::var("DUET_TC_ATTACH").as_deref() == Ok("netlink") {
+            prog.attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+            )
+        } else {
+            prog.attach(ifname, TcAttachType::Ingress)
+        };
+        r.map_err(|e| tc_err(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Replaces `sock`'s filter with the eBPF one: ARP and frames to the
+    /// virtual MAC, minus what the tc program forwards itself.
+    pub fn attach_socket(&self, sock: RawFd) -> Result<(), Error> {
+        let prog: &SocketFilter = self
+            .bpf
+            .program(SOCK_PROG)
+            .ok_or(Error::Program(
+                SOCK_PROG,
+                aya::programs::ProgramError::NotLoaded,
+            ))?
+            .try_into()
+            .map_err(|e| Error::Program(SOCK_PROG, e))?;
+        // SAFETY: the caller's socket outlives this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(sock) };
+        prog.attach(fd).map_err(|e| Error::Program(SOCK_PROG, e))
+    }
+
+    /// Turns forwarding on or off (directing, or stepping down, is on).
+    pub fn set_active(&mut self, active: bool) -> Result<(), Error> {
+        self.control.active = u32::from(active);
+        if active {
+            self.control.lease_until = sys::monotonic_ns() + self.lease.as_nanos() as u64;
+        }
+        self.write_control()
+    }
+
+    /// Renews the lease: the program keeps forwarding for `lease` from now.
+    pub fn renew(&mut self) -> Result<(), Error> {
+        self.control.lease_until = sys::monotonic_ns() + self.lease.as_nanos() as u64;
+        self.write_control()
+    }
+
+    fn write_control(&mut self) -> Result<(), Error> {
+        self.ctl
+            .set(0, self.control, 0)
+            .map_err(|e| Error::Map("ctl", e.to_string()))
+    }
+
+    fn map_for(&self, proto: u8) -> Option<(usize, &MapData)> {
+        match proto {
+            FlowKey::TCP => Some((0, &self.confirmed)),
+            FlowKey::UDP => Some((1, &self.udp)),
+            _ => None,
+        }
+    }
+
+    /// Hands `key`'s frames to the kernel. `Ok(false)`: the map is full (a
+    /// plain hash, so confirmed flows are never evicted); user space keeps
+    /// forwarding that flow.
+    pub fn install(&self, key: &FlowKey, t: Target) -> Result<bool, Error> {
+        let Some((_, m)) = self.map_for(key.proto) else {
+            return Ok(false);
+        };
+        let v = RawVal {
+            mac: t.mac,
+            local: u8::from(t.local),
+            backend: t.backend.octets(),
+            ..RawVal::default()
+        };
+        match sys::update(fd(m), &RawKey::new(key), &v, sys::BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => Ok(false),
+            Err(e) => Err(Error::Map("confirmed", e.to_string())),
+        }
+    }
+
+    /// Takes `key` away from the kernel; its next frame goes to user space.
+    pub fn remove(&mut self, key: &FlowKey) {
+        let k = RawKey::new(key);
+        if let Some((_, m)) = self.map_for(key.proto) {
+            // ENOENT: not installed, or already gone.
+            let _ = sys::delete(fd(m), &k);
+        }
+        self.seen.remove(&k);
+    }
+
+    /// The kernel's view of `key`, if installed: its counters since
+    /// installation.
+    pub fn lookup(&self, key: &FlowKey) -> Option<Activity> {
+        let (_, m) = self.map_for(key.proto)?;
+        let v: RawVal = sys::lookup(fd(m), &RawKey::new(key)).ok()??;
+        Some(activity(&v, (0, 0), sys::monotonic_ns()))
+    }
+
+    /// Visits up to `budget` installed flows of `proto`, resuming where the
+    /// last walk stopped. `f` gets what the kernel forwarded since the
+    /// flow's previous visit and returns whether the flow stays in the
+    /// kernel.
+    pub fn walk(
+        &mut self,
+        proto: u8,
+        budget: usize,
+        mut f: impl FnMut(FlowKey, Activity) -> bool,
+    ) -> usize {
+        let Some((slot, m)) = self.map_for(proto) else {
+            return 0;
+        };
+        let fd = fd(m);
+        let now = sys::monotonic_ns();
+        let round = self.round[slot];
+        // The cursor is the first key not yet visited. The next key is
+        // fetched before a visit may delete the current one: after a
+        // deleted key, the kernel would start over from the first.
+        let mut at = match self.cursor[slot] {
+            Some(k) => Some(k),
+            None => sys::next_key::<RawKey>(fd, None).ok().flatten(),
+        };
+        let mut visited = 0;
+        while visited < budget {
+            let Some(cur) = at else {
+                break;
+            };
+            visited += 1;
+            at = sys::next_key(fd, Some(&cur)).ok().flatten();
+            let Ok(Some(v)) = sys::lookup::<RawKey, RawVal>(fd, &cur) else {
+                continue;
+            };
+            let before = self.seen.get(&cur).map_or((0, 0), |s| (s.0, s.1));
+            if f(cur.flow(), activity(&v, before, now)) {
+                self.seen.insert(cur, (v.packets, v.bytes, round));
+            } else {
+                let _ = sys::delete(fd, &cur);
+                self.seen.remove(&cur);
+            }
+        }
+        if at.is_none() {
+            // The end: the next walk starts over, and flows the kernel
+            // dropped by itself (LRU) stop being remembered.
+            self.round[slot] = round.wrapping_add(1);
+            self.seen.retain(|k, s| k.proto != proto || s.2 == round);
+        }
+        self.cursor[slot] = at;
+        visited
+    }
+
+    /// Installed flows (TCP, UDP), counted by a full walk of the keys.
+    pub fn len(&self) -> (usize, usize) {
+        let count = |m: &MapData| {
+            let mut n = 0;
+            let mut at: Option<RawKey> = None;
+            while let Ok(Some(k)) = sys::next_key(fd(m), at.as_ref()) {
+                n += 1;
+                at = Some(k);
+            }
+            n
+        };
+        (count(&self.confirmed), count(&self.udp))
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |i: u32| {
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        KernelStats {
+            remote_packets: sum(0),
+            remote_bytes: sum(1),
+            local_packets: sum(2),
+            local_bytes: sum(3),
+            redirect_errors: sum(4),
+        }
+    }
+}
+
+fn fd(m: &MapData) -> RawFd {
+    m.fd().as_fd().as_raw_fd()
+}
+
+fn activity(v: &RawVal, before: (u64, u64), now: u64) -> Activity {
+    Activity {
+        target: Target {
+            backend: Ipv4Addr::from(v.backend),
+            mac: v.mac,
+            local: v.local != 0,
+        },
+        packets: v.packets.saturating_sub(before.0),
+        bytes: v.bytes.saturating_sub(before.1),
+        idle: (v.last_seen != 0).then(|| Duration::from_nanos(now.saturating_sub(v.last_seen))),
+    }
+}

@@ -1,0 +1,120 @@
+//! The few bpf(2) map commands the engine issues per flow, raw: aya's map
+//! types own their descriptor and offer no cursor to resume a walk from.
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::RawFd;
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+pub const BPF_NOEXIST: u64 = 1;
+
+/// The map-element arm of `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &ElemAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
+    // pointers in it refer to live buffers of the map's key/value sizes,
+    // which the callers' types match (checked by the kernel at load: the
+    // object's BTF declares the same layouts).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const ElemAttr,
+            size_of::<ElemAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn update<K, V>(fd: RawFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
+    bpf(
+        BPF_MAP_UPDATE_ELEM,
+        &ElemAttr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: key as *const K as u64,
+            value: value as *const V as u64,
+            flags,
+        },
+    )
+}
+
+/// `Ok(None)` when the key is absent.
+pub fn lookup<K, V: Copy>(fd: RawFd, key: &K) -> io::Result<Option<V>> {
+    let mut v = MaybeUninit::<V>::zeroed();
+    match bpf(
+        BPF_MAP_LOOKUP_ELEM,
+        &ElemAttr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: key as *const K as u64,
+            value: v.as_mut_ptr() as u64,
+            flags: 0,
+        },
+    ) {
+        // SAFETY: the kernel filled the value (and it started zeroed);
+        // callers use plain-data types valid for any bytes.
+        Ok(()) => Ok(Some(unsafe { v.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn delete<K>(fd: RawFd, key: &K) -> io::Result<()> {
+    bpf(
+        BPF_MAP_DELETE_ELEM,
+        &ElemAttr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: key as *const K as u64,
+            value: 0,
+            flags: 0,
+        },
+    )
+}
+
+/// The key after `at` (the first with `None`); `Ok(None)` at the end. A
+/// key deleted meanwhile makes the kernel start over from the first.
+pub fn next_key<K: Copy>(fd: RawFd, at: Option<&K>) -> io::Result<Option<K>> {
+    let mut next = MaybeUninit::<K>::zeroed();
+    match bpf(
+        BPF_MAP_GET_NEXT_KEY,
+        &ElemAttr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: at.map_or(0, |k| k as *const K as u64),
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        },
+    ) {
+        // SAFETY: as in `lookup`.
+        Ok(()) => Ok(Some(unsafe { next.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

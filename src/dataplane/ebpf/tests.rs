@@ -1,0 +1,345 @@
+//! The BPF programs themselves, run by the kernel on crafted frames
+//! (BPF_PROG_TEST_RUN), Katran-style: input frame, expected verdict and
+//! expected output frame. They need root (CAP_BPF): without it they fail.
+use super::*;
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const KEEP: u32 = 0x40000;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+const VMAC: Mac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
+const OWN: Mac = [0x02, 0, 0, 0, 0, 0x01];
+const PEER: Mac = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x09];
+const OTHER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x33];
+
+const ACK: u8 = 0x10;
+const SYN: u8 = 0x02;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+fn kernel() -> Kernel {
+    let k = Kernel::load(&Params {
+        ifindex: 7,
+        vip: VIP,
+        vmac: VMAC,
+        own_mac: OWN,
+        max_connections: 4,
+        lease: Duration::from_secs(5),
+    });
+    k.expect("loading the eBPF programs (these tests need root)")
+}
+
+fn key(proto: u8, sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        proto,
+        src: CLIENT,
+        sport,
+        dst: VIP,
+        dport,
+    }
+}
+
+fn tcp(dst_mac: Mac, sport: u16, flags: u8) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
+        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .tcp(sport, 80, 1000, 65535);
+    let b = if flags & SYN != 0 { b.syn() } else { b };
+    let b = if flags & ACK != 0 { b.ack(1) } else { b };
+    let b = if flags & FIN != 0 { b.fin() } else { b };
+    let b = if flags & RST != 0 { b.rst() } else { b };
+    let payload = b"GET / HTTP/1.0\r\n\r\n";
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("building a TCP frame");
+    out
+}
+
+fn udp(dst_mac: Mac, sport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
+        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .udp(sport, 53);
+    let mut out = Vec::with_capacity(b.size(8));
+    b.write(&mut out, b"question")
+        .expect("building a UDP frame");
+    out
+}
+
+/// An ICMP "fragmentation needed" from a router about the backend's reply
+/// VIP:80 → CLIENT:sport.
+fn icmp_error(sport: u16) -> Vec<u8> {
+    let quoted = PacketBuilder::ipv4(VIP.octets(), CLIENT.octets(), 64).tcp(80, sport, 1, 100);
+    let mut q = Vec::new();
+    quoted
+        .write(&mut q, &[])
+        .expect("building the quoted segment");
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, VMAC)
+        .ipv4([10, 0, 0, 254], VIP.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ));
+    let mut out = Vec::new();
+    b.write(&mut out, &q[..28])
+        .expect("building the ICMP error");
+    out
+}
+
+impl Kernel {
+    /// Runs `prog` on `frame`: its return value and the frame after it.
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let p = self.bpf.program(prog).expect("program in the object");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = match prog {
+            TC_PROG => <&SchedClassifier>::try_from(p)
+                .expect("tc program")
+                .test_run(opts),
+            _ => <&SocketFilter>::try_from(p)
+                .expect("socket filter")
+                .test_run(opts),
+        }
+        .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(TC_PROG, frame)
+    }
+
+    fn sock(&self, frame: &[u8]) -> u32 {
+        self.run(SOCK_PROG, frame).0
+    }
+}
+
+fn remote() -> Target {
+    Target {
+        backend: Ipv4Addr::new(10, 0, 0, 2),
+        mac: PEER,
+        local: false,
+    }
+}
+
+fn local() -> Target {
+    Target {
+        backend: Ipv4Addr::new(10, 0, 0, 1),
+        mac: OWN,
+        local: true,
+    }
+}
+
+fn with_macs(frame: &[u8], dst: Mac, src: Mac) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+#[test]
+fn table_of_frames() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    assert!(k.install(&key(6, 1000, 80), remote()).unwrap());
+    assert!(k.install(&key(6, 1001, 80), local()).unwrap());
+    assert!(k.install(&key(17, 1000, 53), remote()).unwrap());
+
+    struct Case {
+        name: &'static str,
+        frame: Vec<u8>,
+        verdict: u32,
+        /// Expected frame out of tc; `None`: unchanged.
+        out: Option<Vec<u8>>,
+        /// Whether the packet socket keeps its copy.
+        socket_keeps: bool,
+    }
+    let remote_in = tcp(VMAC, 1000, ACK);
+    let local_in = tcp(VMAC, 1001, ACK);
+    let udp_in = udp(VMAC, 1000);
+    let cases = vec![
+        Case {
+            name: "remote hit: MACs rewritten, redirected",
+            out: Some(with_macs(&remote_in, PEER, OWN)),
+            frame: remote_in,
+            verdict: TC_ACT_REDIRECT,
+            socket_keeps: false,
+        },
+        Case {
+            name: "local hit: destination is our own MAC, to the stack",
+            out: Some(with_macs(&local_in, OWN, CLIENT_MAC)),
+            frame: local_in,
+            verdict: TC_ACT_OK,
+            socket_keeps: false,
+        },
+        Case {
+            name: "UDP hit",
+            out: Some(with_macs(&udp_in, PEER, OWN)),
+            frame: udp_in,
+            verdict: TC_ACT_REDIRECT,
+            socket_keeps: false,
+        },
+        Case {
+            name: "miss: user space has its copy, tc drops",
+            frame: tcp(VMAC, 2000, ACK),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "SYN of a known flow: user space decides (port reuse)",
+            frame: tcp(VMAC, 1000, SYN),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "FIN of a known flow: user space runs the state machine",
+            frame: tcp(VMAC, 1000, FIN | ACK),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "RST of a known flow",
+            frame: tcp(VMAC, 1000, RST),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "ICMP error about a known flow: user space (decide_related)",
+            frame: icmp_error(1000),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "not to the virtual MAC: untouched, not for the socket",
+            frame: tcp(OTHER_MAC, 1000, ACK),
+            verdict: TC_ACT_OK,
+            out: None,
+            socket_keeps: false,
+        },
+    ];
+    for c in cases {
+        let (verdict, out) = k.tc(&c.frame);
+        assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
+        assert_eq!(
+            out,
+            c.out.clone().unwrap_or_else(|| c.frame.clone()),
+            "{}: frame",
+            c.name
+        );
+        let keeps = k.sock(&c.frame) == KEEP;
+        assert_eq!(keeps, c.socket_keeps, "{}: socket filter", c.name);
+    }
+}
+
+#[test]
+fn syn_on_a_known_flow_takes_it_from_the_kernel() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let a = key(6, 1000, 80);
+    assert!(k.install(&a, remote()).unwrap());
+    // The socket filter has no side effects; tc removes the old entry.
+    assert_eq!(k.sock(&tcp(VMAC, 1000, SYN)), KEEP);
+    assert!(k.lookup(&a).is_some());
+    assert_eq!(k.tc(&tcp(VMAC, 1000, SYN)).0, TC_ACT_SHOT);
+    assert!(k.lookup(&a).is_none(), "port reuse: old entry left");
+    // A SYN-ACK or FIN does not.
+    assert!(k.install(&a, remote()).unwrap());
+    assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_SHOT);
+    assert!(k.lookup(&a).is_some());
+}
+
+#[test]
+fn socket_keeps_arp() {
+    let k = kernel();
+    let arp = crate::wire::frame::build_arp(1, CLIENT_MAC, CLIENT, [0; 6], VIP, [0xff; 6]);
+    assert_eq!(k.sock(&arp), KEEP);
+    assert_eq!(k.tc(&arp).0, TC_ACT_OK);
+}
+
+#[test]
+fn inactive_or_expired_lease_forwards_nothing() {
+    let mut k = kernel();
+    assert!(k.install(&key(6, 1000, 80), remote()).unwrap());
+    let f = tcp(VMAC, 1000, ACK);
+    // Never activated: the stack drops vMAC frames (OTHERHOST) itself.
+    assert_eq!(k.tc(&f), (TC_ACT_OK, f.clone()));
+    assert_eq!(k.sock(&f), KEEP);
+    k.set_active(true).unwrap();
+    assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
+    // A lease duet stopped renewing (it was killed; the filter stayed).
+    k.control.lease_until = sys::monotonic_ns() - 1;
+    k.write_control().unwrap();
+    assert_eq!(k.tc(&f).0, TC_ACT_SHOT, "expired lease must not forward");
+    assert_eq!(k.sock(&f), KEEP, "user space gets the frame back");
+    k.renew().unwrap();
+    assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
+    k.set_active(false).unwrap();
+    assert_eq!(k.tc(&f), (TC_ACT_OK, f.clone()));
+}
+
+#[test]
+fn counters_walk_and_removal() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let a = key(6, 1000, 80);
+    let b = key(6, 1001, 80);
+    assert!(k.install(&a, remote()).unwrap());
+    assert!(k.install(&b, local()).unwrap());
+    let f = tcp(VMAC, 1000, ACK);
+    for _ in 0..3 {
+        assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
+    }
+    let mut seen = Vec::new();
+    k.walk(6, 100, |key, act| {
+        seen.push((key, act.packets, act.bytes, act.idle.is_some()));
+        key != b
+    });
+    seen.sort_by_key(|s| s.0.sport);
+    assert_eq!(
+        seen,
+        vec![(a, 3, 3 * f.len() as u64, true), (b, 0, 0, false)]
+    );
+    // b was dropped by the walk; a reports only what is new.
+    assert!(k.lookup(&b).is_none());
+    assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
+    let mut again = Vec::new();
+    k.walk(6, 100, |key, act| {
+        again.push((key, act.packets));
+        true
+    });
+    assert_eq!(again, vec![(a, 1)]);
+    k.remove(&a);
+    assert_eq!(k.tc(&f).0, TC_ACT_SHOT);
+    assert_eq!(k.len(), (0, 0));
+    let s = k.stats();
+    assert_eq!(s.remote_packets, 4);
+    assert_eq!(s.remote_bytes, 4 * f.len() as u64);
+}
+
+#[test]
+fn full_map_refuses_and_keeps_confirmed_flows() {
+    let k = kernel();
+    for port in 0..4 {
+        assert!(k.install(&key(6, 1000 + port, 80), remote()).unwrap());
+    }
+    assert!(!k.install(&key(6, 2000, 80), remote()).unwrap(), "full");
+    for port in 0..4 {
+        assert!(
+            k.lookup(&key(6, 1000 + port, 80)).is_some(),
+            "never evicted"
+        );
+    }
+    // Installing an installed flow again is not an error.
+    assert!(k.install(&key(6, 1000, 80), remote()).unwrap());
+}

@@ -1,0 +1,54 @@
+//! The data plane's engines. The userspace one (an AF_PACKET ring, in
+//! src/sys/dataplane.rs) handles every frame itself; the eBPF one adds a tc
+//! program that forwards the frames of established flows in kernel, while
+//! the same thread and the same Rust engine decide every new flow. The
+//! control plane drives both through `sys::dataplane::Shared` and does not
+//! know which one runs.
+use crate::config::EngineChoice;
+use std::os::fd::RawFd;
+
+pub mod ebpf;
+
+/// The engine that runs, for status and metrics.
+pub fn engine_name(kernel: &Option<ebpf::Kernel>) -> &'static str {
+    if kernel.is_some() {
+        "ebpf"
+    } else {
+        "userspace"
+    }
+}
+
+/// Loads and attaches the eBPF engine as `choice` asks: `Ok(None)` runs the
+/// userspace engine (chosen, or `auto` could not load it: the reason is
+/// logged); an error when `ebpf` was asked for and cannot run.
+pub fn select(
+    choice: EngineChoice,
+    p: &ebpf::Params,
+    ifname: &str,
+    sock: RawFd,
+) -> Result<Option<ebpf::Kernel>, ebpf::Error> {
+    if choice == EngineChoice::Userspace {
+        log::info!("data plane: userspace engine (configured)");
+        return Ok(None);
+    }
+    let attach = || -> Result<ebpf::Kernel, ebpf::Error> {
+        let mut k = ebpf::Kernel::load(p)?;
+        // Not forwarding until the data plane turns it on, so the order
+        // does not matter; a socket filter left on a socket the caller then
+        // uses without the engine would still keep ARP and vMAC frames.
+        k.attach_tc(ifname)?;
+        k.attach_socket(sock)?;
+        Ok(k)
+    };
+    match attach() {
+        Ok(k) => {
+            log::info!("data plane: eBPF engine on {ifname}");
+            Ok(Some(k))
+        }
+        Err(e) if choice == EngineChoice::Auto => {
+            log::warn!("data plane: eBPF engine unavailable ({e}); using the userspace engine");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,116 @@
+//! Issue 21: the eBPF engine leaves nothing forwarding behind it, on both
+//! ways the kernel attaches a tc program: a TCX link (kernels ≥ 6.6, this
+//! machine), which goes with the process, and a netlink filter (kernels
+//! before 6.6, the appliance's 6.1; forced here with DUET_TC_ATTACH), which
+//! outlives a killed duet, stops forwarding by its lease (checked on the
+//! program itself by the BPF_PROG_TEST_RUN tests) and is removed at the
+//! next start.
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Programs attached to the TCX ingress of `ns`'s eth0 (BPF_PROG_QUERY;
+/// there is no bpftool here).
+fn tcx_programs(c: &Cluster, ns: &str) -> u32 {
+    let py = r#"
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+attr = ctypes.create_string_buffer(72)
+# target_ifindex, attach_type = BPF_TCX_INGRESS (46)
+struct.pack_into('II', attr, 0, socket.if_nametoindex('eth0'), 46)
+if libc.syscall(321, 16, attr, 72) != 0:
+    raise SystemExit('BPF_PROG_QUERY: errno %d' % ctypes.get_errno())
+print(struct.unpack_from('I', attr, 24)[0])
+"#;
+    let o = c.exec(ns, &format!("python3 -c \"{}\"", py.replace('"', "\\\"")));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "query: {out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.trim().parse().expect("a count")
+}
+
+/// duet's netlink tc filters on `ns`'s eth0 ingress.
+fn netlink_filters(c: &Cluster, ns: &str) -> usize {
+    let o = c.exec(ns, "tc filter show dev eth0 ingress");
+    // One line per filter ("... bpf chain 0 handle 0x1 duet_tc
+    // direct-action ... name duet_tc tag ...").
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("duet_tc"))
+        .count()
+}
+
+fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn serves(c: &Cluster, n: u32) {
+    let v = c.client(&format!("count http://{VIP}/ {n}"));
+    assert_eq!(v["errors"].as_u64(), Some(0), "{v}");
+}
+
+#[test]
+fn tcx_link_goes_with_a_killed_duet() {
+    let mut c = Cluster::new(Opts::default());
+    let d = c.wait_one_director(Duration::from_secs(5));
+    serves(&c, 20);
+    let ns = c.nodes[d].ns.clone();
+    assert_eq!(c.status(d).unwrap()["dataplane"]["engine"], "ebpf");
+    assert_eq!(tcx_programs(&c, &ns), 1, "duet's program on eth0");
+    assert_eq!(netlink_filters(&c, &ns), 0);
+    c.kill9(d);
+    poll(
+        "TCX link gone after kill -9",
+        Duration::from_secs(5),
+        || tcx_programs(&c, &ns) == 0,
+    );
+    c.wait_one_director(Duration::from_secs(5));
+    serves(&c, 20);
+}
+
+#[test]
+fn netlink_filter_fails_safe_and_is_removed_at_start() {
+    let mut c = Cluster::new(Opts {
+        duet_env: vec![("DUET_TC_ATTACH", "netlink")],
+        ..Opts::default()
+    });
+    let d = c.wait_one_director(Duration::from_secs(5));
+    serves(&c, 20);
+    let ns = c.nodes[d].ns.clone();
+    assert_eq!(tcx_programs(&c, &ns), 0);
+    assert_eq!(netlink_filters(&c, &ns), 1, "a netlink filter");
+    let s = c.status(d).unwrap();
+    assert!(
+        s["dataplane"]["kernel_packets"].as_u64().unwrap_or(0) > 0,
+        "the netlink-attached program forwards: {s}"
+    );
+    // kill -9: the filter stays (as on a 6.1 kernel) ...
+    c.kill9(d);
+    assert_eq!(netlink_filters(&c, &ns), 1, "a stale filter, as on 6.1");
+    let other = 1 - d;
+    c.wait_role(other, "director", Duration::from_secs(5))
+        .expect("the peer takes over");
+    serves(&c, 20);
+    // ... and the next start removes it before attaching its own.
+    c.start_duet(d);
+    poll("restarted node up", Duration::from_secs(10), || {
+        c.role(d).is_some()
+    });
+    assert_eq!(netlink_filters(&c, &ns), 1, "one filter, not two");
+    assert!(
+        c.log(d).contains("removed a stale duet tc filter"),
+        "start-up cleanup not logged"
+    );
+    serves(&c, 20);
+    // A clean exit takes its filter away.
+    c.signal(d, "TERM");
+    assert!(c.wait_exit(d, Duration::from_secs(10)), "duet did not exit");
+    assert_eq!(netlink_filters(&c, &ns), 0, "filter left after exit");
+}
