@@ -3,6 +3,7 @@
 //! and the small HTTP client the CLI uses to talk to a running daemon.
 
 pub mod client;
+mod frontdoor;
 pub mod model;
 pub mod render;
 pub mod server;
