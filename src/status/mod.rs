@@ -6,6 +6,7 @@ pub mod client;
 mod frontdoor;
 pub mod model;
 pub mod render;
+pub(crate) mod response;
 pub mod server;
 
 pub use model::{
