@@ -326,12 +326,15 @@ async fn relay(req: &Request, peer: SocketAddr, ctx: &Ctx) -> Vec<u8> {
     ctx.in_flight.set(ctx.in_flight.get() + 1);
     let _slot = InFlight(&ctx.in_flight);
     let deadline = Instant::now() + ctx.door.limits.response_timeout;
-    let Some(path) = ctx.door.backend.path() else {
+    let Some((path, generation)) = ctx.door.backend.target() else {
         return finish(text(503, "stopping\n"), head_only);
     };
     match before(deadline, exchange(&path, req, peer)).await {
         Some(Ok(bytes)) => bytes,
         Some(Err(e)) => {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                ctx.door.backend.refused(generation);
+            }
             log::debug!("status: {peer}: relaying to tiny_http: {e}");
             finish(
                 with(

@@ -30,8 +30,10 @@
 //!
 //! tiny_http's own accept thread can still die of `EMFILE` (the process may
 //! run out of descriptors between the front door's connect and tiny_http's
-//! accept): the worker that receives that error starts a new tiny_http on a
-//! new socket, and the front door answers 503 until it is up.
+//! accept): it either reports the error or panics, and either way its
+//! socket then refuses connections. A worker that receives the error, or is
+//! woken by the front door seeing the refusal, starts a new tiny_http on a
+//! new socket; the front door answers 503 until it is up.
 //!
 //! Every response carries `Connection: close`: the page polls once a second,
 //! so keep-alive buys nothing and would let idle clients hold sockets. A
@@ -233,6 +235,10 @@ struct Instance {
     generation: u64,
     path: PathBuf,
     server: Arc<tiny_http::Server>,
+    /// Set by the front door when the socket refuses connections: the
+    /// accept thread is gone without a word (tiny_http 0.12 panics there on
+    /// `EMFILE`, in `RefinedTcpStream::new`).
+    refused: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -272,20 +278,32 @@ impl Backend {
         lock(&self.current).clone()
     }
 
-    /// The socket the front door relays to.
-    pub(crate) fn path(&self) -> Option<PathBuf> {
-        lock(&self.current).as_ref().map(|i| i.path.clone())
+    /// The socket the front door relays to, and its generation.
+    pub(crate) fn target(&self) -> Option<(PathBuf, u64)> {
+        lock(&self.current)
+            .as_ref()
+            .map(|i| (i.path.clone(), i.generation))
     }
 
-    /// Replaces instance `generation`, whose accept thread ended with `err`,
+    /// The front door found instance `generation` refusing connections:
+    /// wakes a worker to replace it.
+    pub(crate) fn refused(&self, generation: u64) {
+        if let Some(cur) = lock(&self.current).as_ref() {
+            if cur.generation == generation && !cur.refused.swap(true, Ordering::AcqRel) {
+                cur.server.unblock();
+            }
+        }
+    }
+
+    /// Replaces instance `generation`, whose accept thread ended (`why`),
     /// unless another worker already did. Retries while descriptors are
     /// short; meanwhile the front door cannot connect and answers 503.
-    fn replace(&self, generation: u64, err: &std::io::Error) {
+    fn replace(&self, generation: u64, why: &str) {
         let mut cur = lock(&self.current);
         if cur.as_ref().is_none_or(|c| c.generation != generation) {
             return;
         }
-        log::warn!("status: tiny_http stopped accepting ({err}); starting it again");
+        log::warn!("status: tiny_http stopped accepting ({why}); starting it again");
         let mut pause = Duration::from_millis(20);
         while !self.stopping.load(Ordering::Acquire) {
             match Instance::bind(&self.dir, generation + 1) {
@@ -337,6 +355,7 @@ impl Instance {
             generation,
             path,
             server: Arc::new(server),
+            refused: Arc::default(),
         })
     }
 }
@@ -355,8 +374,11 @@ fn worker(backend: &Backend, shared: &Shared) {
         // The timeout is only a safety net: stop and replace unblock `recv`.
         match inst.server.recv_timeout(Duration::from_secs(1)) {
             Ok(Some(rq)) => serve(shared, rq),
+            Ok(None) if inst.refused.load(Ordering::Acquire) => {
+                backend.replace(inst.generation, "its socket refuses connections")
+            }
             Ok(None) => {}
-            Err(e) => backend.replace(inst.generation, &e),
+            Err(e) => backend.replace(inst.generation, &e.to_string()),
         }
     }
 }
