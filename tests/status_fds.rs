@@ -114,9 +114,9 @@ fn status_server_survives_running_out_of_descriptors() {
         let answer = client::request(addr, "GET", "/api/status", None, T);
         let took = t.elapsed();
         drop(files);
-        // Starved, the answer may be a refusal, a reset or a 503, but it is
-        // never a hang.
-        assert!(took < T + Duration::from_millis(500), "{spare}: {took:?}");
+        // Starved, the answer may be a reset, a 503 or (with no descriptor
+        // left to accept it) the client's own timeout, but never a hang.
+        assert!(took < T + Duration::from_secs(2), "{spare}: {took:?}");
         let first_sock = dir.join("status-http/0.sock");
         let back = served_within(addr, Duration::from_secs(5));
         eprintln!(

@@ -53,25 +53,85 @@ pub(crate) fn run(listener: Async<TcpListener>, door: Door, stop: smol::channel:
     })));
 }
 
+/// Where a connection is; each phase has its own cap and sheds its own
+/// oldest, so a flood of new connections (which all start out reading)
+/// never sheds a request that is already being answered.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Accepted, request not complete yet.
+    Reading = 0,
+    /// Request complete (or refused): relaying and writing the answer.
+    Answering = 1,
+    /// Answer written; reading what the client still sends before closing.
+    Lingering = 2,
+}
+
+/// Open connections per phase, oldest first; dropping a sender cancels
+/// that connection's task, which closes its socket.
+struct Open {
+    phases: [BTreeMap<u64, smol::channel::Sender<()>>; 3],
+    cap: usize,
+}
+
+impl Open {
+    fn admit(&mut self, id: u64, cancel: smol::channel::Sender<()>) {
+        self.make_room(Phase::Reading);
+        self.phases[Phase::Reading as usize].insert(id, cancel);
+    }
+
+    fn advance(&mut self, id: u64, from: Phase, to: Phase) {
+        if let Some(cancel) = self.phases[from as usize].remove(&id) {
+            self.make_room(to);
+            self.phases[to as usize].insert(id, cancel);
+        }
+    }
+
+    fn make_room(&mut self, phase: Phase) {
+        let p = &mut self.phases[phase as usize];
+        while p.len() >= self.cap {
+            if let Some((id, _)) = p.pop_first() {
+                log::debug!("status: {} connections in one phase, shed #{id}", self.cap);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        for p in &mut self.phases {
+            p.remove(&id);
+        }
+    }
+
+    /// Frees a descriptor: the oldest lingering connection, else the oldest
+    /// reading one, else the oldest being answered.
+    fn shed_one(&mut self) {
+        for phase in [Phase::Lingering, Phase::Reading, Phase::Answering] {
+            if self.phases[phase as usize].pop_first().is_some() {
+                return;
+            }
+        }
+    }
+}
+
 async fn accept_loop(ex: &LocalExecutor<'_>, listener: Async<TcpListener>, ctx: Rc<Ctx>) {
-    // Open connections, oldest first; dropping a sender cancels that task.
-    let open: Rc<RefCell<BTreeMap<u64, smol::channel::Sender<()>>>> = Rc::default();
-    let max_connections = ctx.door.limits.max_connections.max(1);
+    let open = Rc::new(RefCell::new(Open {
+        phases: Default::default(),
+        cap: ctx.door.limits.max_connections.max(1),
+    }));
     let mut next_id = 0u64;
     let mut accept_errors = LogLimiter::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Out of descriptors: free one by shedding the oldest
-                // connection and back off, rather than spin or stop serving.
-                // Other errors (a client that reset before accept) are
-                // per-connection; the short pause only guards against a
-                // persistent one turning this into a busy loop.
+                // Out of descriptors: free one by shedding a connection and
+                // back off, rather than spin or stop serving. Other errors
+                // (a client that reset before accept) are per-connection;
+                // the short pause only guards against a persistent one
+                // turning this into a busy loop.
                 let pause = match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                         accept_errors.warn(&format!("status: accept failed: {e}"));
-                        open.borrow_mut().pop_first();
+                        open.borrow_mut().shed_one();
                         50
                     }
                     _ => {
@@ -83,28 +143,24 @@ async fn accept_loop(ex: &LocalExecutor<'_>, listener: Async<TcpListener>, ctx: 
                 continue;
             }
         };
-        {
-            let mut open = open.borrow_mut();
-            while open.len() >= max_connections {
-                if let Some((id, _)) = open.pop_first() {
-                    log::debug!("status: at {max_connections} connections, shed #{id}");
-                }
-            }
-        }
         let id = next_id;
         next_id += 1;
         let (cancel_tx, cancel_rx) = smol::channel::bounded::<()>(1);
-        open.borrow_mut().insert(id, cancel_tx);
-        let open = open.clone();
+        open.borrow_mut().admit(id, cancel_tx);
+        let conn_open = open.clone();
         let ctx = ctx.clone();
         ex.spawn(async move {
-            future::or(serve_conn(stream, peer, &ctx), async {
+            future::or(serve_conn(stream, peer, &ctx, id, &conn_open), async {
                 let _ = cancel_rx.recv().await;
             })
             .await;
-            open.borrow_mut().remove(&id);
+            conn_open.borrow_mut().remove(id);
         })
         .detach();
+        // With a backlog of connections, accept is ready again at once: let
+        // the new task (and the others) run before taking the next one, so
+        // a flood cannot shed a request before it was even read.
+        future::yield_now().await;
     }
 }
 
@@ -117,11 +173,20 @@ async fn before<T>(deadline: Instant, fut: impl std::future::Future<Output = T>)
     .await
 }
 
-async fn serve_conn(mut stream: Async<TcpStream>, peer: SocketAddr, ctx: &Ctx) {
+async fn serve_conn(
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    id: u64,
+    open: &RefCell<Open>,
+) {
     let limits = &ctx.door.limits;
     let deadline = Instant::now() + limits.request_timeout;
     let read = read_request(&mut stream, ctx.door.max_body, limits.max_head);
-    let bytes = match before(deadline, read).await {
+    let read = before(deadline, read).await;
+    open.borrow_mut()
+        .advance(id, Phase::Reading, Phase::Answering);
+    let bytes = match read {
         None => {
             log::debug!("status: {peer}: request not complete in time");
             finish(text(408, "request timeout\n"), false)
@@ -139,6 +204,8 @@ async fn serve_conn(mut stream: Async<TcpStream>, peer: SocketAddr, ctx: &Ctx) {
         return;
     }
     let _ = stream.get_ref().shutdown(Shutdown::Write);
+    open.borrow_mut()
+        .advance(id, Phase::Answering, Phase::Lingering);
     // Lingering close: read what the client still sends (e.g. the body of a
     // refused upload) so that closing does not reset the connection before
     // the client has read the answer. Bounded in time and bytes.

@@ -17,10 +17,13 @@
 //! * a slow client costs one socket, one small task and at most
 //!   [`Limits::max_head`] + `max_body` bytes, never a thread. Each connection
 //!   has one deadline for its whole request ([`Limits::request_timeout`],
-//!   then 408) and one for its response. Past [`Limits::max_connections`]
-//!   open sockets the oldest unfinished one is shed (legitimate requests
-//!   finish in milliseconds, so the oldest is nearly always an attacker's);
-//!   an `accept` error sheds the oldest too and backs off instead of stopping.
+//!   then 408) and one for its response. Connections still sending their
+//!   request, being answered, and lingering after the answer are each
+//!   capped at [`Limits::max_connections`]; past it the oldest of that phase
+//!   is shed (legitimate requests arrive in milliseconds, so the oldest
+//!   reader is nearly always an attacker's, and a flood of new connections
+//!   never sheds a request already being answered). An `accept` error sheds
+//!   one too and backs off instead of stopping.
 //! * heads larger than `max_head` are refused with 431, bodies larger than
 //!   `max_body` with 413 before being read, `Transfer-Encoding` with 501. The
 //!   head is parsed by httparse and rebuilt from the few fields the routes
@@ -46,6 +49,7 @@ use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -99,7 +103,8 @@ impl ServerConfig {
 /// Resource bounds; fixed in production, shortened by tests.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
-    /// Open client sockets; beyond this the oldest unfinished one is shed.
+    /// Client sockets per phase (reading, answering, lingering); beyond
+    /// this the oldest of the phase is shed.
     pub max_connections: usize,
     /// Request line plus headers.
     pub max_head: usize,
@@ -144,6 +149,17 @@ impl StatusServer {
     ) -> std::io::Result<StatusServer> {
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
+        // std listens with a backlog of 128: a burst of connects beyond it
+        // has SYNs dropped, and a legitimate client among them waits for a
+        // retransmit (1 s, then 3 s). Listening again only resizes the
+        // queue (the kernel caps it at net.core.somaxconn).
+        // SAFETY: a valid, bound TCP socket.
+        if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+            log::debug!(
+                "status: listen backlog: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let listener = smol::Async::new(listener)?;
         let backend = Arc::new(Backend::start(&cfg.runtime_dir)?);
         let shared = Arc::new(Shared {
@@ -684,6 +700,68 @@ mod tests {
             self.calls.lock().unwrap().push("reload".into());
             Err("duet.toml:3:7: bad address".into())
         }
+    }
+
+    /// Takes its duration to answer a status request.
+    struct Slow(Duration);
+    impl Admin for Slow {
+        fn status(&self) -> StatusReport {
+            std::thread::sleep(self.0);
+            StatusReport::default()
+        }
+        fn drain(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn undrain(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn failover(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+        fn reload(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+    }
+
+    #[test]
+    fn busy_workers_answer_503_and_slow_handlers_are_cut_off() {
+        let cfg = ServerConfig {
+            workers: 1,
+            ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), rt_dir())
+        };
+        let limits = Limits {
+            queue: 0,
+            response_timeout: Duration::from_millis(700),
+            ..Limits::default()
+        };
+        let s = StatusServer::start_with(cfg, Arc::new(Slow(Duration::from_millis(400))), limits)
+            .unwrap();
+        let a = s.local_addr();
+        let first = std::thread::spawn(move || client::request(a, "GET", "/api/status", None, T));
+        // The first request holds the only slot until its handler returns.
+        std::thread::sleep(Duration::from_millis(150));
+        let busy = raw(a, b"GET /api/status HTTP/1.1\r\n\r\n");
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy:?}");
+        assert!(busy.contains("Retry-After: 1"), "{busy:?}");
+        assert_eq!(first.join().unwrap().unwrap().0, 200);
+        s.stop();
+
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), rt_dir());
+        let limits = Limits {
+            response_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let s = StatusServer::start_with(cfg, Arc::new(Slow(Duration::from_millis(600))), limits)
+            .unwrap();
+        let t = Instant::now();
+        let (code, body) = client::request(s.local_addr(), "GET", "/", None, T).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
+        s.stop();
     }
 
     struct Panicky;
