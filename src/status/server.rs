@@ -244,6 +244,8 @@ pub(crate) struct Backend {
     /// `None` once stopped.
     current: Mutex<Option<Instance>>,
     stopping: AtomicBool,
+    /// One worker at a time binds a successor.
+    replacing: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -287,6 +289,7 @@ impl Backend {
             dir,
             current: Mutex::new(Some(first)),
             stopping: AtomicBool::new(false),
+            replacing: AtomicBool::new(false),
         })
     }
 
@@ -315,22 +318,30 @@ impl Backend {
     /// unless another worker already did. Retries while descriptors are
     /// short; meanwhile the front door cannot connect and answers 503.
     fn replace(&self, generation: u64, why: &str) {
-        let mut cur = lock(&self.current);
-        if cur.as_ref().is_none_or(|c| c.generation != generation) {
+        let current = |cur: &Option<Instance>| cur.as_ref().map(|c| c.generation);
+        if current(&lock(&self.current)) != Some(generation)
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         log::warn!("status: tiny_http stopped accepting ({why}); starting it again");
+        // The lock is not held while binding or waiting: the front door
+        // reads the current socket meanwhile, and answers 503.
         let mut pause = Duration::from_millis(20);
         while !self.stopping.load(Ordering::Acquire) {
             match Instance::bind(&self.dir, generation + 1) {
                 Ok(next) => {
-                    // Wake the workers still waiting on the old instance.
-                    if let Some(old) = cur.replace(next) {
-                        for _ in 0..64 {
-                            old.server.unblock();
+                    let mut cur = lock(&self.current);
+                    // Stopped meanwhile (`remove` took it): `next` is dropped.
+                    if current(&cur) == Some(generation) {
+                        // Wake the workers still waiting on the old instance.
+                        if let Some(old) = cur.replace(next) {
+                            for _ in 0..64 {
+                                old.server.unblock();
+                            }
                         }
                     }
-                    return;
+                    break;
                 }
                 Err(e) => {
                     log::debug!("status: restarting tiny_http: {e}");
@@ -339,6 +350,7 @@ impl Backend {
                 }
             }
         }
+        self.replacing.store(false, Ordering::Release);
     }
 
     /// Makes every worker's `recv` return.
