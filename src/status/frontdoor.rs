@@ -36,6 +36,7 @@ pub(crate) struct Door {
 struct Ctx {
     door: Door,
     in_flight: Cell<usize>,
+    timeouts: RefCell<Tally>,
 }
 
 /// Serves `listener` until `stop` receives (or its sender is dropped).
@@ -45,6 +46,7 @@ pub(crate) fn run(listener: Async<TcpListener>, door: Door, stop: smol::channel:
     let ctx = Rc::new(Ctx {
         door,
         in_flight: Cell::new(0),
+        timeouts: RefCell::new(Tally::new("requests or answers not complete in time")),
     });
     let ex = LocalExecutor::new();
     let accept = accept_loop(&ex, listener, ctx);
@@ -71,6 +73,40 @@ enum Phase {
 struct Open {
     phases: [BTreeMap<u64, smol::channel::Sender<()>>; 3],
     cap: usize,
+    shed: Tally,
+}
+
+/// Counts what happens by the thousand under attack (sheds, timeouts) and
+/// logs the count at most once a second: a line each would cost the I/O
+/// thread more than the connection it reports.
+struct Tally {
+    what: &'static str,
+    count: u64,
+    since: Instant,
+}
+
+impl Tally {
+    fn new(what: &'static str) -> Tally {
+        Tally {
+            what,
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn add(&mut self) {
+        self.count += 1;
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            log::debug!(
+                "status: {} {} in {:?}",
+                self.count,
+                self.what,
+                self.since.elapsed()
+            );
+            self.count = 0;
+            self.since = Instant::now();
+        }
+    }
 }
 
 impl Open {
@@ -89,8 +125,8 @@ impl Open {
     fn make_room(&mut self, phase: Phase) {
         let p = &mut self.phases[phase as usize];
         while p.len() >= self.cap {
-            if let Some((id, _)) = p.pop_first() {
-                log::debug!("status: {} connections in one phase, shed #{id}", self.cap);
+            if p.pop_first().is_some() {
+                self.shed.add();
             }
         }
     }
@@ -116,6 +152,7 @@ async fn accept_loop(ex: &LocalExecutor<'_>, listener: Async<TcpListener>, ctx: 
     let open = Rc::new(RefCell::new(Open {
         phases: Default::default(),
         cap: ctx.door.limits.max_connections.max(1),
+        shed: Tally::new("connections shed at the per-phase cap"),
     }));
     let mut next_id = 0u64;
     let mut accept_errors = LogLimiter::default();
@@ -188,7 +225,7 @@ async fn serve_conn(
         .advance(id, Phase::Reading, Phase::Answering);
     let bytes = match read {
         None => {
-            log::debug!("status: {peer}: request not complete in time");
+            ctx.timeouts.borrow_mut().add();
             finish(text(408, "request timeout\n"), false)
         }
         Some(Err(ReadError::Closed)) => return,
@@ -200,7 +237,7 @@ async fn serve_conn(
         .await
         .is_none()
     {
-        log::debug!("status: {peer}: response not taken in time");
+        ctx.timeouts.borrow_mut().add();
         return;
     }
     let _ = stream.get_ref().shutdown(Shutdown::Write);
