@@ -1,7 +1,7 @@
-//! The status/admin HTTP server, black-box: the request parser
-//! (`parse_head`, `content_length`, `read_request`), routing, percent
-//! decoding and the bearer-token check in src/status/server.rs are private,
-//! so each input is sent as raw bytes over loopback to a real
+//! The status/admin HTTP server, black-box: the front door's request
+//! reading (src/status/frontdoor.rs), the relay to tiny_http, routing,
+//! percent decoding and the bearer-token check (src/status/server.rs) are
+//! private, so each input is sent as raw bytes over loopback to a real
 //! `StatusServer` (started once per process, with a token and a fake admin).
 //! Checked: the server always answers with a well-formed HTTP/1.1 status
 //! line or closes; an admin action only ever runs with the right token; and
@@ -65,7 +65,8 @@ fn fixture() -> &'static Fixture {
         let admin = Arc::new(FakeAdmin {
             actions: AtomicU64::new(0),
         });
-        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        let dir = std::env::temp_dir().join(format!("duet-fuzz-{}", std::process::id()));
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
         cfg.token = Some(TOKEN.into());
         let server = StatusServer::start(cfg, admin.clone()).expect("status server");
         Fixture {

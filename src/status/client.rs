@@ -80,41 +80,17 @@ fn set_timeouts(stream: &TcpStream, deadline: Instant) -> Result<(), String> {
 
 /// Splits a complete HTTP/1.x response into status code and body.
 fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let mut parts = status.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("unexpected status line {status:?}"));
+    let head = super::response::parse_head(buf)?.ok_or("no end of headers")?;
+    if head.transfer_encoding {
+        return Err("chunked responses are not supported".into());
     }
-    let code: u16 = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .filter(|c| (100..1000).contains(c))
-        .ok_or_else(|| format!("unexpected status line {status:?}"))?;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        if k.eq_ignore_ascii_case("content-length") {
-            length = Some(v.trim().parse().map_err(|_| "bad content-length")?);
-        } else if k.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("chunked responses are not supported".into());
-        }
-    }
-    let body = &buf[end + 4..];
-    let body = match length {
+    let body = &buf[head.len..];
+    let body = match head.content_length {
         Some(n) if n > body.len() => return Err("response truncated".into()),
         Some(n) => &body[..n],
         None => body,
     };
-    Ok((code, String::from_utf8_lossy(body).into_owned()))
+    Ok((head.status, String::from_utf8_lossy(body).into_owned()))
 }
 
 #[cfg(test)]
@@ -146,7 +122,7 @@ mod tests {
             let (mut s, _) = l.accept().unwrap();
             let mut got = Vec::new();
             let mut b = [0u8; 1024];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            while memchr::memmem::find(&got, b"\r\n\r\n").is_none() {
                 let n = s.read(&mut b).unwrap();
                 got.extend_from_slice(&b[..n]);
             }

@@ -3,8 +3,10 @@
 //! and the small HTTP client the CLI uses to talk to a running daemon.
 
 pub mod client;
+mod frontdoor;
 pub mod model;
 pub mod render;
+pub(crate) mod response;
 pub mod server;
 
 pub use model::{

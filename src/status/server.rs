@@ -1,54 +1,63 @@
-//! The status and admin HTTP server.
+//! The status and admin HTTP server: tiny_http behind a front door.
 //!
-//! # Why this is not tiny_http
+//! tiny_http serves the routes (`/`, `/api/status`, `/metrics`, the admin
+//! POSTs) on a fixed pool of `workers` threads (`duet-status-wN`) that check
+//! the token, call [`Admin`] (which may block) and render. It cannot be
+//! exposed to the network as it is (read from its 0.12 source): it starts an
+//! OS thread for every connection without an upper limit, sets no read
+//! timeout, reads each header line into a `Vec` with no length limit, and its
+//! accept thread ends for good on the first `accept` error (e.g. `EMFILE`).
 //!
-//! tiny_http 0.12 (read from its source) cannot be bounded from the outside:
-//! its accept thread hands every connection to a pool that spawns a new OS
-//! thread whenever no idle one exists (no upper limit), sets no read timeout,
-//! and reads each header line into a `Vec` with no length limit. So 200
-//! slowloris clients cost 200 threads, and one client streaming an endless
-//! header line grows memory without bound. Its accept thread also exits for
-//! good on the first `accept` error (e.g. `EMFILE`), and `Server::drop` panics
-//! for a listener on an abstract Unix socket. Capping connections in front of
-//! it does not help either: with the cap held by slow clients, a legitimate
-//! request is refused.
+//! So it listens only on a Unix socket (mode 0600, in a 0700 directory under
+//! the runtime directory), and what faces the network is the front door
+//! ([`super::frontdoor`]): one I/O thread (`duet-status-io`) running a
+//! single-threaded smol executor that accepts on `status_listen`, bounds what
+//! tiny_http cannot, and relays only complete, bounded requests:
 //!
-//! So the server speaks the small subset of HTTP/1.1 it needs itself, on two
-//! kinds of threads of its own, apart from the data plane:
+//! * a slow client costs one socket, one small task and at most
+//!   [`Limits::max_head`] + `max_body` bytes, never a thread. Each connection
+//!   has one deadline for its whole request ([`Limits::request_timeout`],
+//!   then 408) and one for its response. Connections still sending their
+//!   request, being answered, and lingering after the answer are each
+//!   capped at [`Limits::max_connections`]; past it the oldest of that phase
+//!   is shed (legitimate requests arrive in milliseconds, so the oldest
+//!   reader is nearly always an attacker's, and a flood of new connections
+//!   never sheds a request already being answered). An `accept` error sheds
+//!   one too and backs off instead of stopping.
+//! * heads larger than `max_head` are refused with 431, bodies larger than
+//!   `max_body` with 413 before being read, `Transfer-Encoding` with 501. The
+//!   head is parsed by httparse and rebuilt from the few fields the routes
+//!   need, so tiny_http only ever sees requests duet wrote.
+//! * at most `workers` + [`Limits::queue`] requests are relayed at once,
+//!   which bounds tiny_http's threads; past that the answer is 503.
 //!
-//! * one I/O thread (`duet-status-io`) running a single-threaded smol executor
-//!   that accepts connections and reads requests. A slow client costs one
-//!   socket, one small task and at most [`Limits::max_head`] + `max_body`
-//!   bytes, never a thread. Each connection has a deadline for its whole
-//!   request ([`Limits::request_timeout`]) and one for its response; past
-//!   [`Limits::max_connections`] open sockets the oldest unfinished one is
-//!   shed (legitimate requests finish in milliseconds, so the oldest is
-//!   nearly always an attacker's). An `accept` error sheds the oldest too and
-//!   backs off instead of stopping.
-//! * a fixed pool of `workers` threads (`duet-status-wN`) that route complete
-//!   requests, check the token, call [`Admin`] (which may block) and render.
-//!   They are fed through a bounded queue; when it is full the answer is 503.
+//! tiny_http's own accept thread can still die of `EMFILE` (the process may
+//! run out of descriptors between the front door's connect and tiny_http's
+//! accept): it either reports the error or panics, and either way its
+//! socket then refuses connections. A worker that receives the error, or is
+//! woken by the front door seeing the refusal, starts a new tiny_http on a
+//! new socket; the front door answers 503 until it is up.
 //!
 //! Every response carries `Connection: close`: the page polls once a second,
-//! so keep-alive buys nothing and would let idle clients hold sockets. Bodies
-//! larger than `max_body` are refused with 413 before being read; `Transfer-
-//! Encoding` is refused with 501, header blocks larger than `max_head` with
-//! 431. A panic inside [`Admin`] becomes a 500, not a dead worker.
+//! so keep-alive buys nothing and would let idle clients hold sockets. A
+//! panic inside [`Admin`] becomes a 500, not a dead worker.
 
+use super::frontdoor;
 use super::model::StatusReport;
 use super::render;
+use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
-use smol::future;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::{Async, LocalExecutor, Timer};
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Cursor;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::rc::Rc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 
 /// What the daemon exposes to the status server. Called from worker
 /// threads; implementations may block (a planned failover waits for sync).
@@ -72,16 +81,21 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Where the Unix socket between the front door and tiny_http lives (in
+    /// a `status-http` subdirectory made for it, removed at stop). The daemon
+    /// uses its state directory.
+    pub runtime_dir: PathBuf,
 }
 
 impl ServerConfig {
     /// 4 workers, 4 KiB bodies, admin disabled.
-    pub fn new(listen: SocketAddr) -> ServerConfig {
+    pub fn new(listen: SocketAddr, runtime_dir: impl Into<PathBuf>) -> ServerConfig {
         ServerConfig {
             listen,
             token: None,
             workers: 4,
             max_body: 4096,
+            runtime_dir: runtime_dir.into(),
         }
     }
 }
@@ -89,7 +103,8 @@ impl ServerConfig {
 /// Resource bounds; fixed in production, shortened by tests.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
-    /// Open client sockets; beyond this the oldest unfinished one is shed.
+    /// Client sockets per phase (reading, answering, lingering); beyond
+    /// this the oldest of the phase is shed.
     pub max_connections: usize,
     /// Request line plus headers.
     pub max_head: usize,
@@ -97,7 +112,7 @@ pub(crate) struct Limits {
     pub request_timeout: Duration,
     /// From a complete request to the last byte of the response.
     pub response_timeout: Duration,
-    /// Requests waiting for a worker.
+    /// Requests relayed to tiny_http beyond one per worker.
     pub queue: usize,
 }
 
@@ -108,7 +123,7 @@ impl Default for Limits {
             max_head: 8 * 1024,
             request_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
-            queue: 64,
+            queue: 16,
         }
     }
 }
@@ -116,6 +131,7 @@ impl Default for Limits {
 /// A running server; stopped by [`StatusServer::stop`] or on drop.
 pub struct StatusServer {
     addr: SocketAddr,
+    backend: Arc<Backend>,
     shutdown: Option<smol::channel::Sender<()>>,
     io_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -133,83 +149,56 @@ impl StatusServer {
     ) -> std::io::Result<StatusServer> {
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
-        let listener = Async::new(listener)?;
-        let token = cfg.token.filter(|t| !t.is_empty());
+        // std listens with a backlog of 128: a burst of connects beyond it
+        // has SYNs dropped, and a legitimate client among them waits for a
+        // retransmit (1 s, then 3 s). Listening again only resizes the
+        // queue (the kernel caps it at net.core.somaxconn).
+        // SAFETY: a valid, bound TCP socket.
+        if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+            log::debug!(
+                "status: listen backlog: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let listener = smol::Async::new(listener)?;
+        let backend = Arc::new(Backend::start(&cfg.runtime_dir)?);
         let shared = Arc::new(Shared {
-            token,
+            token: cfg.token.filter(|t| !t.is_empty()),
             admin,
             auth_log: Mutex::new(LogLimiter::default()),
         });
-        let (job_tx, job_rx) = smol::channel::bounded::<Job>(limits.queue.max(1));
-        let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
-
-        let mut workers = Vec::new();
-        for i in 0..cfg.workers.clamp(1, 64) {
-            let rx = job_rx.clone();
-            let shared = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("duet-status-w{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv_blocking() {
-                        let resp = match catch_unwind(AssertUnwindSafe(|| {
-                            handle(&shared, &job.req, job.peer)
-                        })) {
-                            Ok(r) => r,
-                            Err(_) => {
-                                log::error!(
-                                    "status: handler panicked on {} {}",
-                                    job.req.method,
-                                    job.req.target
-                                );
-                                Response::text(500, "internal error\n")
-                            }
-                        };
-                        // The connection may have timed out meanwhile.
-                        let _ = job.reply.try_send(resp);
-                    }
-                });
-            match spawned {
-                Ok(h) => workers.push(h),
-                Err(e) => {
-                    job_rx.close();
-                    for h in workers {
-                        let _ = h.join();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        drop(job_rx);
-
-        let max_body = cfg.max_body;
-        let io_thread = std::thread::Builder::new()
-            .name("duet-status-io".into())
-            .spawn(move || {
-                let ex = LocalExecutor::new();
-                let accept = accept_loop(&ex, listener, job_tx, max_body, limits);
-                smol::block_on(ex.run(future::or(accept, async {
-                    let _ = stop_rx.recv().await;
-                })));
-                // Dropping the executor here cancels every connection task,
-                // closing their sockets and job senders; workers then drain.
-            });
-        let io_thread = match io_thread {
-            Ok(h) => h,
-            Err(e) => {
-                // job_tx went down with the closure; workers see a closed queue.
-                for h in workers {
-                    let _ = h.join();
-                }
-                return Err(e);
-            }
-        };
-        log::info!("status: listening on http://{addr}/");
-        Ok(StatusServer {
+        let n_workers = cfg.workers.clamp(1, 64);
+        let mut server = StatusServer {
             addr,
-            shutdown: Some(stop_tx),
-            io_thread: Some(io_thread),
-            workers,
-        })
+            backend: backend.clone(),
+            shutdown: None,
+            io_thread: None,
+            workers: Vec::new(),
+        };
+        for i in 0..n_workers {
+            let backend = backend.clone();
+            let shared = shared.clone();
+            // On error, dropping `server` stops the workers already started.
+            let h = std::thread::Builder::new()
+                .name(format!("duet-status-w{i}"))
+                .spawn(move || worker(&backend, &shared))?;
+            server.workers.push(h);
+        }
+        let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+        let door = frontdoor::Door {
+            backend: backend.clone(),
+            max_body: cfg.max_body,
+            in_flight_cap: n_workers + limits.queue,
+            limits,
+        };
+        server.io_thread = Some(
+            std::thread::Builder::new()
+                .name("duet-status-io".into())
+                .spawn(move || frontdoor::run(listener, door, stop_rx))?,
+        );
+        server.shutdown = Some(stop_tx);
+        log::info!("status: listening on http://{addr}/");
+        Ok(server)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,9 +218,11 @@ impl StatusServer {
         if let Some(h) = self.io_thread.take() {
             let _ = h.join();
         }
+        self.backend.stop(self.workers.len());
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
+        self.backend.remove();
     }
 }
 
@@ -241,23 +232,202 @@ impl Drop for StatusServer {
     }
 }
 
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The tiny_http instance behind the front door, replaced when its accept
+/// thread dies. Each instance gets a socket of its own (`<generation>.sock`)
+/// because dropping a tiny_http server removes its socket file, which must
+/// not take the successor's with it.
+pub(crate) struct Backend {
+    dir: PathBuf,
+    /// `None` once stopped.
+    current: Mutex<Option<Instance>>,
+    stopping: AtomicBool,
+    /// One worker at a time binds a successor.
+    replacing: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Instance {
+    generation: u64,
+    path: PathBuf,
+    server: Arc<tiny_http::Server>,
+    /// Set by the front door when the socket refuses connections: the
+    /// accept thread is gone without a word (tiny_http 0.12 panics there on
+    /// `EMFILE`, in `RefinedTcpStream::new`).
+    refused: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(runtime_dir: &Path) -> std::io::Result<Backend> {
+        let dir = runtime_dir.join("status-http");
+        // Longest socket name this directory gets ("18446744073709551615.sock").
+        if dir.as_os_str().len() + 26 > SUN_PATH_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "runtime directory {} is too long for a Unix socket path \
+                     ({SUN_PATH_MAX} bytes at most)",
+                    dir.display()
+                ),
+            ));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // Sockets left by a process that was killed.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "sock") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let first = Instance::bind(&dir, 0)?;
+        Ok(Backend {
+            dir,
+            current: Mutex::new(Some(first)),
+            stopping: AtomicBool::new(false),
+            replacing: AtomicBool::new(false),
+        })
+    }
+
+    fn current(&self) -> Option<Instance> {
+        lock(&self.current).clone()
+    }
+
+    /// The socket the front door relays to, and its generation.
+    pub(crate) fn target(&self) -> Option<(PathBuf, u64)> {
+        lock(&self.current)
+            .as_ref()
+            .map(|i| (i.path.clone(), i.generation))
+    }
+
+    /// The front door found instance `generation` refusing connections:
+    /// wakes a worker to replace it.
+    pub(crate) fn refused(&self, generation: u64) {
+        if let Some(cur) = lock(&self.current).as_ref() {
+            if cur.generation == generation && !cur.refused.swap(true, Ordering::AcqRel) {
+                cur.server.unblock();
+            }
+        }
+    }
+
+    /// Replaces instance `generation`, whose accept thread ended (`why`),
+    /// unless another worker already did. Retries while descriptors are
+    /// short; meanwhile the front door cannot connect and answers 503.
+    fn replace(&self, generation: u64, why: &str) {
+        let current = |cur: &Option<Instance>| cur.as_ref().map(|c| c.generation);
+        if current(&lock(&self.current)) != Some(generation)
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        log::warn!("status: tiny_http stopped accepting ({why}); starting it again");
+        // The lock is not held while binding or waiting: the front door
+        // reads the current socket meanwhile, and answers 503.
+        let mut pause = Duration::from_millis(20);
+        while !self.stopping.load(Ordering::Acquire) {
+            match Instance::bind(&self.dir, generation + 1) {
+                Ok(next) => {
+                    let mut cur = lock(&self.current);
+                    // Stopped meanwhile (`remove` took it): `next` is dropped.
+                    if current(&cur) == Some(generation) {
+                        // Wake the workers still waiting on the old instance.
+                        if let Some(old) = cur.replace(next) {
+                            for _ in 0..64 {
+                                old.server.unblock();
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("status: restarting tiny_http: {e}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        self.replacing.store(false, Ordering::Release);
+    }
+
+    /// Makes every worker's `recv` return.
+    fn stop(&self, workers: usize) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(cur) = self.current() {
+            for _ in 0..workers {
+                cur.server.unblock();
+            }
+        }
+    }
+
+    /// Once the workers are gone: drops tiny_http (which wakes its accept
+    /// thread and removes its socket) and then the socket directory.
+    fn remove(&self) {
+        drop(lock(&self.current).take());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Instance {
+    fn bind(dir: &Path, generation: u64) -> std::io::Result<Instance> {
+        let path = dir.join(format!("{generation}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Instance {
+            generation,
+            path,
+            server: Arc::new(server),
+            refused: Arc::default(),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One worker thread: takes requests from the current tiny_http instance
+/// until the server stops.
+fn worker(backend: &Backend, shared: &Shared) {
+    while !backend.stopping.load(Ordering::Acquire) {
+        let Some(inst) = backend.current() else {
+            return;
+        };
+        // The timeout is only a safety net: stop and replace unblock `recv`.
+        match inst.server.recv_timeout(Duration::from_secs(1)) {
+            Ok(Some(rq)) => serve(shared, rq),
+            Ok(None) if inst.refused.load(Ordering::Acquire) => {
+                backend.replace(inst.generation, "its socket refuses connections")
+            }
+            Ok(None) => {}
+            Err(e) => backend.replace(inst.generation, &e.to_string()),
+        }
+    }
+}
+
 struct Shared {
     token: Option<String>,
     admin: Arc<dyn Admin>,
     auth_log: Mutex<LogLimiter>,
 }
 
-/// At most one warning a second for rejected admin requests, so a client
-/// hammering the API cannot flood the log; the rest go to debug and are
-/// counted in the next warning.
+/// At most one warning a second for rejected admin requests (and failed
+/// accepts), so a client hammering the API cannot flood the log; the rest go
+/// to debug and are counted in the next warning.
 #[derive(Default)]
-struct LogLimiter {
+pub(crate) struct LogLimiter {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogLimiter {
-    fn warn(&mut self, msg: &str) {
+    pub(crate) fn warn(&mut self, msg: &str) {
         let now = Instant::now();
         match self.last {
             Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
@@ -277,433 +447,81 @@ impl LogLimiter {
     }
 }
 
-struct Job {
-    req: Request,
-    peer: SocketAddr,
-    reply: smol::channel::Sender<Response>,
+/// The header the front door uses to tell tiny_http who the client is (it
+/// only sees the Unix socket); never taken from the client.
+pub(crate) const PEER_HEADER: &str = "X-Duet-Peer";
+
+/// An answer, in the form both tiny_http and the front door write.
+pub(crate) type Reply = tiny_http::Response<Cursor<Vec<u8>>>;
+
+fn header(name: &'static str, value: &'static str) -> tiny_http::Header {
+    // Only ever called with this module's constants, which are valid ASCII.
+    tiny_http::Header::from_bytes(name, value).expect("constant header")
 }
 
-/// A parsed request. Header names are lower-cased.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// A response with the headers every answer carries.
+pub(crate) fn reply(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+    tiny_http::Response::from_data(body.into())
+        .with_status_code(status)
+        // Never chunked: the clients (and Content-Length) expect one body.
+        .with_chunked_threshold(usize::MAX)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("X-Content-Type-Options", "nosniff"))
 }
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
+pub(crate) fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body)
 }
 
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-    head_only: bool,
+pub(crate) fn with(r: Reply, name: &'static str, value: &'static str) -> Reply {
+    r.with_header(header(name, value))
 }
 
-impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-        Response {
-            status,
-            content_type,
-            headers: Vec::new(),
-            body: body.into(),
-            head_only: false,
-        }
-    }
-
-    fn text(status: u16, body: impl Into<Vec<u8>>) -> Response {
-        Response::new(status, "text/plain; charset=utf-8", body)
-    }
-
-    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-             Connection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        );
-        for (k, v) in &self.headers {
-            // Values come from this module, but never let one split the head.
-            let v: String = v.chars().filter(|c| *c != '\r' && *c != '\n').collect();
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        if !self.head_only {
-            bytes.extend_from_slice(&self.body);
-        }
-        bytes
-    }
+fn bad(msg: &str) -> Reply {
+    text(400, format!("bad request: {msg}\n"))
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
-async fn accept_loop(
-    ex: &LocalExecutor<'_>,
-    listener: Async<TcpListener>,
-    jobs: smol::channel::Sender<Job>,
-    max_body: usize,
-    limits: Limits,
-) {
-    // Open connections, oldest first; dropping a sender cancels that task.
-    let open: Rc<RefCell<BTreeMap<u64, smol::channel::Sender<()>>>> = Rc::default();
-    let limits = Rc::new(limits);
-    let mut next_id = 0u64;
-    let mut accept_errors = LogLimiter::default();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors: free one by shedding the oldest
-                // connection and back off, rather than spin or stop serving.
-                // Other errors (a client that reset before accept) are
-                // per-connection; the short pause only guards against a
-                // persistent one turning this into a busy loop.
-                let pause = match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        accept_errors.warn(&format!("status: accept failed: {e}"));
-                        open.borrow_mut().pop_first();
-                        50
-                    }
-                    _ => {
-                        log::debug!("status: accept failed: {e}");
-                        5
-                    }
-                };
-                Timer::after(Duration::from_millis(pause)).await;
-                continue;
-            }
-        };
-        {
-            let mut open = open.borrow_mut();
-            while open.len() >= limits.max_connections.max(1) {
-                if let Some((id, _)) = open.pop_first() {
-                    log::debug!(
-                        "status: at {} connections, shed #{id}",
-                        limits.max_connections
-                    );
-                }
-            }
-        }
-        let id = next_id;
-        next_id += 1;
-        let (cancel_tx, cancel_rx) = smol::channel::bounded::<()>(1);
-        open.borrow_mut().insert(id, cancel_tx);
-        let open = open.clone();
-        let jobs = jobs.clone();
-        let limits = limits.clone();
-        ex.spawn(async move {
-            future::or(serve_conn(stream, peer, jobs, max_body, &limits), async {
-                let _ = cancel_rx.recv().await;
-            })
-            .await;
-            open.borrow_mut().remove(&id);
-        })
-        .detach();
-    }
-}
-
-/// Runs `fut` until `deadline`; `None` if the deadline came first.
-async fn before<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    future::or(async { Some(fut.await) }, async {
-        Timer::at(deadline).await;
-        None
-    })
-    .await
-}
-
-async fn serve_conn(
-    mut stream: Async<TcpStream>,
-    peer: SocketAddr,
-    jobs: smol::channel::Sender<Job>,
-    max_body: usize,
-    limits: &Limits,
-) {
-    let deadline = Instant::now() + limits.request_timeout;
-    let resp = match before(
-        deadline,
-        read_request(&mut stream, max_body, limits.max_head),
-    )
-    .await
-    {
-        None => {
-            log::debug!("status: {peer}: request not complete in time");
-            Response::text(408, "request timeout\n")
-        }
-        Some(Err(ReadError::Closed)) => return,
-        Some(Err(ReadError::Reject(resp))) => resp,
-        Some(Ok(req)) => {
-            let head_only = req.method == "HEAD";
-            let (reply_tx, reply_rx) = smol::channel::bounded(1);
-            let job = Job {
-                req,
-                peer,
-                reply: reply_tx,
-            };
-            let mut resp = match jobs.try_send(job) {
-                Err(_) => Response::text(503, "busy\n").with_header("Retry-After", "1"),
-                Ok(()) => {
-                    let answer =
-                        before(Instant::now() + limits.response_timeout, reply_rx.recv()).await;
-                    match answer {
-                        Some(Ok(resp)) => resp,
-                        _ => Response::text(503, "handler did not answer in time\n"),
-                    }
-                }
-            };
-            resp.head_only = head_only;
-            resp
+/// Answers one request. A panic in the handler becomes a 500.
+fn serve(shared: &Shared, rq: tiny_http::Request) {
+    let peer = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(PEER_HEADER))
+        .map_or_else(|| "?".to_string(), |h| h.value.to_string());
+    let resp = match catch_unwind(AssertUnwindSafe(|| handle(shared, &rq, &peer))) {
+        Ok(r) => r,
+        Err(_) => {
+            log::error!("status: handler panicked on {} {}", rq.method(), rq.url());
+            text(500, "internal error\n")
         }
     };
-    let bytes = resp.to_bytes();
-    let write_deadline = Instant::now() + limits.response_timeout;
-    if before(write_deadline, stream.write_all(&bytes))
-        .await
-        .is_none()
-    {
-        log::debug!("status: {peer}: response not taken in time");
-        return;
-    }
-    let _ = stream.get_ref().shutdown(Shutdown::Write);
-    // Lingering close: read what the client still sends (e.g. the body of a
-    // refused upload) so that closing does not reset the connection before
-    // the client has read the answer. Bounded in time and bytes.
-    let linger = Instant::now() + Duration::from_millis(500);
-    let mut sink = [0u8; 4096];
-    let mut left = 256 * 1024usize;
-    while left > 0 {
-        match before(linger, stream.read(&mut sink)).await {
-            Some(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => break,
-        }
-    }
-}
-
-enum ReadError {
-    /// The client went away (or failed) before sending a whole head.
-    Closed,
-    /// Answer with this and close.
-    Reject(Response),
-}
-
-async fn read_request(
-    stream: &mut Async<TcpStream>,
-    max_body: usize,
-    max_head: usize,
-) -> Result<Request, ReadError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| ReadError::Closed)?;
-        if n == 0 {
-            return Err(ReadError::Closed);
-        }
-        let scan_from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = find(&buf[scan_from..], b"\r\n\r\n") {
-            let end = scan_from + pos;
-            if end > max_head {
-                return Err(too_large_head());
-            }
-            break end;
-        }
-        if buf.len() > max_head {
-            return Err(too_large_head());
-        }
-    };
-    let mut req = parse_head(&buf[..head_end]).map_err(ReadError::Reject)?;
-    if req.header("transfer-encoding").is_some() {
-        return Err(ReadError::Reject(Response::text(
-            501,
-            "transfer-encoding not supported; send Content-Length\n",
-        )));
-    }
-    let len = content_length(&req).map_err(ReadError::Reject)?;
-    if len > max_body as u64 {
-        return Err(ReadError::Reject(Response::text(
-            413,
-            format!("body larger than {max_body} bytes\n"),
-        )));
-    }
-    let len = len as usize;
-    let mut body: Vec<u8> = buf[head_end + 4..].to_vec();
-    if body.len() < len {
-        let expects_continue = req
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        if expects_continue {
-            stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .map_err(|_| ReadError::Closed)?;
-        }
-        while body.len() < len {
-            let want = (len - body.len()).min(chunk.len());
-            let n = stream
-                .read(&mut chunk[..want])
-                .await
-                .map_err(|_| ReadError::Closed)?;
-            if n == 0 {
-                return Err(ReadError::Closed);
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    }
-    // Anything after the body would be a pipelined request; one per connection.
-    body.truncate(len);
-    req.body = body;
-    Ok(req)
-}
-
-fn too_large_head() -> ReadError {
-    ReadError::Reject(Response::text(431, "request head too large\n"))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn bad(msg: &str) -> Response {
-    Response::text(400, format!("bad request: {msg}\n"))
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Parses the request line and headers (everything before the blank line).
-fn parse_head(head: &[u8]) -> Result<Request, Response> {
-    let head = std::str::from_utf8(head).map_err(|_| bad("head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("malformed request line"));
-    };
-    if !is_token(method) {
-        return Err(bad("malformed method"));
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(bad("malformed target"));
-    }
-    match version {
-        "HTTP/1.1" | "HTTP/1.0" => {}
-        v if v.starts_with("HTTP/") => {
-            return Err(Response::text(505, "only HTTP/1.0 and HTTP/1.1\n"))
-        }
-        _ => return Err(bad("malformed version")),
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(bad("header without colon"));
-        };
-        // Also rejects obsolete line folding (a name starting with space).
-        if !is_token(name) {
-            return Err(bad("malformed header name"));
-        }
-        headers.push((
-            name.to_ascii_lowercase(),
-            value.trim_matches([' ', '\t']).to_string(),
-        ));
-    }
-    Ok(Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers,
-        body: Vec::new(),
-    })
-}
-
-fn content_length(req: &Request) -> Result<u64, Response> {
-    let mut len: Option<u64> = None;
-    for (k, v) in &req.headers {
-        if k != "content-length" {
-            continue;
-        }
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("malformed content-length"));
-        }
-        let n: u64 = v.parse().map_err(|_| bad("content-length out of range"))?;
-        if len.is_some_and(|l| l != n) {
-            return Err(bad("conflicting content-length"));
-        }
-        len = Some(n);
-    }
-    Ok(len.unwrap_or(0))
-}
-
-/// Decodes `%XX` escapes of one path segment; `None` if malformed.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    // The front door may have given up meanwhile.
+    let _ = rq.respond(resp);
 }
 
 /// Constant-time in the token contents: both sides are hashed first so the
-/// comparison never depends on where they differ or on their lengths.
+/// comparison depends neither on where they differ nor on their lengths.
 fn token_matches(expected: &str, given: &str) -> bool {
     let a = Sha256::digest(expected.as_bytes());
     let b = Sha256::digest(given.as_bytes());
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(&b).into()
+}
+
+/// One path segment with `%XX` escapes decoded; `None` if an escape is
+/// malformed or the result is not UTF-8.
+fn decode_segment(s: &str) -> Option<String> {
+    let escapes_ok = s
+        .split('%')
+        .skip(1)
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !escapes_ok {
+        return None;
+    }
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 enum AdminAction {
@@ -713,36 +531,38 @@ enum AdminAction {
     Reload,
 }
 
-/// Routes one complete request. Runs on a worker thread.
-fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
-    let path = req.target.split('?').next().unwrap_or("");
-    let get = req.method == "GET" || req.method == "HEAD";
-    let not_allowed = |allow: &'static str| {
-        Response::text(405, "method not allowed\n").with_header("Allow", allow)
-    };
+/// Routes one request. Runs on a worker thread.
+fn handle(shared: &Shared, rq: &tiny_http::Request, peer: &str) -> Reply {
+    let method = rq.method().as_str();
+    let path = rq.url().split('?').next().unwrap_or("");
+    let get = method == "GET" || method == "HEAD";
+    let not_allowed = |allow: &'static str| with(text(405, "method not allowed\n"), "Allow", allow);
     let action = match path {
         "/" => {
             if !get {
                 return not_allowed("GET, HEAD");
             }
             let r = shared.admin.status();
-            return Response::new(200, "text/html; charset=utf-8", render::html(&r))
-                .with_header("Referrer-Policy", "no-referrer")
-                .with_header("X-Frame-Options", "DENY");
+            let page = reply(200, "text/html; charset=utf-8", render::html(&r));
+            return with(
+                with(page, "Referrer-Policy", "no-referrer"),
+                "X-Frame-Options",
+                "DENY",
+            );
         }
         "/api/status" => {
             if !get {
                 return not_allowed("GET, HEAD");
             }
             let r = shared.admin.status();
-            return Response::new(200, "application/json", render::json(&r));
+            return reply(200, "application/json", render::json(&r));
         }
         "/metrics" => {
             if !get {
                 return not_allowed("GET, HEAD");
             }
             let r = shared.admin.status();
-            return Response::new(
+            return reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 render::metrics(&r),
@@ -764,9 +584,9 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
                 }
             });
             let Some((raw, drain)) = parsed else {
-                return Response::text(404, "not found\n");
+                return text(404, "not found\n");
             };
-            let Some(name) = percent_decode(raw) else {
+            let Some(name) = decode_segment(raw) else {
                 return bad("malformed backend name");
             };
             if drain {
@@ -776,18 +596,22 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
             }
         }
     };
-    if req.method != "POST" {
+    if method != "POST" {
         return not_allowed("POST");
     }
     let Some(token) = shared.token.as_deref() else {
-        return Response::text(403, "admin disabled: no admin token configured\n");
+        return text(403, "admin disabled: no admin token configured\n");
     };
-    let given = req.header("authorization").and_then(|v| {
-        let (scheme, cred) = v.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| cred.trim_matches([' ', '\t']))
-    });
+    let given = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| {
+            let (scheme, cred) = h.value.as_str().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| cred.trim_matches([' ', '\t']))
+        });
     let authorized = given.is_some_and(|g| token_matches(token, g));
     if !authorized {
         let why = if given.is_some() {
@@ -795,14 +619,14 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
         } else {
             "no bearer token"
         };
-        if let Ok(mut l) = shared.auth_log.lock() {
-            l.warn(&format!(
-                "status: refused {} {} from {peer}: {why}",
-                req.method, path
-            ));
-        }
-        return Response::text(401, "unauthorized\n")
-            .with_header("WWW-Authenticate", "Bearer realm=\"duet\"");
+        lock(&shared.auth_log).warn(&format!(
+            "status: refused {method} {path} from {peer}: {why}"
+        ));
+        return with(
+            text(401, "unauthorized\n"),
+            "WWW-Authenticate",
+            "Bearer realm=\"duet\"",
+        );
     }
     let result = match &action {
         AdminAction::Drain(name) => shared.admin.drain(name).map(|()| format!("drained {name}")),
@@ -816,11 +640,11 @@ fn handle(shared: &Shared, req: &Request, peer: SocketAddr) -> Response {
     match result {
         Ok(msg) => {
             log::info!("status: {peer}: {path}: {msg}");
-            Response::text(200, format!("{msg}\n"))
+            text(200, format!("{msg}\n"))
         }
         Err(e) => {
             log::info!("status: {peer}: {path} refused: {e}");
-            Response::text(409, format!("{e}\n"))
+            text(409, format!("{e}\n"))
         }
     }
 }
@@ -831,6 +655,7 @@ mod tests {
     use crate::status::client;
     use crate::status::model::BackendStatus;
     use std::io::{Read, Write};
+    use std::net::TcpStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Default)]
@@ -889,6 +714,68 @@ mod tests {
         }
     }
 
+    /// Takes its duration to answer a status request.
+    struct Slow(Duration);
+    impl Admin for Slow {
+        fn status(&self) -> StatusReport {
+            std::thread::sleep(self.0);
+            StatusReport::default()
+        }
+        fn drain(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn undrain(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn failover(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+        fn reload(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+    }
+
+    #[test]
+    fn busy_workers_answer_503_and_slow_handlers_are_cut_off() {
+        let cfg = ServerConfig {
+            workers: 1,
+            ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), rt_dir())
+        };
+        let limits = Limits {
+            queue: 0,
+            response_timeout: Duration::from_millis(700),
+            ..Limits::default()
+        };
+        let s = StatusServer::start_with(cfg, Arc::new(Slow(Duration::from_millis(400))), limits)
+            .unwrap();
+        let a = s.local_addr();
+        let first = std::thread::spawn(move || client::request(a, "GET", "/api/status", None, T));
+        // The first request holds the only slot until its handler returns.
+        std::thread::sleep(Duration::from_millis(150));
+        let busy = raw(a, b"GET /api/status HTTP/1.1\r\n\r\n");
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy:?}");
+        assert!(busy.contains("Retry-After: 1"), "{busy:?}");
+        assert_eq!(first.join().unwrap().unwrap().0, 200);
+        s.stop();
+
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), rt_dir());
+        let limits = Limits {
+            response_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let s = StatusServer::start_with(cfg, Arc::new(Slow(Duration::from_millis(600))), limits)
+            .unwrap();
+        let t = Instant::now();
+        let (code, body) = client::request(s.local_addr(), "GET", "/", None, T).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
+        s.stop();
+    }
+
     struct Panicky;
     impl Admin for Panicky {
         fn status(&self) -> StatusReport {
@@ -910,6 +797,13 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    /// A runtime directory of this test's own.
+    fn rt_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("duet-st-{}-{n}", std::process::id()))
+    }
+
     fn start(token: Option<&str>, limits: Limits) -> (StatusServer, Arc<FakeAdmin>) {
         let admin = Arc::new(FakeAdmin::default());
         let cfg = ServerConfig {
@@ -917,6 +811,7 @@ mod tests {
             token: token.map(str::to_string),
             workers: 2,
             max_body: 1024,
+            runtime_dir: rt_dir(),
         };
         let s = StatusServer::start_with(cfg, admin.clone(), limits).unwrap();
         (s, admin)
@@ -1149,7 +1044,7 @@ mod tests {
 
     #[test]
     fn handler_panic_becomes_500() {
-        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), rt_dir());
         let s = StatusServer::start(ServerConfig { workers: 1, ..cfg }, Arc::new(Panicky)).unwrap();
         let a = s.local_addr();
         for _ in 0..3 {
@@ -1259,28 +1154,5 @@ mod tests {
         let mut b = [0u8; 1];
         assert_eq!(idle.read(&mut b).unwrap_or(0), 0);
         assert!(client::request(a, "GET", "/", None, Duration::from_millis(500)).is_err());
-    }
-
-    #[test]
-    fn parse_head_accepts_a_normal_request() {
-        let r = parse_head(b"GET /api/status?x HTTP/1.1\r\nHost: a\r\nAuthorization:  Bearer t ")
-            .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.target, "/api/status?x");
-        assert_eq!(r.header("host"), Some("a"));
-        assert_eq!(r.header("authorization"), Some("Bearer t"));
-    }
-
-    #[test]
-    fn parse_head_never_panics_on_noise() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..5000 {
-            let len = rng.usize(0..200);
-            let alphabet = b"GET /HTP1.:\r\n %az\xff";
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| alphabet[rng.usize(0..alphabet.len())])
-                .collect();
-            let _ = parse_head(&bytes);
-        }
     }
 }

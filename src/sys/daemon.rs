@@ -274,6 +274,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             token,
             workers: 4,
             max_body: 4096,
+            runtime_dir: cfg.cluster.state_dir.clone(),
         },
         ctl.clone(),
     ) {
