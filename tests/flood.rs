@@ -7,9 +7,8 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ATTACKER: &str = "198.18.0.66";
 const FLOOD: Duration = Duration::from_secs(10);
@@ -27,19 +26,6 @@ protocol = "udp"
 scheduler = "rr"
 serve_local = true
 "#;
-
-fn support(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(file)
-}
-
-fn wall() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
 
 /// Background processes and the attacker's namespace, removed when the
 /// test ends, also on panic: a flood must never outlive its test.

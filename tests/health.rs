@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// An http check as the seeds' ldirectord.cf has it, at the given pace.
 fn service(interval: &str, timeout: &str, extra: &str) -> String {
@@ -21,13 +21,6 @@ serve_local = true
 check = {{ kind = "http", request = "/ldirector.html", receive = "Test Page", interval = "{interval}", timeout = "{timeout}", rise = 2, fall = 2, quiescent = true }}
 "#
     )
-}
-
-fn wall() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 fn probe_script() -> std::path::PathBuf {

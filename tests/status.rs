@@ -6,15 +6,9 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn support(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(file)
-}
 
 /// One HTTP request from the client namespace: (status code, body).
 fn http(c: &Cluster, method: &str, url: &str, auth: Option<&str>) -> (u16, String) {

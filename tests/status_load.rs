@@ -7,38 +7,7 @@
 //! tests/faults.rs; running out of descriptors: tests/status_fds.rs.)
 mod common;
 use common::*;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn support(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(file)
-}
-
-fn py_bg(ns: &str, script: &str, args: &str) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "python3"])
-        .arg(support(script))
-        .args(args.split_whitespace())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3")
-}
-
-fn json_of(c: Child) -> Value {
-    let o = c.wait_with_output().unwrap();
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
-}
 
 #[test]
 fn status_answers_under_slowloris_and_connect_floods() {

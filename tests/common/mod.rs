@@ -23,7 +23,8 @@ pub fn duet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_duet")
 }
 
-fn support(file: &str) -> PathBuf {
+/// A file of tests/support.
+pub fn support(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(file)
@@ -638,4 +639,37 @@ pub fn wait_synced(c: &Cluster, i: usize, n: u64) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("standby synced only {got} entries, expected {n}");
+}
+
+/// Unix time in seconds, to compare with what the support scripts print.
+pub fn wall() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Runs a tests/support script in `ns` in the background; its stdout is
+/// one JSON object (see [`json_of`]).
+pub fn py_bg(ns: &str, script: &str, args: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "python3"])
+        .arg(support(script))
+        .args(args.split_whitespace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+/// Waits for a [`py_bg`] script and parses what it printed.
+pub fn json_of(c: Child) -> Value {
+    let o = c.wait_with_output().unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
 }
