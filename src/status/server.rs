@@ -259,32 +259,53 @@ struct Instance {
     refused: Arc<AtomicBool>,
 }
 
+/// Makes `dir` (0700) ready to hold the server's sockets, removing any
+/// left by a process that was killed.
+fn socket_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    // Longest socket name this directory gets ("18446744073709551615.sock").
+    if dir.as_os_str().len() + 26 > SUN_PATH_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "runtime directory {} is too long for a Unix socket path \
+                 ({SUN_PATH_MAX} bytes at most)",
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
 impl Backend {
     fn start(runtime_dir: &Path) -> std::io::Result<Backend> {
-        let dir = runtime_dir.join("status-http");
-        // Longest socket name this directory gets ("18446744073709551615.sock").
-        if dir.as_os_str().len() + 26 > SUN_PATH_MAX {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "runtime directory {} is too long for a Unix socket path \
-                     ({SUN_PATH_MAX} bytes at most)",
-                    dir.display()
-                ),
-            ));
-        }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        // Sockets left by a process that was killed.
-        for entry in std::fs::read_dir(&dir)?.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "sock") {
-                let _ = std::fs::remove_file(entry.path());
+        // A read-only or full state directory must not cost the status
+        // page (an operator needs it most then): fall back to a directory
+        // of this process's own under the temporary directory.
+        let primary = runtime_dir.join("status-http");
+        let (dir, first) = match socket_dir(&primary).and_then(|d| Ok((Instance::bind(&d, 0)?, d)))
+        {
+            Ok((first, d)) => (d, first),
+            Err(e) => {
+                let alt = std::env::temp_dir().join(format!("duet-status-{}", std::process::id()));
+                log::warn!(
+                    "status: cannot put the server socket in {} ({e}); using {}",
+                    primary.display(),
+                    alt.display()
+                );
+                let d = socket_dir(&alt)?;
+                (d.clone(), Instance::bind(&d, 0)?)
             }
-        }
-        let first = Instance::bind(&dir, 0)?;
+        };
         Ok(Backend {
             dir,
             current: Mutex::new(Some(first)),
