@@ -13,7 +13,8 @@
 #   1. both VMs boot: init mounts, loads modules, configures eth0, mounts the
 #      data partition, starts the daemon (serial console);
 #   2. the client pings both VMs (the guest kernels answer ICMP);
-#   3. exactly one VM reports role "director" on :8080/api/status;
+#   3. exactly one VM reports role "director" on :8080/api/status, and
+#      its data plane is the eBPF engine;
 #   4. the VIP answers HTTP (only if something serves :80 in the VMs:
 #      reported as SKIP otherwise);
 #   5. killing the director's QEMU makes the other VM director;
@@ -253,6 +254,12 @@ no_daemon() {
 if [ -n "$director" ]; then
     other=web1; [ $director = web1 ] && other=web2
     ok "one director: $director (the other: $(role_of "${IP[$other]}"))"
+    # The appliance's 6.1 kernel attaches the tc program through netlink
+    # (no TCX): the in-kernel engine must still be the one that runs.
+    engine=$(status_json "${IP[$director]}" | python3 -c 'import json,sys
+print(json.load(sys.stdin).get("dataplane",{}).get("engine",""))' 2>/dev/null)
+    if [ "$engine" = ebpf ]; then ok "the director forwards with the eBPF engine"
+    else bad "the director runs the '$engine' engine, not eBPF (see its console log)"; fi
 elif [ $have_daemon = 1 ]; then
     bad "no single director after 60 s (web1: '$r1', web2: '$r2')"
 else
