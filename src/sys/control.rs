@@ -32,6 +32,9 @@ const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
 /// the connection table before going ahead anyway.
 const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
 
+/// While draining, how often the local connections are counted.
+const LOCAL_COUNT_PERIOD: Duration = Duration::from_millis(100);
+
 /// While draining, how often the count of open local connections is logged.
 const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(5);
 
@@ -84,6 +87,10 @@ struct Leaving {
     signals_seen: u32,
     last_report: Instant,
     last_count: usize,
+    /// The newest count of local connections and when it was read: the
+    /// loop turns on every datagram, /proc/net/tcp need not be read as often.
+    count: usize,
+    counted_at: Instant,
 }
 
 pub struct ControlLoop {
@@ -263,6 +270,8 @@ impl ControlLoop {
                     signals_seen: signals::stop_requests(),
                     last_report: now,
                     last_count: count,
+                    count,
+                    counted_at: now,
                 });
                 // This node's own weight drops to 0 in its snapshot too,
                 // for the frames it may still forward while stepping down.
@@ -339,10 +348,16 @@ impl ControlLoop {
             return true;
         };
         let forced = signals::stop_requests() > l.signals_seen;
-        let count = self.local_connections();
+        let stale = now.duration_since(l.counted_at) >= LOCAL_COUNT_PERIOD;
+        let fresh = (stale || forced).then(|| self.local_connections());
         let Some(l) = self.leaving.as_mut() else {
             return true;
         };
+        if let Some(n) = fresh {
+            l.count = n;
+            l.counted_at = now;
+        }
+        let count = l.count;
         if forced {
             l.departure.force();
         }

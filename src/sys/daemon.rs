@@ -88,7 +88,7 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
     }
 
     signals::install();
-    let mut host = HostSetup::apply(&cfg, store.as_ref())?;
+    let mut host = HostSetup::apply(&cfg, &local, store.as_ref())?;
     let result = run_inner(
         &cfg,
         Start {

@@ -23,14 +23,17 @@ pub struct HostSetup {
 }
 
 impl HostSetup {
-    pub fn apply(cfg: &Config, store: Option<&Store>) -> Result<HostSetup, DaemonError> {
+    /// `local` is every address the host had at start (the VIP among them
+    /// when a previous run left it on lo).
+    pub fn apply(
+        cfg: &Config,
+        local: &[Ipv4Addr],
+        store: Option<&Store>,
+    ) -> Result<HostSetup, DaemonError> {
         let vip = *cfg.cluster.vip.get_ref();
         let iface = cfg.cluster.interface.clone();
         let earlier = store.and_then(|s| s.host_changes(&vip.to_string()));
-        let on_lo = netlink::local_ipv4()
-            .map(|a| a.contains(&vip))
-            .unwrap_or(false);
-        if on_lo {
+        if local.contains(&vip) {
             log::info!(
                 "VIP {vip} is already on lo: adopting it and the connections it carries{}",
                 if earlier.is_some() {
