@@ -3,6 +3,7 @@
 //! Layout follows DESIGN.md section 5: `wire` turns bytes into types,
 //! `election`, `health`, `forward` and `sync` are sans-IO machines driven by
 //! an explicit clock, `sys` owns every syscall and the event loops.
+pub mod appliance;
 pub mod config;
 pub mod dataplane;
 pub mod election;

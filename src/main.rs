@@ -92,9 +92,9 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     // As PID 1 of the appliance image, duet first sets the machine up, then
-    // runs as `duet run` on the config it found (src/sys/init.rs).
-    let cli = if duet::sys::init::is_pid1() {
-        match duet::sys::init::boot() {
+    // runs as `duet run` on the config it found (src/appliance/).
+    let cli = if duet::appliance::is_pid1() {
+        match duet::appliance::boot() {
             Ok(config) => {
                 let mut args = vec![
                     "duet".into(),
@@ -102,12 +102,12 @@ fn main() -> ExitCode {
                     "-c".into(),
                     config.into_os_string(),
                 ];
-                if let Some(node) = duet::sys::init::cmdline_node() {
+                if let Some(node) = duet::appliance::cmdline_node() {
                     args.extend(["--node".into(), node.into()]);
                 }
                 Cli::parse_from(args)
             }
-            Err(e) => duet::sys::init::rescue(&e.to_string()),
+            Err(e) => duet::appliance::rescue(&e.to_string()),
         }
     } else {
         Cli::parse()

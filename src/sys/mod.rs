@@ -6,7 +6,6 @@ mod ctl;
 pub mod daemon;
 pub mod dataplane;
 mod host;
-pub mod init;
 mod localconns;
 pub mod neigh;
 pub mod netlink;
