@@ -640,6 +640,9 @@ pub fn parse_fallback(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
+/// The key early appliance images shipped to every box: anyone can read it
+/// from the image, so it authenticates nothing and is refused everywhere.
+pub const FACTORY_KEY: &str = "duet-factory-default-key-CHANGE-ME";
 
 /// The cluster key file: the current key on its first non-empty line, and
 /// optionally the next key (during a rotation, SECURITY.md) on the second.
@@ -661,6 +664,13 @@ pub fn read_keys(path: &Path) -> Result<Keys, String> {
         ));
     }
     for (i, l) in lines.iter().enumerate() {
+        if *l == FACTORY_KEY {
+            return Err(format!(
+                "{} key is the published factory key {FACTORY_KEY:?}; generate a secret \
+                 (e.g. `head -c 32 /dev/urandom | base64`)",
+                if i == 0 { "current" } else { "next" }
+            ));
+        }
         if l.len() < MIN_KEY_LEN {
             return Err(format!(
                 "{} key has {} bytes, needs at least {MIN_KEY_LEN}",
@@ -825,6 +835,22 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         std::fs::write(d.join("key"), "short").unwrap();
         let p = Config::parse(GOOD, &d).unwrap_err();
         assert!(p[0].message.contains("at least 16"), "{p:?}");
+    }
+
+    #[test]
+    fn factory_key_is_refused() {
+        let k = dir_with_key().join("key");
+        std::fs::write(&k, format!("{FACTORY_KEY}\n")).unwrap();
+        let e = read_keys(&k).unwrap_err();
+        assert!(e.contains("factory key"), "{e}");
+        std::fs::write(
+            &k,
+            format!("a-real-secret-of-enough-length\n{FACTORY_KEY}\n"),
+        )
+        .unwrap();
+        assert!(read_keys(&k)
+            .unwrap_err()
+            .contains("next key is the published"));
     }
 
     #[test]

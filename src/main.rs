@@ -26,6 +26,17 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Serve the first-boot setup page until this node is set up, then exit
+    /// (what an appliance without a usable key does; see README).
+    Setup {
+        /// Where the submitted config is written (its key_file and
+        /// admin_token_file get a new key and token; `node` next to it
+        /// gets the node's name).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
     /// Validate a config file: exit 0, or print every problem with line:column.
     CheckConfig {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -164,6 +175,24 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Run { config, node } => {
             let cfg = load(&config)?;
             duet::sys::daemon::run(cfg, &config, node.as_deref()).map_err(|e| e.to_string())
+        }
+        Cmd::Setup { config, listen } => {
+            let base = config
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let target = duet::appliance::setup::Target {
+                config: config.clone(),
+                node: Some(base.join("node")),
+                base,
+                data_key: None,
+            };
+            let code = duet::appliance::setup::setup_code().map_err(|e| e.to_string())?;
+            eprintln!("duet setup: open http://{listen}/setup with setup code {code}");
+            let node = duet::appliance::setup::serve(listen, &target, &code)
+                .map_err(|e| format!("setup server on {listen}: {e}"))?;
+            println!("set up as {node}: {}", config.display());
+            Ok(())
         }
         Cmd::CheckConfig { config } => {
             load(&config)?;

@@ -52,6 +52,7 @@ mod modules;
 mod mounts;
 mod net;
 mod rescue;
+pub mod setup;
 mod storage;
 mod supervisor;
 
@@ -181,26 +182,7 @@ pub fn boot() -> Result<PathBuf, InitError> {
         t.elapsed().as_millis()
     );
     let storage = setup_storage(&params)?;
-    // The node's name: the command line, else a one-line file on /data,
-    // so identical disk images differ only in their data partition.
-    let node = params.node.clone().or_else(|| {
-        fs::read_to_string(Path::new(DATA_DIR).join("node"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    });
-    if let Some(node) = &node {
-        set_hostname(node);
-    }
-    let config_text =
-        fs::read_to_string(&storage.config).map_err(|e| file_err(&storage.config, e))?;
-    let plan = plan_network(&params, &config_text, node.as_deref()).map_err(|reason| {
-        InitError::Param {
-            param: format!("duet.node={}", node.as_deref().unwrap_or("")),
-            reason,
-        }
-    })?;
-    setup_network(&plan)?;
+    let (config_text, lan_ip) = network_for(&params, &storage.config)?;
     let size = config_text.len();
     say!(
         "config {} ({size} bytes), state {} ({})",
@@ -215,5 +197,125 @@ pub fn boot() -> Result<PathBuf, InitError> {
     if params.rescue {
         return Err(InitError::RescueRequested);
     }
+    let base = storage
+        .config
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let key = setup::cluster_path(&config_text, "key_file", &base)
+        .unwrap_or_else(|| PathBuf::from(BUILTIN_KEY));
+    if let Some(why) = setup::needs_setup(&key) {
+        let data = Path::new(DATA_DIR);
+        let target = setup::Target {
+            config: storage.config.clone(),
+            base,
+            data_key: storage.persistent.then(|| data.join("key")),
+            node: storage.persistent.then(|| data.join("node")),
+        };
+        setup_mode(&why, &config_text, lan_ip, &target);
+        // The submitted config may give this node another address.
+        network_for(&params, &storage.config)?;
+    }
     supervise(storage.config)
+}
+
+/// The node's name (the command line, else a one-line file on /data, so
+/// identical disk images differ only in their data partition), the
+/// hostname, and the LAN interface from it and the config; returns the
+/// config's text and the address the interface got.
+fn network_for(
+    params: &BootParams,
+    config: &Path,
+) -> Result<(String, Option<std::net::Ipv4Addr>), InitError> {
+    let node = params.node.clone().or_else(|| {
+        fs::read_to_string(Path::new(DATA_DIR).join("node"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    if let Some(node) = &node {
+        set_hostname(node);
+    }
+    let config_text = fs::read_to_string(config).map_err(|e| file_err(config, e))?;
+    let plan =
+        plan_network(params, &config_text, node.as_deref()).map_err(|reason| InitError::Param {
+            param: format!("duet.node={}", node.as_deref().unwrap_or("")),
+            reason,
+        })?;
+    setup_network(&plan)?;
+    Ok((config_text, plan.ip.map(|(a, _)| a)))
+}
+
+/// Serves the setup page from a child process until the box is set up
+/// (see [`setup`]); the daemon never runs before.
+fn setup_mode(
+    why: &str,
+    config_text: &str,
+    lan_ip: Option<std::net::Ipv4Addr>,
+    target: &setup::Target,
+) {
+    let listen = config_text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| {
+            t.get("cluster")?
+                .get("status_listen")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8080)));
+    loop {
+        let code = match setup::setup_code() {
+            Ok(c) => c,
+            Err(e) => {
+                say!("setup mode: no random numbers: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut shown = listen;
+        if let (true, Some(ip)) = (listen.ip().is_unspecified(), lan_ip) {
+            shown.set_ip(ip.into());
+        }
+        say!("SETUP MODE: {why}; this box will not join a pair until it is set up");
+        say!("SETUP MODE: open http://{shown}/setup with setup code {code}");
+        // SAFETY: PID 1 has started no threads; the child runs the server
+        // and exits, never returning into boot.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let rc = match setup::serve(listen, target, &code) {
+                Ok(node) => {
+                    say!("setup done: this is {node}; starting the daemon");
+                    0
+                }
+                Err(e) => {
+                    say!("setup server: {e}");
+                    1
+                }
+            };
+            std::process::exit(rc);
+        }
+        if pid < 0 {
+            say!("setup mode: fork: {}", io::Error::last_os_error());
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            continue;
+        }
+        // Reap orphans too while waiting for the setup child.
+        loop {
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer.
+            let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if r == pid {
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    return;
+                }
+                break;
+            }
+            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }

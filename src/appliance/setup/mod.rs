@@ -1,0 +1,311 @@
+//! Setup mode: a box whose pair key is missing, unreadable or the published
+//! factory key never runs the daemon (so never joins a pair). Its status
+//! port serves only the setup page; the console shows the address and a
+//! one-time setup code that authenticates the form. A valid submission
+//! (checked by the same code as `duet check-config`) gets a freshly
+//! generated pair key and admin token, written with the config and the
+//! node's name; then PID 1 goes on to start the daemon, with no reboot.
+//!
+//! The server runs in a child of PID 1 that exits once the box is set up,
+//! so tiny_http's threads never exist in the process that later forks the
+//! daemon.
+
+mod page;
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{self, Config};
+
+/// Why the box must be set up, or None when its key is usable.
+pub fn needs_setup(key: &Path) -> Option<String> {
+    config::read_keys(key)
+        .err()
+        .map(|e| format!("{}: {e}", key.display()))
+}
+
+/// Where a finished setup writes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The config the daemon will run with.
+    pub config: PathBuf,
+    /// Resolves relative paths of the submitted config.
+    pub base: PathBuf,
+    /// The persistent master copy of the key (the data partition), besides
+    /// the config's `key_file`.
+    pub data_key: Option<PathBuf>,
+    /// The one-line file naming this node.
+    pub node: Option<PathBuf>,
+}
+
+/// `n` random bytes from the kernel, as hex.
+pub fn random_hex(n: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        // SAFETY: the pointer and length describe the unfilled tail of buf.
+        let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += r as usize;
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Eight decimal digits, easy to type from a console.
+pub fn setup_code() -> io::Result<String> {
+    let hex = random_hex(8)?;
+    let n = u64::from_str_radix(&hex, 16).map_err(io::Error::other)?;
+    Ok(format!("{:08}", n % 100_000_000))
+}
+
+fn write_secret(path: &Path, value: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("{value}\n"))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A `[cluster]` path key of a config not yet validated, resolved as
+/// `Config::parse` resolves it.
+pub fn cluster_path(text: &str, key: &str, base: &Path) -> Option<PathBuf> {
+    let table: toml::Table = text.parse().ok()?;
+    let p = Path::new(table.get("cluster")?.get(key)?.as_str()?);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    })
+}
+
+/// Checks the submission and writes it with a new key and admin token;
+/// returns the token, or the problems as `line:column: message`.
+pub fn apply(t: &Target, text: &str, node: &str) -> Result<Option<String>, Vec<String>> {
+    let node = node.trim();
+    if node.is_empty() {
+        return Err(vec!["the node's name is empty".into()]);
+    }
+    let io_err = |what: &Path, e: io::Error| vec![format!("{}: {e}", what.display())];
+    let key = random_hex(32).map_err(|e| io_err(Path::new("getrandom"), e))?;
+    let token = random_hex(24).map_err(|e| io_err(Path::new("getrandom"), e))?;
+    // Validation reads the key and token files, so they are written first
+    // and taken back if the config is refused.
+    let key_file = cluster_path(text, "key_file", &t.base);
+    let token_file = cluster_path(text, "admin_token_file", &t.base);
+    let mut written = Vec::new();
+    for (path, value) in [(&key_file, &key), (&token_file, &token)] {
+        if let Some(p) = path {
+            write_secret(p, value).map_err(|e| io_err(p, e))?;
+            written.push(p.clone());
+        }
+    }
+    let refuse = |errs: Vec<String>| {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+        Err(errs)
+    };
+    let cfg = match Config::parse(text, &t.base) {
+        Ok(c) => c,
+        Err(problems) => {
+            return refuse(
+                problems
+                    .iter()
+                    .map(|p| format!("{}:{}: {}", p.line, p.column, p.message))
+                    .collect(),
+            )
+        }
+    };
+    if !cfg.nodes.iter().any(|n| n.name.get_ref() == node) {
+        return refuse(vec![format!(
+            "node {node:?} is not a [[node]] of the config"
+        )]);
+    }
+    let mut writes = vec![(t.config.clone(), text.to_string(), false)];
+    if let Some(k) = &t.data_key {
+        writes.push((k.clone(), key.clone(), true));
+    }
+    if let Some(n) = &t.node {
+        writes.push((n.clone(), format!("{node}\n"), false));
+    }
+    for (path, value, secret) in writes {
+        let r = if secret {
+            write_secret(&path, &value)
+        } else {
+            write_file(&path, &value)
+        };
+        if let Err(e) = r {
+            return refuse(io_err(&path, e));
+        }
+    }
+    Ok(token_file.map(|_| token))
+}
+
+fn html(code: u16, body: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let ct = tiny_http::Header::from_bytes("Content-Type", "text/html; charset=utf-8")
+        .expect("static header");
+    tiny_http::Response::from_string(body)
+        .with_status_code(code)
+        .with_header(ct)
+}
+
+/// Serves the setup page on `listen` until a submission with `code` has
+/// been applied; returns the node's name.
+pub fn serve(listen: SocketAddr, t: &Target, code: &str) -> io::Result<String> {
+    let server = tiny_http::Server::http(listen).map_err(io::Error::other)?;
+    loop {
+        let mut req = server.recv()?;
+        let reply = match page::route(req.method().as_str(), req.url()) {
+            page::Route::Forbidden => html(
+                403,
+                "<!doctype html><p>This box is in setup mode: only <a href=\"/setup\">/setup</a> \
+                 answers until it is set up.</p>\n"
+                    .into(),
+            ),
+            page::Route::Form => {
+                let current = std::fs::read_to_string(&t.config).unwrap_or_default();
+                html(200, page::form(&current, "", &[]))
+            }
+            page::Route::Submit => {
+                let mut body = Vec::new();
+                let _ = req
+                    .as_reader()
+                    .take(page::MAX_BODY as u64 + 1)
+                    .read_to_end(&mut body);
+                let f = page::parse_form(&String::from_utf8_lossy(&body));
+                let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                if body.len() > page::MAX_BODY {
+                    html(
+                        413,
+                        page::form("", field("node"), &["form too large".into()]),
+                    )
+                } else if !page::code_matches(code, field("code")) {
+                    // Slows guessing: 10^8 codes at one a second.
+                    std::thread::sleep(Duration::from_secs(1));
+                    html(
+                        403,
+                        page::form(field("config"), field("node"), &["wrong setup code".into()]),
+                    )
+                } else {
+                    match apply(t, field("config"), field("node")) {
+                        Ok(token) => {
+                            let node = field("node").trim().to_string();
+                            let _ = req.respond(html(200, page::done(&node, token.as_deref())));
+                            return Ok(node);
+                        }
+                        Err(errs) => html(400, page::form(field("config"), field("node"), &errs)),
+                    }
+                }
+            }
+        };
+        let _ = req.respond(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"[cluster]
+vip = "198.18.0.100"
+interface = "eth0"
+key_file = "key"
+admin_token_file = "admin_token"
+state_dir = "state"
+
+[[node]]
+name = "web1"
+address = "198.18.0.1"
+
+[[node]]
+name = "web2"
+address = "198.18.0.2"
+"#;
+
+    fn target() -> Target {
+        let d = std::env::temp_dir().join(format!("duet-setup-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&d).unwrap();
+        Target {
+            config: d.join("duet.toml"),
+            base: d.clone(),
+            data_key: Some(d.join("data-key")),
+            node: Some(d.join("node")),
+        }
+    }
+
+    #[test]
+    fn missing_and_factory_keys_need_setup() {
+        let t = target();
+        let key = t.base.join("key");
+        assert!(needs_setup(&key).is_some());
+        std::fs::write(&key, config::FACTORY_KEY).unwrap();
+        assert!(needs_setup(&key).unwrap().contains("factory"));
+        std::fs::write(&key, random_hex(32).unwrap()).unwrap();
+        assert_eq!(needs_setup(&key), None);
+    }
+
+    #[test]
+    fn codes_and_keys_are_fresh() {
+        let c = setup_code().unwrap();
+        assert_eq!(c.len(), 8);
+        assert!(c.bytes().all(|b| b.is_ascii_digit()));
+        let (a, b) = (random_hex(32).unwrap(), random_hex(32).unwrap());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_valid_config_is_written_with_a_new_key() {
+        let t = target();
+        let token = apply(&t, CONFIG, "web2").unwrap().expect("token");
+        assert_eq!(std::fs::read_to_string(&t.config).unwrap(), CONFIG);
+        assert_eq!(
+            std::fs::read_to_string(t.node.as_ref().unwrap()).unwrap(),
+            "web2\n"
+        );
+        let key = std::fs::read_to_string(t.base.join("key")).unwrap();
+        assert_eq!(key.trim().len(), 64);
+        assert_eq!(
+            std::fs::read_to_string(t.data_key.as_ref().unwrap()).unwrap(),
+            key
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.base.join("admin_token"))
+                .unwrap()
+                .trim(),
+            token
+        );
+        assert_eq!(needs_setup(&t.base.join("key")), None);
+    }
+
+    #[test]
+    fn a_refused_config_leaves_the_box_in_setup_mode() {
+        let t = target();
+        let bad = CONFIG.replace("vip = \"198.18.0.100\"", "vip = \"nope\"");
+        let errs = apply(&t, &bad, "web1").unwrap_err();
+        assert!(errs[0].starts_with("2:"), "{errs:?}");
+        assert!(needs_setup(&t.base.join("key")).is_some());
+        assert!(!t.config.exists());
+        let errs = apply(&t, CONFIG, "web9").unwrap_err();
+        assert!(errs[0].contains("web9"), "{errs:?}");
+        assert!(needs_setup(&t.base.join("key")).is_some());
+        assert!(apply(&t, CONFIG, " ").is_err());
+    }
+}
