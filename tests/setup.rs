@@ -1,0 +1,136 @@
+//! Issue 18: no shared default key. A node never runs with the published
+//! factory key, and `duet setup` (the page an appliance without a key
+//! serves) sets a node up from a real HTTP client: 403 for everything but
+//! the setup page, a wrong code and a bad config refused, then a fresh key
+//! and admin token with which the pair forms.
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FACTORY_KEY: &str = "duet-factory-default-key-CHANGE-ME";
+
+/// HTTP status code and body of a curl run from the client namespace.
+fn curl(c: &Cluster, args: &str) -> (u16, String) {
+    let out = c.exec(
+        &c.client,
+        &format!("curl -s -m 10 -w '\\n%{{http_code}}' {args}"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
+    let opts = Opts {
+        start: false,
+        ..Opts::default()
+    };
+    let mut c = Cluster::new(opts);
+    let (d1, d2) = (c.nodes[0].dir.clone(), c.nodes[1].dir.clone());
+
+    // The daemon refuses the factory key with a clear error.
+    std::fs::write(d2.join("key"), format!("{FACTORY_KEY}\n")).unwrap();
+    let out = c.exec(
+        &c.nodes[1].ns,
+        &format!(
+            "timeout 20 {} run -c {}",
+            duet_bin(),
+            d2.join("duet.toml").display()
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "duet ran with the factory key: {err}"
+    );
+    assert!(err.contains("factory key"), "{err}");
+
+    // web1 has no key and no token: it is set up through the page.
+    let config = std::fs::read_to_string(d1.join("duet.toml")).unwrap();
+    std::fs::remove_file(d1.join("key")).unwrap();
+    let _ = std::fs::remove_file(d1.join("token"));
+    let mut setup = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[0].ns, duet_bin(), "setup", "-c"])
+        .arg(d1.join("duet.toml"))
+        .args(["--listen", "198.18.0.1:8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(setup.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let code = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(code.len(), 8, "no setup code in {first:?}");
+    let base = "http://198.18.0.1:8080";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let form = loop {
+        let (status, body) = curl(&c, &format!("{base}/setup"));
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(form.0, 200, "setup page: {}", form.1);
+    assert!(form.1.contains("name=\"config\""), "{}", form.1);
+    for path in ["/api/status", "/metrics", "/"] {
+        let method = if path == "/" { "-X POST" } else { "" };
+        let (status, _) = curl(&c, &format!("{method} {base}{path}"));
+        assert_eq!(status, 403, "{path} in setup mode");
+    }
+    let cfg_file = c.dir.join("submitted.toml");
+    std::fs::write(&cfg_file, &config).unwrap();
+    let post = |code: &str, node: &str, file: &std::path::Path| {
+        curl(
+            &c,
+            &format!(
+                "--data-urlencode code={code} --data-urlencode node={node} \
+                 --data-urlencode config@{} {base}/setup",
+                file.display()
+            ),
+        )
+    };
+    let (status, body) = post("00000000x", "web1", &cfg_file);
+    assert_eq!(status, 403, "wrong code: {body}");
+    assert!(body.contains("wrong setup code"));
+    let bad = c.dir.join("bad.toml");
+    std::fs::write(&bad, config.replace("vrid = 7", "vrid = 0")).unwrap();
+    let (status, body) = post(&code, "web1", &bad);
+    assert_eq!(status, 400, "bad config: {body}");
+    assert!(body.contains("4:8: cluster.vrid"), "line:column in {body}");
+    assert!(!d1.join("key").exists(), "a refused config left a key");
+    let (status, body) = post(&code, "web1", &cfg_file);
+    assert_eq!(status, 200, "setup: {body}");
+    let token = body
+        .split("id=\"admin-token\">")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(token.len(), 48, "{body}");
+    assert!(setup.wait().unwrap().success(), "duet setup did not exit 0");
+    let key = std::fs::read_to_string(d1.join("key")).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    assert_eq!(
+        std::fs::read_to_string(d1.join("token")).unwrap().trim(),
+        token
+    );
+    assert_eq!(std::fs::read_to_string(d1.join("node")).unwrap(), "web1\n");
+
+    // The generated key pairs the two nodes.
+    std::fs::write(d2.join("key"), &key).unwrap();
+    c.start_duet(0);
+    c.start_duet(1);
+    let i = c.wait_one_director(Duration::from_secs(30));
+    let peer = c.status(1 - i).unwrap();
+    assert_eq!(peer["role"], "standby", "{peer}");
+}
