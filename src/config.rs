@@ -236,9 +236,115 @@ impl BackendSpec {
 #[serde(rename_all = "lowercase")]
 pub enum CheckKindName {
     Http,
+    Https,
+    Dns,
+    Ping,
+    Banner,
+    Mysql,
+    Pgsql,
+    Udp,
     Tcp,
     Exec,
     None,
+}
+
+/// The greeting a `banner` check expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BannerProtocol {
+    Smtp,
+    Pop,
+    Imap,
+    Ftp,
+    Nntp,
+}
+
+impl BannerProtocol {
+    /// How the server's first line starts (NNTP: 200 or 201).
+    pub fn greeting(self) -> &'static str {
+        match self {
+            BannerProtocol::Smtp | BannerProtocol::Ftp => "220",
+            BannerProtocol::Pop => "+OK",
+            BannerProtocol::Imap => "* OK",
+            BannerProtocol::Nntp => "20",
+        }
+    }
+
+    /// The protocol usually served on `port`.
+    pub fn for_port(port: u16) -> Option<BannerProtocol> {
+        match port {
+            25 | 465 | 587 => Some(BannerProtocol::Smtp),
+            110 => Some(BannerProtocol::Pop),
+            143 => Some(BannerProtocol::Imap),
+            21 => Some(BannerProtocol::Ftp),
+            119 => Some(BannerProtocol::Nntp),
+            _ => None,
+        }
+    }
+}
+
+/// DNS record types a `dns` check can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsType {
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Ptr,
+    Soa,
+    Srv,
+    Txt,
+}
+
+impl DnsType {
+    pub fn number(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Ptr => 12,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+            DnsType::Srv => 33,
+        }
+    }
+}
+
+/// DNS response codes a `dns` check can expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRcode {
+    Noerror,
+    Formerr,
+    Servfail,
+    Nxdomain,
+    Notimp,
+    Refused,
+}
+
+impl DnsRcode {
+    pub fn number(self) -> u16 {
+        match self {
+            DnsRcode::Noerror => 0,
+            DnsRcode::Formerr => 1,
+            DnsRcode::Servfail => 2,
+            DnsRcode::Nxdomain => 3,
+            DnsRcode::Notimp => 4,
+            DnsRcode::Refused => 5,
+        }
+    }
+}
+
+/// How a `dns` check reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    Udp,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +364,34 @@ pub struct Check {
     /// Port to probe; defaults to the service port.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Address to probe instead of the backend's.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// https: verify the certificate against the webpki roots.
+    #[serde(default)]
+    pub verify: bool,
+    /// dns: the name asked for (default: `request`, else the root).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// dns: the record type asked for.
+    #[serde(default, rename = "type")]
+    pub qtype: Option<DnsType>,
+    #[serde(default)]
+    pub transport: Option<DnsTransport>,
+    #[serde(default)]
+    pub rcode: Option<DnsRcode>,
+    /// dns: an A or AAAA record the answer must contain.
+    #[serde(default)]
+    pub expect_address: Option<std::net::IpAddr>,
+    /// ping: echoes per check.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// banner: which greeting to expect (default: from the check port).
+    #[serde(default)]
+    pub protocol: Option<BannerProtocol>,
+    /// banner: the greeting prefix, overriding `protocol`'s.
+    #[serde(default)]
+    pub greeting: Option<String>,
     #[serde(default = "default_check_interval")]
     pub interval: Dur,
     #[serde(default = "default_check_timeout")]
@@ -598,6 +732,23 @@ impl Config {
             if let Some(ch) = &s.check {
                 if ch.kind == CheckKindName::Exec && ch.command.is_none() {
                     p.at(s.port.span(), "check kind \"exec\" needs a command".into());
+                }
+                let check_port = ch.port.unwrap_or(*s.port.get_ref());
+                if ch.kind == CheckKindName::Banner
+                    && ch.greeting.is_none()
+                    && ch.protocol.is_none()
+                    && BannerProtocol::for_port(check_port).is_none()
+                {
+                    p.at(
+                        s.port.span(),
+                        format!(
+                            "check kind \"banner\" on port {check_port} needs a protocol \
+                             (smtp, pop, imap, ftp, nntp) or a greeting"
+                        ),
+                    );
+                }
+                if ch.kind == CheckKindName::Udp && ch.request.is_none() {
+                    p.at(s.port.span(), "check kind \"udp\" needs a request".into());
                 }
                 if ch.rise == 0 || ch.fall == 0 {
                     p.at(

@@ -89,6 +89,7 @@ struct Settings {
     connecttimeout_ms: Option<u64>,
     failurecount: Option<u32>,
     fallback: Option<(usize, String)>,
+    checkport: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -477,7 +478,8 @@ fn global_directive(s: &mut Settings, key: &str, value: &str, no: usize, w: &mut
     }
     match key {
         // duet checks every backend concurrently, as fork=yes does.
-        "fork" => {}
+        // Labels for ldirectord's own status output.
+        "fork" | "servicename" | "comment" => {}
         "logfile" => w.unsupported(
             LDIRECTORD,
             no,
@@ -527,12 +529,16 @@ fn virtual_directive(s: &mut Settings, key: &str, value: &str, no: usize, w: &mu
                 w.unsupported(LDIRECTORD, no, key, "HTTP checks always use GET");
             }
         }
-        "checkport" => w.unsupported(LDIRECTORD, no, key, "checks use the service port"),
+        "checkport" => match value.parse::<u16>() {
+            Ok(p) if p > 0 => s.checkport = Some(p),
+            _ => w.unsupported(LDIRECTORD, no, key, "not a port number"),
+        },
         "login" | "passwd" | "database" | "secret" => w.unsupported(
             LDIRECTORD,
             no,
             key,
-            "protocol-level checks are limited to http; use checktype=external with a script",
+            "checks of mail and database servers are connect-level (greeting only, no \
+            login); use checktype=external with a script to log in",
         ),
         "monitorfile" => w.unsupported(
             LDIRECTORD,
@@ -711,6 +717,8 @@ struct Check {
     receive: Option<String>,
     host: Option<String>,
     command: Option<String>,
+    /// Further `key = value` lines, the value already TOML.
+    extra: Vec<(&'static str, String)>,
 }
 
 fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
@@ -729,28 +737,53 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
         receive: None,
         host: None,
         command: None,
+        extra: Vec::new(),
     };
-    let negotiate = |w: &mut Warnings| {
-        if service == "http" {
+    let web = |kind| Check {
+        request: Some(s.request.clone().unwrap_or_else(|| "/".into())),
+        receive: s.receive.clone(),
+        host: s.virtualhost.clone(),
+        ..plain(kind)
+    };
+    let negotiate = |w: &mut Warnings| match service.as_str() {
+        "http" => web("http"),
+        "https" => web("https"),
+        "smtp" | "pop" | "imap" | "ftp" | "nntp" => Check {
+            extra: vec![("protocol", q(&service))],
+            ..plain("banner")
+        },
+        "mysql" => plain("mysql"),
+        "pgsql" => plain("pgsql"),
+        "dns" => {
+            // ldirectord resolves `request` and looks for `receive` among
+            // the answers.
+            let mut extra = vec![("name", q(s.request.as_deref().unwrap_or(".")))];
+            if let Some(addr) = s
+                .receive
+                .as_deref()
+                .and_then(|r| r.parse::<std::net::IpAddr>().ok())
+            {
+                extra.push(("expect_address", q(&addr.to_string())));
+            }
+            if matches!(&s.protocol, Some((_, p)) if p == "tcp") {
+                extra.push(("transport", q("tcp")));
+            }
             Check {
-                kind: "http",
-                request: Some(s.request.clone().unwrap_or_else(|| "/".into())),
-                receive: s.receive.clone(),
-                host: s.virtualhost.clone(),
-                command: None,
+                extra,
+                ..plain("dns")
             }
-        } else {
-            if service != "none" {
-                w.unsupported(
-                    LDIRECTORD,
-                    ct_line,
-                    "checktype",
-                    &format!(
-                        "negotiate checks of service {service} are not available (only \
-                        http); a tcp connect check is used"
-                    ),
-                );
-            }
+        }
+        "none" => plain("tcp"),
+        other => {
+            w.unsupported(
+                LDIRECTORD,
+                ct_line,
+                "checktype",
+                &format!(
+                    "negotiate checks of service {other} are not available (http, https, \
+                    smtp, pop, imap, ftp, nntp, dns, mysql, pgsql); a tcp connect check is used"
+                ),
+            );
             plain("tcp")
         }
     };
@@ -768,15 +801,7 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
             );
             plain("none")
         }
-        "ping" => {
-            w.unsupported(
-                LDIRECTORD,
-                ct_line,
-                "checktype",
-                "ICMP checks are not available; a tcp connect check is used",
-            );
-            plain("tcp")
-        }
+        "ping" => plain("ping"),
         "external" | "external-perl" => match &s.checkcommand {
             Some(cmd) => {
                 // ldirectord passes VIP, virtual port, real IP, real port
@@ -1073,15 +1098,15 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         let check = check_of(v, w);
         let interval = s.checkinterval_ms.unwrap_or(DEFAULT_CHECK_INTERVAL_MS);
         let timeout = match check.kind {
-            "http" => s
-                .negotiatetimeout_ms
-                .or(s.checktimeout_ms)
-                .unwrap_or(DEFAULT_NEGOTIATE_TIMEOUT_MS),
             "tcp" => s
                 .connecttimeout_ms
                 .or(s.checktimeout_ms)
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
-            _ => s.checktimeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            "exec" | "none" | "ping" => s.checktimeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            _ => s
+                .negotiatetimeout_ms
+                .or(s.checktimeout_ms)
+                .unwrap_or(DEFAULT_NEGOTIATE_TIMEOUT_MS),
         };
 
         let _ = writeln!(
@@ -1141,6 +1166,12 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         }
         if let Some(c) = &check.command {
             let _ = writeln!(out, "command = {}", q(c));
+        }
+        for (key, value) in &check.extra {
+            let _ = writeln!(out, "{key} = {value}");
+        }
+        if let Some(p) = s.checkport {
+            let _ = writeln!(out, "port = {p}");
         }
         let _ = writeln!(out, "interval = {}", duration(interval));
         let _ = writeln!(out, "timeout = {}", duration(timeout));
@@ -1234,14 +1265,13 @@ mod tests {
         assert_eq!(s(&v, "service.1.scheduler"), "wlc");
         assert_eq!(s(&v, "service.1.persistence"), "600s");
         assert_eq!(get(&v, "service.1.serve_local").as_bool(), Some(true));
-        assert_eq!(s(&v, "service.1.check.kind"), "tcp");
+        assert_eq!(s(&v, "service.1.check.kind"), "https");
         assert_eq!(get(&v, "service.1.check.quiescent").as_bool(), Some(false));
+        assert!(!has_warning(&i, "negotiate checks of service https"));
 
         for expected in [
             "ldirectord.cf line 8: directive autoreload not supported:",
             "ldirectord.cf line 9: directive logfile not supported:",
-            "ldirectord.cf line 35: directive checktype not supported: negotiate checks of \
-                service https",
             "ha.cf line 2: directive logfacility not supported:",
             "ha.cf line 6: directive bcast not supported:",
             "ha.cf line 7: directive mcast not supported:",
@@ -1390,7 +1420,6 @@ not a directive
             "line 2: directive emailalert not supported:",
             "line 7: directive login not supported:",
             "line 8: directive flux not supported: unknown virtual-service directive",
-            "line 12: directive checktype not supported: ICMP",
             "line 13: directive virtual not supported: a cluster has one VIP (198.18.0.100)",
             "line 15: directive virtual not supported: firewall-mark",
             "line 17: directive virtual not supported: \"www.example.com\" is not an IPv4 address",
@@ -1418,7 +1447,8 @@ not a directive
                 \"$DUET_BACKEND_PORT\""
         );
         assert_eq!(s(&v, "service.1.protocol"), "udp");
-        assert_eq!(s(&v, "service.1.check.kind"), "tcp");
+        assert_eq!(s(&v, "service.1.check.kind"), "ping");
+        assert!(!has_warning(&i, "line 12:"));
         assert_eq!(s(&v, "service.2.check.kind"), "none");
         // Directives of skipped virtuals do not leak into the previous one.
         assert!(!has_warning(&i, "line 16:"));

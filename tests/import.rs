@@ -196,3 +196,64 @@ fn netmask_becomes_persistence_netmask() {
     );
     accepted(&scratch("netmask"), &out);
 }
+
+/// Issue 20: resource-agents' sample with every service switched on maps
+/// each service's negotiate check (and ping, checkport=) to a check of its
+/// kind, with no "not available" warning.
+#[test]
+fn every_sample_service_imports_to_its_own_check_kind() {
+    let (out, warnings) = import("ldirectord-sample.cf", "ha.cf");
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+    let services = at(&v, "service").as_array().unwrap();
+    let by_port = |port: i64| {
+        services
+            .iter()
+            .find(|s| s["port"].as_integer() == Some(port))
+            .unwrap_or_else(|| panic!("no service on port {port}:\n{out}"))
+    };
+    for (port, kind) in [
+        (80, "http"),
+        (443, "https"),
+        (21, "banner"),
+        (25, "banner"),
+        (110, "banner"),
+        (143, "banner"),
+        (119, "banner"),
+        (53, "dns"),
+        (5353, "ping"),
+        (3306, "mysql"),
+        (5432, "pgsql"),
+    ] {
+        assert_eq!(s(by_port(port), "check.kind"), kind, "port {port}");
+    }
+    for (port, protocol) in [
+        (21, "ftp"),
+        (25, "smtp"),
+        (110, "pop"),
+        (143, "imap"),
+        (119, "nntp"),
+    ] {
+        assert_eq!(s(by_port(port), "check.protocol"), protocol);
+    }
+    let https = by_port(443);
+    assert_eq!(at(https, "check.port").as_integer(), Some(8080));
+    assert_eq!(s(https, "check.host"), "www.x.y.z");
+    assert_eq!(s(https, "check.receive"), "Test Page");
+    let dns = by_port(53);
+    assert_eq!(s(dns, "check.name"), "www.x.y.z");
+    assert_eq!(s(dns, "check.expect_address"), "192.168.6.240");
+    assert_eq!(s(dns, "protocol"), "udp");
+
+    assert!(
+        !warnings.contains("not available"),
+        "a service is still not available:\n{warnings}"
+    );
+    assert!(!warnings.contains("checkport"), "{warnings}");
+    // What stays missing is named: no login to mail or database servers.
+    assert!(
+        warnings.contains("directive login not supported"),
+        "{warnings}"
+    );
+    accepted(&scratch("sample"), &out);
+}

@@ -4,8 +4,9 @@
 //!
 //! - [`checker`]: the sans-IO rise/fall hysteresis. It is fed probe results
 //!   with an explicit `now` and says when a backend changes state.
-//! - [`probe`]: one blocking check (`http`, `tcp`, `exec`, `none`) with its
-//!   timeout enforced, returning the latency or a [`Failure`].
+//! - [`probe`]: one blocking check (`tcp`, `http`, `https`, `dns`, `ping`,
+//!   `banner`, `mysql`, `pgsql`, `udp`, `exec`, `none`), one file per kind,
+//!   with its timeout enforced, returning the latency or a [`Failure`].
 //! - [`monitor`]: one thread per backend that probes every `interval`, feeds
 //!   the checker, keeps a snapshot for the status page and reports
 //!   transitions through a callback. Checks of different backends never wait
@@ -36,6 +37,7 @@ pub mod monitor;
 pub mod probe;
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 pub use checker::{Checker, Transition};
@@ -53,6 +55,34 @@ pub enum CheckKind {
         host: Option<String>,
         expect_status: Option<u16>,
     },
+    /// The `Http` check over TLS; certificates are checked only if `verify`.
+    Https {
+        request: String,
+        receive: Option<String>,
+        host: Option<String>,
+        expect_status: Option<u16>,
+        verify: bool,
+    },
+    /// One DNS query; up on the expected rcode (and address).
+    Dns(DnsQuery),
+    /// ICMP echo; up when one of `count` echoes is answered.
+    Ping { count: u32 },
+    /// The first line must start with `greeting`; then `request` is sent and
+    /// its answer must contain `receive` (when set).
+    Banner {
+        greeting: String,
+        request: Option<String>,
+        receive: Option<String>,
+    },
+    /// The server's handshake packet (connect-level, no login).
+    Mysql,
+    /// SSLRequest answered `S` or `N` (connect-level, no login).
+    Pgsql,
+    /// `request` in one datagram; an answer (containing `receive`) is up.
+    Udp {
+        request: Vec<u8>,
+        receive: Option<Vec<u8>>,
+    },
     /// Up when a TCP connection to the check port is accepted.
     Tcp,
     /// `/bin/sh -c command` with `DUET_BACKEND_ADDR`, `DUET_BACKEND_PORT` and
@@ -62,12 +92,28 @@ pub enum CheckKind {
     None,
 }
 
+/// What a `dns` check asks and expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    pub name: String,
+    /// Record type number (1 = A, 28 = AAAA...).
+    pub qtype: u16,
+    /// TCP instead of UDP.
+    pub tcp: bool,
+    /// Expected response code (0 = NOERROR, 3 = NXDOMAIN...).
+    pub rcode: u16,
+    /// An A or AAAA record the answer must hold.
+    pub expect_address: Option<IpAddr>,
+}
+
 /// A check with its schedule and hysteresis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub kind: CheckKind,
     /// Port the probe connects to (normally the service port).
     pub port: u16,
+    /// Address the probe goes to instead of the backend's (`check.address`).
+    pub address: Option<Ipv4Addr>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Consecutive successes needed to bring a backend up.

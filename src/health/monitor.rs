@@ -176,7 +176,7 @@ fn run(
         spec,
         initial_up,
     } = target;
-    let socket = SocketAddr::new(addr.into(), spec.port);
+    let socket = SocketAddr::new(spec.address.unwrap_or(addr).into(), spec.port);
     let interval = spec.interval.max(MIN_INTERVAL);
     let mut checker = Checker::new(spec.rise, spec.fall, initial_up);
     let mut next = Instant::now();
@@ -232,6 +232,7 @@ mod tests {
 
     fn spec(kind: CheckKind, port: u16, interval_ms: u64, rise: u32, fall: u32) -> CheckSpec {
         CheckSpec {
+            address: None,
             kind,
             port,
             interval: Duration::from_millis(interval_ms),

@@ -27,33 +27,7 @@ impl Pinger {
         period: Duration,
         lost_after: Duration,
     ) -> std::io::Result<Pinger> {
-        // SAFETY: plain socket(2); owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 50_000,
-        };
-        // SAFETY: tv is a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        let fd = open_socket(Duration::from_millis(50))?;
         let state = Arc::new(AtomicU8::new(UNKNOWN));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
@@ -75,6 +49,44 @@ impl Drop for Pinger {
             let _ = t.join();
         }
     }
+}
+
+/// A raw ICMP socket whose reads wait at most `recv_timeout`.
+pub fn open_socket(recv_timeout: Duration) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_recv_timeout(&fd, recv_timeout);
+    Ok(fd)
+}
+
+/// Bounds the next reads of `fd` (at least 1 ms: zero would mean forever).
+pub fn set_recv_timeout(fd: &OwnedFd, timeout: Duration) {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: tv is a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
 }
 
 fn run(
@@ -123,7 +135,7 @@ fn run(
     }
 }
 
-fn send_echo(fd: &OwnedFd, to: Ipv4Addr, id: u16, seq: u16) {
+pub fn send_echo(fd: &OwnedFd, to: Ipv4Addr, id: u16, seq: u16) {
     let payload = *b"duet-ping";
     let h = Icmpv4Header::with_checksum(
         Icmpv4Type::EchoRequest(IcmpEchoHeader { id, seq }),

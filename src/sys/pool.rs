@@ -1,8 +1,8 @@
 //! The configured backends of each service as the data plane should see them
 //! now: configuration plus health plus drains, turned into a `Snapshot`.
-use crate::config::{self, CheckKindName, Config};
+use crate::config::{self, BannerProtocol, CheckKindName, Config, DnsRcode, DnsTransport, DnsType};
 use crate::forward::{BackendSnap, Scheduler, ServiceSnap, Snapshot};
-use crate::health::{CheckKind, CheckSpec, HealthState};
+use crate::health::{CheckKind, CheckSpec, DnsQuery, HealthState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
@@ -191,6 +191,44 @@ pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
             host: c.host.clone(),
             expect_status: c.status,
         },
+        CheckKindName::Https => CheckKind::Https {
+            request: c.request.clone().unwrap_or_else(|| "/".into()),
+            receive: c.receive.clone(),
+            host: c.host.clone(),
+            expect_status: c.status,
+            verify: c.verify,
+        },
+        CheckKindName::Dns => CheckKind::Dns(DnsQuery {
+            name: c
+                .name
+                .clone()
+                .or_else(|| c.request.clone())
+                .unwrap_or_else(|| ".".into()),
+            qtype: c.qtype.unwrap_or(DnsType::A).number(),
+            tcp: c.transport == Some(DnsTransport::Tcp),
+            rcode: c.rcode.unwrap_or(DnsRcode::Noerror).number(),
+            expect_address: c.expect_address,
+        }),
+        CheckKindName::Ping => CheckKind::Ping {
+            count: c.count.unwrap_or(1),
+        },
+        CheckKindName::Banner => CheckKind::Banner {
+            // Validation made sure one of the three is there.
+            greeting: c.greeting.clone().unwrap_or_else(|| {
+                c.protocol
+                    .or_else(|| BannerProtocol::for_port(c.port.unwrap_or(port)))
+                    .map_or("", BannerProtocol::greeting)
+                    .to_string()
+            }),
+            request: c.request.clone(),
+            receive: c.receive.clone(),
+        },
+        CheckKindName::Mysql => CheckKind::Mysql,
+        CheckKindName::Pgsql => CheckKind::Pgsql,
+        CheckKindName::Udp => CheckKind::Udp {
+            request: c.request.clone().unwrap_or_default().into_bytes(),
+            receive: c.receive.clone().map(String::into_bytes),
+        },
         CheckKindName::Tcp => CheckKind::Tcp,
         CheckKindName::Exec => CheckKind::Exec {
             command: c.command.clone().unwrap_or_default(),
@@ -200,6 +238,7 @@ pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
     CheckSpec {
         kind,
         port: c.port.unwrap_or(port),
+        address: c.address,
         interval: c.interval.0,
         timeout: c.timeout.0,
         rise: c.rise,

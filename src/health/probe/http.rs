@@ -1,86 +1,43 @@
-//! One blocking health probe with its timeout enforced.
-//!
-//! Each probe opens a fresh connection (or process): nothing is reused, so a
-//! backend that only accepts new connections badly is seen as it is.
+//! `kind = "http"`: `GET request` over a plain connection; the exchange is
+//! shared with `https`, which runs it over TLS.
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{CheckKind, Failure};
+use super::{connect, io_failure, remaining};
+use crate::health::Failure;
 use crate::status::response::{self, Head};
 
 /// Bodies are read up to this size; `receive` must appear within it.
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// How often a running exec check is polled for exit, at most.
-const EXEC_POLL_MAX: Duration = Duration::from_millis(20);
+/// A byte stream whose timeouts are set on the TCP socket beneath it.
+pub(super) trait Conn: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
 
-/// Runs one check of `kind` against `target` and returns its latency, or why
-/// it failed. Returns within `timeout` plus a few milliseconds.
-pub fn probe(
-    kind: &CheckKind,
-    target: SocketAddr,
-    name: &str,
-    timeout: Duration,
-) -> Result<Duration, Failure> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    match kind {
-        CheckKind::None => Ok(Duration::ZERO),
-        CheckKind::Tcp => connect(target, deadline).map(|_| start.elapsed()),
-        CheckKind::Http {
-            request,
-            receive,
-            host,
-            expect_status,
-        } => {
-            let req = HttpRequest {
-                path: request,
-                host: host.as_deref(),
-                receive: receive.as_deref(),
-                expect_status: *expect_status,
-            };
-            http(&req, target, deadline).map(|_| start.elapsed())
-        }
-        CheckKind::Exec { command } => {
-            exec(command, target, name, deadline).map(|_| start.elapsed())
-        }
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 }
 
-fn remaining(deadline: Instant) -> Result<Duration, Failure> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(Failure::Timeout)
-    } else {
-        Ok(left)
-    }
+pub(super) struct HttpRequest<'a> {
+    pub path: &'a str,
+    pub host: Option<&'a str>,
+    pub receive: Option<&'a str>,
+    pub expect_status: Option<u16>,
 }
 
-fn io_failure(e: std::io::Error) -> Failure {
-    match e.kind() {
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => Failure::Timeout,
-        ErrorKind::ConnectionRefused => Failure::Refused,
-        _ => Failure::Io(e.to_string()),
-    }
-}
-
-fn connect(target: SocketAddr, deadline: Instant) -> Result<TcpStream, Failure> {
-    TcpStream::connect_timeout(&target, remaining(deadline)?).map_err(io_failure)
-}
-
-struct HttpRequest<'a> {
-    path: &'a str,
-    host: Option<&'a str>,
-    receive: Option<&'a str>,
-    expect_status: Option<u16>,
+pub(super) fn get(req: &HttpRequest, target: SocketAddr, deadline: Instant) -> Result<(), Failure> {
+    let request = http_request_bytes(req, target)?;
+    let stream = connect(target, deadline)?;
+    exchange(req, &request, stream, deadline)
 }
 
 /// Builds the request bytes. ldirectord writes `request="ldirector.html"`
 /// without the leading slash, so one is added when missing.
-fn http_request_bytes(req: &HttpRequest, target: SocketAddr) -> Result<String, Failure> {
+pub(super) fn http_request_bytes(req: &HttpRequest, target: SocketAddr) -> Result<String, Failure> {
     let bad = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
     if bad(req.path) || req.host.is_some_and(bad) {
         return Err(Failure::Io(
@@ -100,10 +57,15 @@ fn http_request_bytes(req: &HttpRequest, target: SocketAddr) -> Result<String, F
     ))
 }
 
-fn http(req: &HttpRequest, target: SocketAddr, deadline: Instant) -> Result<(), Failure> {
-    let request = http_request_bytes(req, target)?;
-    let mut stream = connect(target, deadline)?;
+/// Sends `request` on `stream` and judges the response.
+pub(super) fn exchange<C: Conn>(
+    req: &HttpRequest,
+    request: &str,
+    mut stream: C,
+    deadline: Instant,
+) -> Result<(), Failure> {
     stream
+        .tcp()
         .set_write_timeout(Some(remaining(deadline)?))
         .map_err(io_failure)?;
     stream.write_all(request.as_bytes()).map_err(io_failure)?;
@@ -125,12 +87,16 @@ fn http(req: &HttpRequest, target: SocketAddr, deadline: Instant) -> Result<(), 
             break;
         }
         stream
+            .tcp()
             .set_read_timeout(Some(remaining(deadline)?))
             .map_err(io_failure)?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A TLS peer that closes without close_notify: the data so far
+            // is all there is.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(io_failure(e)),
         }
     }
@@ -161,68 +127,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Failure> {
     response::parse_head(buf).map_err(Failure::BadResponse)
 }
 
-fn exec(command: &str, target: SocketAddr, name: &str, deadline: Instant) -> Result<(), Failure> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env("DUET_BACKEND_ADDR", target.ip().to_string())
-        .env("DUET_BACKEND_PORT", target.port().to_string())
-        .env("DUET_BACKEND_NAME", name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group, so a timeout kills the script's children
-        // too and none outlives the check.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Failure::Io(format!("cannot run /bin/sh: {e}")))?;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                return match (status.code(), status.signal()) {
-                    (Some(0), _) => Ok(()),
-                    (Some(code), _) => Err(Failure::Exit(code)),
-                    (None, Some(sig)) => Err(Failure::Exit(128 + sig)),
-                    (None, None) => Err(Failure::Io("check ended without a status".into())),
-                };
-            }
-            Ok(None) => {}
-            Err(e) => {
-                kill_group(&mut child);
-                return Err(Failure::Io(e.to_string()));
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            kill_group(&mut child);
-            return Err(Failure::Timeout);
-        }
-        std::thread::sleep(pause.min(left));
-        pause = (pause * 2).min(EXEC_POLL_MAX);
-    }
-}
-
-fn kill_group(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) with a negative pid signals the process group we
-        // created for this child; it touches no memory.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-    let _ = child.kill();
-    // Reap it so no zombie is left; SIGKILL makes this prompt.
-    let _ = child.wait();
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{refused_addr, T};
     use super::*;
+    use crate::health::probe::probe;
+    use crate::health::{CheckKind, Failure};
     use std::io::BufRead;
     use std::net::{Ipv4Addr, TcpListener};
     use std::sync::mpsc;
     use std::thread;
+    use std::time::Duration;
 
     const SLACK: Duration = Duration::from_millis(300);
 
@@ -276,15 +191,6 @@ mod tests {
             expect_status: None,
         }
     }
-
-    fn refused_addr() -> SocketAddr {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        addr
-    }
-
-    const T: Duration = Duration::from_millis(500);
 
     #[test]
     fn http_right_content_is_up_and_request_is_well_formed() {
@@ -434,87 +340,5 @@ mod tests {
             parse_head(b"hello world\r\n\r\n"),
             Err(Failure::BadResponse(_))
         ));
-    }
-
-    #[test]
-    fn tcp_ok_and_refused() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        assert!(probe(&CheckKind::Tcp, addr, "web1", T).is_ok());
-        drop(listener);
-        assert_eq!(
-            probe(&CheckKind::Tcp, addr, "web1", T),
-            Err(Failure::Refused)
-        );
-    }
-
-    #[test]
-    fn none_is_always_up() {
-        assert!(probe(&CheckKind::None, refused_addr(), "web1", T).is_ok());
-    }
-
-    fn exec_kind(command: &str) -> CheckKind {
-        CheckKind::Exec {
-            command: command.into(),
-        }
-    }
-
-    #[test]
-    fn exec_true_false_and_exit_code() {
-        let addr: SocketAddr = "198.18.0.20:8080".parse().unwrap();
-        assert!(probe(&exec_kind("true"), addr, "web1", T).is_ok());
-        assert_eq!(
-            probe(&exec_kind("false"), addr, "web1", T),
-            Err(Failure::Exit(1))
-        );
-        assert_eq!(
-            probe(&exec_kind("exit 7"), addr, "web1", T),
-            Err(Failure::Exit(7))
-        );
-    }
-
-    #[test]
-    fn exec_sees_the_backend_in_its_environment() {
-        let addr: SocketAddr = "198.18.0.20:8080".parse().unwrap();
-        let cmd = concat!(
-            r#"[ "$DUET_BACKEND_ADDR" = 198.18.0.20 ] && "#,
-            r#"[ "$DUET_BACKEND_PORT" = 8080 ] && [ "$DUET_BACKEND_NAME" = web1 ]"#
-        );
-        assert!(probe(&exec_kind(cmd), addr, "web1", T).is_ok());
-        assert_eq!(
-            probe(&exec_kind(cmd), addr, "web2", T),
-            Err(Failure::Exit(1))
-        );
-    }
-
-    #[test]
-    fn exec_slow_command_is_killed_at_the_timeout() {
-        let addr: SocketAddr = "198.18.0.20:80".parse().unwrap();
-        let timeout = Duration::from_millis(200);
-        let dir = std::env::temp_dir().join(format!("duet-exec-{}", std::process::id()));
-        let marker = dir.with_extension("marker");
-        let _ = std::fs::remove_file(&marker);
-        // The child `sleep` must die with the shell: if it survived, it would
-        // create the marker after one second.
-        let cmd = format!("sleep 1; touch {}; sleep 5", marker.display());
-        let start = Instant::now();
-        assert_eq!(
-            probe(&exec_kind(&cmd), addr, "web1", timeout),
-            Err(Failure::Timeout)
-        );
-        let took = start.elapsed();
-        assert!(took >= timeout && took < timeout + SLACK, "took {took:?}");
-        thread::sleep(Duration::from_millis(1200));
-        assert!(
-            !marker.exists(),
-            "the check's children outlived the timeout"
-        );
-    }
-
-    #[test]
-    fn failure_display_is_short() {
-        assert_eq!(Failure::Timeout.to_string(), "timeout");
-        assert_eq!(Failure::WrongStatus(503).to_string(), "HTTP status 503");
-        assert_eq!(Failure::Exit(2).to_string(), "exit status 2");
     }
 }
