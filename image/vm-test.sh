@@ -230,8 +230,11 @@ else
     bad "web1 did not come up in setup mode within $BOOT_TIMEOUT s"
     tail -20 "$WORK/console-web1.log.cur" 2>/dev/null | sed "s/^/  web1| /"
 fi
+# Its own admin token, as the factory config names one.
 printf '%s\n' "${PAIR_KEY:-setup-failed-no-key}" >"$WORK/key"
-printf 'write %s /key\n' "$WORK/key" | data_edit "$WORK/disk-web2.img"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin_token"
+printf 'write %s /key\nwrite %s /admin_token\n' "$WORK/key" "$WORK/admin_token" |
+    data_edit "$WORK/disk-web2.img"
 start_vm web2
 
 declare -A T_INIT T_DAEMON T_HB
