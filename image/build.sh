@@ -39,12 +39,12 @@ python3 "$ROOT/image/mkinitramfs.py" \
     --kernel-root "$kroot" --kver "$kver" \
     --modules "$ROOT/firmware/modules" \
     --init "$DUET" \
-    --config "$ROOT/firmware/duet.toml" --key "$ROOT/firmware/key" \
+    --config "$ROOT/firmware/duet.toml" \
     --busybox "$OUT/pkg/busybox-static/bin/busybox" \
     --out "$OUT/initramfs.img"
 
 bash "$ROOT/image/mkdisk.sh" "$OUT/disk.img" "$OUT/vmlinuz" "$OUT/initramfs.img" \
-    "$ROOT/firmware/cmdline" "$ROOT/firmware/duet.toml" "$ROOT/firmware/key" "$OUT/pkg"
+    "$ROOT/firmware/cmdline" "$ROOT/firmware/duet.toml" "$OUT/pkg"
 
 echo "image: kernel $kver"
 for f in vmlinuz vmlinux initramfs.img disk.img; do

@@ -4,10 +4,11 @@
 #                     systemd-boot for UEFI and syslinux for BIOS
 #                     (syslinux's gptmbr.bin in the MBR boots the partition
 #                     flagged LegacyBIOSBootable);
-#   partition 2: data (ext4, label DUETDATA) with duet.toml, key, state/.
-# Usage: mkdisk.sh OUT/disk.img BZIMAGE INITRAMFS CMDLINE_FILE CONFIG KEY PKGDIR
+#   partition 2: data (ext4, label DUETDATA) with duet.toml and state/, and
+#                no key: a fresh box comes up in setup mode.
+# Usage: mkdisk.sh OUT/disk.img BZIMAGE INITRAMFS CMDLINE_FILE CONFIG PKGDIR
 set -euo pipefail
-disk=$1 bzimage=$2 initrd=$3 cmdline_file=$4 config=$5 key=$6 pkg=$7
+disk=$1 bzimage=$2 initrd=$3 cmdline_file=$4 config=$5 pkg=$6
 ESP_MB=${ESP_MB:-64}
 DATA_MB=${DATA_MB:-32}
 work=$(mktemp -d "${disk}.work.XXXXXX")
@@ -49,7 +50,6 @@ mcopy -i "$esp" "$work/syslinux.cfg" ::/syslinux/syslinux.cfg
 data=$work/data
 mkdir -p "$data/state"
 install -m 0644 "$config" "$data/duet.toml"
-install -m 0600 "$key" "$data/key"
 truncate -s ${DATA_MB}M "$work/data.img"
 mkfs.ext4 -q -F -L DUETDATA -d "$data" "$work/data.img"
 

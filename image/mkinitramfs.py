@@ -140,7 +140,6 @@ def main():
     ap.add_argument("--modules", required=True, help="firmware/modules")
     ap.add_argument("--init", required=True, help="static duet binary")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--key", required=True)
     ap.add_argument("--busybox", help="static busybox for the rescue shell")
     ap.add_argument("--out", required=True)
     ap.add_argument("--level", type=int, default=12, help="zstd level")
@@ -189,8 +188,6 @@ def main():
     c.symlink("bin/duet", "/init")
     with open(a.config, "rb") as f:
         c.file("etc/duet/duet.toml", f.read())
-    with open(a.key, "rb") as f:
-        c.file("etc/duet/key", f.read(), 0o600)
 
     made = {"lib/modules"}
     for path in order:

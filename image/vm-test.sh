@@ -10,8 +10,11 @@
 # Checks, in order:
 #   0. disk.img boots with BIOS and with UEFI (image/boot-test.sh; BOOT_TEST=0
 #      skips it);
-#   1. both VMs boot: init mounts, loads modules, configures eth0, mounts the
-#      data partition, starts the daemon (serial console);
+#   1. a fresh image (no key) comes up in setup mode and refuses to run
+#      the daemon; setup through its page (wrong code, then the real one)
+#      starts the daemon with no reboot; web2 gets the pair key on /data;
+#      both VMs boot: init mounts, loads modules, configures eth0, mounts
+#      the data partition, starts the daemon (serial console);
 #   2. the client pings both VMs (the guest kernels answer ICMP);
 #   3. exactly one VM reports role "director" on :8080/api/status, and
 #      its data plane is the eBPF engine;
@@ -190,7 +193,49 @@ role_of() {
     status_json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("role",""))' 2>/dev/null
 }
 
-for n in web1 web2; do start_vm "$n"; done
+# --- setup mode ------------------------------------------------------------
+# The image ships no key: fresh, web1 comes up in setup mode (no daemon,
+# 403 for everything but the setup page) and is set up through the page
+# by a real HTTP client with the code from its console; the daemon then
+# starts without a reboot. web2 gets the pair key the page showed on its
+# data partition, as an operator would copy it.
+setup_page() { ip netns exec "$CLI" curl -s -m 10 -o "$WORK/setup.html" -w '%{http_code}' "$@"; }
+start_vm web1
+if wait_console web1 'SETUP MODE: open' "$BOOT_TIMEOUT" >/dev/null; then
+    code=$(grep -o 'setup code [0-9]*' "$WORK/console-web1.log.cur" | tail -1 | awk '{print $3}')
+    st=""
+    t0=$(now)
+    while [ "$(since "$t0" | cut -d. -f1)" -lt 30 ]; do
+        st=$(ip netns exec "$CLI" curl -s -m 2 -o /dev/null -w '%{http_code}' "http://${IP[web1]}:8080/api/status")
+        [ "$st" = 403 ] && break
+        sleep 0.5
+    done
+    if [ "$st" = 403 ] && ! grep -q 'duet-init: daemon started' "$WORK/console-web1.log.cur"; then
+        ok "fresh image: web1 in setup mode (no key, no daemon, /api/status 403)"
+    else
+        bad "fresh image: web1 not in setup mode (/api/status '$st')"
+    fi
+    form=(--data-urlencode node=web1 --data-urlencode "config@$ROOT/firmware/duet.toml")
+    st=$(setup_page "${form[@]}" --data-urlencode code=x "http://${IP[web1]}:8080/setup")
+    wrong=$st
+    st=$(setup_page "${form[@]}" --data-urlencode "code=$code" "http://${IP[web1]}:8080/setup")
+    PAIR_KEY=$(grep -o 'id="pair-key">[0-9a-f]*' "$WORK/setup.html" | cut -d'>' -f2)
+    if [ "$wrong" = 403 ] && [ "$st" = 200 ] && [ ${#PAIR_KEY} = 64 ] &&
+        wait_console web1 'duet-init: daemon started' 60 >/dev/null; then
+        ok "setup through the page: wrong code 403, then key generated and the daemon started without a reboot"
+    else
+        bad "setup through the page failed (wrong code: $wrong, setup: $st, key '${PAIR_KEY}')"
+    fi
+else
+    bad "web1 did not come up in setup mode within $BOOT_TIMEOUT s"
+    tail -20 "$WORK/console-web1.log.cur" 2>/dev/null | sed "s/^/  web1| /"
+fi
+# Its own admin token, as the factory config names one.
+printf '%s\n' "${PAIR_KEY:-setup-failed-no-key}" >"$WORK/key"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin_token"
+printf 'write %s /key\nwrite %s /admin_token\n' "$WORK/key" "$WORK/admin_token" |
+    data_edit "$WORK/disk-web2.img"
+start_vm web2
 
 declare -A T_INIT T_DAEMON T_HB
 for n in web1 web2; do

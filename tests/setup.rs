@@ -120,6 +120,10 @@ fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
     assert!(setup.wait().unwrap().success(), "duet setup did not exit 0");
     let key = std::fs::read_to_string(d1.join("key")).unwrap();
     assert_eq!(key.trim().len(), 64);
+    assert!(
+        body.contains(&format!("id=\"pair-key\">{}<", key.trim())),
+        "{body}"
+    );
     assert_eq!(
         std::fs::read_to_string(d1.join("token")).unwrap().trim(),
         token

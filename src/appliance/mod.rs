@@ -77,7 +77,8 @@ pub use storage::{probe_label, FsKind};
 
 /// Built-in config, copied into the initramfs by the image build.
 pub const BUILTIN_CONFIG: &str = "/etc/duet/duet.toml";
-/// Built-in key (a known default: the operator replaces it on /data).
+/// Where the daemon reads the key (`cluster.key_file` of the built-in
+/// config); the image ships none, boot copies /data/key here.
 pub const BUILTIN_KEY: &str = "/etc/duet/key";
 /// Module list, one absolute `.ko` path a line, optionally followed by
 /// module parameters.

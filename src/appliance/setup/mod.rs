@@ -95,9 +95,17 @@ pub fn cluster_path(text: &str, key: &str, base: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Checks the submission and writes it with a new key and admin token;
-/// returns the token, or the problems as `line:column: message`.
-pub fn apply(t: &Target, text: &str, node: &str) -> Result<Option<String>, Vec<String>> {
+/// The secrets a setup created, shown once on the page.
+#[derive(Debug)]
+pub struct Done {
+    pub key: String,
+    /// None when the config names no `cluster.admin_token_file`.
+    pub token: Option<String>,
+}
+
+/// Checks the submission and writes it with a new key and admin token,
+/// or returns the problems as `line:column: message`.
+pub fn apply(t: &Target, text: &str, node: &str) -> Result<Done, Vec<String>> {
     let node = node.trim();
     if node.is_empty() {
         return Err(vec!["the node's name is empty".into()]);
@@ -155,7 +163,10 @@ pub fn apply(t: &Target, text: &str, node: &str) -> Result<Option<String>, Vec<S
             return refuse(io_err(&path, e));
         }
     }
-    Ok(token_file.map(|_| token))
+    Ok(Done {
+        key,
+        token: token_file.map(|_| token),
+    })
 }
 
 fn html(code: u16, body: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
@@ -205,9 +216,12 @@ pub fn serve(listen: SocketAddr, t: &Target, code: &str) -> io::Result<String> {
                     )
                 } else {
                     match apply(t, field("config"), field("node")) {
-                        Ok(token) => {
+                        Ok(done) => {
                             let node = field("node").trim().to_string();
-                            let _ = req.respond(html(200, page::done(&node, token.as_deref())));
+                            let _ = req.respond(html(
+                                200,
+                                page::done(&node, &done.key, done.token.as_deref()),
+                            ));
                             return Ok(node);
                         }
                         Err(errs) => html(400, page::form(field("config"), field("node"), &errs)),
@@ -274,13 +288,15 @@ address = "198.18.0.2"
     #[test]
     fn a_valid_config_is_written_with_a_new_key() {
         let t = target();
-        let token = apply(&t, CONFIG, "web2").unwrap().expect("token");
+        let done = apply(&t, CONFIG, "web2").unwrap();
+        let token = done.token.expect("token");
         assert_eq!(std::fs::read_to_string(&t.config).unwrap(), CONFIG);
         assert_eq!(
             std::fs::read_to_string(t.node.as_ref().unwrap()).unwrap(),
             "web2\n"
         );
         let key = std::fs::read_to_string(t.base.join("key")).unwrap();
+        assert_eq!(key.trim(), done.key);
         assert_eq!(key.trim().len(), 64);
         assert_eq!(
             std::fs::read_to_string(t.data_key.as_ref().unwrap()).unwrap(),

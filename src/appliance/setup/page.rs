@@ -97,7 +97,7 @@ pub fn form(config: &str, node: &str, errors: &[String]) -> String {
 }
 
 /// The answer to a successful setup: the admin token, shown this once.
-pub fn done(node: &str, token: Option<&str>) -> String {
+pub fn done(node: &str, key: &str, token: Option<&str>) -> String {
     let token = match token {
         Some(t) => format!(
             "<p>Admin token (shown once, keep it): <code id=\"admin-token\">{}</code></p>",
@@ -110,9 +110,11 @@ pub fn done(node: &str, token: Option<&str>) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>duet setup done</title></head>\
          <body><h1>Set up as {}</h1>{token}\
-         <p>The pair key is written to the data partition; the daemon is starting. \
-         Copy the key to the other box's data partition to pair them.</p></body></html>\n",
-        escape(node)
+         <p>The daemon is starting. The pair key (written to the data partition; \
+         the other box of the pair needs the same one, shown this once): \
+         <code id=\"pair-key\">{}</code></p></body></html>\n",
+        escape(node),
+        escape(key)
     )
 }
 
@@ -160,6 +162,7 @@ mod tests {
         assert!(p.contains("a = &quot;&lt;b&gt;&quot;"));
         assert!(p.contains("value=\"x&quot;y\""));
         assert!(p.contains("<li>3:1: bad &lt;key&gt;</li>"));
-        assert!(done("w", Some("t<k")).contains("t&lt;k"));
+        assert!(done("w", "k&y", Some("t<k")).contains("t&lt;k"));
+        assert!(done("w", "k&y", None).contains("k&amp;y"));
     }
 }
