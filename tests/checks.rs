@@ -40,6 +40,13 @@ fn services() -> String {
             REAL,
             r#"kind = "https", port = 8080, host = "www.test", request = "/", receive = "Test Page""#,
         ),
+        // The self-signed certificate fails verification when asked for.
+        service(
+            444,
+            "tcp",
+            REAL,
+            r#"kind = "https", port = 8080, host = "www.test", verify = true"#,
+        ),
         service(53, "udp", REAL, r#"kind = "dns", name = "www.test", expect_address = "198.18.0.20""#),
         service(25, "tcp", REAL, r#"kind = "banner", protocol = "smtp", request = "QUIT", receive = "221""#),
         service(143, "tcp", REAL, r#"kind = "banner", protocol = "imap""#),
@@ -248,6 +255,20 @@ fn every_check_kind_sees_its_server_up_and_then_down() {
             backend(&c, d, "tcp/10", NOBODY)
         )
     });
+
+    // verify = true: nginx's self-signed certificate is refused.
+    wait(&c, d, "tcp/444", REAL, Duration::from_secs(10), |b| {
+        b["healthy"] == false
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "https verify = true accepted a self-signed certificate: {:?}",
+            backend(&c, d, "tcp/444", REAL)
+        )
+    });
+    let b = backend(&c, d, "tcp/444", REAL).unwrap();
+    let why = b["last_check"].as_str().unwrap_or("").to_lowercase();
+    assert!(why.contains("certificate"), "{b}");
 
     run.up_then_down(
         "https (service 443, check.port 8080), nginx stopped",
