@@ -936,6 +936,37 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         Config::parse(text, &dir_with_key()).unwrap_err()
     }
 
+    const HTTP_CHECK: &str = r#"check = { kind = "http", request = "/ldirector.html", receive = "Test Page", interval = "1s", timeout = "500ms", rise = 2, fall = 2, quiescent = true }"#;
+
+    #[test]
+    fn check_kinds_parse_with_their_keys() {
+        let d = dir_with_key();
+        let with = |check: &str| Config::parse(&GOOD.replace(HTTP_CHECK, check), &d);
+        let c = with(r#"check = { kind = "dns", name = "www.test", type = "AAAA", transport = "tcp", rcode = "NXDOMAIN", expect_address = "2001:db8::1", address = "198.18.0.53", port = 5353 }"#).unwrap();
+        let ch = c.services[0].check.as_ref().unwrap();
+        assert_eq!(ch.qtype.map(DnsType::number), Some(28));
+        assert_eq!(ch.rcode.map(DnsRcode::number), Some(3));
+        assert_eq!(ch.transport, Some(DnsTransport::Tcp));
+        assert_eq!(ch.address, Some(Ipv4Addr::new(198, 18, 0, 53)));
+        assert_eq!(ch.port, Some(5353));
+        with(r#"check = { kind = "https", verify = true, host = "www.test" }"#).unwrap();
+        with(r#"check = { kind = "banner", protocol = "imap" }"#).unwrap();
+        with(r#"check = { kind = "banner", greeting = "OK" }"#).unwrap();
+        with(r#"check = { kind = "ping", count = 3 }"#).unwrap();
+        with(r#"check = { kind = "udp", request = "hi" }"#).unwrap();
+        let p = with(r#"check = { kind = "dns", type = "BOGUS" }"#).unwrap_err();
+        assert!(p[0].message.contains("BOGUS"), "{p:?}");
+        // Port 80 says nothing about which greeting to expect.
+        let p = with(r#"check = { kind = "banner" }"#).unwrap_err();
+        assert!(p[0].message.contains("needs a protocol"), "{p:?}");
+        let p = with(r#"check = { kind = "udp" }"#).unwrap_err();
+        assert!(p[0].message.contains("needs a request"), "{p:?}");
+        assert_eq!(
+            BannerProtocol::for_port(25).map(BannerProtocol::greeting),
+            Some("220")
+        );
+    }
+
     #[test]
     fn unknown_key_is_located() {
         let bad = GOOD.replace("vrid = 1", "vrid = 1\nbogus = 2");

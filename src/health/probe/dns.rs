@@ -110,28 +110,56 @@ mod tests {
     use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::{rdata::A, Record};
 
-    /// A responder answering every A query with `addr` and `rcode`.
+    /// The answer to `req`: `addr` as an A record, with `rcode`.
+    fn answer(req: &[u8], addr: Ipv4Addr, rcode: ResponseCode) -> Option<Vec<u8>> {
+        let req = Message::from_bytes(req).ok()?;
+        let mut resp = Message::new();
+        resp.set_id(req.id())
+            .set_message_type(MessageType::Response)
+            .set_response_code(rcode)
+            .add_queries(req.queries().to_vec());
+        if let Some(q) = req.queries().first() {
+            resp.add_answer(Record::from_rdata(q.name().clone(), 60, RData::A(A(addr))));
+        }
+        resp.to_vec().ok()
+    }
+
+    /// A UDP responder answering every query with `addr` and `rcode`.
     fn responder(addr: Ipv4Addr, rcode: ResponseCode) -> SocketAddr {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let local = s.local_addr().unwrap();
         std::thread::spawn(move || {
             let mut b = [0u8; 512];
             while let Ok((n, from)) = s.recv_from(&mut b) {
-                let Ok(req) = Message::from_bytes(&b[..n]) else {
-                    continue;
-                };
-                let mut resp = Message::new();
-                resp.set_id(req.id())
-                    .set_message_type(MessageType::Response)
-                    .set_response_code(rcode)
-                    .add_queries(req.queries().to_vec());
-                if let Some(q) = req.queries().first() {
-                    resp.add_answer(Record::from_rdata(q.name().clone(), 60, RData::A(A(addr))));
+                if let Some(a) = answer(&b[..n], addr, rcode) {
+                    let _ = s.send_to(&a, from);
                 }
-                let _ = s.send_to(&resp.to_vec().unwrap(), from);
             }
         });
         local
+    }
+
+    #[test]
+    fn tcp_transport_frames_query_and_answer() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).unwrap();
+            let mut req = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut req).unwrap();
+            let a = answer(&req, Ipv4Addr::new(198, 18, 0, 20), ResponseCode::NoError).unwrap();
+            let mut framed = (a.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&a);
+            s.write_all(&framed).unwrap();
+        });
+        let q = DnsQuery {
+            tcp: true,
+            ..q(Some([198, 18, 0, 20]), 0)
+        };
+        assert_eq!(query(&q, local, Instant::now() + T), Ok(()));
     }
 
     fn q(expect: Option<[u8; 4]>, rcode: u16) -> DnsQuery {
