@@ -451,6 +451,8 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
             "duet_backend_bytes",
             "duet_backend_check_latency_seconds",
             "duet_sync_lag_entries",
+            "duet_dataplane_local_packets",
+            "duet_dataplane_vip_conflicts",
         ] {
             assert!(
                 names.contains(&want),
@@ -495,7 +497,22 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
                 )
                 .unwrap();
             assert!(total >= 20.0, "director counted {total} connections");
+            // Half of the flows go to the director's own service.
+            let local = sample(&fams, "duet_dataplane_local_packets_total", &[]).unwrap();
+            assert!(local > 0.0, "director delivered {local} packets locally");
+            // The JSON reads the same counter, later: never less.
+            let json = status_of(&c, i)["dataplane"]["local_packets"].as_u64();
+            assert!(
+                json.unwrap() as f64 >= local,
+                "JSON local_packets {json:?} < {local}"
+            );
         }
+        assert_eq!(
+            sample(&fams, "duet_dataplane_vip_conflicts_total", &[]),
+            Some(0.0),
+            "web{}: nobody else claims the VIP",
+            i + 1
+        );
     }
 
     // DESIGN.md section 4, with types.

@@ -114,6 +114,10 @@ pub struct DataplaneStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub rx_bytes: u64,
+    /// Packets to the VIP delivered to this node's own service (not forwarded).
+    pub local_packets: u64,
+    /// Frames from another host claiming the VIP (an address conflict).
+    pub vip_conflicts: u64,
     /// Entries in the connection table.
     pub connections: u64,
     /// Dropped packets by reason.

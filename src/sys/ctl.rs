@@ -1,6 +1,6 @@
 //! The control plane's shared state: what the status server reads and what
 //! admin actions change, under one short-held lock.
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::election::{self, Event, Role};
 use crate::health;
 use crate::status::model::*;
@@ -311,6 +311,36 @@ pub fn report(ctl: &Ctl) -> StatusReport {
                 last_check: h.and_then(|h| h.last_reason.clone()),
             });
         }
+        if let Some((addr, _)) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            // The data plane sends new flows here only while every regular
+            // backend of the service is out, so that is when it is "in use".
+            let service = format!("{}/{}", svc.protocol.name(), port);
+            let in_use = !backends
+                .iter()
+                .any(|b| b.service == service && b.healthy && b.weight > 0);
+            let c = counters.get(&addr).cloned().unwrap_or_default();
+            backends.push(BackendStatus {
+                name: "fallback".into(),
+                address: addr.to_string(),
+                service,
+                healthy: in_use,
+                weight: u32::from(in_use),
+                configured_weight: 1,
+                drained: false,
+                fallback: true,
+                local: addr.is_loopback() || Some(addr) == my_addr,
+                active_connections: c.active,
+                total_connections: c.total,
+                packets: c.packets,
+                bytes: c.bytes,
+                check_latency_ms: None,
+                last_check: None,
+            });
+        }
     }
     let cnt = &st.counters;
     let mut dropped = BTreeMap::new();
@@ -347,6 +377,8 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,
+            local_packets: dp.local_packets,
+            vip_conflicts: dp.vip_conflicts,
             connections: dp.connections as u64,
             drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             tables: [
