@@ -545,6 +545,12 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
             assert!(b["active_connections"].is_u64(), "{ctx}");
             assert!(b["total_connections"].is_u64(), "{ctx}");
         }
+        // The first history sample is taken as the daemon starts.
+        let h = s["history"]["tcp/80"].as_array().expect(&ctx);
+        assert!(!h.is_empty() && h.len() <= 120, "{ctx}");
+        for x in h {
+            assert!(x["ts_ms"].is_u64() && x["new_per_s"].is_f64() && x["active"].is_u64());
+        }
         for e in s["events"].as_array().expect(&ctx) {
             assert!(e["ts_ms"].is_u64() && e["kind"].is_string() && e["message"].is_string());
         }

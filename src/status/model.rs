@@ -34,6 +34,8 @@ pub struct StatusReport {
     pub sync: SyncStats,
     /// Newest first.
     pub events: Vec<EventRecord>,
+    /// Last 10 minutes by service ("tcp/80"), oldest first, one sample per 5 s.
+    pub history: BTreeMap<String, Vec<super::history::Sample>>,
 }
 
 /// What this node knows about another cluster member.

@@ -1086,6 +1086,7 @@ mod tests {
                 kind: "role".into(),
                 message: "standby -> director: <peer dead>".into(),
             }],
+            ..Default::default()
         }
     }
 

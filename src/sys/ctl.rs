@@ -3,6 +3,7 @@
 use crate::config::{self, Config};
 use crate::election::{self, Event, Role};
 use crate::health;
+use crate::status::history::History;
 use crate::status::model::*;
 use crate::status::server::Admin;
 use crate::store::{now_ms, Store};
@@ -50,7 +51,13 @@ pub struct Ctl {
     /// A checked configuration the control loop has yet to take over.
     pending_config: Mutex<Option<Arc<Config>>>,
     pub wake: AtomicBool,
+    /// Connection rates per service over the last 10 minutes, for the page.
+    history: Mutex<History>,
 }
+
+/// One history sample per 5 s over 10 minutes.
+const HISTORY_STEP_MS: u64 = 5_000;
+const HISTORY_WINDOW_MS: u64 = 600_000;
 
 impl Ctl {
     pub fn new(
@@ -68,7 +75,28 @@ impl Ctl {
             config_path,
             pending_config: Mutex::new(None),
             wake: AtomicBool::new(false),
+            history: Mutex::new(History::new(HISTORY_STEP_MS, HISTORY_WINDOW_MS)),
         }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a history sample when one is due; cheap otherwise, so the
+    /// control loop calls it on every turn.
+    pub fn sample_history(&self) {
+        let now = now_ms();
+        if !self.history().due(now) {
+            return;
+        }
+        let mut by_service: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for b in report(self).backends {
+            let e = by_service.entry(b.service).or_default();
+            e.0 += b.total_connections;
+            e.1 += b.active_connections;
+        }
+        self.history().record(now, &by_service);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -407,6 +435,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             rejected: sync.rejected,
         },
         events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
+        history: ctl.history().snapshot(),
     }
 }
 
