@@ -303,6 +303,15 @@ fn fallback_answers_when_all_down() {
         0,
         "fallback used while backends are up: {v}"
     );
+    let fb = c
+        .backend(d, "fallback")
+        .expect("no fallback row in the status");
+    assert_eq!(fb["fallback"], true, "{fb}");
+    assert_eq!(fb["address"], "198.18.0.20", "{fb}");
+    assert_eq!(
+        fb["healthy"], false,
+        "fallback in use while backends are up: {fb}"
+    );
 
     c.stop_web(0);
     c.stop_web(1);
@@ -320,6 +329,13 @@ fn fallback_answers_when_all_down() {
     };
     eprintln!("all down: {v}");
     assert_eq!(hits(&v, "real1"), 10, "the fallback did not answer: {v}");
+    let fb = c
+        .backend(d, "fallback")
+        .expect("no fallback row in the status");
+    assert_eq!(
+        fb["healthy"], true,
+        "fallback answers but is not in use: {fb}"
+    );
 
     c.start_web(1 - d);
     let name = c.nodes[1 - d].name.clone();

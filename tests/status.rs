@@ -451,6 +451,8 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
             "duet_backend_bytes",
             "duet_backend_check_latency_seconds",
             "duet_sync_lag_entries",
+            "duet_dataplane_local_packets",
+            "duet_dataplane_vip_conflicts",
         ] {
             assert!(
                 names.contains(&want),
@@ -495,7 +497,22 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
                 )
                 .unwrap();
             assert!(total >= 20.0, "director counted {total} connections");
+            // Half of the flows go to the director's own service.
+            let local = sample(&fams, "duet_dataplane_local_packets_total", &[]).unwrap();
+            assert!(local > 0.0, "director delivered {local} packets locally");
+            // The JSON reads the same counter, later: never less.
+            let json = status_of(&c, i)["dataplane"]["local_packets"].as_u64();
+            assert!(
+                json.unwrap() as f64 >= local,
+                "JSON local_packets {json:?} < {local}"
+            );
         }
+        assert_eq!(
+            sample(&fams, "duet_dataplane_vip_conflicts_total", &[]),
+            Some(0.0),
+            "web{}: nobody else claims the VIP",
+            i + 1
+        );
     }
 
     // DESIGN.md section 4, with types.
@@ -527,6 +544,12 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
             assert_eq!(b["drained"], false, "{ctx}");
             assert!(b["active_connections"].is_u64(), "{ctx}");
             assert!(b["total_connections"].is_u64(), "{ctx}");
+        }
+        // The first history sample is taken as the daemon starts.
+        let h = s["history"]["tcp/80"].as_array().expect(&ctx);
+        assert!(!h.is_empty() && h.len() <= 120, "{ctx}");
+        for x in h {
+            assert!(x["ts_ms"].is_u64() && x["new_per_s"].is_f64() && x["active"].is_u64());
         }
         for e in s["events"].as_array().expect(&ctx) {
             assert!(e["ts_ms"].is_u64() && e["kind"].is_string() && e["message"].is_string());

@@ -4,6 +4,7 @@
 
 pub mod client;
 mod frontdoor;
+pub mod history;
 pub mod model;
 pub mod render;
 pub(crate) mod response;

@@ -34,6 +34,8 @@ pub struct StatusReport {
     pub sync: SyncStats,
     /// Newest first.
     pub events: Vec<EventRecord>,
+    /// Last 10 minutes by service ("tcp/80"), oldest first, one sample per 5 s.
+    pub history: BTreeMap<String, Vec<super::history::Sample>>,
 }
 
 /// What this node knows about another cluster member.
@@ -114,6 +116,10 @@ pub struct DataplaneStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub rx_bytes: u64,
+    /// Packets to the VIP delivered to this node's own service (not forwarded).
+    pub local_packets: u64,
+    /// Frames from another host claiming the VIP (an address conflict).
+    pub vip_conflicts: u64,
     /// Entries in the connection table.
     pub connections: u64,
     /// Dropped packets by reason.

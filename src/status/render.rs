@@ -211,6 +211,15 @@ fn backend_row(out: &mut String, b: &BackendStatus) {
         (None, None) => "-".to_string(),
     };
     let action = if b.drained { "undrain" } else { "drain" };
+    // The fallback is not a pool member: there is nothing to drain.
+    let button = if b.fallback {
+        String::new()
+    } else {
+        format!(
+            "<button type=\"button\" data-action=\"{action}\" data-name=\"{n}\">{action}</button>",
+            n = esc(&b.name)
+        )
+    };
     let _ = write!(
         out,
         "<br><small class=\"addr\">{a} · {s}</small></td>\
@@ -219,8 +228,7 @@ fn backend_row(out: &mut String, b: &BackendStatus) {
          <td class=\"traffic\">{p} pkts · {by}</td>\
          <td class=\"rate\">-</td>\
          <td class=\"check\">{check}</td>\
-         <td><button type=\"button\" data-action=\"{action}\" data-name=\"{n}\">{action}</button></td></tr>",
-        n = esc(&b.name),
+         <td>{button}</td></tr>",
         a = esc(&b.address),
         s = esc(&b.service),
         w = b.weight,
@@ -322,6 +330,8 @@ pub fn html(r: &StatusReport) -> String {
          <dt>heartbeats sent / received / dropped</dt><dd id=\"hb\">{} / {} / {}</dd>\
          <dt>packets rx / tx</dt><dd id=\"dp-packets\">{} / {}</dd>\
          <dt>bytes rx</dt><dd id=\"dp-bytes\">{}</dd>\
+         <dt>packets delivered locally</dt><dd id=\"dp-local\">{}</dd>\
+         <dt>VIP conflicts seen</dt><dd id=\"dp-conflicts\">{}</dd>\
          <dt>rx rate</dt><dd id=\"dp-rate\">-</dd>\
          <dt>connections</dt><dd id=\"dp-conns\">{}</dd>\
          <dt>flows established / half-open / udp</dt><dd id=\"dp-tables\">{}</dd>\
@@ -333,6 +343,8 @@ pub fn html(r: &StatusReport) -> String {
         r.dataplane.rx_packets,
         r.dataplane.tx_packets,
         fmt_bytes(r.dataplane.rx_bytes),
+        r.dataplane.local_packets,
+        r.dataplane.vip_conflicts,
         r.dataplane.connections,
         esc(&tables_line(&r.dataplane)),
         dp_drops,
@@ -450,7 +462,7 @@ tr.appendChild(el("td","rate",rate(b.name+"|"+b.service+"|"+b.address,t,b.bytes,
 var ck=b.check_latency_ms!==null&&b.check_latency_ms!==undefined?b.check_latency_ms.toFixed(1)+" ms":null;
 tr.appendChild(el("td","check",b.last_check?(ck?b.last_check+" ("+ck+")":b.last_check):(ck||"-")));
 var bt=el("button",null,b.drained?"undrain":"drain");bt.type="button";bt.setAttribute("data-action",b.drained?"undrain":"drain");bt.setAttribute("data-name",b.name);
-var ad=el("td");ad.appendChild(bt);tr.appendChild(ad);return tr;}
+var ad=el("td");if(!b.fallback)ad.appendChild(bt);tr.appendChild(ad);return tr;}
 function render(r){var t=Date.now(),rc=roleClass(r.role);var ro=$("role");ro.textContent=r.role;ro.className="badge big role-"+rc;
 document.body.setAttribute("data-role",r.role);document.title="duet · "+r.node+" · "+r.role;
 $("node").textContent=r.node;$("term").textContent=r.term;$("vip").textContent=r.vip;$("vip-holder").textContent=r.vip_holder||"nobody";
@@ -460,7 +472,7 @@ ns.appendChild(card(r.node,r.role," self"+(r.vip_holder===r.node?" holder":""),[
 var tb=$("backends").tBodies[0];tb.textContent="";(r.backends||[]).forEach(function(b){tb.appendChild(row(b,t));});
 var hb=r.heartbeat||{},dp=r.dataplane||{},sy=r.sync||{};
 $("hb").textContent=hb.sent+" / "+hb.received+" / "+sum(hb.dropped||{});
-$("dp-packets").textContent=dp.rx_packets+" / "+dp.tx_packets;$("dp-bytes").textContent=fb(dp.rx_bytes);
+$("dp-packets").textContent=dp.rx_packets+" / "+dp.tx_packets;$("dp-bytes").textContent=fb(dp.rx_bytes);$("dp-local").textContent=dp.local_packets;$("dp-conflicts").textContent=dp.vip_conflicts;
 $("dp-conns").textContent=dp.connections;$("dp-tables").textContent=tl(dp.tables||{});$("dp-drops").textContent=sum(dp.drops||{});
 var dr="-";if(prevDp&&t>prevDp.t&&dp.rx_bytes>=prevDp.b){var dt=(t-prevDp.t)/1000;dr=fb(Math.round((dp.rx_bytes-prevDp.b)/dt))+"/s · "+Math.round((dp.rx_packets-prevDp.p)/dt)+" pkt/s";}
 prevDp={t:t,b:dp.rx_bytes,p:dp.rx_packets};$("dp-rate").textContent=dr;
@@ -801,6 +813,26 @@ pub fn metrics(r: &StatusReport) -> String {
         &r.dataplane.rx_packets.to_string(),
     );
     p.family(
+        "duet_dataplane_local_packets_total",
+        "counter",
+        "Packets to the VIP delivered to this node's own service.",
+    );
+    p.sample(
+        "duet_dataplane_local_packets_total",
+        &[],
+        &r.dataplane.local_packets.to_string(),
+    );
+    p.family(
+        "duet_dataplane_vip_conflicts_total",
+        "counter",
+        "Frames from another host claiming the VIP.",
+    );
+    p.sample(
+        "duet_dataplane_vip_conflicts_total",
+        &[],
+        &r.dataplane.vip_conflicts.to_string(),
+    );
+    p.family(
         "duet_dataplane_tx_packets_total",
         "counter",
         "Packets forwarded to backends.",
@@ -1011,7 +1043,7 @@ mod tests {
             heartbeat: crate::status::model::HeartbeatStats {
                 sent: 10,
                 received: 9,
-                dropped: BTreeMap::from([("bad_hmac".into(), 1), ("we\"ird\\\n".into(), 2)]),
+                dropped: BTreeMap::from([("auth".into(), 1), ("we\"ird\\\n".into(), 2)]),
                 ..Default::default()
             },
             dataplane: crate::status::model::DataplaneStats {
@@ -1054,6 +1086,7 @@ mod tests {
                 kind: "role".into(),
                 message: "standby -> director: <peer dead>".into(),
             }],
+            ..Default::default()
         }
     }
 
@@ -1301,7 +1334,7 @@ mod tests {
         assert_eq!(s["duet_term"], 7.0);
         assert_eq!(s["duet_heartbeats_sent_total"], 10.0);
         assert_eq!(s["duet_heartbeats_received_total"], 9.0);
-        assert_eq!(s["duet_heartbeats_dropped_total{reason=\"bad_hmac\"}"], 1.0);
+        assert_eq!(s["duet_heartbeats_dropped_total{reason=\"auth\"}"], 1.0);
         // The parser unescapes, so the odd reason comes back verbatim.
         assert_eq!(
             s[&format!(

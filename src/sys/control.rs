@@ -193,6 +193,7 @@ impl ControlLoop {
             }
         }
         self.refresh(now);
+        self.p.ctl.sample_history();
         for ev in self.p.shared.take_events() {
             self.p.ctl.event("flood", &ev.message);
         }

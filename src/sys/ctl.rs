@@ -1,8 +1,9 @@
 //! The control plane's shared state: what the status server reads and what
 //! admin actions change, under one short-held lock.
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::election::{self, Event, Role};
 use crate::health;
+use crate::status::history::History;
 use crate::status::model::*;
 use crate::status::server::Admin;
 use crate::store::{now_ms, Store};
@@ -50,7 +51,13 @@ pub struct Ctl {
     /// A checked configuration the control loop has yet to take over.
     pending_config: Mutex<Option<Arc<Config>>>,
     pub wake: AtomicBool,
+    /// Connection rates per service over the last 10 minutes, for the page.
+    history: Mutex<History>,
 }
+
+/// One history sample per 5 s over 10 minutes.
+const HISTORY_STEP_MS: u64 = 5_000;
+const HISTORY_WINDOW_MS: u64 = 600_000;
 
 impl Ctl {
     pub fn new(
@@ -68,7 +75,28 @@ impl Ctl {
             config_path,
             pending_config: Mutex::new(None),
             wake: AtomicBool::new(false),
+            history: Mutex::new(History::new(HISTORY_STEP_MS, HISTORY_WINDOW_MS)),
         }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a history sample when one is due; cheap otherwise, so the
+    /// control loop calls it on every turn.
+    pub fn sample_history(&self) {
+        let now = now_ms();
+        if !self.history().due(now) {
+            return;
+        }
+        let mut by_service: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for b in report(self).backends {
+            let e = by_service.entry(b.service).or_default();
+            e.0 += b.total_connections;
+            e.1 += b.active_connections;
+        }
+        self.history().record(now, &by_service);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -311,6 +339,36 @@ pub fn report(ctl: &Ctl) -> StatusReport {
                 last_check: h.and_then(|h| h.last_reason.clone()),
             });
         }
+        if let Some((addr, _)) = svc
+            .fallback
+            .as_ref()
+            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
+        {
+            // The data plane sends new flows here only while every regular
+            // backend of the service is out, so that is when it is "in use".
+            let service = format!("{}/{}", svc.protocol.name(), port);
+            let in_use = !backends
+                .iter()
+                .any(|b| b.service == service && b.healthy && b.weight > 0);
+            let c = counters.get(&addr).cloned().unwrap_or_default();
+            backends.push(BackendStatus {
+                name: "fallback".into(),
+                address: addr.to_string(),
+                service,
+                healthy: in_use,
+                weight: u32::from(in_use),
+                configured_weight: 1,
+                drained: false,
+                fallback: true,
+                local: addr.is_loopback() || Some(addr) == my_addr,
+                active_connections: c.active,
+                total_connections: c.total,
+                packets: c.packets,
+                bytes: c.bytes,
+                check_latency_ms: None,
+                last_check: None,
+            });
+        }
     }
     let cnt = &st.counters;
     let mut dropped = BTreeMap::new();
@@ -347,6 +405,8 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,
+            local_packets: dp.local_packets,
+            vip_conflicts: dp.vip_conflicts,
             connections: dp.connections as u64,
             drops: dp.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             tables: [
@@ -375,6 +435,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             rejected: sync.rejected,
         },
         events: ctl.store.as_ref().map(|s| s.events(20)).unwrap_or_default(),
+        history: ctl.history().snapshot(),
     }
 }
 
