@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/duet
-APT_PACKAGES := iproute2 iputils-ping nftables curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client hping3 clang libbpf-dev openssl
+APT_PACKAGES := iproute2 iputils-ping nftables curl python3 ethtool tcpdump nginx-light haproxy wrk chromium python3-prometheus-client prometheus hping3 clang libbpf-dev openssl
 
 .PHONY: all build deps test unit integration lint demo soak clean-netns
 

@@ -386,7 +386,38 @@ fn parsed_metrics(c: &Cluster, i: usize) -> Vec<Value> {
         i + 1,
         v["error"]
     );
+    promtool_is_clean(i, &text);
     v["families"].as_array().unwrap().clone()
+}
+
+/// The ecosystem's own linter (Debian's `prometheus` package): any finding
+/// (a counter without `_total`, a non-base unit, a missing HELP) fails.
+fn promtool_is_clean(i: usize, text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `make deps` installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && findings.trim().is_empty(),
+        "promtool check metrics on web{}: {findings}",
+        i + 1
+    );
 }
 
 fn sample(fams: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
