@@ -1,13 +1,16 @@
-//! The data plane's engines. The userspace one (an AF_PACKET ring, in
-//! src/sys/dataplane.rs) handles every frame itself; the eBPF one adds a tc
-//! program that forwards the frames of established flows in kernel, while
-//! the same thread and the same Rust engine decide every new flow. The
-//! control plane drives both through `sys::dataplane::Shared` and does not
-//! know which one runs.
+//! The data plane: one interface the control plane drives (`Shared`,
+//! `Control`, `spawn`), engines behind it. The userspace engine (an
+//! AF_PACKET ring, in thread.rs) handles every frame itself; the eBPF one
+//! adds a tc program that forwards the frames of established flows in
+//! kernel, while the same thread and the same Rust engine decide every new
+//! flow. The control plane does not know which one runs.
 use crate::config::EngineChoice;
 use std::os::fd::RawFd;
 
 pub mod ebpf;
+mod thread;
+
+pub use thread::{fmt_mac, spawn, Control, DpStats, Params, Shared, SyncExchange, SyncStatus};
 
 /// The engine that runs, for status and metrics.
 pub fn engine_name(kernel: &Option<ebpf::Kernel>) -> &'static str {

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
-use super::dataplane::Shared;
 use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
 use super::{localconns, neigh, ping, signals};
+use crate::dataplane::Shared;
 
 /// The drain set goes to the peer on every change and at this period, so a
 /// peer that was down catches up.

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::dataplane::Shared;
 use super::pool::{backend_defs, health_key, is_healthy, no_new_flows};
+use crate::dataplane::Shared;
 
 /// Everything the status server and admin actions read or change, owned by
 /// the control plane and shared under one short-held lock.

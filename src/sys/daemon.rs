@@ -16,10 +16,10 @@ use std::time::Instant;
 use super::checks::Checks;
 use super::control::{ControlLoop, Parts};
 use super::ctl::{store_warn, Ctl, State};
-use super::dataplane::{self, Control, Shared};
 use super::host::HostSetup;
 use super::pool::{build_snapshot, Inputs};
 use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
+use crate::dataplane::{self, Control, Shared};
 
 pub const TUN_NAME: &str = "duet0";
 

@@ -4,7 +4,6 @@ mod checks;
 mod control;
 mod ctl;
 pub mod daemon;
-pub mod dataplane;
 mod host;
 mod localconns;
 pub mod neigh;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::dataplane::Shared;
+use crate::dataplane::Shared;
 
 pub struct Params {
     pub bind: SocketAddr,

@@ -1,7 +1,7 @@
 //! The eBPF engine's kernel half: loads `duet.bpf.c` (compiled by build.rs,
 //! embedded here), attaches it to the LAN interface and the packet socket,
 //! and reads and writes its maps. What goes into the maps, and when, is
-//! decided by the data-plane thread (src/sys/dataplane.rs) from the Rust
+//! decided by the data-plane thread (src/dataplane/thread.rs) from the Rust
 //! engine's verdicts: this file knows nothing about scheduling.
 use crate::wire::frame::{FlowKey, Mac};
 use aya::maps::{Array, Map, MapData, PerCpuArray};

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
-use super::tun::Tun;
+use crate::sys::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
+use crate::sys::tun::Tun;
 
 /// Gratuitous ARPs after a takeover: spaced so one lost frame is not fatal.
 const GARP_BURST: [Duration; 5] = [
@@ -253,7 +253,7 @@ pub fn spawn(
     let kernel = p.kernel.take();
     let plane = Plane {
         stats: DpStats {
-            engine: crate::dataplane::engine_name(&kernel),
+            engine: super::engine_name(&kernel),
             ..DpStats::default()
         },
         kernel,
