@@ -161,7 +161,7 @@ impl Report {
     }
 }
 
-/// What the data-plane thread does per frame (src/sys/dataplane.rs `handle`),
+/// What the data-plane thread does per frame (src/dataplane/thread.rs `handle`),
 /// minus the socket: classify, decide, rewrite. Returns the bytes to send.
 fn whole_path(engine: &mut Engine, now: Instant, frame: &mut [u8]) -> usize {
     match classify(frame, VIP) {
