@@ -123,6 +123,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         no_new_flows,
     } = *inp;
     let mut services = Vec::new();
+    let mut proxy = Vec::new();
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
@@ -164,6 +165,28 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
                 });
             }
         }
+        if svc.mode == config::ServiceMode::Proxy {
+            proxy.push(crate::proxy::ProxyService::from_snap(
+                svc, port, backends, me,
+            ));
+            services.push(ServiceSnap {
+                proto: svc.protocol.number(),
+                port,
+                scheduler: Scheduler::Rr,
+                persistence: None,
+                persist_mask: Ipv4Addr::BROADCAST,
+                backends: vec![BackendSnap {
+                    name: "proxy".into(),
+                    addr: me,
+                    mac: own_mac,
+                    weight: 1,
+                    up: true,
+                    local: true,
+                    fallback: false,
+                }],
+            });
+            continue;
+        }
         services.push(ServiceSnap {
             proto: svc.protocol.number(),
             port,
@@ -180,6 +203,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
     Snapshot {
         generation,
         services,
+        proxy,
     }
 }
 

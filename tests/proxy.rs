@@ -1,0 +1,143 @@
+//! Issue 15: `mode = "proxy"` services, an HTTP reverse proxy on the
+//! director next to DR services, against real backends in network namespaces.
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROXY: &str = r#"
+[[service]]
+port = 80
+scheduler = "rr"
+serve_local = true
+
+[[service]]
+port = 8000
+mode = "proxy"
+scheduler = "rr"
+serve_local = false
+trusted_proxies = ["198.18.0.250"]
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+"#;
+
+fn echo(c: &mut Cluster, i: usize) -> Child {
+    let r = &c.reals[i];
+    Command::new("ip")
+        .args(["netns", "exec", &r.ns, "python3"])
+        .arg(support("echohdr.py"))
+        .args(["--name", &r.name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("echohdr.py")
+}
+
+fn curl(c: &Cluster, args: &str) -> String {
+    let o = c.exec(
+        &c.client,
+        &format!("curl -s -m 5 -w '\\ncode=%{{http_code}}\\n' {args}"),
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls until the proxy answers 200 through the VIP.
+fn wait_proxy(c: &Cluster) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = curl(c, &format!("http://{VIP}:8000/"));
+        if out.contains("code=200") {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "proxy never answered: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
+    let mut c = Cluster::new(Opts {
+        services: PROXY.into(),
+        real_servers: 2,
+        ..Opts::default()
+    });
+    let e0 = echo(&mut c, 0);
+    let e1 = echo(&mut c, 1);
+    c.adopt(e0);
+    c.adopt(e1);
+    let d = c.wait_one_director(Duration::from_secs(10));
+    let first = wait_proxy(&c);
+
+    // Headers the backend got: the client's address appended, proto and
+    // host set, one request per backend connection.
+    assert!(first.contains("X-Forwarded-For: 198.18.0.254\n"), "{first}");
+    assert!(first.contains("X-Forwarded-Proto: http\n"), "{first}");
+    assert!(
+        first.contains(&format!("X-Forwarded-Host: {VIP}:8000\n")),
+        "{first}"
+    );
+    assert!(first.contains("Connection: close\n"), "{first}");
+
+    // rr spreads requests over both backends.
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let out = curl(&c, &format!("http://{VIP}:8000/"));
+        assert!(out.contains("code=200"), "{out}");
+        let name = out.lines().next().unwrap_or("").to_string();
+        names.insert(name);
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    // The client is not a trusted proxy: its forwarding headers are dropped.
+    let spoof = curl(
+        &c,
+        &format!("-H 'X-Forwarded-For: 6.6.6.6' -H 'X-Forwarded-Proto: https' http://{VIP}:8000/"),
+    );
+    assert!(spoof.contains("code=200"), "{spoof}");
+    assert!(!spoof.contains("6.6.6.6"), "{spoof}");
+    assert!(!spoof.contains("https"), "{spoof}");
+
+    // Too many headers: 431 from the proxy itself.
+    let many: String = (0..150).map(|i| format!("-H 'X-H{i}: v' ")).collect();
+    let big = curl(&c, &format!("{many} http://{VIP}:8000/"));
+    assert!(big.contains("code=431"), "{big}");
+
+    // The DR service on the same VIP keeps working.
+    let dr = curl(&c, &format!("http://{VIP}/"));
+    assert!(dr.contains("code=200"), "{dr}");
+
+    // Only the director listens on VIP:8000.
+    let standby = 1 - d;
+    let ss = c.exec(&c.nodes[standby].ns, "ss -ltnH");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        !ss.contains(&format!("{VIP}:8000")),
+        "standby listens: {ss}"
+    );
+
+    // kill -9 the director: the survivor takes over and proxies.
+    c.kill9(d);
+    c.wait_role(standby, "director", Duration::from_secs(15))
+        .expect("standby never became director");
+    let after = wait_proxy(&c);
+    assert!(after.contains("X-Forwarded-For: 198.18.0.254\n"), "{after}");
+}
+
+#[test]
+fn proxy_answers_502_when_connecting_to_the_backend_fails() {
+    let c = Cluster::new(Opts {
+        services: PROXY.into(),
+        real_servers: 2,
+        ..Opts::default()
+    });
+    c.wait_one_director(Duration::from_secs(10));
+    // No echo servers: connecting is refused, the client gets 502.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = curl(&c, &format!("http://{VIP}:8000/"));
+        if out.contains("code=502") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 502: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
