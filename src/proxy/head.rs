@@ -30,6 +30,9 @@ pub struct Rewritten {
     pub consumed: usize,
     /// The client asked for a protocol upgrade (WebSocket): relay as is.
     pub upgrade: bool,
+    /// RFC 9110 idempotent method: safe to send again to another backend
+    /// when connecting to the first one fails.
+    pub idempotent: bool,
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -114,6 +117,10 @@ pub fn rewrite_head(
         head: out,
         consumed,
         upgrade: upgrade_to.is_some(),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
     }))
 }
 
@@ -148,6 +155,7 @@ mod tests {
         let req = b"GET /x HTTP/1.1\r\nHost: www.example\r\nConnection: keep-alive\r\n\r\nBODY";
         let r = rewrite_head(req, CLIENT, &[]).unwrap().unwrap();
         assert_eq!(&req[r.consumed..], b"BODY");
+        assert!(r.idempotent);
         let t = String::from_utf8(r.head).unwrap();
         assert!(t.starts_with("GET /x HTTP/1.1\r\nHost: www.example\r\n"));
         assert!(t.contains("X-Forwarded-For: 198.18.1.5\r\n"));
@@ -155,6 +163,10 @@ mod tests {
         assert!(t.contains("X-Forwarded-Host: www.example\r\n"));
         assert!(t.ends_with("Connection: close\r\n\r\n"));
         assert!(!t.contains("keep-alive"));
+        let post = rewrite_head(b"POST / HTTP/1.1\r\n\r\n", CLIENT, &[])
+            .unwrap()
+            .unwrap();
+        assert!(!post.idempotent);
     }
 
     #[test]

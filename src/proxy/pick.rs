@@ -13,6 +13,20 @@ pub struct Picker {
 }
 
 impl Picker {
+    /// Another backend than `failed` for a retry: the scheduler's choice
+    /// unless that is `failed` again (sh/mh), then the next usable one.
+    pub fn pick_other(
+        &mut self,
+        svc: &ProxyService,
+        client: SocketAddrV4,
+        failed: SocketAddrV4,
+    ) -> Option<SocketAddrV4> {
+        match self.pick(svc, client) {
+            Some(b) if b != failed => Some(b),
+            _ => svc.backends.iter().map(|b| b.addr).find(|a| *a != failed),
+        }
+    }
+
     /// A backend for a request from `client` to `svc`, or `None` when no
     /// backend is usable (the caller answers 503).
     pub fn pick(&mut self, svc: &ProxyService, client: SocketAddrV4) -> Option<SocketAddrV4> {
@@ -93,6 +107,18 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(p.pick(&s, client(7)), first);
         }
+    }
+
+    #[test]
+    fn retry_goes_elsewhere_even_when_hashing() {
+        let s = svc(Scheduler::Sh, 2);
+        let mut p = Picker::default();
+        let first = p.pick(&s, client(3)).unwrap();
+        let other = p.pick_other(&s, client(3), first).unwrap();
+        assert_ne!(first, other);
+        let one = svc(Scheduler::Sh, 1);
+        let only = one.backends[0].addr;
+        assert_eq!(p.pick_other(&one, client(3), only), None);
     }
 
     #[test]

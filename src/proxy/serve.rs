@@ -112,19 +112,30 @@ async fn handle(
         Ok(None) => return Ok(()),
         Err(status) => return answer(&mut client, status).await,
     };
-    let Some(backend) = st
-        .picker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pick(svc, peer)
-    else {
+    let picker = || st.picker.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(backend) = picker().pick(svc, peer) else {
         return answer(&mut client, 503).await;
     };
     let mut upstream = match connect(backend).await {
         Ok(u) => u,
         Err(e) => {
             log::warn!("proxy: backend {backend}: {e}");
-            return answer(&mut client, 502).await;
+            // Nothing reached the backend: an idempotent request may go
+            // to another one, once.
+            let retry = match rewritten.idempotent {
+                true => picker().pick_other(svc, peer, backend),
+                false => None,
+            };
+            let Some(second) = retry else {
+                return answer(&mut client, 502).await;
+            };
+            match connect(second).await {
+                Ok(u) => u,
+                Err(e) => {
+                    log::warn!("proxy: backend {second}: {e}");
+                    return answer(&mut client, 502).await;
+                }
+            }
         }
     };
     upstream.write_all(&rewritten.head).await?;
