@@ -199,3 +199,44 @@ backends = ["198.18.0.20:80"]
     assert!(hwm_kb < 60_000, "peak RSS {hwm_kb} kB");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn planned_switchover_finishes_requests_in_flight() {
+    let c = Cluster::new(Opts {
+        services: r#"
+[[service]]
+port = 8001
+mode = "proxy"
+serve_local = false
+backends = ["198.18.0.20:80"]
+"#
+        .into(),
+        real_servers: 1,
+        ..Opts::default()
+    });
+    let d = c.wait_one_director(Duration::from_secs(10));
+    let url = format!("http://{VIP}:8001/bytes?n=3000000&rate=1000000");
+    let dl: Vec<Child> = (0..4)
+        .map(|_| c.client_bg(&format!("download {url} 3000000")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    // SIGTERM on the director: planned switchover, then stop; the old
+    // director keeps relaying what it accepted (bounded by stop_drain).
+    c.signal(d, "TERM");
+    c.wait_role(1 - d, "director", Duration::from_secs(10))
+        .expect("peer never took over");
+    let mut failed = 0;
+    let mut ok = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ok < 10 && Instant::now() < deadline {
+        if curl(&c, &format!("http://{VIP}:8001/")).contains("code=200") {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    eprintln!("after the switchover: {ok} requests ok, {failed} refused before the new listener");
+    assert_eq!(ok, 10);
+    let (intact, bad) = finish_downloads(dl);
+    assert_eq!(intact, 4, "downloads cut by the switchover: {bad:?}");
+}

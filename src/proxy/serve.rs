@@ -29,8 +29,13 @@ struct State {
     open: AtomicUsize,
 }
 
-/// Runs until the daemon stops; listens only while `shared` is active.
-pub fn spawn(vip: Ipv4Addr, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+/// Runs until the daemon stops; listens only while `shared` is active. On
+/// stop, requests in flight get up to `stop_drain` to finish.
+pub fn spawn(
+    vip: Ipv4Addr,
+    shared: Arc<Shared>,
+    stop_drain: Duration,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("proxy".into())
         .spawn(move || {
@@ -39,7 +44,8 @@ pub fn spawn(vip: Ipv4Addr, shared: Arc<Shared>) -> std::io::Result<JoinHandle<(
                 picker: Mutex::new(Picker::default()),
                 open: AtomicUsize::new(0),
             });
-            smol::block_on(supervise(vip, st));
+            smol::block_on(supervise(vip, st.clone()));
+            smol::block_on(drain(&st, stop_drain));
         })
 }
 
@@ -67,6 +73,17 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             }
         }
         smol::Timer::after(POLL).await;
+    }
+}
+
+async fn drain(st: &State, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while st.open.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        smol::Timer::after(Duration::from_millis(50)).await;
+    }
+    let left = st.open.load(Ordering::Acquire);
+    if left > 0 {
+        log::warn!("proxy: stopping with {left} connections still open");
     }
 }
 

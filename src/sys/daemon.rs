@@ -234,7 +234,10 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         .iter()
         .any(|s| s.mode == crate::config::ServiceMode::Proxy)
     {
-        Some(crate::proxy::spawn(vip, shared.clone()).map_err(io("starting the proxy"))?)
+        Some(
+            crate::proxy::spawn(vip, shared.clone(), cfg.cluster.stop_drain.get_ref().0)
+                .map_err(io("starting the proxy"))?,
+        )
     } else {
         None
     };

@@ -175,15 +175,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
                 scheduler: Scheduler::Rr,
                 persistence: None,
                 persist_mask: Ipv4Addr::BROADCAST,
-                backends: vec![BackendSnap {
-                    name: "proxy".into(),
-                    addr: me,
-                    mac: own_mac,
-                    weight: 1,
-                    up: true,
-                    local: true,
-                    fallback: false,
-                }],
+                backends: proxy_nodes(cfg, me, own_mac, macs),
             });
             continue;
         }
@@ -205,6 +197,34 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         services,
         proxy,
     }
+}
+
+/// A proxy service in the data plane: new connections go to this node's
+/// own stack; the peer stays a weight-0 backend so that connections the
+/// previous director accepted still reach its proxy after a takeover.
+fn proxy_nodes(
+    cfg: &Config,
+    me: Ipv4Addr,
+    own_mac: [u8; 6],
+    macs: &HashMap<Ipv4Addr, [u8; 6]>,
+) -> Vec<BackendSnap> {
+    cfg.nodes
+        .iter()
+        .filter_map(|n| {
+            let addr = *n.address.get_ref();
+            let local = addr == me;
+            let mac = if local { own_mac } else { *macs.get(&addr)? };
+            Some(BackendSnap {
+                name: n.name.get_ref().clone(),
+                addr,
+                mac,
+                weight: u32::from(local),
+                up: true,
+                local,
+                fallback: false,
+            })
+        })
+        .collect()
 }
 
 pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
