@@ -21,7 +21,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections beyond this are closed at accept: bounded tasks and memory.
 const MAX_CONNECTIONS: usize = 10_000;
-const POLL: Duration = Duration::from_millis(100);
+/// How soon a new director listens (a client connecting before is refused).
+const POLL: Duration = Duration::from_millis(20);
 
 struct State {
     shared: Arc<Shared>,
