@@ -46,6 +46,7 @@ fn snapshot(generation: u64, scheduler: Scheduler, backends: u8) -> Arc<Snapshot
             persist_mask: Ipv4Addr::BROADCAST,
             backends,
         }],
+        proxy: Vec::new(),
     })
 }
 

@@ -195,6 +195,21 @@ pub struct Service {
     pub fallback: Option<Spanned<String>>,
     #[serde(default)]
     pub check: Option<Check>,
+    /// "dr" (default): direct routing in the data plane; "proxy": an HTTP
+    /// reverse proxy on the director (see `crate::proxy`).
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Proxy services: clients whose X-Forwarded-* headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    #[default]
+    Dr,
+    Proxy,
 }
 
 /// A real server: `"198.18.0.20"` or `{ name = "db1", address = "198.18.0.20", weight = 2 }`.
@@ -202,12 +217,17 @@ pub struct Service {
 #[serde(untagged)]
 pub enum BackendSpec {
     Addr(Ipv4Addr),
+    /// Proxy services: `"198.18.0.20:8080"`.
+    AddrPort(std::net::SocketAddrV4),
     Full {
         #[serde(default)]
         name: Option<String>,
         address: Ipv4Addr,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// Proxy services: the backend's port (default: the service's).
+        #[serde(default)]
+        port: Option<u16>,
     },
 }
 
@@ -215,6 +235,7 @@ impl BackendSpec {
     pub fn address(&self) -> Ipv4Addr {
         match self {
             BackendSpec::Addr(a) => *a,
+            BackendSpec::AddrPort(a) => *a.ip(),
             BackendSpec::Full { address, .. } => *address,
         }
     }
@@ -226,8 +247,16 @@ impl BackendSpec {
     }
     pub fn weight(&self) -> u32 {
         match self {
-            BackendSpec::Addr(_) => 1,
+            BackendSpec::Addr(_) | BackendSpec::AddrPort(_) => 1,
             BackendSpec::Full { weight, .. } => *weight,
+        }
+    }
+    /// The port a proxy service connects to, when the backend names one.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            BackendSpec::Addr(_) => None,
+            BackendSpec::AddrPort(a) => Some(a.port()),
+            BackendSpec::Full { port, .. } => *port,
         }
     }
 }
@@ -713,7 +742,17 @@ impl Config {
                     "service has serve_local = false and no backends".into(),
                 );
             }
+            if s.mode == ServiceMode::Proxy && s.protocol != Protocol::Tcp {
+                p.at(s.port.span(), "mode = \"proxy\" needs protocol tcp".into());
+            }
             for b in &s.backends {
+                if s.mode == ServiceMode::Dr && b.get_ref().port().is_some() {
+                    p.at(
+                        b.span(),
+                        "a backend port needs mode = \"proxy\" (direct routing keeps the port)"
+                            .into(),
+                    );
+                }
                 let a = b.get_ref().address();
                 if a == vip || self.nodes.iter().any(|n| *n.address.get_ref() == a) {
                     p.at(
@@ -1078,5 +1117,24 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(c.find_node(None, &[Ipv4Addr::new(198, 18, 0, 2)]), Ok(1));
         assert_eq!(c.find_node(Some("web1"), &[]), Ok(0));
         assert!(c.find_node(None, &[Ipv4Addr::LOCALHOST]).is_err());
+    }
+
+    #[test]
+    fn proxy_backends_take_a_port_dr_ones_do_not() {
+        let proxy = format!(
+            "{GOOD}\n[[service]]\nport = 8000\nmode = \"proxy\"\nbackends = [\"198.18.0.30:8088\", {{ address = \"198.18.0.31\", port = 9000 }}]\n"
+        );
+        let c = Config::parse(&proxy, &dir_with_key()).unwrap();
+        let s = c.services.last().unwrap();
+        assert_eq!(s.mode, ServiceMode::Proxy);
+        assert_eq!(s.backends[0].get_ref().port(), Some(8088));
+        assert_eq!(
+            s.backends[0].get_ref().address(),
+            Ipv4Addr::new(198, 18, 0, 30)
+        );
+        assert_eq!(s.backends[1].get_ref().port(), Some(9000));
+        let dr = proxy.replace("mode = \"proxy\"\n", "");
+        let p = problems(&dr);
+        assert!(p.iter().any(|p| p.message.contains("needs mode")), "{p:?}");
     }
 }

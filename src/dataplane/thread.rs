@@ -168,6 +168,11 @@ impl Shared {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        c.snapshot.clone()
+    }
+
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
     }

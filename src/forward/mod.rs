@@ -101,7 +101,7 @@
 mod conntable;
 mod flood;
 mod maglev;
-mod sched;
+pub(crate) mod sched;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -211,6 +211,9 @@ pub struct ServiceSnap {
 pub struct Snapshot {
     pub generation: u64,
     pub services: Vec<ServiceSnap>,
+    /// `mode = "proxy"` services: the data plane hands their packets to the
+    /// local stack (one local backend in `services`); the proxy picks here.
+    pub proxy: Vec<crate::proxy::ProxyService>,
 }
 
 /// Idle timeouts per connection state (IPVS defaults).

@@ -40,6 +40,7 @@ fn snap(generation: u64, services: Vec<ServiceSnap>) -> Arc<Snapshot> {
     Arc::new(Snapshot {
         generation,
         services,
+        proxy: Vec::new(),
     })
 }
 

@@ -103,6 +103,7 @@ fn engine() -> Engine {
                 backends,
             },
         ],
+        proxy: Vec::new(),
     };
     Engine::new(Arc::new(snap), 20_000, Timeouts::default())
 }

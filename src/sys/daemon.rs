@@ -229,6 +229,18 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         shared.clone(),
     )
     .map_err(io("starting the data plane"))?;
+    let proxy_thread = if cfg
+        .services
+        .iter()
+        .any(|s| s.mode == crate::config::ServiceMode::Proxy)
+    {
+        Some(
+            crate::proxy::spawn(vip, shared.clone(), cfg.cluster.stop_drain.get_ref().0)
+                .map_err(io("starting the proxy"))?,
+        )
+    } else {
+        None
+    };
 
     // Peers accept a boot of ours only after a challenge (see
     // `crate::election`), so the boot id need only differ from every earlier
@@ -356,6 +368,9 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     shared.update(|c| c.active = false);
     shared.stop();
     let _ = dp_thread.join();
+    if let Some(t) = proxy_thread {
+        let _ = t.join();
+    }
     if let Some(t) = sync_thread {
         let _ = t.join();
     }

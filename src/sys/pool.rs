@@ -123,6 +123,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         no_new_flows,
     } = *inp;
     let mut services = Vec::new();
+    let mut proxy = Vec::new();
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
@@ -164,6 +165,20 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
                 });
             }
         }
+        if svc.mode == config::ServiceMode::Proxy {
+            proxy.push(crate::proxy::ProxyService::from_snap(
+                svc, port, backends, me,
+            ));
+            services.push(ServiceSnap {
+                proto: svc.protocol.number(),
+                port,
+                scheduler: Scheduler::Rr,
+                persistence: None,
+                persist_mask: Ipv4Addr::BROADCAST,
+                backends: proxy_nodes(cfg, me, own_mac, macs),
+            });
+            continue;
+        }
         services.push(ServiceSnap {
             proto: svc.protocol.number(),
             port,
@@ -180,7 +195,36 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
     Snapshot {
         generation,
         services,
+        proxy,
     }
+}
+
+/// A proxy service in the data plane: new connections go to this node's
+/// own stack; the peer stays a weight-0 backend so that connections the
+/// previous director accepted still reach its proxy after a takeover.
+fn proxy_nodes(
+    cfg: &Config,
+    me: Ipv4Addr,
+    own_mac: [u8; 6],
+    macs: &HashMap<Ipv4Addr, [u8; 6]>,
+) -> Vec<BackendSnap> {
+    cfg.nodes
+        .iter()
+        .filter_map(|n| {
+            let addr = *n.address.get_ref();
+            let local = addr == me;
+            let mac = if local { own_mac } else { *macs.get(&addr)? };
+            Some(BackendSnap {
+                name: n.name.get_ref().clone(),
+                addr,
+                mac,
+                weight: u32::from(local),
+                up: true,
+                local,
+                fallback: false,
+            })
+        })
+        .collect()
 }
 
 pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {

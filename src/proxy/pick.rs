@@ -1,0 +1,136 @@
+//! Which backend gets a request: the data plane's schedulers over the
+//! client's address, state kept per service while its backend set holds.
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+use super::ProxyService;
+use crate::forward::sched::{Load, SchedState};
+use crate::wire::frame::FlowKey;
+
+#[derive(Default)]
+pub struct Picker {
+    states: HashMap<u16, SchedState>,
+}
+
+impl Picker {
+    /// Another backend than `failed` for a retry: the scheduler's choice
+    /// unless that is `failed` again (sh/mh), then the next usable one.
+    pub fn pick_other(
+        &mut self,
+        svc: &ProxyService,
+        client: SocketAddrV4,
+        failed: SocketAddrV4,
+    ) -> Option<SocketAddrV4> {
+        match self.pick(svc, client) {
+            Some(b) if b != failed => Some(b),
+            _ => svc.backends.iter().map(|b| b.addr).find(|a| *a != failed),
+        }
+    }
+
+    /// A backend for a request from `client` to `svc`, or `None` when no
+    /// backend is usable (the caller answers 503).
+    pub fn pick(&mut self, svc: &ProxyService, client: SocketAddrV4) -> Option<SocketAddrV4> {
+        let eligible: Vec<_> = svc
+            .backends
+            .iter()
+            .map(|b| (*b.addr.ip(), b.weight))
+            .collect();
+        let state = self
+            .states
+            .entry(svc.port)
+            .or_insert_with(|| SchedState::new(svc.scheduler, eligible.clone()));
+        if !state.same_as(svc.scheduler, &eligible) {
+            *state = SchedState::new(svc.scheduler, eligible);
+        }
+        let key = FlowKey {
+            proto: FlowKey::TCP,
+            src: *client.ip(),
+            // sh/mh hash the client address only, so one client sticks.
+            sport: 0,
+            dst: *client.ip(),
+            dport: svc.port,
+        };
+        let i = state.pick(&key, |_| Load {
+            active: 0,
+            inactive: 0,
+        })?;
+        let ip = state.eligible[i].0;
+        svc.backends
+            .iter()
+            .find(|b| *b.addr.ip() == ip)
+            .map(|b| b.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::Scheduler;
+    use crate::proxy::ProxyBackend;
+    use std::net::Ipv4Addr;
+
+    fn svc(kind: Scheduler, n: u8) -> ProxyService {
+        ProxyService {
+            port: 80,
+            scheduler: kind,
+            trusted_proxies: Vec::new(),
+            backends: (1..=n)
+                .map(|i| ProxyBackend {
+                    name: format!("b{i}"),
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 20 + i), 8080),
+                    weight: 1,
+                })
+                .collect(),
+        }
+    }
+
+    fn client(i: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, i), 40000)
+    }
+
+    #[test]
+    fn rr_alternates_and_keeps_backend_port() {
+        let s = svc(Scheduler::Rr, 2);
+        let mut p = Picker::default();
+        let a = p.pick(&s, client(1)).unwrap();
+        let b = p.pick(&s, client(1)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.port(), 8080);
+        assert_eq!(p.pick(&s, client(1)), Some(a));
+    }
+
+    #[test]
+    fn sh_sticks_per_client() {
+        let s = svc(Scheduler::Sh, 3);
+        let mut p = Picker::default();
+        let first = p.pick(&s, client(7));
+        for _ in 0..10 {
+            assert_eq!(p.pick(&s, client(7)), first);
+        }
+    }
+
+    #[test]
+    fn retry_goes_elsewhere_even_when_hashing() {
+        let s = svc(Scheduler::Sh, 2);
+        let mut p = Picker::default();
+        let first = p.pick(&s, client(3)).unwrap();
+        let other = p.pick_other(&s, client(3), first).unwrap();
+        assert_ne!(first, other);
+        let one = svc(Scheduler::Sh, 1);
+        let only = one.backends[0].addr;
+        assert_eq!(p.pick_other(&one, client(3), only), None);
+    }
+
+    #[test]
+    fn nothing_usable_is_none_and_a_change_rebuilds() {
+        let mut s = svc(Scheduler::Rr, 2);
+        let mut p = Picker::default();
+        p.pick(&s, client(1)).unwrap();
+        s.backends.remove(0);
+        let only = s.backends[0].addr;
+        assert_eq!(p.pick(&s, client(1)), Some(only));
+        assert_eq!(p.pick(&s, client(1)), Some(only));
+        s.backends.clear();
+        assert_eq!(p.pick(&s, client(1)), None);
+    }
+}
