@@ -12,7 +12,7 @@ use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{rewrite_head, Picker, ProxyService};
-use crate::sys::dataplane::Shared;
+use crate::dataplane::Shared;
 
 /// A request head larger than this gets 431.
 const MAX_HEAD: usize = 64 * 1024;
