@@ -99,6 +99,46 @@ fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
             ),
         )
     };
+    // Slow clients do not stall the page: it is behind the status server's
+    // front door, not a bare tiny_http answering one request at a time.
+    let slow = Command::new("ip")
+        .args(["netns", "exec", &c.client, "python3"])
+        .arg(support("slowclients.py"))
+        .args(["198.18.0.1", "8080", "300", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("slowclients.py");
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let (status, _) = curl(&c, &format!("{base}/setup"));
+    assert_eq!(status, 200, "setup page under 300 slow clients");
+    let took = t.elapsed();
+    // `ip netns exec` execs duet in place, so this is the setup server.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", setup.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        (1..=32).contains(&threads),
+        "{threads} threads under 300 slow clients: a thread per connection?"
+    );
+    let out = slow.wait_with_output().unwrap();
+    let held: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "slowclients.py: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        held["max_open"].as_u64().unwrap_or(0) >= 250,
+        "the slow clients never held their sockets: {held}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "setup page took {took:?} under slow clients"
+    );
+
     let (status, body) = post("00000000x", "web1", &cfg_file);
     assert_eq!(status, 403, "wrong code: {body}");
     assert!(body.contains("wrong setup code"));

@@ -13,4 +13,4 @@ pub mod server;
 pub use model::{
     BackendStatus, DataplaneStats, EventRecord, HeartbeatStats, PeerStatus, StatusReport, SyncStats,
 };
-pub use server::{Admin, ServerConfig, StatusServer};
+pub use server::{Admin, Reply, ServerConfig, Site, StatusServer};

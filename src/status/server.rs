@@ -72,6 +72,14 @@ pub trait Admin: Send + Sync {
     fn reload(&self) -> Result<String, String>;
 }
 
+/// What answers the requests the front door relays: the status routes, or
+/// the appliance's setup page. Runs on worker threads; may block.
+pub trait Site: Send + Sync {
+    /// `peer` is the client's address as the front door saw it; the body,
+    /// if any, is complete and within `ServerConfig::max_body`.
+    fn answer(&self, rq: &mut tiny_http::Request, peer: &str) -> Reply;
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -147,6 +155,25 @@ impl StatusServer {
         admin: Arc<dyn Admin>,
         limits: Limits,
     ) -> std::io::Result<StatusServer> {
+        let routes = Arc::new(Shared {
+            token: cfg.token.clone().filter(|t| !t.is_empty()),
+            admin,
+            auth_log: Mutex::new(LogLimiter::default()),
+        });
+        StatusServer::start_site(cfg, routes, limits)
+    }
+
+    /// Serves `site` behind the front door, with the same bounds as the
+    /// status routes (`cfg.token` is the status routes' own and unused here).
+    pub fn serve_site(cfg: ServerConfig, site: Arc<dyn Site>) -> std::io::Result<StatusServer> {
+        StatusServer::start_site(cfg, site, Limits::default())
+    }
+
+    fn start_site(
+        cfg: ServerConfig,
+        site: Arc<dyn Site>,
+        limits: Limits,
+    ) -> std::io::Result<StatusServer> {
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
         // std listens with a backlog of 128: a burst of connects beyond it
@@ -162,11 +189,6 @@ impl StatusServer {
         }
         let listener = smol::Async::new(listener)?;
         let backend = Arc::new(Backend::start(&cfg.runtime_dir)?);
-        let shared = Arc::new(Shared {
-            token: cfg.token.filter(|t| !t.is_empty()),
-            admin,
-            auth_log: Mutex::new(LogLimiter::default()),
-        });
         let n_workers = cfg.workers.clamp(1, 64);
         let mut server = StatusServer {
             addr,
@@ -177,11 +199,11 @@ impl StatusServer {
         };
         for i in 0..n_workers {
             let backend = backend.clone();
-            let shared = shared.clone();
+            let site = site.clone();
             // On error, dropping `server` stops the workers already started.
             let h = std::thread::Builder::new()
                 .name(format!("duet-status-w{i}"))
-                .spawn(move || worker(&backend, &shared))?;
+                .spawn(move || worker(&backend, &*site))?;
             server.workers.push(h);
         }
         let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
@@ -415,14 +437,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One worker thread: takes requests from the current tiny_http instance
 /// until the server stops.
-fn worker(backend: &Backend, shared: &Shared) {
+fn worker(backend: &Backend, site: &dyn Site) {
     while !backend.stopping.load(Ordering::Acquire) {
         let Some(inst) = backend.current() else {
             return;
         };
         // The timeout is only a safety net: stop and replace unblock `recv`.
         match inst.server.recv_timeout(Duration::from_secs(1)) {
-            Ok(Some(rq)) => serve(shared, rq),
+            Ok(Some(rq)) => serve(site, rq),
             Ok(None) if inst.refused.load(Ordering::Acquire) => {
                 backend.replace(inst.generation, "its socket refuses connections")
             }
@@ -436,6 +458,12 @@ struct Shared {
     token: Option<String>,
     admin: Arc<dyn Admin>,
     auth_log: Mutex<LogLimiter>,
+}
+
+impl Site for Shared {
+    fn answer(&self, rq: &mut tiny_http::Request, peer: &str) -> Reply {
+        handle(self, rq, peer)
+    }
 }
 
 /// At most one warning a second for rejected admin requests (and failed
@@ -473,7 +501,7 @@ impl LogLimiter {
 pub(crate) const PEER_HEADER: &str = "X-Duet-Peer";
 
 /// An answer, in the form both tiny_http and the front door write.
-pub(crate) type Reply = tiny_http::Response<Cursor<Vec<u8>>>;
+pub type Reply = tiny_http::Response<Cursor<Vec<u8>>>;
 
 fn header(name: &'static str, value: &'static str) -> tiny_http::Header {
     // Only ever called with this module's constants, which are valid ASCII.
@@ -504,13 +532,13 @@ fn bad(msg: &str) -> Reply {
 }
 
 /// Answers one request. A panic in the handler becomes a 500.
-fn serve(shared: &Shared, rq: tiny_http::Request) {
+fn serve(site: &dyn Site, mut rq: tiny_http::Request) {
     let peer = rq
         .headers()
         .iter()
         .find(|h| h.field.equiv(PEER_HEADER))
         .map_or_else(|| "?".to_string(), |h| h.value.to_string());
-    let resp = match catch_unwind(AssertUnwindSafe(|| handle(shared, &rq, &peer))) {
+    let resp = match catch_unwind(AssertUnwindSafe(|| site.answer(&mut rq, &peer))) {
         Ok(r) => r,
         Err(_) => {
             log::error!("status: handler panicked on {} {}", rq.method(), rq.url());

@@ -16,9 +16,11 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::config::{self, Config};
+use crate::status::{Reply, ServerConfig, Site, StatusServer};
 
 /// Why the box must be set up, or None when its key is usable.
 pub fn needs_setup(key: &Path) -> Option<String> {
@@ -169,7 +171,7 @@ pub fn apply(t: &Target, text: &str, node: &str) -> Result<Done, Vec<String>> {
     })
 }
 
-fn html(code: u16, body: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+fn html(code: u16, body: String) -> Reply {
     let ct = tiny_http::Header::from_bytes("Content-Type", "text/html; charset=utf-8")
         .expect("static header");
     tiny_http::Response::from_string(body)
@@ -177,13 +179,26 @@ fn html(code: u16, body: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
         .with_header(ct)
 }
 
-/// Serves the setup page on `listen` until a submission with `code` has
-/// been applied; returns the node's name.
-pub fn serve(listen: SocketAddr, t: &Target, code: &str) -> io::Result<String> {
-    let server = tiny_http::Server::http(listen).map_err(io::Error::other)?;
-    loop {
-        let mut req = server.recv()?;
-        let reply = match page::route(req.method().as_str(), req.url()) {
+/// The setup routes, answered behind the status server's front door (so a
+/// slow or flooding client costs what it costs the status page: one
+/// bounded socket, never a worker).
+struct SetupSite {
+    target: Target,
+    code: String,
+    /// Held through the pause after a wrong code, so guesses are one a
+    /// second in all, however many connections make them.
+    guesses: Mutex<()>,
+    /// The node's name once a submission was applied.
+    done: Mutex<Option<String>>,
+    finished: Condvar,
+}
+
+impl Site for SetupSite {
+    fn answer(&self, rq: &mut tiny_http::Request, _peer: &str) -> Reply {
+        if let Some(node) = lock(&self.done).as_deref() {
+            return html(409, page::already(node));
+        }
+        match page::route(rq.method().as_str(), rq.url()) {
             page::Route::Forbidden => html(
                 403,
                 "<!doctype html><p>This box is in setup mode: only <a href=\"/setup\">/setup</a> \
@@ -191,46 +206,92 @@ pub fn serve(listen: SocketAddr, t: &Target, code: &str) -> io::Result<String> {
                     .into(),
             ),
             page::Route::Form => {
-                let current = std::fs::read_to_string(&t.config).unwrap_or_default();
+                let current = std::fs::read_to_string(&self.target.config).unwrap_or_default();
                 html(200, page::form(&current, "", &[]))
             }
-            page::Route::Submit => {
-                let mut body = Vec::new();
-                let _ = req
-                    .as_reader()
-                    .take(page::MAX_BODY as u64 + 1)
-                    .read_to_end(&mut body);
-                let f = page::parse_form(&String::from_utf8_lossy(&body));
-                let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-                if body.len() > page::MAX_BODY {
-                    html(
-                        413,
-                        page::form("", field("node"), &["form too large".into()]),
-                    )
-                } else if !page::code_matches(code, field("code")) {
-                    // Slows guessing: 10^8 codes at one a second.
-                    std::thread::sleep(Duration::from_secs(1));
-                    html(
-                        403,
-                        page::form(field("config"), field("node"), &["wrong setup code".into()]),
-                    )
-                } else {
-                    match apply(t, field("config"), field("node")) {
-                        Ok(done) => {
-                            let node = field("node").trim().to_string();
-                            let _ = req.respond(html(
-                                200,
-                                page::done(&node, &done.key, done.token.as_deref()),
-                            ));
-                            return Ok(node);
-                        }
-                        Err(errs) => html(400, page::form(field("config"), field("node"), &errs)),
-                    }
-                }
-            }
-        };
-        let _ = req.respond(reply);
+            page::Route::Submit => self.submit(rq),
+        }
     }
+}
+
+impl SetupSite {
+    fn submit(&self, rq: &mut tiny_http::Request) -> Reply {
+        let mut body = Vec::new();
+        let _ = rq
+            .as_reader()
+            .take(page::MAX_BODY as u64 + 1)
+            .read_to_end(&mut body);
+        let f = page::parse_form(&String::from_utf8_lossy(&body));
+        let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+        if body.len() > page::MAX_BODY {
+            return html(
+                413,
+                page::form("", field("node"), &["form too large".into()]),
+            );
+        }
+        if !page::code_matches(&self.code, field("code")) {
+            // Slows guessing: 10^8 codes at one a second.
+            let _one_at_a_time = lock(&self.guesses);
+            std::thread::sleep(Duration::from_secs(1));
+            return html(
+                403,
+                page::form(field("config"), field("node"), &["wrong setup code".into()]),
+            );
+        }
+        let mut done = lock(&self.done);
+        if let Some(node) = done.as_deref() {
+            return html(409, page::already(node));
+        }
+        match apply(&self.target, field("config"), field("node")) {
+            Ok(secrets) => {
+                let node = field("node").trim().to_string();
+                *done = Some(node.clone());
+                self.finished.notify_all();
+                html(
+                    200,
+                    page::done(&node, &secrets.key, secrets.token.as_deref()),
+                )
+            }
+            Err(errs) => html(400, page::form(field("config"), field("node"), &errs)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How long the server stays up after the successful submission, so the
+/// front door can pass its answer (the secrets, shown once) to the client.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the setup page on `listen` until a submission with `code` has
+/// been applied; returns the node's name.
+pub fn serve(listen: SocketAddr, t: &Target, code: &str) -> io::Result<String> {
+    let mut cfg = ServerConfig::new(listen, t.base.clone());
+    cfg.max_body = page::MAX_BODY;
+    let site = Arc::new(SetupSite {
+        target: t.clone(),
+        code: code.to_string(),
+        guesses: Mutex::new(()),
+        done: Mutex::new(None),
+        finished: Condvar::new(),
+    });
+    let server = StatusServer::serve_site(cfg, site.clone())?;
+    let mut done = lock(&site.done);
+    let node = loop {
+        if let Some(node) = done.clone() {
+            break node;
+        }
+        done = site
+            .finished
+            .wait(done)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
+    drop(done);
+    std::thread::sleep(ANSWER_GRACE);
+    server.stop();
+    Ok(node)
 }
 
 #[cfg(test)]

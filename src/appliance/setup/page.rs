@@ -118,6 +118,15 @@ pub fn done(node: &str, key: &str, token: Option<&str>) -> String {
     )
 }
 
+/// The answer to anything after setup finished, while the daemon starts.
+pub fn already(node: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>duet</title></head>\
+         <body><p>This box is already set up as {}; the daemon is starting.</p></body></html>\n",
+        escape(node)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
