@@ -318,6 +318,39 @@ fn page_renders_in_headless_chromium() {
     }
 }
 
+/// On a phone-sized viewport the page does not scroll sideways, and every
+/// chart decodes as an image that fits.
+#[test]
+fn page_fits_a_phone_and_its_charts_decode() {
+    let c = Cluster::new(Opts::default());
+    c.wait_one_director(Duration::from_secs(5));
+    let t0 = Instant::now();
+    while status_of(&c, 0)["history"]["tcp/80"].as_array().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no history after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = page_action(&c, 0, "-", "layout", "390x844");
+    eprintln!("phone layout: {out}");
+    let l = &out["layout"];
+    assert!(l.is_object(), "no layout from cdp.py: {out}");
+    let (sw, cw) = (l["scroll_width"].as_u64(), l["client_width"].as_u64());
+    assert_eq!(cw, Some(390), "{out}");
+    assert!(sw <= cw, "the page scrolls sideways on a phone: {out}");
+    let images = l["images"].as_array().unwrap();
+    // The tcp/80 chart and the timeline.
+    assert_eq!(images.len(), 2, "{out}");
+    for i in images {
+        assert!(
+            i["natural_width"].as_u64() > Some(0),
+            "an SVG did not decode: {out}"
+        );
+        assert!(i["width"].as_f64() <= Some(390.0), "{out}");
+    }
+}
+
 /// The SVG text of a `data:image/svg+xml;base64,` URI (as the DOM dump
 /// writes it: attribute-escaped).
 fn svg_of(uri: &str) -> String {
