@@ -199,6 +199,20 @@ fn page_renders_in_headless_chromium() {
     warm_up(&c);
     assert_eq!(spread(&c.client(&format!("count http://{VIP}/ 10"))).2, 0);
 
+    // Two history samples (one per 5 s) so that the chart has a line.
+    let t0 = Instant::now();
+    while status_of(&c, 0)["history"]["tcp/80"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no history after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     let url = status_url(0, "/");
     let dom = run_chromium(&c, &["--dump-dom", "--virtual-time-budget=3000"], &url);
     assert!(dom.contains("<html"), "no DOM dumped:\n{dom}");
@@ -256,23 +270,113 @@ fn page_renders_in_headless_chromium() {
     // The event list is filled (at least this node's start and role change).
     assert!(dom.contains("class=\"event\""), "no events on the page");
 
-    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    run_chromium(
-        &c,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900",
-            "--virtual-time-budget=3000",
-        ],
-        &url,
-    );
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    // 1280x900 (IHDR width and height).
-    assert_eq!(&png[16..24], &[0, 0, 5, 0, 0, 0, 3, 132]);
-    assert!(png.len() > 20_000, "suspiciously small screenshot");
-    eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
+    // The script swapped in the charts from /api/status: one per service,
+    // each an SVG with samples and both lines.
+    let charts = tags_with(&dom, "data-chart");
+    let services: Vec<&str> = charts
+        .iter()
+        .map(|t| attr(t, "data-chart").unwrap())
+        .collect();
+    assert_eq!(services, ["tcp/80"], "charts on the page:\n{dom}");
+    let svg = svg_of(attr(&charts[0], "src").unwrap_or(""));
+    assert!(samples_in(&svg) >= 2, "chart without samples: {svg}");
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    // The timeline was refreshed by the script and shows at least this
+    // node's role change (starting -> standby or director).
+    let timeline = tags_with(&dom, "data-updated");
+    assert_eq!(timeline.len(), 1, "timeline not refreshed:\n{dom}");
+    assert_eq!(attr(&timeline[0], "id"), Some("timeline"));
+    let svg = svg_of(attr(&timeline[0], "src").unwrap_or(""));
+    assert!(samples_in(&svg) >= 1, "timeline without events: {svg}");
+    assert!(svg.contains("<circle"), "{svg}");
+
+    // The phone's whole page too, to see that nothing is cut off at the right.
+    let shots = [
+        ("desktop", 1280u32, 900u32),
+        ("phone", 390, 844),
+        ("phone-full", 390, 2400),
+    ];
+    for (name, w, h) in shots {
+        let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/status-{name}.png"));
+        let _ = std::fs::remove_file(&shot);
+        run_chromium(
+            &c,
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={w},{h}"),
+                "--virtual-time-budget=3000",
+            ],
+            &url,
+        );
+        let png = std::fs::read(&shot).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        // IHDR width and height.
+        assert_eq!(&png[16..20], &w.to_be_bytes(), "{name} width");
+        assert_eq!(&png[20..24], &h.to_be_bytes(), "{name} height");
+        assert!(png.len() > 20_000, "suspiciously small screenshot");
+        eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
+    }
+}
+
+/// On a phone-sized viewport the page does not scroll sideways, and every
+/// chart decodes as an image that fits.
+#[test]
+fn page_fits_a_phone_and_its_charts_decode() {
+    let c = Cluster::new(Opts::default());
+    c.wait_one_director(Duration::from_secs(5));
+    let t0 = Instant::now();
+    while status_of(&c, 0)["history"]["tcp/80"].as_array().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no history after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = page_action(&c, 0, "-", "layout", "390x844");
+    eprintln!("phone layout: {out}");
+    let l = &out["layout"];
+    assert!(l.is_object(), "no layout from cdp.py: {out}");
+    let (sw, cw) = (l["scroll_width"].as_u64(), l["client_width"].as_u64());
+    assert_eq!(cw, Some(390), "{out}");
+    assert!(sw <= cw, "the page scrolls sideways on a phone: {out}");
+    let images = l["images"].as_array().unwrap();
+    // The tcp/80 chart and the timeline.
+    assert_eq!(images.len(), 2, "{out}");
+    for i in images {
+        assert!(
+            i["natural_width"].as_u64() > Some(0),
+            "an SVG did not decode: {out}"
+        );
+        assert!(i["width"].as_f64() <= Some(390.0), "{out}");
+    }
+}
+
+/// The SVG text of a `data:image/svg+xml;base64,` URI (as the DOM dump
+/// writes it: attribute-escaped).
+fn svg_of(uri: &str) -> String {
+    let b64 = uri
+        .strip_prefix("data:image/svg+xml;base64,")
+        .unwrap_or_else(|| panic!("not an SVG data URI: {uri:.80}"));
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in b64.bytes().filter(|&c| c != b'=') {
+        let v = T.iter().position(|&t| t == c).expect("base64 digit") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).expect("UTF-8 SVG")
+}
+
+/// The `data-samples` count an SVG of src/status/chart.rs carries.
+fn samples_in(svg: &str) -> usize {
+    let p = svg.find("data-samples=\"").expect("data-samples") + 14;
+    svg[p..p + svg[p..].find('"').unwrap()].parse().unwrap()
 }
 
 /// Runs tests/support/cdp.py (Chromium over the DevTools pipe) in the client

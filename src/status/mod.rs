@@ -2,6 +2,7 @@
 //! Prometheus text), the HTTP server that serves them with bounded resources,
 //! and the small HTTP client the CLI uses to talk to a running daemon.
 
+pub mod chart;
 pub mod client;
 mod frontdoor;
 pub mod history;

@@ -4,13 +4,17 @@
 //! JavaScript and refreshes itself every 5 s through a `<noscript>` meta
 //! refresh); with JavaScript it polls `/api/status` every second and rebuilds
 //! the same DOM with `textContent` only, so report strings never reach an HTML
-//! parser on the client. Server-side every string goes through [`esc`]. A
+//! parser on the client; the charts and the timeline come drawn in the JSON
+//! (`pictures`, see `chart`) and are shown as `data:` images, which cannot
+//! run script. Server-side every string goes through [`esc`]. A
 //! Content-Security-Policy in the page allows only the page's own script (by
 //! its SHA-256) and same-origin fetches, as a second line of defence.
 
+use super::chart;
 use super::model::{BackendStatus, StatusReport};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 /// Roles the daemon reports; `duet_role` exports one series per role so that
@@ -241,6 +245,42 @@ fn backend_row(out: &mut String, b: &BackendStatus) {
     );
 }
 
+/// The charts and the timeline as `data:` URIs, for the page and, in
+/// `/api/status`, for the page's script to swap in: drawn once, here.
+#[derive(Serialize)]
+struct Pictures {
+    /// By service ("tcp/80").
+    charts: BTreeMap<String, String>,
+    timeline: String,
+}
+
+impl Pictures {
+    fn of(r: &StatusReport) -> Pictures {
+        let end = chart::window_end(&r.history, &r.events);
+        Pictures {
+            charts: r
+                .history
+                .iter()
+                .map(|(k, v)| (k.clone(), svg_uri(&chart::service_svg(k, v, end))))
+                .collect(),
+            timeline: svg_uri(&chart::timeline_svg(&r.events, end)),
+        }
+    }
+}
+
+fn svg_uri(svg: &str) -> String {
+    format!("data:image/svg+xml;base64,{}", base64(svg.as_bytes()))
+}
+
+/// `/api/status`: the report (its fields are the contract) plus the
+/// pictures under `pictures`, which a reader of the report ignores.
+#[derive(Serialize)]
+struct PageJson<'a> {
+    #[serde(flatten)]
+    report: &'a StatusReport,
+    pictures: Pictures,
+}
+
 /// The status page: self-contained, no external assets.
 pub fn html(r: &StatusReport) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -321,6 +361,25 @@ pub fn html(r: &StatusReport) -> String {
         backend_row(&mut out, b);
     }
     out.push_str("</tbody></table></div></section>");
+
+    let pics = Pictures::of(r);
+    out.push_str("<section><h2>Last 10 minutes</h2><div id=\"charts\" class=\"charts\">");
+    for (service, uri) in &pics.charts {
+        let _ = write!(
+            out,
+            "<figure><figcaption>{s}</figcaption><img class=\"chart\" data-chart=\"{s}\" \
+             alt=\"{s}: new and active connections\" src=\"{uri}\"></figure>",
+            s = esc(service),
+            uri = esc(uri),
+        );
+    }
+    let _ = write!(
+        out,
+        "</div><figure><figcaption>role changes and health transitions</figcaption>\
+         <img id=\"timeline\" class=\"chart\" alt=\"timeline of role changes and health transitions\" \
+         src=\"{}\"></figure></section>",
+        esc(&pics.timeline)
+    );
 
     let dropped: u64 = r.heartbeat.dropped.values().sum();
     let dp_drops: u64 = r.dataplane.drops.values().sum();
@@ -423,7 +482,13 @@ input{font:inherit;padding:.3rem;max-width:100%}\
 #events time{color:var(--mut);font-variant-numeric:tabular-nums}\
 .kind{font-weight:600}\
 footer{padding:1rem;color:var(--mut);font-size:.85rem}\
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,24rem),1fr));gap:.8rem}\
+figure{margin:0 0 .8rem;min-width:0}figcaption{font-weight:600;margin-bottom:.2rem}\
+img.chart{display:block;width:100%;max-width:34rem;height:auto;background:var(--card);border-radius:.4rem;padding:.3rem}\
+header,main,section{min-width:0}.hinfo{min-width:0;overflow-wrap:anywhere}\
+#events li{overflow-wrap:anywhere}\
 @media (max-width:40rem){.badge.big{font-size:1.7rem;width:100%;text-align:center}\
+#stats{grid-template-columns:minmax(0,1fr)}#stats dd{margin-bottom:.35rem;font-weight:600}\
 #backends thead{display:none}#backends tr{display:block;padding:.4rem 0;border-bottom:1px solid var(--line)}\
 #backends td{display:inline-block;border:0;padding:.1rem .5rem .1rem 0;white-space:normal}\
 #backends td:first-child{display:block}\
@@ -479,7 +544,12 @@ prevDp={t:t,b:dp.rx_bytes,p:dp.rx_packets};$("dp-rate").textContent=dr;
 $("sync").textContent=sy.connections_synced+" / "+sy.lag_entries+" entries"+(sy.lag_ms!==null&&sy.lag_ms!==undefined?", "+sy.lag_ms+" ms":"");
 var ev=$("events");ev.textContent="";(r.events||[]).slice(0,50).forEach(function(e){var li=el("li","event");li.setAttribute("data-kind",e.kind);
 li.appendChild(el("time",null,ts(e.ts_ms)));li.appendChild(document.createTextNode(" "));li.appendChild(el("span","kind",e.kind));li.appendChild(document.createTextNode(" "));li.appendChild(el("span","msg",e.message));ev.appendChild(li);});
+pics(r.pictures||{});
 $("version").textContent=r.version;$("updated").textContent="updated "+new Date(t).toLocaleTimeString();document.body.classList.remove("stale");}
+function uri(u){return typeof u==="string"&&u.indexOf("data:image/svg+xml;base64,")===0?u:"";}
+function pics(p){var ch=$("charts"),cs=p.charts||{};ch.textContent="";Object.keys(cs).forEach(function(k){var f=el("figure");f.appendChild(el("figcaption",null,k));
+var i=el("img","chart");i.setAttribute("data-chart",k);i.alt=k+": new and active connections";i.src=uri(cs[k]);f.appendChild(i);ch.appendChild(f);});
+var t=$("timeline");t.src=uri(p.timeline);t.setAttribute("data-updated","1");}
 function poll(){if(busy)return;busy=true;
 fetch("/api/status",{cache:"no-store"}).then(function(x){if(!x.ok)throw new Error("HTTP "+x.status);return x.json();}).then(render)
 .catch(function(e){document.body.classList.add("stale");$("updated").textContent="offline ("+e.message+"), retrying";})
@@ -979,9 +1049,13 @@ fn backend_labels(b: &BackendStatus) -> [(&'static str, &str); 3] {
 
 /// `/api/status`.
 pub fn json(r: &StatusReport) -> String {
+    let page = PageJson {
+        report: r,
+        pictures: Pictures::of(r),
+    };
     // Serialising these plain structs cannot fail (string map keys only);
     // the fallback keeps the signature infallible without a panic path.
-    serde_json::to_string(r).unwrap_or_else(|e| {
+    serde_json::to_string(&page).unwrap_or_else(|e| {
         serde_json::json!({ "error": format!("cannot serialise status: {e}") }).to_string()
     })
 }
@@ -1112,6 +1186,32 @@ mod tests {
         // Self-contained: nothing is loaded from elsewhere.
         assert!(!page.contains("src=\"http"));
         assert!(!page.contains("href=\"http"));
+    }
+
+    #[test]
+    fn page_and_json_carry_the_same_pictures() {
+        let mut r = sample_report();
+        r.history.insert(
+            "tcp/80".into(),
+            vec![crate::status::history::Sample {
+                ts_ms: 1_700_000_000_000,
+                new_per_s: 2.5,
+                active: 3,
+            }],
+        );
+        let page = html(&r);
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        let chart = v["pictures"]["charts"]["tcp/80"].as_str().unwrap();
+        let timeline = v["pictures"]["timeline"].as_str().unwrap();
+        assert!(chart.starts_with("data:image/svg+xml;base64,"));
+        assert!(page.contains(&format!(
+            "data-chart=\"tcp/80\" alt=\"tcp/80: new and active connections\" src=\"{chart}\""
+        )));
+        assert!(page.contains("id=\"timeline\" class=\"chart\""));
+        assert!(page.contains(&format!("src=\"{timeline}\"")));
+        // The picture set is not part of the report: it does not read back.
+        let back: StatusReport = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -4,10 +4,12 @@ NUL-terminated JSON on fds 3 and 4, so no websocket library is needed) to
 use the status page the way an operator does: wait for the script's refresh,
 paste a token under Admin, press a backend's drain/undrain button (or, with
 BACKEND "-", the Admin section's failover/reload button), and watch the
-table change. Prints one JSON object.
+table change. Prints one JSON object. ACTION "layout" with BACKEND "WxH"
+instead loads the page in a WxH mobile viewport and reports its layout.
 
 usage: cdp.py CHROMIUM PROFILE_DIR URL TOKEN ACTION BACKEND
   -> {"msg": "<#msg text>", "before": {...row...}, "after": {...row...}}
+     or {"layout": {"scroll_width", "client_width", "images": [...]}}
      or {"error": "..."}
 """
 import json, os, subprocess, sys, time
@@ -82,8 +84,20 @@ try:
     target = send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     send("Page.enable", {}, session)
+    if action == "layout":
+        w, h = (int(v) for v in backend.split("x"))
+        send("Emulation.setDeviceMetricsOverride", {"width": w, "height": h,
+             "deviceScaleFactor": 1, "mobile": True}, session)
     send("Page.navigate", {"url": url}, session)
     wait(session, "document.getElementById('updated').textContent.indexOf('updated ')===0")
+    if action == "layout":
+        wait(session, "Array.prototype.every.call(document.querySelectorAll('img.chart'),"
+                      "function(i){return i.complete;})")
+        out["layout"] = evaluate(session, """({scroll_width:document.documentElement.scrollWidth,
+client_width:document.documentElement.clientWidth,
+images:Array.prototype.map.call(document.querySelectorAll('img.chart'),function(i){
+return {chart:i.getAttribute('data-chart')||i.id,natural_width:i.naturalWidth,width:i.getBoundingClientRect().width};})})""")
+        raise StopIteration
     out["before"] = evaluate(session, ROW)
     # Paste the token and save it, as a person would.
     evaluate(session, """(function(){document.querySelector('#admin details').open=true;
@@ -105,6 +119,8 @@ return true;})()""" % json.dumps(token))
         except RuntimeError:
             pass  # reported through "after"
     out["after"] = evaluate(session, ROW)
+except StopIteration:
+    pass
 except Exception as e:
     out["error"] = str(e)
 finally:
