@@ -85,6 +85,10 @@ pub struct DpStats {
     /// no room for (user space forwards those).
     pub kernel_flows: usize,
     pub kernel_full: u64,
+    /// Handshake ACKs of half-open flows that came to user space because
+    /// the kernel's embryonic LRU had evicted the flow (a SYN flood churns
+    /// it); user space forwarded them.
+    pub kernel_embryonic_lost: u64,
     /// Frames the kernel forwarded itself (counted in rx/tx too).
     pub kernel_packets: u64,
 }
@@ -424,32 +428,55 @@ impl Plane {
         }
     }
 
-    /// eBPF engine: a flow user space just forwarded goes to the kernel
-    /// once it is confirmed: a TCP flow in ESTABLISHED (the client's ACK
-    /// came), a UDP flow seen before. SYN, FIN and RST never reach the
-    /// kernel's fast path (the program hands them here).
-    fn offer_kernel(&mut self, now: Instant, key: &FlowKey, known: bool, v: &Verdict) {
+    /// eBPF engine: a flow user space just forwarded goes to the kernel. A
+    /// new TCP flow (its SYN) goes to the embryonic LRU, which the program
+    /// promotes on the handshake's ACK; a TCP flow confirmed here (in
+    /// ESTABLISHED: the kernel had lost it) and a UDP flow seen before go
+    /// to the confirmed maps. `before`: the flow's state before this frame.
+    /// SYN, FIN and RST never reach the kernel's fast path (the program
+    /// hands them here).
+    fn offer_kernel(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        flags: u8,
+        before: Option<TcpState>,
+        v: &Verdict,
+    ) {
         let Some(k) = &self.kernel else {
             return;
         };
         let Verdict::Forward { addr, mac, local } = *v else {
             return;
         };
-        let confirmed = match key.proto {
-            FlowKey::UDP => known,
-            _ => self
-                .engine
-                .lookup(now, key)
-                .is_some_and(|e| e.state == TcpState::Established),
-        };
-        if !confirmed {
-            return;
-        }
         let target = ebpf::Target {
             backend: addr,
             mac,
             local,
         };
+        if key.proto == FlowKey::TCP && flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN {
+            if let Err(e) = k.install_embryonic(key, target) {
+                log::debug!("eBPF install: {e}");
+            }
+            return;
+        }
+        if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            return;
+        }
+        let confirmed = match key.proto {
+            FlowKey::UDP => before.is_some(),
+            _ => {
+                if before == Some(TcpState::SynRecv) && self.active {
+                    self.stats.kernel_embryonic_lost += 1;
+                }
+                self.engine
+                    .lookup(now, key)
+                    .is_some_and(|e| e.state == TcpState::Established)
+            }
+        };
+        if !confirmed {
+            return;
+        }
         match k.install(key, target) {
             Ok(true) => {}
             Ok(false) => self.stats.kernel_full += 1,
@@ -706,12 +733,13 @@ impl Plane {
                 let verdict = if icmp_error {
                     self.engine.decide_related(now, &key, len)
                 } else {
-                    let known = self.kernel.is_some()
-                        && key.proto == FlowKey::UDP
-                        && self.engine.lookup(now, &key).is_some();
+                    let before = match self.kernel {
+                        Some(_) => self.engine.lookup(now, &key).map(|e| e.state),
+                        None => None,
+                    };
                     let v = self.engine.decide(now, &key, tcp_flags, len);
-                    if self.kernel.is_some() && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
-                        self.offer_kernel(now, &key, known, &v);
+                    if self.kernel.is_some() {
+                        self.offer_kernel(now, &key, tcp_flags, before, &v);
                     }
                     v
                 };

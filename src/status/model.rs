@@ -113,6 +113,9 @@ pub struct DataplaneStats {
     pub kernel_flows: u64,
     pub kernel_packets: u64,
     pub kernel_full: u64,
+    /// Handshakes the kernel's embryonic LRU had lost (flood churn):
+    /// forwarded by user space instead.
+    pub kernel_embryonic_lost: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub rx_bytes: u64,

@@ -402,6 +402,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             kernel_flows: dp.kernel_flows as u64,
             kernel_packets: dp.kernel_packets,
             kernel_full: dp.kernel_full,
+            kernel_embryonic_lost: dp.kernel_embryonic_lost,
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,

@@ -3,8 +3,10 @@
 // duet's in-kernel fast path for established flows.
 //
 // User space (the Rust engine) decides every new flow and owns every
-// scheduling rule; it installs a flow here once it is confirmed (a TCP
-// flow after the client's ACK, a UDP flow once it has been seen twice).
+// scheduling rule. It installs a new TCP flow on its SYN into `embryonic`,
+// a bounded LRU (a SYN flood churns only that map), so the handshake's ACK
+// and first data never leave the kernel; the first such frame promotes the
+// flow into `confirmed`. A UDP flow is installed once seen twice.
 // This file only looks flows up and moves frames:
 //
 // - duet_tc (tc clsact ingress, direct action) forwards a frame to the
@@ -37,6 +39,7 @@
 
 #define MAX_CONFIRMED 262144
 #define MAX_UDP 65536
+#define MAX_EMBRYONIC 65536
 
 // Layouts shared with src/dataplane/ebpf/maps.rs (repr(C) there).
 struct flow_key {
@@ -73,6 +76,7 @@ enum stat {
 	STAT_LOCAL_PACKETS,
 	STAT_LOCAL_BYTES,
 	STAT_REDIRECT_ERRORS,
+	STAT_PROMOTED,
 	STAT_MAX,
 };
 
@@ -84,6 +88,15 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 } confirmed SEC(".maps");
+
+// Half-open TCP flows, installed by user space on the SYN; bounded like
+// the userspace table's embryonic part (same size, oldest evicted first).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_EMBRYONIC);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} embryonic SEC(".maps");
 
 // UDP flows live apart, so a UDP flood cannot take the space confirmed TCP
 // flows need. LRU: an evicted flow is still in user space's table, whose
@@ -184,15 +197,33 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			// (port reuse) that user space may send elsewhere: the old
 			// entry must not catch its handshake's ACK. Deleted here,
 			// before user space reads the SYN the socket has queued.
-			if (reuse && (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+			if (reuse && (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
 				bpf_map_delete_elem(&confirmed, &k);
+				bpf_map_delete_elem(&embryonic, &k);
+			}
 			return NULL;
 		}
 	}
 	*out = c;
-	if (ip.protocol == IPPROTO_TCP)
-		return bpf_map_lookup_elem(&confirmed, &k);
-	return bpf_map_lookup_elem(&udp, &k);
+	if (ip.protocol != IPPROTO_TCP)
+		return bpf_map_lookup_elem(&udp, &k);
+	struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
+	if (v)
+		return v;
+	v = bpf_map_lookup_elem(&embryonic, &k);
+	if (!v || !reuse)
+		return v;
+	// The handshake's ACK (or data after it): the flow is confirmed. It
+	// moves with its counters, so user space's walk of `confirmed` accounts
+	// this frame and moves the Rust engine's entry to ESTABLISHED by the
+	// same state machine. A full `confirmed` refuses it: the flow stays
+	// here, evictable, as in the userspace table.
+	struct flow_val moved = *v;
+	if (bpf_map_update_elem(&confirmed, &k, &moved, BPF_NOEXIST) < 0)
+		return v;
+	bpf_map_delete_elem(&embryonic, &k);
+	count(STAT_PROMOTED, 1);
+	return bpf_map_lookup_elem(&confirmed, &k);
 }
 
 SEC("classifier")

@@ -133,6 +133,9 @@ pub struct KernelStats {
     pub local_packets: u64,
     pub local_bytes: u64,
     pub redirect_errors: u64,
+    /// Half-open flows the program moved to the confirmed map on their
+    /// handshake's ACK.
+    pub promoted: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -142,7 +145,8 @@ pub struct Params {
     pub vip: Ipv4Addr,
     pub vmac: Mac,
     pub own_mac: Mac,
-    /// Entries in the confirmed-flow map.
+    /// Entries in the confirmed-flow map; the embryonic map gets the bound
+    /// of the userspace table's embryonic part for this capacity.
     pub max_connections: u32,
     /// How long one renewal keeps the program forwarding (dead_after/2).
     pub lease: Duration,
@@ -153,6 +157,7 @@ pub struct Params {
 pub struct Kernel {
     bpf: Ebpf,
     confirmed: MapData,
+    embryonic: MapData,
     udp: MapData,
     ctl: Array<MapData, RawControl>,
     stats: PerCpuArray<MapData, u64>,
@@ -172,6 +177,7 @@ impl Kernel {
     pub fn load(p: &Params) -> Result<Kernel, Error> {
         let mut bpf = EbpfLoader::new()
             .map_max_entries("confirmed", p.max_connections.max(1))
+            .map_max_entries("embryonic", embryonic_bound(p.max_connections))
             .map_max_entries("udp", UDP_FLOWS)
             .load(OBJECT)?;
         for name in [TC_PROG, SOCK_PROG] {
@@ -189,6 +195,7 @@ impl Kernel {
             _ => Err(Error::Map(name, "missing or not a hash".into())),
         };
         let confirmed = hash(&mut bpf, "confirmed")?;
+        let embryonic = hash(&mut bpf, "embryonic")?;
         let udp = hash(&mut bpf, "udp")?;
         let ctl = bpf
             .take_map("ctl")
@@ -203,6 +210,7 @@ impl Kernel {
         let mut k = Kernel {
             bpf,
             confirmed,
+            embryonic,
             udp,
             ctl,
             stats,
@@ -316,18 +324,21 @@ impl Kernel {
         let Some((_, m)) = self.map_for(key.proto) else {
             return Ok(false);
         };
-        let v = RawVal {
-            mac: t.mac,
-            local: u8::from(t.local),
-            backend: t.backend.octets(),
-            ..RawVal::default()
-        };
-        match sys::update(fd(m), &RawKey::new(key), &v, sys::BPF_NOEXIST) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => Ok(false),
-            Err(e) => Err(Error::Map("confirmed", e.to_string())),
+        insert(m, key, t).map_err(|e| Error::Map("confirmed", e.to_string()))
+    }
+
+    /// Hands a new TCP flow (its SYN just forwarded) to the kernel's
+    /// embryonic LRU, so its handshake's ACK and first data stay in kernel;
+    /// the program promotes it to the confirmed map on that ACK. A full map
+    /// evicts its least recently used flow, whose next frame comes back
+    /// here.
+    pub fn install_embryonic(&self, key: &FlowKey, t: Target) -> Result<(), Error> {
+        if key.proto != FlowKey::TCP {
+            return Ok(());
         }
+        insert(&self.embryonic, key, t)
+            .map(|_| ())
+            .map_err(|e| Error::Map("embryonic", e.to_string()))
     }
 
     /// Takes `key` away from the kernel; its next frame goes to user space.
@@ -337,14 +348,22 @@ impl Kernel {
             // ENOENT: not installed, or already gone.
             let _ = sys::delete(fd(m), &k);
         }
+        if key.proto == FlowKey::TCP {
+            let _ = sys::delete(fd(&self.embryonic), &k);
+        }
         self.seen.remove(&k);
     }
 
-    /// The kernel's view of `key`, if installed: its counters since
-    /// installation.
+    /// The kernel's view of `key`, if installed (confirmed or embryonic):
+    /// its counters since installation.
     pub fn lookup(&self, key: &FlowKey) -> Option<Activity> {
         let (_, m) = self.map_for(key.proto)?;
-        let v: RawVal = sys::lookup(fd(m), &RawKey::new(key)).ok()??;
+        let k = RawKey::new(key);
+        let v: RawVal = match sys::lookup(fd(m), &k).ok()? {
+            Some(v) => v,
+            None if key.proto == FlowKey::TCP => sys::lookup(fd(&self.embryonic), &k).ok()??,
+            None => return None,
+        };
         Some(activity(&v, (0, 0), sys::monotonic_ns()))
     }
 
@@ -381,7 +400,13 @@ impl Kernel {
             let Ok(Some(v)) = sys::lookup::<RawKey, RawVal>(fd, &cur) else {
                 continue;
             };
-            let before = self.seen.get(&cur).map_or((0, 0), |s| (s.0, s.1));
+            // Counters below the remembered ones: the flow was deleted (a
+            // SYN on its ports) and installed afresh since the last visit.
+            let before = self
+                .seen
+                .get(&cur)
+                .map_or((0, 0), |s| (s.0, s.1))
+                .min((v.packets, v.bytes));
             if f(cur.flow(), activity(&v, before, now)) {
                 self.seen.insert(cur, (v.packets, v.bytes, round));
             } else {
@@ -426,7 +451,30 @@ impl Kernel {
             local_packets: sum(2),
             local_bytes: sum(3),
             redirect_errors: sum(4),
+            promoted: sum(5),
         }
+    }
+}
+
+/// The userspace table's embryonic bound for this many confirmed flows.
+fn embryonic_bound(max_connections: u32) -> u32 {
+    let part = crate::forward::Limits::for_capacity(max_connections as usize).embryonic;
+    u32::try_from(part).unwrap_or(u32::MAX).max(1)
+}
+
+/// `Ok(false)`: the map is full (only a plain hash says so).
+fn insert(m: &MapData, key: &FlowKey, t: Target) -> std::io::Result<bool> {
+    let v = RawVal {
+        mac: t.mac,
+        local: u8::from(t.local),
+        backend: t.backend.octets(),
+        ..RawVal::default()
+    };
+    match sys::update(fd(m), &RawKey::new(key), &v, sys::BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::E2BIG) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -343,3 +343,111 @@ fn full_map_refuses_and_keeps_confirmed_flows() {
     // Installing an installed flow again is not an error.
     assert!(k.install(&key(6, 1000, 80), remote()).unwrap());
 }
+
+/// Whether `key` sits in the confirmed map (not only the embryonic one).
+fn confirmed(k: &Kernel, key: &FlowKey) -> Option<RawVal> {
+    sys::lookup(fd(&k.confirmed), &RawKey::new(key)).unwrap()
+}
+
+#[test]
+fn embryonic_flow_forwards_its_handshake_and_is_promoted_on_the_ack() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let a = key(6, 1000, 80);
+    k.install_embryonic(&a, remote()).unwrap();
+    assert!(confirmed(&k, &a).is_none());
+    // The SYN's retransmission still goes to user space (and takes the
+    // flow out, in case the port was reused for a new connection).
+    let syn = tcp(VMAC, 1000, SYN);
+    assert_eq!(k.sock(&syn), KEEP);
+    assert_eq!(k.tc(&syn).0, TC_ACT_SHOT);
+    assert!(k.lookup(&a).is_none(), "SYN left the embryonic entry");
+    k.install_embryonic(&a, remote()).unwrap();
+    // The handshake's ACK: not copied to user space, forwarded in kernel,
+    // and the flow moves to the confirmed map with its counters.
+    let ack = tcp(VMAC, 1000, ACK);
+    assert_eq!(k.sock(&ack), 0, "socket must not copy an embryonic hit");
+    assert!(
+        confirmed(&k, &a).is_none(),
+        "the socket filter promotes nothing"
+    );
+    let (verdict, out) = k.tc(&ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, with_macs(&ack, PEER, OWN));
+    let v = confirmed(&k, &a).expect("promoted on the ACK");
+    assert_eq!((v.packets, v.bytes, v.mac), (1, ack.len() as u64, PEER));
+    assert!(
+        sys::lookup::<RawKey, RawVal>(fd(&k.embryonic), &RawKey::new(&a))
+            .unwrap()
+            .is_none(),
+        "left in the embryonic map"
+    );
+    // Data after it: a confirmed hit, counted on.
+    assert_eq!(k.tc(&ack).0, TC_ACT_REDIRECT);
+    assert_eq!(confirmed(&k, &a).unwrap().packets, 2);
+    assert_eq!(k.stats().promoted, 1);
+    // The walk of confirmed flows sees everything since the SYN.
+    let mut seen = Vec::new();
+    k.walk(6, 100, |key, act| {
+        seen.push((key, act.packets));
+        true
+    });
+    assert_eq!(seen, vec![(a, 2)]);
+    // A local backend: delivered to this node's stack.
+    let b = key(6, 1001, 80);
+    k.install_embryonic(&b, local()).unwrap();
+    let ack_b = tcp(VMAC, 1001, ACK);
+    let (verdict, out) = k.tc(&ack_b);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[..6], &OWN);
+    assert!(confirmed(&k, &b).is_some());
+}
+
+#[test]
+fn embryonic_flow_stays_evictable_when_confirmed_is_full_and_obeys_the_lease() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    for port in 0..4 {
+        assert!(k.install(&key(6, 2000 + port, 80), remote()).unwrap());
+    }
+    let a = key(6, 1000, 80);
+    k.install_embryonic(&a, remote()).unwrap();
+    let ack = tcp(VMAC, 1000, ACK);
+    // No room to promote: forwarded from the embryonic map all the same.
+    assert_eq!(k.tc(&ack).0, TC_ACT_REDIRECT);
+    assert_eq!(k.tc(&ack).0, TC_ACT_REDIRECT);
+    assert!(confirmed(&k, &a).is_none());
+    assert_eq!(k.lookup(&a).map(|x| x.packets), Some(2));
+    assert_eq!(k.stats().promoted, 0);
+    // Fail-safe: an expired lease forwards no embryonic flow either.
+    k.control.lease_until = sys::monotonic_ns() - 1;
+    k.write_control().unwrap();
+    assert_eq!(k.tc(&ack).0, TC_ACT_SHOT);
+    assert_eq!(k.sock(&ack), KEEP);
+    // Removal takes it from the embryonic map too.
+    k.renew().unwrap();
+    k.remove(&a);
+    assert!(k.lookup(&a).is_none());
+    assert_eq!(k.tc(&ack).0, TC_ACT_SHOT);
+    assert_eq!(k.sock(&ack), KEEP);
+}
+
+#[test]
+fn embryonic_map_is_a_bounded_lru() {
+    let k = kernel();
+    // The userspace table's embryonic bound for 4 confirmed flows is 4; a
+    // flood of SYNs evicts old entries rather than failing.
+    for port in 0..1000 {
+        k.install_embryonic(&key(6, 10_000 + port, 80), remote())
+            .unwrap();
+    }
+    let mut n = 0;
+    let mut at: Option<RawKey> = None;
+    while let Ok(Some(x)) = sys::next_key(fd(&k.embryonic), at.as_ref()) {
+        n += 1;
+        at = Some(x);
+    }
+    assert!((1..=4).contains(&n), "{n} embryonic entries");
+    assert!(k.lookup(&key(6, 10_999, 80)).is_some(), "newest kept");
+    assert_eq!(k.len(), (0, 0), "confirmed maps untouched");
+}
