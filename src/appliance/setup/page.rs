@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use subtle::ConstantTimeEq;
 
+use crate::status::render::esc as escape;
+
 /// Largest form accepted: a config is a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -50,21 +52,6 @@ pub fn route(method: &str, path: &str) -> Route {
         ("POST", "/setup") => Route::Submit,
         _ => Route::Forbidden,
     }
-}
-
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The form, prefilled with `config` and `node`, listing `errors` (each
