@@ -670,6 +670,25 @@ mod tests {
         }
     }
 
+    /// Opens the store at `dir`. A store dropped a moment ago may still hold
+    /// sled's file lock while its flusher thread winds down (a new process
+    /// never meets this: the lock goes with the old one), so wait for it.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("open {}: {e}", dir.display()),
+            }
+        }
+    }
+
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -680,7 +699,7 @@ mod tests {
     fn reopen_keeps_state_and_counts_boots() {
         let t = TempDir::new("reopen");
         {
-            let s = Store::open(&t.state()).unwrap();
+            let s = reopen(&t.state());
             assert_eq!(s.boot_count(), 1);
             assert_eq!(s.node_id(), None);
             assert_eq!(s.last_role(), None);
@@ -694,7 +713,7 @@ mod tests {
             s.log_event("role", "standby -> director").unwrap();
             s.log_event("admin", "drain web2").unwrap();
         }
-        let s = Store::open(&t.state()).unwrap();
+        let s = reopen(&t.state());
         assert_eq!(s.boot_count(), 2);
         assert!(s.moved_aside().is_none());
         assert_eq!(s.node_id().as_deref(), Some("web1"));
@@ -708,13 +727,13 @@ mod tests {
         assert_eq!(ev[1].message, "standby -> director");
         assert!(ev[0].ts_ms >= ev[1].ts_ms && ev[1].ts_ms > 0);
         drop(s);
-        assert_eq!(Store::open(&t.state()).unwrap().boot_count(), 3);
+        assert_eq!(reopen(&t.state()).boot_count(), 3);
     }
 
     #[test]
     fn weight_override_can_be_removed() {
         let t = TempDir::new("weight");
-        let s = Store::open(&t.state()).unwrap();
+        let s = reopen(&t.state());
         s.set_weight("a", Some(3)).unwrap();
         s.set_weight("a", None).unwrap();
         assert!(s.weights().is_empty());
@@ -724,7 +743,7 @@ mod tests {
     fn events_are_capped_oldest_first_and_survive_reopen() {
         let t = TempDir::new("cap");
         {
-            let s = Store::open(&t.state()).unwrap();
+            let s = reopen(&t.state());
             for i in 0..EVENT_CAP + 25 {
                 s.log_event_at(i, "test", &format!("event {i}")).unwrap();
             }
@@ -733,7 +752,7 @@ mod tests {
             assert_eq!(ev[0].message, format!("event {}", EVENT_CAP + 24));
             assert_eq!(ev[2].message, format!("event {}", EVENT_CAP + 22));
         }
-        let s = Store::open(&t.state()).unwrap();
+        let s = reopen(&t.state());
         s.log_event_at(1, "test", "after reopen").unwrap();
         let all = s.events(usize::MAX);
         assert_eq!(all.len() as u64, EVENT_CAP);
@@ -748,7 +767,7 @@ mod tests {
     #[test]
     fn bad_records_are_skipped_not_fatal() {
         let t = TempDir::new("records");
-        let s = Store::open(&t.state()).unwrap();
+        let s = reopen(&t.state());
         s.set_drained("good", true).unwrap();
         s.drains.insert("garbage", b"not json".to_vec()).unwrap();
         s.drains
@@ -772,7 +791,7 @@ mod tests {
         let junk: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
         std::fs::write(dir.join("conf"), &junk[..300]).unwrap();
         std::fs::write(dir.join("db"), &junk).unwrap();
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let aside = s
             .moved_aside()
             .expect("damaged state moved aside")
@@ -791,13 +810,13 @@ mod tests {
         let t = TempDir::new("discard");
         let dir = t.state();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = reopen(&dir);
             s.set_drained("web2", true).unwrap();
         }
         let mut rng = fastrand::Rng::with_seed(9);
         let junk: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
         std::fs::write(dir.join("db"), &junk).unwrap();
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         // sled recovers by dropping what it cannot read; the loss is logged.
         assert!(s.drains().is_empty());
         let ev = s.events(5);
@@ -805,7 +824,7 @@ mod tests {
         assert!(ev[0].message.contains("discarded"), "{ev:?}");
         drop(s);
         // A clean reopen reports nothing.
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         assert_eq!(s.events(5).len(), 1);
     }
 
@@ -814,7 +833,7 @@ mod tests {
         let t = TempDir::new("flip");
         let dir = t.state();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = reopen(&dir);
             for i in 0..50 {
                 s.set_drained(&format!("b{i}"), true).unwrap();
                 s.log_event("e", &"x".repeat(100)).unwrap();
@@ -828,7 +847,7 @@ mod tests {
         }
         std::fs::write(dir.join("db"), &db).unwrap();
         // Either sled recovers what it can, or the state is moved aside.
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let _ = (s.drains(), s.events(100), s.boot_count());
         if let Some(aside) = s.moved_aside() {
             let _ = std::fs::remove_dir_all(aside);
@@ -840,7 +859,7 @@ mod tests {
         let t = TempDir::new("format");
         let dir = t.state();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = reopen(&dir);
             s.meta
                 .insert(K_FORMAT, encode(FormatRec { format: 99 }).unwrap())
                 .unwrap();
@@ -849,7 +868,7 @@ mod tests {
             Err(StoreError::Incompatible { found: 99, .. }) => {}
             other => panic!("expected Incompatible, got {other:?}"),
         }
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let aside = s.moved_aside().unwrap().to_path_buf();
         drop(s);
         let _ = std::fs::remove_dir_all(aside);
@@ -870,7 +889,7 @@ mod tests {
     #[test]
     fn second_open_of_a_live_store_is_refused_not_moved() {
         let t = TempDir::new("lock");
-        let s = Store::open(&t.state()).unwrap();
+        let s = reopen(&t.state());
         s.set_drained("keep", true).unwrap();
         match Store::open(&t.state()) {
             Err(StoreError::Io { .. }) => {}
