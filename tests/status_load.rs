@@ -17,14 +17,7 @@ fn status_answers_under_slowloris_and_connect_floods() {
     let addr = c.nodes[d].addr.clone();
     // The attack runs niced: on this 2-core box its Python loop would
     // otherwise starve the poller and the figure would measure the client.
-    let flood = std::process::Command::new("ip")
-        .args(["netns", "exec", &c.client, "nice", "-n", "19", "python3"])
-        .arg(support("flood.py"))
-        .args([addr.as_str(), "8080", "2000", "10000", "14"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let flood = py_bg_niced(&c.client, "flood.py", &format!("{addr} 8080 2000 10000 14"));
     // Let the 2,000 connect and the first burst land.
     std::thread::sleep(Duration::from_secs(3));
     let poll = py_bg(

@@ -652,8 +652,22 @@ pub fn wall() -> f64 {
 /// Runs a tests/support script in `ns` in the background; its stdout is
 /// one JSON object (see [`json_of`]).
 pub fn py_bg(ns: &str, script: &str, args: &str) -> Child {
+    py_spawn(&["netns", "exec", ns, "python3"], script, args)
+}
+
+/// [`py_bg`] at the lowest CPU priority, for load generators that would
+/// otherwise starve the measuring side of a 2-core box.
+pub fn py_bg_niced(ns: &str, script: &str, args: &str) -> Child {
+    py_spawn(
+        &["netns", "exec", ns, "nice", "-n", "19", "python3"],
+        script,
+        args,
+    )
+}
+
+fn py_spawn(ip_args: &[&str], script: &str, args: &str) -> Child {
     Command::new("ip")
-        .args(["netns", "exec", ns, "python3"])
+        .args(ip_args)
         .arg(support(script))
         .args(args.split_whitespace())
         .stdout(Stdio::piped())
