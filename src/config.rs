@@ -101,6 +101,11 @@ pub struct Cluster {
     /// Which data-plane engine forwards (DESIGN.md section 2).
     #[serde(default)]
     pub engine: EngineChoice,
+    /// eBPF engine: new TCP connections a second that duet's own scheduler
+    /// decides; the kernel schedules the rest by consistent hash (a SYN
+    /// flood's excess). 0: duet decides every one, whatever the rate.
+    #[serde(default = "default_syn_budget")]
+    pub syn_budget: u32,
 }
 
 /// `cluster.engine`: `auto` uses the eBPF engine where the kernel and the
@@ -450,6 +455,14 @@ fn default_sync_port() -> u16 {
 }
 fn default_stop_drain() -> Spanned<Dur> {
     Spanned::new(0..0, Dur(Duration::from_secs(30)))
+}
+
+fn default_syn_budget() -> u32 {
+    // About what the data-plane thread decides a second on one core of a
+    // small box with room to spare, so a flood leaves it time for the rest
+    // and the packet socket's ring never fills with SYNs (dropping
+    // legitimate ones with the flood's).
+    20_000
 }
 
 fn default_max_connections() -> usize {

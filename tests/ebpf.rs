@@ -145,3 +145,68 @@ fn handshake_ack_and_data_are_forwarded_in_kernel() {
         2 * n
     );
 }
+
+/// Issue 21 with the flood issue's rule: past `cluster.syn_budget` the
+/// kernel schedules new connections itself. With a budget of one a second
+/// nearly every connection is scheduled in kernel; duet must still adopt
+/// each (counted per backend, synced to the peer) so that a kill -9
+/// takeover keeps them, and the split still spans both nodes.
+#[test]
+fn kernel_scheduled_flows_are_adopted_synced_and_survive_a_takeover() {
+    let mut c = Cluster::new(Opts {
+        cluster: "syn_budget = 1".into(),
+        ..Opts::default()
+    });
+    let d = c.wait_one_director(Duration::from_secs(5));
+    let peer = 1 - d;
+    let dl = start_downloads(&c, 20, 2_000_000, 200_000);
+    // Every download held by the director's engine, and by the peer's
+    // from sync (the status is published a few times a second).
+    let held = |i: usize| {
+        c.status(i)
+            .and_then(|s| s["dataplane"]["connections"].as_u64())
+            .unwrap_or(0)
+    };
+    poll("director holds 20 flows", Duration::from_secs(15), || {
+        held(d) >= 20
+    });
+    poll(
+        "peer holds 20 synced flows",
+        Duration::from_secs(15),
+        || held(peer) >= 20,
+    );
+    let s = c.status(d).unwrap();
+    assert_eq!(s["dataplane"]["engine"], "ebpf");
+    let scheduled = s["dataplane"]["kernel_scheduled"].as_u64().unwrap_or(0);
+    assert!(
+        scheduled >= 15,
+        "{scheduled} of 20 SYNs scheduled in kernel: {s}"
+    );
+    let per_backend: Vec<(String, u64, u64)> = s["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or("").to_string(),
+                b["total_connections"].as_u64().unwrap_or(0),
+                b["active_connections"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let total: u64 = per_backend.iter().map(|b| b.1).sum();
+    let active: u64 = per_backend.iter().map(|b| b.2).sum();
+    eprintln!("kernel-scheduled: {scheduled} SYNs; per backend {per_backend:?}");
+    assert!(total >= 20, "adopted flows not counted: {per_backend:?}");
+    assert!(active >= 20, "adopted flows not active: {per_backend:?}");
+    assert!(
+        per_backend.iter().all(|b| b.1 > 0),
+        "the kernel's hash used one node only: {per_backend:?}"
+    );
+    c.kill9(d);
+    let (intact, bad) = finish_downloads(dl);
+    eprintln!("kill -9 with kernel-scheduled flows: {intact}/20 downloads intact");
+    assert_eq!(intact, 20, "downloads broken by the takeover: {bad:?}");
+    assert_eq!(c.role(peer).as_deref(), Some("director"));
+    serves(&c, 20);
+}

@@ -91,6 +91,8 @@ pub struct DpStats {
     pub kernel_embryonic_lost: u64,
     /// Frames the kernel forwarded itself (counted in rx/tx too).
     pub kernel_packets: u64,
+    /// New TCP flows the kernel scheduled itself, over user space's budget.
+    pub kernel_syns: u64,
 }
 
 /// Entries traded between the data plane and the sync thread.
@@ -259,7 +261,12 @@ pub fn spawn(
         .take_ring()
         .ok_or_else(|| std::io::Error::other("packet socket without a receive ring"))?;
     let now = Instant::now();
-    let kernel = p.kernel.take();
+    let mut kernel = p.kernel.take();
+    if let Some(k) = &mut kernel {
+        if let Err(e) = k.set_tables(&engine.hash_tables()) {
+            log::warn!("eBPF hash tables: {e}");
+        }
+    }
     let plane = Plane {
         stats: DpStats {
             engine: super::engine_name(&kernel),
@@ -408,12 +415,17 @@ impl Plane {
         for proto in [FlowKey::TCP, FlowKey::UDP] {
             k.walk(proto, KERNEL_WALK, |key, act| {
                 let t = act.target;
-                // Only a flow the engine still holds there: `decide` on a
-                // flow it lost would schedule it afresh.
-                if engine
+                // Only a flow the engine holds there, or one the kernel
+                // scheduled itself and the engine takes in now: `decide` on
+                // a flow it lost would schedule it afresh.
+                let held = engine
                     .lookup(now, &key)
-                    .is_none_or(|e| e.backend != t.backend)
-                {
+                    .is_some_and(|e| e.backend == t.backend);
+                let adopted = !held
+                    && act.kernel_scheduled
+                    && act.packets > 0
+                    && engine.adopt(now, &key, t.backend, true);
+                if !held && !adopted {
                     return false;
                 }
                 if act.packets == 0 {
@@ -428,13 +440,39 @@ impl Plane {
         }
     }
 
+    /// eBPF engine: a frame of a flow the kernel scheduled itself (over the
+    /// SYN budget) that the engine has not taken in yet (its FIN or RST
+    /// before the walk came by, or a port reused since the engine's entry):
+    /// the engine adopts the kernel's pick, so this frame goes there too.
+    fn adopt_from_kernel(&mut self, now: Instant, key: &FlowKey) {
+        let Some(k) = &self.kernel else {
+            return;
+        };
+        if key.proto != FlowKey::TCP {
+            return;
+        }
+        let Some(act) = k.lookup(key) else {
+            return;
+        };
+        let backend = act.target.backend;
+        if act.kernel_scheduled
+            && self
+                .engine
+                .lookup(now, key)
+                .is_none_or(|e| e.backend != backend)
+            && !self.engine.adopt(now, key, backend, act.confirmed)
+        {
+            log::debug!("eBPF: cannot adopt {key:?} (backend {backend} gone)");
+        }
+    }
+
     /// eBPF engine: a flow user space just forwarded goes to the kernel. A
     /// new TCP flow (its SYN) goes to the embryonic LRU, which the program
     /// promotes on the handshake's ACK; a TCP flow confirmed here (in
     /// ESTABLISHED: the kernel had lost it) and a UDP flow seen before go
     /// to the confirmed maps. `before`: the flow's state before this frame.
-    /// SYN, FIN and RST never reach the kernel's fast path (the program
-    /// hands them here).
+    /// FIN and RST never reach the kernel's fast path (the program hands
+    /// them here), nor do SYNs within user space's budget.
     fn offer_kernel(
         &mut self,
         now: Instant,
@@ -588,6 +626,7 @@ impl Plane {
             out.tx_packets += s.remote_packets;
             out.local_packets += s.local_packets;
             out.kernel_packets = s.remote_packets + s.local_packets;
+            out.kernel_syns = s.syn_scheduled;
             if s.redirect_errors > 0 {
                 out.drops.insert("redirect", s.redirect_errors);
             }
@@ -614,6 +653,11 @@ impl Plane {
             .clone();
         if !Arc::ptr_eq(&c.snapshot, self.engine.snapshot()) {
             self.engine.set_snapshot(c.snapshot.clone());
+            if let Some(k) = &mut self.kernel {
+                if let Err(e) = k.set_tables(&self.engine.hash_tables()) {
+                    log::warn!("eBPF hash tables: {e}");
+                }
+            }
         }
         if c.active != self.active {
             let r = if c.active {
@@ -733,6 +777,9 @@ impl Plane {
                 let verdict = if icmp_error {
                     self.engine.decide_related(now, &key, len)
                 } else {
+                    if self.kernel.is_some() && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                        self.adopt_from_kernel(now, &key);
+                    }
                     let before = match self.kernel {
                         Some(_) => self.engine.lookup(now, &key).map(|e| e.state),
                         None => None,

@@ -80,9 +80,33 @@ impl Maglev {
     }
 
     /// The backend index for a flow hash.
-    pub(crate) fn lookup(&self, hash: u64) -> usize {
-        usize::from(self.table[(hash % TABLE_SIZE as u64) as usize])
+    pub(crate) fn lookup(&self, hash: u32) -> usize {
+        usize::from(self.table[hash as usize % TABLE_SIZE])
     }
+
+    /// Every slot's backend index.
+    pub(crate) fn slots(&self) -> &[u16] {
+        &self.table
+    }
+}
+
+/// The flow hash of sh (`port` None) and mh: murmur3's 32-bit finaliser,
+/// simple enough that the eBPF program computes the same (duet.bpf.c,
+/// `kernel_pick`) and picks as the engine does.
+pub fn flow_hash(src: Ipv4Addr, port: Option<u16>) -> u32 {
+    let mut h = u32::from(src);
+    if let Some(p) = port {
+        h ^= fmix32(u32::from(p) ^ 0x6475_6574);
+    }
+    fmix32(h)
+}
+
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 #[cfg(test)]
@@ -93,13 +117,13 @@ mod tests {
         (1..=n).map(|i| (Ipv4Addr::new(10, 0, 0, i), 1)).collect()
     }
 
-    fn owners(m: &Maglev, backends: &[(Ipv4Addr, u32)], flows: &[u64]) -> Vec<Ipv4Addr> {
+    fn owners(m: &Maglev, backends: &[(Ipv4Addr, u32)], flows: &[u32]) -> Vec<Ipv4Addr> {
         flows.iter().map(|h| backends[m.lookup(*h)].0).collect()
     }
 
-    fn flows(n: usize) -> Vec<u64> {
+    fn flows(n: usize) -> Vec<u32> {
         let mut rng = fastrand::Rng::with_seed(42);
-        (0..n).map(|_| rng.u64(..)).collect()
+        (0..n).map(|_| rng.u32(..)).collect()
     }
 
     #[test]

@@ -100,7 +100,7 @@
 
 mod conntable;
 mod flood;
-mod maglev;
+pub(crate) mod maglev;
 pub(crate) mod sched;
 
 use std::collections::{HashMap, VecDeque};
@@ -634,6 +634,29 @@ pub struct TableStats {
 /// At most this many flood events wait for [`Engine::poll_event`].
 const EVENT_QUEUE: usize = 8;
 
+/// One TCP service's consistent-hash table, for a data plane that
+/// schedules new flows without the engine (the eBPF engine, over its SYN
+/// budget). Slot `maglev::flow_hash(client) % TABLE_SIZE` names the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashTable {
+    pub port: u16,
+    /// Clients whose address & mask match share a backend.
+    pub src_mask: Ipv4Addr,
+    /// Whether the client's port is hashed too.
+    pub with_port: bool,
+    pub backends: Vec<TableBackend>,
+    /// `maglev::TABLE_SIZE` indices into `backends`.
+    pub slots: Vec<u16>,
+}
+
+/// A backend a [`HashTable`] slot names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableBackend {
+    pub backend: Ipv4Addr,
+    pub mac: Mac,
+    pub local: bool,
+}
+
 /// The forwarding engine of one director. See the module docs for policies.
 pub struct Engine {
     snapshot: Arc<Snapshot>,
@@ -807,6 +830,94 @@ impl Engine {
     /// The snapshot in use.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
+    }
+
+    /// Every TCP service's consistent-hash table over its eligible
+    /// backends: sh and mh hash as [`Engine::decide`] does; the other
+    /// schedulers degrade to a weighted hash (and persistence to hashing
+    /// the masked client address), which is what a data plane that cannot
+    /// ask the engine can do.
+    pub fn hash_tables(&self) -> Vec<HashTable> {
+        let mut out = Vec::new();
+        for s in self.services.iter().filter(|s| s.proto == FlowKey::TCP) {
+            let built;
+            let m = match s.sched.table() {
+                Some(m) => m,
+                None => match maglev::Maglev::build(&s.sched.eligible) {
+                    Some(m) => {
+                        built = m;
+                        &built
+                    }
+                    None => continue,
+                },
+            };
+            let (src_mask, with_port) = match (s.persistence, s.sched.kind) {
+                (Some(_), _) => (Ipv4Addr::from(s.mask), false),
+                (None, Scheduler::Sh) => (Ipv4Addr::BROADCAST, false),
+                (None, _) => (Ipv4Addr::BROADCAST, true),
+            };
+            let backends = s
+                .eligible
+                .iter()
+                .map(|&id| {
+                    let d = &self.dests[id as usize];
+                    TableBackend {
+                        backend: d.addr,
+                        mac: d.mac,
+                        local: d.local,
+                    }
+                })
+                .collect();
+            out.push(HashTable {
+                port: s.port,
+                src_mask,
+                with_port,
+                backends,
+                slots: m.slots().to_vec(),
+            });
+        }
+        out
+    }
+
+    /// Takes in a flow a data plane scheduled without the engine (see
+    /// [`Engine::hash_tables`]), as if it had been decided here: counted,
+    /// synced to the peer, and replacing an older entry on its ports. False
+    /// when its service or backend is unknown or down, or the table is full.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        backend: Ipv4Addr,
+        confirmed: bool,
+    ) -> bool {
+        let state = if confirmed {
+            TcpState::Established
+        } else {
+            TcpState::SynRecv
+        };
+        let kind = if confirmed {
+            Kind::Established
+        } else {
+            Kind::Embryonic
+        };
+        let e = ConnEntry {
+            key: *key,
+            backend,
+            state,
+            expires: now + self.timeout_for(kind, state),
+        };
+        if !self.install(now, e) {
+            return false;
+        }
+        let Some(ci) = self.conns.find(key) else {
+            return false;
+        };
+        if let Some((_, c)) = self.conns.at_mut(ci) {
+            self.conn_log.mark(&mut c.mark, ci);
+            let d = &mut self.dests[c.dest as usize];
+            d.counters.total += 1;
+        }
+        true
     }
 
     /// Decides where a TCP/UDP packet of `key` goes, updating the connection

@@ -7,13 +7,9 @@
 
 use std::net::Ipv4Addr;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
-use super::maglev::Maglev;
+use super::maglev::{flow_hash, Maglev};
 use super::Scheduler;
 use crate::wire::frame::FlowKey;
-
-const FLOW_SEED: u64 = 0x6475_6574_666c_6f77; // "duetflow"
 
 /// What lc/wlc need to know about a candidate's load.
 #[derive(Clone, Copy)]
@@ -102,16 +98,16 @@ impl SchedState {
     pub(crate) fn pick_stateless(&self, key: &FlowKey) -> Option<usize> {
         let m = self.maglev.as_ref()?;
         let hash = match self.kind {
-            Scheduler::Sh => xxh3_64_with_seed(&key.src.octets(), FLOW_SEED),
-            Scheduler::Mh => {
-                let mut b = [0u8; 6];
-                b[..4].copy_from_slice(&key.src.octets());
-                b[4..].copy_from_slice(&key.sport.to_be_bytes());
-                xxh3_64_with_seed(&b, FLOW_SEED)
-            }
+            Scheduler::Sh => flow_hash(key.src, None),
+            Scheduler::Mh => flow_hash(key.src, Some(key.sport)),
             _ => return None,
         };
         Some(m.lookup(hash))
+    }
+
+    /// The Maglev table, for sh and mh.
+    pub(crate) fn table(&self) -> Option<&Maglev> {
+        self.maglev.as_ref()
     }
 }
 

@@ -1271,3 +1271,112 @@ fn installs_go_to_their_part() {
     assert!(e.lookup(now, &tcp_key(10, 1)).is_none());
     assert!(e.lookup(now, &tcp_key(12, 1)).is_some());
 }
+
+/// The backend a kernel table names for `key`, as the eBPF program hashes.
+fn table_pick(t: &HashTable, key: &FlowKey) -> Ipv4Addr {
+    let src = Ipv4Addr::from(u32::from(key.src) & u32::from(t.src_mask));
+    let h = maglev::flow_hash(src, t.with_port.then_some(key.sport));
+    let slot = t.slots[h as usize % maglev::TABLE_SIZE];
+    t.backends[usize::from(slot)].backend
+}
+
+#[test]
+fn kernel_tables_pick_as_the_engine_does_for_sh_and_mh() {
+    for sched in [Scheduler::Sh, Scheduler::Mh] {
+        let backends: Vec<BackendSnap> = (1..=5).map(|i| be(i, 1 + u32::from(i % 2))).collect();
+        let mut e = engine(vec![svc(6, 80, sched, backends)], 20_000);
+        let tables = e.hash_tables();
+        assert_eq!(tables.len(), 1);
+        let t = &tables[0];
+        assert_eq!((t.port, t.with_port), (80, sched == Scheduler::Mh));
+        assert_eq!(t.slots.len(), maglev::TABLE_SIZE);
+        let now = Instant::now();
+        for i in 0..5_000 {
+            let k = tcp_key(i * 13, 1024 + (i % 50_000) as u16);
+            assert_eq!(
+                table_pick(t, &k),
+                backend_of(e.decide(now, &k, SYN, 60)),
+                "{sched:?} flow {k:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kernel_tables_cover_tcp_services_over_their_eligible_backends() {
+    let mut persistent = svc(6, 443, Scheduler::Wlc, vec![be(1, 1), be(2, 1)]);
+    persistent.persistence = Some(secs(300));
+    persistent.persist_mask = Ipv4Addr::new(255, 255, 255, 0);
+    let mut down = be(4, 1);
+    down.up = false;
+    let e = engine(
+        vec![
+            svc(
+                6,
+                80,
+                Scheduler::Wrr,
+                vec![be(1, 3), be(2, 1), be(3, 0), down],
+            ),
+            persistent,
+            svc(17, 53, Scheduler::Rr, vec![be(1, 1)]),
+            svc(6, 8080, Scheduler::Rr, vec![be(3, 0)]),
+        ],
+        100,
+    );
+    let tables = e.hash_tables();
+    let ports: Vec<u16> = tables.iter().map(|t| t.port).collect();
+    assert_eq!(
+        ports,
+        vec![80, 443],
+        "UDP and backend-less services have none"
+    );
+    let web = &tables[0];
+    let names: Vec<Ipv4Addr> = web.backends.iter().map(|b| b.backend).collect();
+    assert_eq!(names, vec![addr(1), addr(2)], "drained and down left out");
+    assert!(web.with_port && web.src_mask == Ipv4Addr::BROADCAST);
+    assert_eq!(web.backends[0].mac, [2, 0, 0, 0, 0, 1]);
+    assert!(web.backends[0].local && !web.backends[1].local);
+    // Weighted: backend 1 (weight 3) holds about three quarters of slots.
+    let ones = web.slots.iter().filter(|&&s| s == 0).count();
+    let share = ones as f64 / web.slots.len() as f64;
+    assert!((0.7..0.8).contains(&share), "weight-3 share {share}");
+    // Persistence: one masked client, one backend, whatever its port.
+    let tls = &tables[1];
+    assert!(!tls.with_port);
+    assert_eq!(tls.src_mask, Ipv4Addr::new(255, 255, 255, 0));
+    let first = table_pick(tls, &tcp_key(1, 1000));
+    for i in 0..200 {
+        assert_eq!(table_pick(tls, &tcp_key(i, 2000 + i as u16)), first);
+    }
+}
+
+#[test]
+fn adopted_flows_are_counted_synced_and_followed() {
+    let mut e = engine(
+        vec![svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let now = Instant::now();
+    let k = tcp_key(1, 1000);
+    // The kernel sent it to backend 2 and its handshake completed.
+    assert!(e.adopt(now, &k, addr(2), true));
+    let held = e.lookup(now, &k).expect("adopted");
+    assert_eq!((held.backend, held.state), (addr(2), TcpState::Established));
+    assert_eq!(backend_of(e.decide(now, &k, ACK, 60)), addr(2));
+    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    assert_eq!(
+        (counters[&addr(2)].total, counters[&addr(2)].active),
+        (1, 1)
+    );
+    assert_eq!(counters[&addr(1)].total, 0);
+    let (c, _, _) = take(&mut e, 100);
+    assert_eq!(c.len(), 1, "the peer learns of it");
+    assert_eq!((c[0].key, c[0].backend), (k, addr(2)));
+    // A half-open flow is adopted as such; a backend the engine does not
+    // know (removed since the kernel's pick) is refused.
+    let h = tcp_key(2, 1000);
+    assert!(e.adopt(now, &h, addr(1), false));
+    assert_eq!(e.lookup(now, &h).unwrap().state, TcpState::SynRecv);
+    assert!(!e.adopt(now, &tcp_key(3, 1000), addr(9), true));
+    assert!(e.lookup(now, &tcp_key(3, 1000)).is_none());
+}

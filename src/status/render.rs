@@ -863,6 +863,16 @@ pub fn metrics(r: &StatusReport) -> String {
         &r.dataplane.kernel_packets.to_string(),
     );
     p.family(
+        "duet_dataplane_kernel_scheduled_total",
+        "counter",
+        "New TCP flows the eBPF engine scheduled in kernel by consistent hash (SYNs over the data-plane thread's budget).",
+    );
+    p.sample(
+        "duet_dataplane_kernel_scheduled_total",
+        &[],
+        &r.dataplane.kernel_scheduled.to_string(),
+    );
+    p.family(
         "duet_dataplane_kernel_flows",
         "gauge",
         "Flows the eBPF engine forwards in kernel.",

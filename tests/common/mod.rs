@@ -103,6 +103,8 @@ pub struct Opts {
     pub start: bool,
     /// Environment of every duet process.
     pub duet_env: Vec<(&'static str, &'static str)>,
+    /// Extra `[cluster]` keys.
+    pub cluster: String,
 }
 
 /// `cluster.engine` from `DUET_ENGINE` (`make integration` runs the
@@ -132,6 +134,7 @@ impl Default for Opts {
             key2: KEY.into(),
             start: true,
             duet_env: Vec::new(),
+            cluster: String::new(),
         }
     }
 }
@@ -271,6 +274,7 @@ admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
 {engine}
+{cluster}
 
 [[node]]
 name = "web1"
@@ -292,6 +296,7 @@ priority = {p2}
             hb = heartbeat_keys(&opts.heartbeat),
             services = opts.services,
             engine = engine_line(),
+            cluster = opts.cluster,
         )
     }
 

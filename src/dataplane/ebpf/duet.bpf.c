@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: MIT
 //
-// duet's in-kernel fast path for established flows.
+// duet's in-kernel fast path for established flows, and for new ones
+// beyond what user space can take.
 //
-// User space (the Rust engine) decides every new flow and owns every
+// User space (the Rust engine) decides new flows and owns every
 // scheduling rule. It installs a new TCP flow on its SYN into `embryonic`,
 // a bounded LRU (a SYN flood churns only that map), so the handshake's ACK
 // and first data never leave the kernel; the first such frame promotes the
 // flow into `confirmed`. A UDP flow is installed once seen twice.
-// This file only looks flows up and moves frames:
+//
+// New TCP flows beyond a budget of SYNs a second (a GCRA per CPU, set by
+// user space) are scheduled here instead, by a consistent-hash table per
+// service that user space builds from the same eligible backends
+// (`picks`): a SYN flood from random sources fills the packet socket's
+// ring otherwise, and the ring drops legitimate SYNs as blindly as the
+// flood's. Such a flow is marked `origin` kernel; user space adopts it into
+// its table when it first sees it (its walk, or its FIN or RST).
 //
 // - duet_tc (tc clsact ingress, direct action) forwards a frame to the
 //   virtual MAC whose flow is in a map: remote backend = MAC rewrite +
@@ -21,9 +29,13 @@
 //   an established flow's packets.
 //
 // Both run the same `kernel_forwards` test, so a frame is handled exactly
-// once. TCP segments with SYN, FIN or RST always go to user space: the
-// state machine (port reuse, FIN_WAIT, CLOSE timeouts) has one
-// implementation, in Rust. ICMP errors and fragments go there too.
+// once. The socket filter runs first (packet taps come before tc ingress),
+// so it alone takes the budget decision for a SYN; tc follows what it left
+// in `embryonic`. A SYN whose flow is in `embryonic` (with the current
+// `epoch`: no backend change since) is a retransmission and goes where the
+// first went. Segments with FIN or RST always go to user space: the state
+// machine (FIN_WAIT, CLOSE timeouts) has one implementation, in Rust. ICMP
+// errors and fragments go there too.
 //
 // Fail-safe: the program forwards only while `lease_until` (CLOCK_MONOTONIC
 // ns, renewed by duet) lies in the future. A filter left behind by a killed
@@ -40,6 +52,13 @@
 #define MAX_CONFIRMED 262144
 #define MAX_UDP 65536
 #define MAX_EMBRYONIC 65536
+#define MAX_SERVICES 256
+// Consistent-hash slots per service: the size of the Rust engine's Maglev
+// table (src/forward/maglev.rs), so sh and mh pick as user space does.
+#define PICK_SLOTS 65537
+#define PICK_BACKENDS 255
+// The SYN budget's burst: this much time's worth of SYNs at once.
+#define SYN_BURST_NS 100000000ULL
 
 // Layouts shared with src/dataplane/ebpf/maps.rs (repr(C) there).
 struct flow_key {
@@ -54,8 +73,10 @@ struct flow_key {
 struct flow_val {
 	__u8 mac[6];   // backend MAC (remote); unused for local
 	__u8 local;    // 1: deliver to this node's own stack
-	__u8 pad;
+	__u8 origin;   // 1: scheduled here, over the SYN budget
 	__u32 backend; // backend address, network order (for user space)
+	__u32 epoch;   // control's epoch when the flow was scheduled
+	__u32 pad;
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen; // bpf_ktime_get_ns of the last forwarded frame
@@ -68,6 +89,35 @@ struct control {
 	__u8 own_mac[6];
 	__u8 vmac[6];
 	__u64 lease_until; // bpf_ktime_get_ns deadline
+	// Nanoseconds of budget one SYN for user space costs on one CPU; 0:
+	// every SYN goes to user space.
+	__u64 syn_cost_ns;
+	__u32 epoch; // bumped by user space on every backend change
+	__u32 pad;
+};
+
+struct svc_key {
+	__u32 vip; // network order
+	__u16 port; // network order
+	__u8 proto;
+	__u8 pad;
+};
+
+struct target {
+	__u8 mac[6];
+	__u8 local;
+	__u8 pad;
+	__u32 backend; // network order
+};
+
+// One service's consistent-hash table.
+struct pick {
+	__u32 src_mask; // network order: clients sharing it share a backend
+	__u8 with_port; // 1: the client's port is hashed too
+	__u8 n;         // backends in `t`
+	__u16 pad;
+	struct target t[PICK_BACKENDS];
+	__u8 slot[PICK_SLOTS]; // index into `t`
 };
 
 enum stat {
@@ -77,6 +127,8 @@ enum stat {
 	STAT_LOCAL_BYTES,
 	STAT_REDIRECT_ERRORS,
 	STAT_PROMOTED,
+	STAT_SYN_SCHEDULED, // SYNs over the budget scheduled here
+	STAT_SYN_UNSCHEDULED, // SYNs over the budget without a table: to user space
 	STAT_MAX,
 };
 
@@ -116,6 +168,23 @@ struct {
 } ctl SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct pick);
+} picks SEC(".maps");
+
+// The GCRA's theoretical arrival time of the next SYN, shared by every CPU
+// so the budget is user space's total; a lost race between two CPUs only
+// lets one more SYN through.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} syn_tat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
@@ -152,10 +221,80 @@ static __always_inline void count(__u32 which, __u64 n)
 		*v += n;
 }
 
+// murmur3's finaliser; src/forward/sched.rs has the same (`flow_hash`).
+static __always_inline __u32 fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+// Whether this SYN fits user space's budget (and takes its share of it).
+static __always_inline int syn_for_user_space(struct control *c)
+{
+	if (!c->syn_cost_ns)
+		return 1;
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(&syn_tat, &zero);
+	if (!tat)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 t = *tat > now ? *tat : now;
+	if (t > now + SYN_BURST_NS)
+		return 0;
+	*tat = t + c->syn_cost_ns;
+	return 1;
+}
+
+// Schedules a new flow by its service's table into `embryonic`; NULL when
+// the service has none (user space gets the SYN).
+static __always_inline struct flow_val *kernel_pick(struct control *c, struct flow_key *k)
+{
+	struct svc_key sk = {.vip = k->daddr, .port = k->dport, .proto = IPPROTO_TCP};
+	struct pick *p = bpf_map_lookup_elem(&picks, &sk);
+	if (!p) {
+		count(STAT_SYN_UNSCHEDULED, 1);
+		return NULL;
+	}
+	__u32 h = bpf_ntohl(k->saddr & p->src_mask);
+	if (p->with_port)
+		h ^= fmix32(bpf_ntohs(k->sport) ^ 0x64756574);
+	__u32 slot = fmix32(h) % PICK_SLOTS;
+	// The verifier cannot bound a modulo; clang would fold the check away
+	// without this barrier.
+	asm volatile("" : "+r"(slot));
+	if (slot >= PICK_SLOTS)
+		return NULL;
+	__u32 b = p->slot[slot];
+	if (b >= p->n || b >= PICK_BACKENDS) {
+		count(STAT_SYN_UNSCHEDULED, 1);
+		return NULL;
+	}
+	struct flow_val v = {
+		.local = p->t[b].local,
+		.origin = 1,
+		.backend = p->t[b].backend,
+		.epoch = c->epoch,
+	};
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		v.mac[i] = p->t[b].mac[i];
+	// Port reuse: the old connection's entry must not catch this one's
+	// handshake ACK.
+	bpf_map_delete_elem(&confirmed, k);
+	if (bpf_map_update_elem(&embryonic, k, &v, BPF_ANY) < 0)
+		return NULL;
+	count(STAT_SYN_SCHEDULED, 1);
+	return bpf_map_lookup_elem(&embryonic, k);
+}
+
 // The flow entry duet_tc forwards this frame by, or NULL when user space
 // (or nobody) handles it.
 static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
-							 struct control **out, int reuse)
+							 struct control **out, int in_tc)
 {
 	__u32 zero = 0;
 	struct control *c = bpf_map_lookup_elem(&ctl, &zero);
@@ -192,15 +331,27 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 		__u8 flags;
 		if (load(skb, l4 + 13, &flags, 1) < 0)
 			return NULL;
-		if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
-			// A new SYN on a known flow's ports is a new connection
-			// (port reuse) that user space may send elsewhere: the old
-			// entry must not catch its handshake's ACK. Deleted here,
-			// before user space reads the SYN the socket has queued.
-			if (reuse && (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-				bpf_map_delete_elem(&confirmed, &k);
-				bpf_map_delete_elem(&embryonic, &k);
+		if (flags & (TCP_FIN | TCP_RST))
+			return NULL;
+		if (flags & TCP_SYN) {
+			if (flags & TCP_ACK)
+				return NULL;
+			*out = c;
+			struct flow_val *e = bpf_map_lookup_elem(&embryonic, &k);
+			if (e && e->epoch == c->epoch)
+				return e;
+			if (!in_tc) {
+				if (syn_for_user_space(c))
+					return NULL;
+				return kernel_pick(c, &k);
 			}
+			// User space has this SYN (the filter kept it) and may
+			// send it elsewhere than an old entry on its ports (port
+			// reuse, or a backend change since a retransmission's
+			// first): the old entry must not catch its handshake's
+			// ACK. Deleted here, before user space reads it.
+			bpf_map_delete_elem(&confirmed, &k);
+			bpf_map_delete_elem(&embryonic, &k);
 			return NULL;
 		}
 	}
@@ -211,7 +362,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 	if (v)
 		return v;
 	v = bpf_map_lookup_elem(&embryonic, &k);
-	if (!v || !reuse)
+	if (!v || !in_tc)
 		return v;
 	// The handshake's ACK (or data after it): the flow is confirmed. It
 	// moves with its counters, so user space's walk of `confirmed` accounts

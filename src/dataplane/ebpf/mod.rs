@@ -3,6 +3,7 @@
 //! and reads and writes its maps. What goes into the maps, and when, is
 //! decided by the data-plane thread (src/dataplane/thread.rs) from the Rust
 //! engine's verdicts: this file knows nothing about scheduling.
+use crate::forward::{maglev, HashTable};
 use crate::wire::frame::{FlowKey, Mac};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{tc, SchedClassifier, SocketFilter, TcAttachType};
@@ -43,8 +44,10 @@ struct RawKey {
 struct RawVal {
     mac: Mac,
     local: u8,
-    pad: u8,
+    origin: u8,
     backend: [u8; 4],
+    epoch: u32,
+    pad: u32,
     packets: u64,
     bytes: u64,
     last_seen: u64,
@@ -60,7 +63,47 @@ struct RawControl {
     own_mac: Mac,
     vmac: Mac,
     lease_until: u64,
+    syn_cost_ns: u64,
+    epoch: u32,
+    pad: u32,
 }
+
+/// `struct svc_key` in duet.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RawSvc {
+    vip: [u8; 4],
+    port: [u8; 2],
+    proto: u8,
+    pad: u8,
+}
+
+/// `struct target` in duet.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawTarget {
+    mac: Mac,
+    local: u8,
+    pad: u8,
+    backend: [u8; 4],
+}
+
+/// `struct pick` in duet.bpf.c: 68 KiB, so always boxed.
+#[repr(C)]
+struct RawPick {
+    src_mask: [u8; 4],
+    with_port: u8,
+    n: u8,
+    pad: [u8; 2],
+    t: [RawTarget; PICK_BACKENDS],
+    slot: [u8; maglev::TABLE_SIZE],
+    tail: [u8; 3],
+}
+
+/// Backends one service's kernel table can name (its slots are bytes).
+const PICK_BACKENDS: usize = 255;
+// The C struct's size (4-byte aligned): the kernel copies that many bytes.
+const _: () = assert!(std::mem::size_of::<RawPick>() == 68_608);
 
 // SAFETY: plain repr(C) data without padding the kernel could leak into
 // (every gap is an explicit field), valid for any bit pattern.
@@ -69,6 +112,8 @@ unsafe impl Pod for RawKey {}
 unsafe impl Pod for RawVal {}
 // SAFETY: as above.
 unsafe impl Pod for RawControl {}
+// SAFETY: as above.
+unsafe impl Pod for RawSvc {}
 
 impl RawKey {
     fn new(k: &FlowKey) -> RawKey {
@@ -123,6 +168,11 @@ pub struct Activity {
     /// How long ago the kernel last forwarded one of its frames; `None`
     /// when it never did.
     pub idle: Option<Duration>,
+    /// Scheduled by the kernel itself (over the SYN budget): user space
+    /// has not decided it, and adopts it.
+    pub kernel_scheduled: bool,
+    /// In the confirmed map (its handshake completed), not the embryonic one.
+    pub confirmed: bool,
 }
 
 /// Totals over all CPUs of the frames the kernel forwarded itself.
@@ -136,6 +186,11 @@ pub struct KernelStats {
     /// Half-open flows the program moved to the confirmed map on their
     /// handshake's ACK.
     pub promoted: u64,
+    /// SYNs over user space's budget that the kernel scheduled itself.
+    pub syn_scheduled: u64,
+    /// SYNs over the budget for a service without a kernel table (no
+    /// eligible backend, or too many): handed to user space all the same.
+    pub syn_unscheduled: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -150,6 +205,9 @@ pub struct Params {
     pub max_connections: u32,
     /// How long one renewal keeps the program forwarding (dead_after/2).
     pub lease: Duration,
+    /// New TCP flows a second that user space decides; the kernel
+    /// schedules the rest itself. 0: user space decides all.
+    pub syn_budget: u32,
 }
 
 /// The loaded programs and their maps. Dropping it detaches the tc program
@@ -159,6 +217,9 @@ pub struct Kernel {
     confirmed: MapData,
     embryonic: MapData,
     udp: MapData,
+    picks: MapData,
+    /// Services whose table is in `picks`.
+    picked: Vec<RawSvc>,
     ctl: Array<MapData, RawControl>,
     stats: PerCpuArray<MapData, u64>,
     control: RawControl,
@@ -197,6 +258,7 @@ impl Kernel {
         let confirmed = hash(&mut bpf, "confirmed")?;
         let embryonic = hash(&mut bpf, "embryonic")?;
         let udp = hash(&mut bpf, "udp")?;
+        let picks = hash(&mut bpf, "picks")?;
         let ctl = bpf
             .take_map("ctl")
             .ok_or(Error::Map("ctl", "missing".into()))
@@ -212,6 +274,8 @@ impl Kernel {
             confirmed,
             embryonic,
             udp,
+            picks,
+            picked: Vec::new(),
             ctl,
             stats,
             control: RawControl {
@@ -221,6 +285,12 @@ impl Kernel {
                 own_mac: p.own_mac,
                 vmac: p.vmac,
                 lease_until: 0,
+                syn_cost_ns: match p.syn_budget {
+                    0 => 0,
+                    n => 1_000_000_000 / u64::from(n),
+                },
+                epoch: 0,
+                pad: 0,
             },
             lease: p.lease,
             cursor: [None, None],
@@ -303,6 +373,51 @@ impl Kernel {
         self.write_control()
     }
 
+    /// Replaces the kernel's consistent-hash tables (one per TCP service)
+    /// and starts a new epoch: a SYN retransmitted after a backend change
+    /// is decided afresh, not sent where its first went.
+    pub fn set_tables(&mut self, tables: &[HashTable]) -> Result<(), Error> {
+        let err = |e: std::io::Error| Error::Map("picks", e.to_string());
+        let mut now = Vec::with_capacity(tables.len());
+        // SAFETY: RawPick is plain bytes; all zeroes is a valid value.
+        let mut v: Box<RawPick> = unsafe { Box::new_zeroed().assume_init() };
+        for t in tables {
+            if t.backends.len() > PICK_BACKENDS || t.slots.len() != v.slot.len() {
+                continue;
+            }
+            let key = RawSvc {
+                vip: self.control.vip,
+                port: t.port.to_be_bytes(),
+                proto: FlowKey::TCP,
+                pad: 0,
+            };
+            v.src_mask = t.src_mask.octets();
+            v.with_port = u8::from(t.with_port);
+            v.n = t.backends.len() as u8;
+            for (raw, b) in v.t.iter_mut().zip(&t.backends) {
+                *raw = RawTarget {
+                    mac: b.mac,
+                    local: u8::from(b.local),
+                    pad: 0,
+                    backend: b.backend.octets(),
+                };
+            }
+            for (raw, &i) in v.slot.iter_mut().zip(t.slots.iter()) {
+                *raw = i as u8;
+            }
+            sys::update(fd(&self.picks), &key, &*v, 0).map_err(err)?;
+            now.push(key);
+        }
+        for old in &self.picked {
+            if !now.contains(old) {
+                let _ = sys::delete(fd(&self.picks), old);
+            }
+        }
+        self.picked = now;
+        self.control.epoch = self.control.epoch.wrapping_add(1);
+        self.write_control()
+    }
+
     fn write_control(&mut self) -> Result<(), Error> {
         self.ctl
             .set(0, self.control, 0)
@@ -324,7 +439,7 @@ impl Kernel {
         let Some((_, m)) = self.map_for(key.proto) else {
             return Ok(false);
         };
-        insert(m, key, t).map_err(|e| Error::Map("confirmed", e.to_string()))
+        insert(m, key, t, self.control.epoch).map_err(|e| Error::Map("confirmed", e.to_string()))
     }
 
     /// Hands a new TCP flow (its SYN just forwarded) to the kernel's
@@ -336,7 +451,7 @@ impl Kernel {
         if key.proto != FlowKey::TCP {
             return Ok(());
         }
-        insert(&self.embryonic, key, t)
+        insert(&self.embryonic, key, t, self.control.epoch)
             .map(|_| ())
             .map_err(|e| Error::Map("embryonic", e.to_string()))
     }
@@ -359,12 +474,14 @@ impl Kernel {
     pub fn lookup(&self, key: &FlowKey) -> Option<Activity> {
         let (_, m) = self.map_for(key.proto)?;
         let k = RawKey::new(key);
-        let v: RawVal = match sys::lookup(fd(m), &k).ok()? {
-            Some(v) => v,
-            None if key.proto == FlowKey::TCP => sys::lookup(fd(&self.embryonic), &k).ok()??,
+        let (v, confirmed): (RawVal, bool) = match sys::lookup(fd(m), &k).ok()? {
+            Some(v) => (v, true),
+            None if key.proto == FlowKey::TCP => {
+                (sys::lookup(fd(&self.embryonic), &k).ok()??, false)
+            }
             None => return None,
         };
-        Some(activity(&v, (0, 0), sys::monotonic_ns()))
+        Some(activity(&v, (0, 0), sys::monotonic_ns(), confirmed))
     }
 
     /// Visits up to `budget` installed flows of `proto`, resuming where the
@@ -407,7 +524,7 @@ impl Kernel {
                 .get(&cur)
                 .map_or((0, 0), |s| (s.0, s.1))
                 .min((v.packets, v.bytes));
-            if f(cur.flow(), activity(&v, before, now)) {
+            if f(cur.flow(), activity(&v, before, now, true)) {
                 self.seen.insert(cur, (v.packets, v.bytes, round));
             } else {
                 let _ = sys::delete(fd, &cur);
@@ -452,6 +569,8 @@ impl Kernel {
             local_bytes: sum(3),
             redirect_errors: sum(4),
             promoted: sum(5),
+            syn_scheduled: sum(6),
+            syn_unscheduled: sum(7),
         }
     }
 }
@@ -463,11 +582,12 @@ fn embryonic_bound(max_connections: u32) -> u32 {
 }
 
 /// `Ok(false)`: the map is full (only a plain hash says so).
-fn insert(m: &MapData, key: &FlowKey, t: Target) -> std::io::Result<bool> {
+fn insert(m: &MapData, key: &FlowKey, t: Target, epoch: u32) -> std::io::Result<bool> {
     let v = RawVal {
         mac: t.mac,
         local: u8::from(t.local),
         backend: t.backend.octets(),
+        epoch,
         ..RawVal::default()
     };
     match sys::update(fd(m), &RawKey::new(key), &v, sys::BPF_NOEXIST) {
@@ -482,7 +602,7 @@ fn fd(m: &MapData) -> RawFd {
     m.fd().as_fd().as_raw_fd()
 }
 
-fn activity(v: &RawVal, before: (u64, u64), now: u64) -> Activity {
+fn activity(v: &RawVal, before: (u64, u64), now: u64, confirmed: bool) -> Activity {
     Activity {
         target: Target {
             backend: Ipv4Addr::from(v.backend),
@@ -492,5 +612,7 @@ fn activity(v: &RawVal, before: (u64, u64), now: u64) -> Activity {
         packets: v.packets.saturating_sub(before.0),
         bytes: v.bytes.saturating_sub(before.1),
         idle: (v.last_seen != 0).then(|| Duration::from_nanos(now.saturating_sub(v.last_seen))),
+        kernel_scheduled: v.origin != 0,
+        confirmed,
     }
 }

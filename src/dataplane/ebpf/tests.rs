@@ -2,6 +2,8 @@
 //! (BPF_PROG_TEST_RUN), Katran-style: input frame, expected verdict and
 //! expected output frame. They need root (CAP_BPF): without it they fail.
 use super::*;
+use crate::forward::maglev::{flow_hash, TABLE_SIZE};
+use crate::forward::TableBackend;
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 
@@ -24,6 +26,11 @@ const FIN: u8 = 0x01;
 const RST: u8 = 0x04;
 
 fn kernel() -> Kernel {
+    kernel_with_budget(0)
+}
+
+/// `budget` SYNs a second for user space (0: all of them).
+fn kernel_with_budget(budget: u32) -> Kernel {
     let k = Kernel::load(&Params {
         ifindex: 7,
         vip: VIP,
@@ -31,6 +38,7 @@ fn kernel() -> Kernel {
         own_mac: OWN,
         max_connections: 4,
         lease: Duration::from_secs(5),
+        syn_budget: budget,
     });
     k.expect("loading the eBPF programs (these tests need root)")
 }
@@ -356,12 +364,17 @@ fn embryonic_flow_forwards_its_handshake_and_is_promoted_on_the_ack() {
     let a = key(6, 1000, 80);
     k.install_embryonic(&a, remote()).unwrap();
     assert!(confirmed(&k, &a).is_none());
-    // The SYN's retransmission still goes to user space (and takes the
-    // flow out, in case the port was reused for a new connection).
+    // The SYN's retransmission goes where its first went, in kernel.
     let syn = tcp(VMAC, 1000, SYN);
+    assert_eq!(k.sock(&syn), 0, "a retransmitted SYN stays in kernel");
+    assert_eq!(k.tc(&syn).0, TC_ACT_REDIRECT);
+    assert!(k.lookup(&a).is_some(), "the retransmission kept its flow");
+    // After a backend change (a new epoch) it is decided afresh, and the
+    // stale entry goes so that it cannot catch the handshake's ACK.
+    k.set_tables(&[]).unwrap();
     assert_eq!(k.sock(&syn), KEEP);
     assert_eq!(k.tc(&syn).0, TC_ACT_SHOT);
-    assert!(k.lookup(&a).is_none(), "SYN left the embryonic entry");
+    assert!(k.lookup(&a).is_none(), "stale embryonic entry left");
     k.install_embryonic(&a, remote()).unwrap();
     // The handshake's ACK: not copied to user space, forwarded in kernel,
     // and the flow moves to the confirmed map with its counters.
@@ -450,4 +463,116 @@ fn embryonic_map_is_a_bounded_lru() {
     assert!((1..=4).contains(&n), "{n} embryonic entries");
     assert!(k.lookup(&key(6, 10_999, 80)).is_some(), "newest kept");
     assert_eq!(k.len(), (0, 0), "confirmed maps untouched");
+}
+
+fn backend_of(t: Target) -> TableBackend {
+    TableBackend {
+        backend: t.backend,
+        mac: t.mac,
+        local: t.local,
+    }
+}
+
+/// A table for port 80 whose slot `s` names backend `s % n`, so a test
+/// knows the pick from the flow hash alone.
+fn table(backends: &[TableBackend], src_mask: Ipv4Addr, with_port: bool) -> HashTable {
+    HashTable {
+        port: 80,
+        src_mask,
+        with_port,
+        backends: backends.to_vec(),
+        slots: (0..TABLE_SIZE)
+            .map(|s| (s % backends.len()) as u16)
+            .collect(),
+    }
+}
+
+#[test]
+fn syns_over_the_budget_are_scheduled_in_kernel_by_the_services_table() {
+    let mut k = kernel_with_budget(1);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote()), backend_of(local())];
+    k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
+        .unwrap();
+    // Within the budget (one a second, with a 100 ms burst): user space.
+    let first = tcp(VMAC, 3000, SYN);
+    assert_eq!(k.sock(&first), KEEP);
+    assert_eq!(k.tc(&first).0, TC_ACT_SHOT);
+    assert!(k.lookup(&key(6, 3000, 80)).is_none());
+    // Over it: each SYN is scheduled by the table's hash, the same hash
+    // the engine's mh uses, and forwarded in kernel.
+    let mut picked = [0; 2];
+    for sport in 3001..3041 {
+        let syn = tcp(VMAC, sport, SYN);
+        assert_eq!(k.sock(&syn), 0, "port {sport}: copied to user space");
+        let want = (flow_hash(CLIENT, Some(sport)) as usize % TABLE_SIZE) % 2;
+        picked[want] += 1;
+        let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
+        assert!(act.kernel_scheduled && !act.confirmed, "port {sport}");
+        assert_eq!(act.target.backend, backends[want].backend);
+        let (verdict, out) = k.tc(&syn);
+        if backends[want].local {
+            assert_eq!(verdict, TC_ACT_OK, "port {sport}");
+            assert_eq!(&out[..6], &OWN);
+        } else {
+            assert_eq!(verdict, TC_ACT_REDIRECT, "port {sport}");
+            assert_eq!(out, with_macs(&syn, PEER, OWN));
+        }
+        // Its handshake's ACK promotes it like any other flow; user space
+        // finds it in the walk and adopts it.
+        let ack = tcp(VMAC, sport, ACK);
+        assert_eq!(k.sock(&ack), 0);
+        k.tc(&ack);
+        let act = k.lookup(&key(6, sport, 80)).expect("promoted");
+        assert!(act.kernel_scheduled && act.confirmed, "port {sport}");
+        // The test's confirmed map holds four flows.
+        k.remove(&key(6, sport, 80));
+    }
+    assert!(
+        picked[0] > 0 && picked[1] > 0,
+        "one backend only: {picked:?}"
+    );
+    let s = k.stats();
+    assert_eq!((s.syn_scheduled, s.syn_unscheduled), (40, 0));
+}
+
+#[test]
+fn kernel_schedule_hashes_the_masked_client_for_persistence() {
+    let mut k = kernel_with_budget(1);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote()), backend_of(local())];
+    let mask = Ipv4Addr::new(255, 255, 255, 0);
+    k.set_tables(&[table(&backends, mask, false)]).unwrap();
+    k.sock(&tcp(VMAC, 3000, SYN));
+    let want = (flow_hash(Ipv4Addr::new(10, 0, 0, 0), None) as usize % TABLE_SIZE) % 2;
+    for sport in 3001..3011 {
+        assert_eq!(k.sock(&tcp(VMAC, sport, SYN)), 0);
+        let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
+        assert_eq!(act.target.backend, backends[want].backend, "port {sport}");
+    }
+}
+
+#[test]
+fn syns_over_the_budget_without_a_table_go_to_user_space_counted() {
+    let mut k = kernel_with_budget(1);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote())];
+    let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
+    t.port = 443;
+    k.set_tables(&[t]).unwrap();
+    k.sock(&tcp(VMAC, 3000, SYN));
+    for sport in 3001..3006 {
+        let syn = tcp(VMAC, sport, SYN);
+        assert_eq!(k.sock(&syn), KEEP, "no table for port 80");
+        assert_eq!(k.tc(&syn).0, TC_ACT_SHOT);
+        assert!(k.lookup(&key(6, sport, 80)).is_none());
+    }
+    let s = k.stats();
+    assert_eq!((s.syn_scheduled, s.syn_unscheduled), (0, 5));
+    // A table removed is gone from the kernel too.
+    k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
+        .unwrap();
+    assert_eq!(k.sock(&tcp(VMAC, 3010, SYN)), 0);
+    k.set_tables(&[]).unwrap();
+    assert_eq!(k.sock(&tcp(VMAC, 3011, SYN)), KEEP);
 }
