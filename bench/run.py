@@ -51,6 +51,9 @@ FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 # BENCH_ENGINE: cluster.engine of both nodes (auto, ebpf, userspace).
 ENGINE = os.environ.get("BENCH_ENGINE", "")
+# BENCH_NEW_FLOW_BUDGET: cluster.new_flow_budget (new flows a second duet decides;
+# the eBPF engine schedules the rest in kernel). Unset: the default.
+NEW_FLOW_BUDGET = os.environ.get("BENCH_NEW_FLOW_BUDGET", "")
 # BENCH_PERF=1: record the director with `perf` during the UDP flood and the
 # new-connection HTTP case (use an unstripped DUET_BIN to get symbols).
 PERF = os.environ.get("BENCH_PERF") == "1" and shutil.which("perf") is not None
@@ -292,6 +295,7 @@ admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
 {f'engine = "{ENGINE}"' if ENGINE else ""}
+{f"new_flow_budget = {int(NEW_FLOW_BUDGET)}" if NEW_FLOW_BUDGET else ""}
 {nodes}
 [heartbeat]
 interval = "{heartbeat[0]}"
@@ -771,7 +775,7 @@ def main():
         "machine": machine(),
         "settings": {"seconds": SECONDS, "failover_n": FAILOVER_N, "wrk_connections": CONNS,
                      "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET),
-                     "engine": ENGINE or "auto"},
+                     "engine": ENGINE or "auto", "new_flow_budget": NEW_FLOW_BUDGET or "default"},
     }
     if "micro" not in SKIP:
         results["micro"] = bench_micro()

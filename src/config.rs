@@ -101,11 +101,11 @@ pub struct Cluster {
     /// Which data-plane engine forwards (DESIGN.md section 2).
     #[serde(default)]
     pub engine: EngineChoice,
-    /// eBPF engine: new TCP connections a second that duet's own scheduler
-    /// decides; the kernel schedules the rest by consistent hash (a SYN
-    /// flood's excess). 0: duet decides every one, whatever the rate.
-    #[serde(default = "default_syn_budget")]
-    pub syn_budget: u32,
+    /// eBPF engine: new flows (TCP connections, UDP flows) a second that
+    /// duet's own scheduler decides; the kernel schedules the rest by
+    /// consistent hash (a flood's excess). 0: duet decides every one.
+    #[serde(default = "default_new_flow_budget")]
+    pub new_flow_budget: u32,
 }
 
 /// `cluster.engine`: `auto` uses the eBPF engine where the kernel and the
@@ -457,11 +457,11 @@ fn default_stop_drain() -> Spanned<Dur> {
     Spanned::new(0..0, Dur(Duration::from_secs(30)))
 }
 
-fn default_syn_budget() -> u32 {
+fn default_new_flow_budget() -> u32 {
     // About what the data-plane thread decides a second on one core of a
     // small box with room to spare, so a flood leaves it time for the rest
-    // and the packet socket's ring never fills with SYNs (dropping
-    // legitimate ones with the flood's).
+    // and the packet socket's ring never fills with a flood's packets
+    // (dropping legitimate ones with them).
     20_000
 }
 

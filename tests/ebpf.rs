@@ -146,7 +146,7 @@ fn handshake_ack_and_data_are_forwarded_in_kernel() {
     );
 }
 
-/// Issue 21 with the flood issue's rule: past `cluster.syn_budget` the
+/// Issue 21 with the flood issue's rule: past `cluster.new_flow_budget` the
 /// kernel schedules new connections itself. With a budget of one a second
 /// nearly every connection is scheduled in kernel; duet must still adopt
 /// each (counted per backend, synced to the peer) so that a kill -9
@@ -154,7 +154,7 @@ fn handshake_ack_and_data_are_forwarded_in_kernel() {
 #[test]
 fn kernel_scheduled_flows_are_adopted_synced_and_survive_a_takeover() {
     let mut c = Cluster::new(Opts {
-        cluster: "syn_budget = 1".into(),
+        cluster: "new_flow_budget = 1".into(),
         ..Opts::default()
     });
     let d = c.wait_one_director(Duration::from_secs(5));

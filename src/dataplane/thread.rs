@@ -91,8 +91,8 @@ pub struct DpStats {
     pub kernel_embryonic_lost: u64,
     /// Frames the kernel forwarded itself (counted in rx/tx too).
     pub kernel_packets: u64,
-    /// New TCP flows the kernel scheduled itself, over user space's budget.
-    pub kernel_syns: u64,
+    /// New flows the kernel scheduled itself, over user space's budget.
+    pub kernel_scheduled: u64,
 }
 
 /// Entries traded between the data plane and the sync thread.
@@ -626,7 +626,7 @@ impl Plane {
             out.tx_packets += s.remote_packets;
             out.local_packets += s.local_packets;
             out.kernel_packets = s.remote_packets + s.local_packets;
-            out.kernel_syns = s.syn_scheduled;
+            out.kernel_scheduled = s.new_scheduled;
             if s.redirect_errors > 0 {
                 out.drops.insert("redirect", s.redirect_errors);
             }

@@ -634,11 +634,12 @@ pub struct TableStats {
 /// At most this many flood events wait for [`Engine::poll_event`].
 const EVENT_QUEUE: usize = 8;
 
-/// One TCP service's consistent-hash table, for a data plane that
-/// schedules new flows without the engine (the eBPF engine, over its SYN
-/// budget). Slot `maglev::flow_hash(client) % TABLE_SIZE` names the backend.
+/// One service's consistent-hash table, for a data plane that schedules
+/// new flows without the engine (the eBPF engine, over its budget of new
+/// flows). Slot `maglev::flow_hash(client) % TABLE_SIZE` names the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashTable {
+    pub proto: u8,
     pub port: u16,
     /// Clients whose address & mask match share a backend.
     pub src_mask: Ipv4Addr,
@@ -832,14 +833,14 @@ impl Engine {
         &self.snapshot
     }
 
-    /// Every TCP service's consistent-hash table over its eligible
+    /// Every service's consistent-hash table over its eligible
     /// backends: sh and mh hash as [`Engine::decide`] does; the other
     /// schedulers degrade to a weighted hash (and persistence to hashing
     /// the masked client address), which is what a data plane that cannot
     /// ask the engine can do.
     pub fn hash_tables(&self) -> Vec<HashTable> {
         let mut out = Vec::new();
-        for s in self.services.iter().filter(|s| s.proto == FlowKey::TCP) {
+        for s in &self.services {
             let built;
             let m = match s.sched.table() {
                 Some(m) => m,
@@ -869,6 +870,7 @@ impl Engine {
                 })
                 .collect();
             out.push(HashTable {
+                proto: s.proto,
                 port: s.port,
                 src_mask,
                 with_port,
@@ -890,15 +892,10 @@ impl Engine {
         backend: Ipv4Addr,
         confirmed: bool,
     ) -> bool {
-        let state = if confirmed {
-            TcpState::Established
-        } else {
-            TcpState::SynRecv
-        };
-        let kind = if confirmed {
-            Kind::Established
-        } else {
-            Kind::Embryonic
+        let (state, kind) = match (key.proto, confirmed) {
+            (FlowKey::TCP, true) => (TcpState::Established, Kind::Established),
+            (FlowKey::TCP, false) => (TcpState::SynRecv, Kind::Embryonic),
+            _ => (TcpState::Udp, Kind::Udp),
         };
         let e = ConnEntry {
             key: *key,

@@ -1303,7 +1303,7 @@ fn kernel_tables_pick_as_the_engine_does_for_sh_and_mh() {
 }
 
 #[test]
-fn kernel_tables_cover_tcp_services_over_their_eligible_backends() {
+fn kernel_tables_cover_services_over_their_eligible_backends() {
     let mut persistent = svc(6, 443, Scheduler::Wlc, vec![be(1, 1), be(2, 1)]);
     persistent.persistence = Some(secs(300));
     persistent.persist_mask = Ipv4Addr::new(255, 255, 255, 0);
@@ -1324,11 +1324,11 @@ fn kernel_tables_cover_tcp_services_over_their_eligible_backends() {
         100,
     );
     let tables = e.hash_tables();
-    let ports: Vec<u16> = tables.iter().map(|t| t.port).collect();
+    let services: Vec<(u8, u16)> = tables.iter().map(|t| (t.proto, t.port)).collect();
     assert_eq!(
-        ports,
-        vec![80, 443],
-        "UDP and backend-less services have none"
+        services,
+        vec![(6, 80), (6, 443), (17, 53)],
+        "a service without eligible backends has none"
     );
     let web = &tables[0];
     let names: Vec<Ipv4Addr> = web.backends.iter().map(|b| b.backend).collect();
@@ -1379,4 +1379,21 @@ fn adopted_flows_are_counted_synced_and_followed() {
     assert_eq!(e.lookup(now, &h).unwrap().state, TcpState::SynRecv);
     assert!(!e.adopt(now, &tcp_key(3, 1000), addr(9), true));
     assert!(e.lookup(now, &tcp_key(3, 1000)).is_none());
+}
+
+#[test]
+fn adopted_udp_flows_follow_their_backend() {
+    let mut e = engine(
+        vec![svc(17, 53, Scheduler::Rr, vec![be(1, 1), be(2, 1)])],
+        100,
+    );
+    let now = Instant::now();
+    let k = udp_key(1, 1000);
+    assert!(e.adopt(now, &k, addr(2), true));
+    assert_eq!(e.lookup(now, &k).unwrap().state, TcpState::Udp);
+    for _ in 0..3 {
+        assert_eq!(backend_of(e.decide(now, &k, 0, 60)), addr(2));
+    }
+    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    assert_eq!(counters[&addr(2)].total, 1);
 }

@@ -403,7 +403,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             kernel_packets: dp.kernel_packets,
             kernel_full: dp.kernel_full,
             kernel_embryonic_lost: dp.kernel_embryonic_lost,
-            kernel_scheduled: dp.kernel_syns,
+            kernel_scheduled: dp.kernel_scheduled,
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,

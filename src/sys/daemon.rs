@@ -167,7 +167,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             // Fail-safe for a filter that outlives a killed duet: it stops
             // forwarding within half the time a peer takes to take over.
             lease: cfg.heartbeat.dead_after.get_ref().0 / 2,
-            syn_budget: cfg.cluster.syn_budget,
+            new_flow_budget: cfg.cluster.new_flow_budget,
         },
         &cfg.cluster.interface,
         sock.raw_fd(),

@@ -9,13 +9,16 @@
 // and first data never leave the kernel; the first such frame promotes the
 // flow into `confirmed`. A UDP flow is installed once seen twice.
 //
-// New TCP flows beyond a budget of SYNs a second (a GCRA per CPU, set by
-// user space) are scheduled here instead, by a consistent-hash table per
-// service that user space builds from the same eligible backends
-// (`picks`): a SYN flood from random sources fills the packet socket's
-// ring otherwise, and the ring drops legitimate SYNs as blindly as the
-// flood's. Such a flow is marked `origin` kernel; user space adopts it into
-// its table when it first sees it (its walk, or its FIN or RST).
+// New flows (a TCP SYN, a UDP flow's first datagram) beyond a budget a
+// second (a GCRA shared by the CPUs, its rate set by user space) are
+// scheduled here instead, by a consistent-hash table per service that user
+// space builds from the same eligible backends (`picks`): a flood from
+// random sources fills the packet socket's ring otherwise, and the ring
+// drops legitimate packets as blindly as the flood's. Such a flow waits in
+// a bounded LRU of its own (`embryonic`, `udp_new`) until its second frame
+// confirms it, as user space's table keeps unconfirmed flows apart; it is
+// marked `origin` kernel, and user space adopts it into its table when it
+// first sees it (its walk, or its FIN or RST).
 //
 // - duet_tc (tc clsact ingress, direct action) forwards a frame to the
 //   virtual MAC whose flow is in a map: remote backend = MAC rewrite +
@@ -52,6 +55,7 @@
 #define MAX_CONFIRMED 262144
 #define MAX_UDP 65536
 #define MAX_EMBRYONIC 65536
+#define MAX_UDP_NEW 65536
 #define MAX_SERVICES 256
 // Consistent-hash slots per service: the size of the Rust engine's Maglev
 // table (src/forward/maglev.rs), so sh and mh pick as user space does.
@@ -60,7 +64,7 @@
 // The SYN budget's burst: this much time's worth of SYNs at once.
 #define SYN_BURST_NS 100000000ULL
 
-// Layouts shared with src/dataplane/ebpf/maps.rs (repr(C) there).
+// Layouts shared with src/dataplane/ebpf/mod.rs (repr(C) there).
 struct flow_key {
 	__u32 saddr; // network order
 	__u32 daddr; // network order
@@ -91,7 +95,7 @@ struct control {
 	__u64 lease_until; // bpf_ktime_get_ns deadline
 	// Nanoseconds of budget one SYN for user space costs on one CPU; 0:
 	// every SYN goes to user space.
-	__u64 syn_cost_ns;
+	__u64 new_cost_ns;
 	__u32 epoch; // bumped by user space on every backend change
 	__u32 pad;
 };
@@ -127,8 +131,8 @@ enum stat {
 	STAT_LOCAL_BYTES,
 	STAT_REDIRECT_ERRORS,
 	STAT_PROMOTED,
-	STAT_SYN_SCHEDULED, // SYNs over the budget scheduled here
-	STAT_SYN_UNSCHEDULED, // SYNs over the budget without a table: to user space
+	STAT_NEW_SCHEDULED, // new flows over the budget scheduled here
+	STAT_NEW_UNSCHEDULED, // new flows over the budget without a table: to user space
 	STAT_MAX,
 };
 
@@ -159,6 +163,15 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 } udp SEC(".maps");
+
+// UDP flows the program scheduled itself, until their second datagram moves
+// them to `udp`: a flood of single datagrams churns only this LRU.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UDP_NEW);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} udp_new SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -232,10 +245,10 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
-// Whether this SYN fits user space's budget (and takes its share of it).
-static __always_inline int syn_for_user_space(struct control *c)
+// Whether this new flow fits user space's budget (and takes its share).
+static __always_inline int for_user_space(struct control *c)
 {
-	if (!c->syn_cost_ns)
+	if (!c->new_cost_ns)
 		return 1;
 	__u32 zero = 0;
 	__u64 *tat = bpf_map_lookup_elem(&syn_tat, &zero);
@@ -245,18 +258,18 @@ static __always_inline int syn_for_user_space(struct control *c)
 	__u64 t = *tat > now ? *tat : now;
 	if (t > now + SYN_BURST_NS)
 		return 0;
-	*tat = t + c->syn_cost_ns;
+	*tat = t + c->new_cost_ns;
 	return 1;
 }
 
-// Schedules a new flow by its service's table into `embryonic`; NULL when
-// the service has none (user space gets the SYN).
+// Schedules a new flow by its service's table into `embryonic` (TCP) or
+// `udp_new`; NULL when the service has none (user space gets the frame).
 static __always_inline struct flow_val *kernel_pick(struct control *c, struct flow_key *k)
 {
-	struct svc_key sk = {.vip = k->daddr, .port = k->dport, .proto = IPPROTO_TCP};
+	struct svc_key sk = {.vip = k->daddr, .port = k->dport, .proto = k->proto};
 	struct pick *p = bpf_map_lookup_elem(&picks, &sk);
 	if (!p) {
-		count(STAT_SYN_UNSCHEDULED, 1);
+		count(STAT_NEW_UNSCHEDULED, 1);
 		return NULL;
 	}
 	__u32 h = bpf_ntohl(k->saddr & p->src_mask);
@@ -270,7 +283,7 @@ static __always_inline struct flow_val *kernel_pick(struct control *c, struct fl
 		return NULL;
 	__u32 b = p->slot[slot];
 	if (b >= p->n || b >= PICK_BACKENDS) {
-		count(STAT_SYN_UNSCHEDULED, 1);
+		count(STAT_NEW_UNSCHEDULED, 1);
 		return NULL;
 	}
 	struct flow_val v = {
@@ -282,13 +295,52 @@ static __always_inline struct flow_val *kernel_pick(struct control *c, struct fl
 #pragma unroll
 	for (int i = 0; i < 6; i++)
 		v.mac[i] = p->t[b].mac[i];
-	// Port reuse: the old connection's entry must not catch this one's
-	// handshake ACK.
-	bpf_map_delete_elem(&confirmed, k);
-	if (bpf_map_update_elem(&embryonic, k, &v, BPF_ANY) < 0)
+	void *pending = &udp_new;
+	if (k->proto == IPPROTO_TCP) {
+		// Port reuse: the old connection's entry must not catch this
+		// one's handshake ACK.
+		bpf_map_delete_elem(&confirmed, k);
+		pending = &embryonic;
+	}
+	if (bpf_map_update_elem(pending, k, &v, BPF_ANY) < 0)
 		return NULL;
-	count(STAT_SYN_SCHEDULED, 1);
-	return bpf_map_lookup_elem(&embryonic, k);
+	count(STAT_NEW_SCHEDULED, 1);
+	return bpf_map_lookup_elem(pending, k);
+}
+
+// A UDP frame: its flow's entry, or one scheduled for it here.
+static __always_inline struct flow_val *udp_forwards(struct control *c, struct flow_key *k,
+						     int in_tc)
+{
+	struct flow_val *v = bpf_map_lookup_elem(&udp, k);
+	if (v)
+		return v;
+	v = bpf_map_lookup_elem(&udp_new, k);
+	if (v && v->epoch != c->epoch) {
+		// Scheduled before a backend change: decided afresh. In tc the
+		// socket filter has done so already (the entry would be current)
+		// or handed the frame to user space: the stale entry goes.
+		if (in_tc) {
+			bpf_map_delete_elem(&udp_new, k);
+			return NULL;
+		}
+		v = NULL;
+	}
+	if (v) {
+		// The first datagram, which the socket filter scheduled, has no
+		// count yet; the second confirms the flow. A full `udp` refuses
+		// it: it stays here, evictable.
+		if (!in_tc || v->packets == 0)
+			return v;
+		struct flow_val moved = *v;
+		if (bpf_map_update_elem(&udp, k, &moved, BPF_NOEXIST) < 0)
+			return v;
+		bpf_map_delete_elem(&udp_new, k);
+		return bpf_map_lookup_elem(&udp, k);
+	}
+	if (in_tc || for_user_space(c))
+		return NULL;
+	return kernel_pick(c, k);
 }
 
 // The flow entry duet_tc forwards this frame by, or NULL when user space
@@ -341,7 +393,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			if (e && e->epoch == c->epoch)
 				return e;
 			if (!in_tc) {
-				if (syn_for_user_space(c))
+				if (for_user_space(c))
 					return NULL;
 				return kernel_pick(c, &k);
 			}
@@ -357,7 +409,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 	}
 	*out = c;
 	if (ip.protocol != IPPROTO_TCP)
-		return bpf_map_lookup_elem(&udp, &k);
+		return udp_forwards(c, &k, in_tc);
 	struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
 	if (v)
 		return v;

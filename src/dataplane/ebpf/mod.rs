@@ -63,7 +63,7 @@ struct RawControl {
     own_mac: Mac,
     vmac: Mac,
     lease_until: u64,
-    syn_cost_ns: u64,
+    new_cost_ns: u64,
     epoch: u32,
     pad: u32,
 }
@@ -168,10 +168,11 @@ pub struct Activity {
     /// How long ago the kernel last forwarded one of its frames; `None`
     /// when it never did.
     pub idle: Option<Duration>,
-    /// Scheduled by the kernel itself (over the SYN budget): user space
+    /// Scheduled by the kernel itself (over the budget): user space
     /// has not decided it, and adopts it.
     pub kernel_scheduled: bool,
-    /// In the confirmed map (its handshake completed), not the embryonic one.
+    /// In a confirmed map (its handshake completed, or a UDP flow's second
+    /// datagram came), not a pending one.
     pub confirmed: bool,
 }
 
@@ -186,11 +187,11 @@ pub struct KernelStats {
     /// Half-open flows the program moved to the confirmed map on their
     /// handshake's ACK.
     pub promoted: u64,
-    /// SYNs over user space's budget that the kernel scheduled itself.
-    pub syn_scheduled: u64,
-    /// SYNs over the budget for a service without a kernel table (no
+    /// New flows over user space's budget that the kernel scheduled itself.
+    pub new_scheduled: u64,
+    /// New flows over the budget for a service without a kernel table (no
     /// eligible backend, or too many): handed to user space all the same.
-    pub syn_unscheduled: u64,
+    pub new_unscheduled: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -205,9 +206,9 @@ pub struct Params {
     pub max_connections: u32,
     /// How long one renewal keeps the program forwarding (dead_after/2).
     pub lease: Duration,
-    /// New TCP flows a second that user space decides; the kernel
-    /// schedules the rest itself. 0: user space decides all.
-    pub syn_budget: u32,
+    /// New flows (TCP and UDP) a second that user space decides; the
+    /// kernel schedules the rest itself. 0: user space decides all.
+    pub new_flow_budget: u32,
 }
 
 /// The loaded programs and their maps. Dropping it detaches the tc program
@@ -217,6 +218,8 @@ pub struct Kernel {
     confirmed: MapData,
     embryonic: MapData,
     udp: MapData,
+    /// UDP flows the kernel scheduled, until their second datagram.
+    udp_new: MapData,
     picks: MapData,
     /// Services whose table is in `picks`.
     picked: Vec<RawSvc>,
@@ -240,6 +243,7 @@ impl Kernel {
             .map_max_entries("confirmed", p.max_connections.max(1))
             .map_max_entries("embryonic", embryonic_bound(p.max_connections))
             .map_max_entries("udp", UDP_FLOWS)
+            .map_max_entries("udp_new", embryonic_bound(p.max_connections))
             .load(OBJECT)?;
         for name in [TC_PROG, SOCK_PROG] {
             let prog = bpf
@@ -258,6 +262,7 @@ impl Kernel {
         let confirmed = hash(&mut bpf, "confirmed")?;
         let embryonic = hash(&mut bpf, "embryonic")?;
         let udp = hash(&mut bpf, "udp")?;
+        let udp_new = hash(&mut bpf, "udp_new")?;
         let picks = hash(&mut bpf, "picks")?;
         let ctl = bpf
             .take_map("ctl")
@@ -274,6 +279,7 @@ impl Kernel {
             confirmed,
             embryonic,
             udp,
+            udp_new,
             picks,
             picked: Vec::new(),
             ctl,
@@ -285,7 +291,7 @@ impl Kernel {
                 own_mac: p.own_mac,
                 vmac: p.vmac,
                 lease_until: 0,
-                syn_cost_ns: match p.syn_budget {
+                new_cost_ns: match p.new_flow_budget {
                     0 => 0,
                     n => 1_000_000_000 / u64::from(n),
                 },
@@ -373,9 +379,9 @@ impl Kernel {
         self.write_control()
     }
 
-    /// Replaces the kernel's consistent-hash tables (one per TCP service)
-    /// and starts a new epoch: a SYN retransmitted after a backend change
-    /// is decided afresh, not sent where its first went.
+    /// Replaces the kernel's consistent-hash tables (one per service) and
+    /// starts a new epoch: a SYN retransmitted, or a UDP flow the kernel
+    /// scheduled, after a backend change is decided afresh.
     pub fn set_tables(&mut self, tables: &[HashTable]) -> Result<(), Error> {
         let err = |e: std::io::Error| Error::Map("picks", e.to_string());
         let mut now = Vec::with_capacity(tables.len());
@@ -388,7 +394,7 @@ impl Kernel {
             let key = RawSvc {
                 vip: self.control.vip,
                 port: t.port.to_be_bytes(),
-                proto: FlowKey::TCP,
+                proto: t.proto,
                 pad: 0,
             };
             v.src_mask = t.src_mask.octets();
@@ -463,9 +469,11 @@ impl Kernel {
             // ENOENT: not installed, or already gone.
             let _ = sys::delete(fd(m), &k);
         }
-        if key.proto == FlowKey::TCP {
-            let _ = sys::delete(fd(&self.embryonic), &k);
-        }
+        let pending = match key.proto {
+            FlowKey::TCP => &self.embryonic,
+            _ => &self.udp_new,
+        };
+        let _ = sys::delete(fd(pending), &k);
         self.seen.remove(&k);
     }
 
@@ -479,7 +487,7 @@ impl Kernel {
             None if key.proto == FlowKey::TCP => {
                 (sys::lookup(fd(&self.embryonic), &k).ok()??, false)
             }
-            None => return None,
+            None => (sys::lookup(fd(&self.udp_new), &k).ok()??, false),
         };
         Some(activity(&v, (0, 0), sys::monotonic_ns(), confirmed))
     }
@@ -569,8 +577,8 @@ impl Kernel {
             local_bytes: sum(3),
             redirect_errors: sum(4),
             promoted: sum(5),
-            syn_scheduled: sum(6),
-            syn_unscheduled: sum(7),
+            new_scheduled: sum(6),
+            new_unscheduled: sum(7),
         }
     }
 }

@@ -38,7 +38,7 @@ fn kernel_with_budget(budget: u32) -> Kernel {
         own_mac: OWN,
         max_connections: 4,
         lease: Duration::from_secs(5),
-        syn_budget: budget,
+        new_flow_budget: budget,
     });
     k.expect("loading the eBPF programs (these tests need root)")
 }
@@ -477,6 +477,7 @@ fn backend_of(t: Target) -> TableBackend {
 /// knows the pick from the flow hash alone.
 fn table(backends: &[TableBackend], src_mask: Ipv4Addr, with_port: bool) -> HashTable {
     HashTable {
+        proto: FlowKey::TCP,
         port: 80,
         src_mask,
         with_port,
@@ -533,7 +534,7 @@ fn syns_over_the_budget_are_scheduled_in_kernel_by_the_services_table() {
         "one backend only: {picked:?}"
     );
     let s = k.stats();
-    assert_eq!((s.syn_scheduled, s.syn_unscheduled), (40, 0));
+    assert_eq!((s.new_scheduled, s.new_unscheduled), (40, 0));
 }
 
 #[test]
@@ -568,11 +569,66 @@ fn syns_over_the_budget_without_a_table_go_to_user_space_counted() {
         assert!(k.lookup(&key(6, sport, 80)).is_none());
     }
     let s = k.stats();
-    assert_eq!((s.syn_scheduled, s.syn_unscheduled), (0, 5));
+    assert_eq!((s.new_scheduled, s.new_unscheduled), (0, 5));
     // A table removed is gone from the kernel too.
     k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
         .unwrap();
     assert_eq!(k.sock(&tcp(VMAC, 3010, SYN)), 0);
     k.set_tables(&[]).unwrap();
     assert_eq!(k.sock(&tcp(VMAC, 3011, SYN)), KEEP);
+}
+
+#[test]
+fn udp_flows_over_the_budget_are_scheduled_in_kernel_and_confirmed_by_a_second_datagram() {
+    let mut k = kernel_with_budget(1);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote())];
+    let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
+    t.proto = FlowKey::UDP;
+    t.port = 53;
+    k.set_tables(std::slice::from_ref(&t)).unwrap();
+    // Within the budget: user space.
+    let first = udp(VMAC, 4000);
+    assert_eq!(k.sock(&first), KEEP);
+    assert_eq!(k.tc(&first).0, TC_ACT_SHOT);
+    // Over it: scheduled, forwarded, pending until a second datagram.
+    let f = udp(VMAC, 4001);
+    let a = key(17, 4001, 53);
+    assert_eq!(k.sock(&f), 0);
+    let act = k.lookup(&a).expect("scheduled");
+    assert!(act.kernel_scheduled && !act.confirmed);
+    assert_eq!(k.tc(&f), (TC_ACT_REDIRECT, with_macs(&f, PEER, OWN)));
+    assert!(
+        !k.lookup(&a).unwrap().confirmed,
+        "one datagram confirms nothing"
+    );
+    assert_eq!(k.sock(&f), 0);
+    assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
+    let act = k.lookup(&a).expect("confirmed");
+    assert!(act.confirmed && act.kernel_scheduled);
+    assert_eq!(act.packets, 2);
+    // The walk of confirmed UDP flows sees it, for user space to adopt.
+    let mut seen = Vec::new();
+    k.walk(17, 100, |key, act| {
+        seen.push((key, act.kernel_scheduled));
+        true
+    });
+    assert_eq!(seen, vec![(a, true)]);
+    // A pending flow from before a backend change is decided afresh: over
+    // the budget by the new table, else by user space (the stale entry
+    // goes).
+    let b = key(17, 4002, 53);
+    let g = udp(VMAC, 4002);
+    assert_eq!(k.sock(&g), 0);
+    k.tc(&g);
+    k.set_tables(&[]).unwrap();
+    assert_eq!(k.sock(&g), KEEP, "no table now: user space");
+    assert_eq!(k.tc(&g).0, TC_ACT_SHOT);
+    assert!(k.lookup(&b).is_none(), "stale pending entry left");
+    assert_eq!(k.stats().new_unscheduled, 1);
+    // Removal takes a pending flow too.
+    k.set_tables(&[t]).unwrap();
+    assert_eq!(k.sock(&g), 0);
+    k.remove(&b);
+    assert!(k.lookup(&b).is_none());
 }
