@@ -116,8 +116,8 @@ pub struct DataplaneStats {
     /// Handshakes the kernel's embryonic LRU had lost (flood churn):
     /// forwarded by user space instead.
     pub kernel_embryonic_lost: u64,
-    /// New TCP flows the kernel scheduled itself by consistent hash: the
-    /// SYNs over what user space decides a second (a SYN flood's excess).
+    /// New flows the kernel scheduled itself by consistent hash: those over
+    /// what user space decides a second (a flood's excess).
     pub kernel_scheduled: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,

@@ -865,7 +865,7 @@ pub fn metrics(r: &StatusReport) -> String {
     p.family(
         "duet_dataplane_kernel_scheduled_total",
         "counter",
-        "New TCP flows the eBPF engine scheduled in kernel by consistent hash (SYNs over the data-plane thread's budget).",
+        "New flows the eBPF engine scheduled in kernel by consistent hash (over cluster.new_flow_budget).",
     );
     p.sample(
         "duet_dataplane_kernel_scheduled_total",
