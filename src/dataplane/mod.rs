@@ -10,7 +10,9 @@ use std::os::fd::RawFd;
 pub mod ebpf;
 mod thread;
 
-pub use thread::{fmt_mac, spawn, Control, DpStats, Params, Shared, SyncExchange, SyncStatus};
+pub use thread::{
+    fmt_mac, spawn, Control, DpStats, Params, Shared, SyncExchange, SyncStatus, ECHO_RATE,
+};
 
 /// The engine that runs, for status and metrics.
 pub fn engine_name(kernel: &Option<ebpf::Kernel>) -> &'static str {

@@ -39,9 +39,10 @@ const SYNC_PERIOD: Duration = Duration::from_millis(10);
 /// Bound on changes handed over per exchange; the rest wait in the engine's log.
 const SYNC_MAX: usize = 8192;
 /// Pings of the VIP answered per second (and at once): each costs a TUN
-/// write and a reply from the kernel, which does not rate-limit echo
-/// replies, so an ICMP flood must not turn into as many of both.
-const ECHO_RATE: u32 = 1000;
+/// write (or, on the eBPF engine, a pass to the stack) and a reply from the
+/// kernel, which does not rate-limit echo replies, so an ICMP flood must
+/// not turn into as many of both.
+pub const ECHO_RATE: u32 = 1000;
 /// Flood events waiting for the control plane (it takes them every few
 /// hundred milliseconds; the engine emits at most one pair a minute).
 const EVENTS_MAX: usize = 16;
@@ -629,6 +630,17 @@ impl Plane {
             out.kernel_scheduled = s.new_scheduled;
             if s.redirect_errors > 0 {
                 out.drops.insert("redirect", s.redirect_errors);
+            }
+            // What the kernel dropped or answered without user space, as
+            // the userspace engine counts it.
+            out.local_packets += s.echo_local;
+            for (reason, n) in [
+                (frame::DropReason::Fragment.as_str(), s.fragments),
+                ("echo_rate_limit", s.echo_limited),
+            ] {
+                if n > 0 {
+                    *out.drops.entry(reason).or_default() += n;
+                }
             }
             let (tcp, udp) = k.len();
             out.kernel_flows = tcp + udp;

@@ -168,6 +168,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             // forwarding within half the time a peer takes to take over.
             lease: cfg.heartbeat.dead_after.get_ref().0 / 2,
             new_flow_budget: cfg.cluster.new_flow_budget,
+            echo_rate: dataplane::ECHO_RATE,
         },
         &cfg.cluster.interface,
         sock.raw_fd(),

@@ -38,7 +38,9 @@
 // `epoch`: no backend change since) is a retransmission and goes where the
 // first went. Segments with FIN or RST always go to user space: the state
 // machine (FIN_WAIT, CLOSE timeouts) has one implementation, in Rust. ICMP
-// errors and fragments go there too.
+// errors go there too. Non-first fragments (nothing to forward them by)
+// are dropped and counted here, and pings of the VIP handed to the local
+// stack at user space's echo rate, so neither flood reaches user space.
 //
 // Fail-safe: the program forwards only while `lease_until` (CLOCK_MONOTONIC
 // ns, renewed by duet) lies in the future. A filter left behind by a killed
@@ -61,8 +63,11 @@
 // table (src/forward/maglev.rs), so sh and mh pick as user space does.
 #define PICK_SLOTS 65537
 #define PICK_BACKENDS 255
-// The SYN budget's burst: this much time's worth of SYNs at once.
+// The new-flow budget's burst: this much time's worth of flows at once.
 #define SYN_BURST_NS 100000000ULL
+// Pings of the VIP answered at once beyond their rate: a second's worth,
+// like user space's token bucket.
+#define ECHO_BURST_NS 1000000000ULL
 
 // Layouts shared with src/dataplane/ebpf/mod.rs (repr(C) there).
 struct flow_key {
@@ -98,6 +103,7 @@ struct control {
 	__u64 new_cost_ns;
 	__u32 epoch; // bumped by user space on every backend change
 	__u32 pad;
+	__u64 echo_cost_ns; // 1e9 / pings of the VIP answered a second
 };
 
 struct svc_key {
@@ -133,6 +139,9 @@ enum stat {
 	STAT_PROMOTED,
 	STAT_NEW_SCHEDULED, // new flows over the budget scheduled here
 	STAT_NEW_UNSCHEDULED, // new flows over the budget without a table: to user space
+	STAT_FRAGMENTS, // non-first fragments to the VIP, dropped
+	STAT_ECHO_LOCAL, // pings of the VIP handed to the local stack
+	STAT_ECHO_LIMITED, // pings of the VIP over the rate, dropped
 	STAT_MAX,
 };
 
@@ -190,9 +199,10 @@ struct {
 // The GCRA's theoretical arrival time of the next SYN, shared by every CPU
 // so the budget is user space's total; a lost race between two CPUs only
 // lets one more SYN through.
+// Entry 0: new flows, 1: pings of the VIP.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } syn_tat SEC(".maps");
@@ -245,21 +255,27 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
-// Whether this new flow fits user space's budget (and takes its share).
-static __always_inline int for_user_space(struct control *c)
+// Whether one more event of GCRA `which` (cost per event, burst) fits its
+// rate, taking its share if so. cost 0: no limit.
+static __always_inline int within_rate(__u32 which, __u64 cost, __u64 burst)
 {
-	if (!c->new_cost_ns)
+	if (!cost)
 		return 1;
-	__u32 zero = 0;
-	__u64 *tat = bpf_map_lookup_elem(&syn_tat, &zero);
+	__u64 *tat = bpf_map_lookup_elem(&syn_tat, &which);
 	if (!tat)
 		return 1;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 t = *tat > now ? *tat : now;
-	if (t > now + SYN_BURST_NS)
+	if (t > now + burst)
 		return 0;
-	*tat = t + c->new_cost_ns;
+	*tat = t + cost;
 	return 1;
+}
+
+// Whether this new flow fits user space's budget (and takes its share).
+static __always_inline int for_user_space(struct control *c)
+{
+	return within_rate(0, c->new_cost_ns, SYN_BURST_NS);
 }
 
 // Schedules a new flow by its service's table into `embryonic` (TCP) or
@@ -429,6 +445,48 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 	return bpf_map_lookup_elem(&confirmed, &k);
 }
 
+enum vip_frame {
+	VIP_OTHER,
+	VIP_FRAGMENT, // a non-first fragment: nothing to forward it by
+	VIP_ECHO,     // a ping of the VIP
+};
+
+// What a frame to the virtual MAC that no flow forwards is, while this
+// node directs. Both need no user space: a flood of either stays here.
+static __always_inline enum vip_frame vip_frame(struct __sk_buff *skb, struct control *c)
+{
+	if (!c->active || bpf_ktime_get_ns() >= c->lease_until || skb->vlan_present)
+		return VIP_OTHER;
+	struct ethhdr eth;
+	if (load(skb, 0, &eth, sizeof(eth)) < 0)
+		return VIP_OTHER;
+	if (!mac_eq(eth.h_dest, c->vmac) || eth.h_proto != bpf_htons(ETH_P_IP))
+		return VIP_OTHER;
+	struct iphdr ip;
+	if (load(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return VIP_OTHER;
+	if (ip.version != 4 || ip.ihl < 5 || ip.daddr != c->vip)
+		return VIP_OTHER;
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return VIP_FRAGMENT;
+	if (ip.protocol != IPPROTO_ICMP || (ip.frag_off & bpf_htons(0x2000)))
+		return VIP_OTHER;
+	__u8 type;
+	if (load(skb, ETH_HLEN + ip.ihl * 4, &type, 1) < 0)
+		return VIP_OTHER;
+	return type == 8 ? VIP_ECHO : VIP_OTHER;
+}
+
+// Hands the frame to this node's own stack (the VIP is on lo there).
+static __always_inline int to_local_stack(struct __sk_buff *skb, struct control *c)
+{
+	if (bpf_skb_store_bytes(skb, 0, c->own_mac, 6, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_type(skb, PACKET_HOST) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int duet_tc(struct __sk_buff *skb)
 {
@@ -447,6 +505,22 @@ int duet_tc(struct __sk_buff *skb)
 		__u8 dst[6];
 		if (load(skb, 0, dst, 6) < 0 || !mac_eq(dst, c->vmac))
 			return TC_ACT_OK;
+		switch (vip_frame(skb, c)) {
+		case VIP_FRAGMENT:
+			count(STAT_FRAGMENTS, 1);
+			break;
+		case VIP_ECHO:
+			if (within_rate(1, c->echo_cost_ns, ECHO_BURST_NS)) {
+				int r = to_local_stack(skb, c);
+				if (r == TC_ACT_OK)
+					count(STAT_ECHO_LOCAL, 1);
+				return r;
+			}
+			count(STAT_ECHO_LIMITED, 1);
+			break;
+		default:
+			break;
+		}
 		return TC_ACT_SHOT;
 	}
 	__u64 len = skb->len;
@@ -454,13 +528,12 @@ int duet_tc(struct __sk_buff *skb)
 	__sync_fetch_and_add(&v->bytes, len);
 	v->last_seen = bpf_ktime_get_ns();
 	if (v->local) {
-		if (bpf_skb_store_bytes(skb, 0, c->own_mac, 6, 0) < 0)
-			return TC_ACT_SHOT;
-		if (bpf_skb_change_type(skb, PACKET_HOST) < 0)
-			return TC_ACT_SHOT;
-		count(STAT_LOCAL_PACKETS, 1);
-		count(STAT_LOCAL_BYTES, len);
-		return TC_ACT_OK;
+		int r = to_local_stack(skb, c);
+		if (r == TC_ACT_OK) {
+			count(STAT_LOCAL_PACKETS, 1);
+			count(STAT_LOCAL_BYTES, len);
+		}
+		return r;
 	}
 	__u8 macs[12];
 #pragma unroll
@@ -490,6 +563,8 @@ int duet_sock(struct __sk_buff *skb)
 	__u32 zero = 0;
 	c = bpf_map_lookup_elem(&ctl, &zero);
 	if (!c)
+		return 0;
+	if (vip_frame(skb, c) != VIP_OTHER)
 		return 0;
 	struct ethhdr eth;
 	if (load(skb, 0, &eth, sizeof(eth)) < 0)

@@ -66,6 +66,7 @@ struct RawControl {
     new_cost_ns: u64,
     epoch: u32,
     pad: u32,
+    echo_cost_ns: u64,
 }
 
 /// `struct svc_key` in duet.bpf.c.
@@ -192,6 +193,11 @@ pub struct KernelStats {
     /// New flows over the budget for a service without a kernel table (no
     /// eligible backend, or too many): handed to user space all the same.
     pub new_unscheduled: u64,
+    /// Non-first fragments to the VIP, dropped in kernel.
+    pub fragments: u64,
+    /// Pings of the VIP handed to the local stack, and those over the rate.
+    pub echo_local: u64,
+    pub echo_limited: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -209,6 +215,8 @@ pub struct Params {
     /// New flows (TCP and UDP) a second that user space decides; the
     /// kernel schedules the rest itself. 0: user space decides all.
     pub new_flow_budget: u32,
+    /// Pings of the VIP answered a second (by the local stack).
+    pub echo_rate: u32,
 }
 
 /// The loaded programs and their maps. Dropping it detaches the tc program
@@ -297,6 +305,7 @@ impl Kernel {
                 },
                 epoch: 0,
                 pad: 0,
+                echo_cost_ns: 1_000_000_000 / u64::from(p.echo_rate.max(1)),
             },
             lease: p.lease,
             cursor: [None, None],
@@ -579,6 +588,9 @@ impl Kernel {
             promoted: sum(5),
             new_scheduled: sum(6),
             new_unscheduled: sum(7),
+            fragments: sum(8),
+            echo_local: sum(9),
+            echo_limited: sum(10),
         }
     }
 }

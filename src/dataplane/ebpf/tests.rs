@@ -39,6 +39,7 @@ fn kernel_with_budget(budget: u32) -> Kernel {
         max_connections: 4,
         lease: Duration::from_secs(5),
         new_flow_budget: budget,
+        echo_rate: 2,
     });
     k.expect("loading the eBPF programs (these tests need root)")
 }
@@ -631,4 +632,60 @@ fn udp_flows_over_the_budget_are_scheduled_in_kernel_and_confirmed_by_a_second_d
     assert_eq!(k.sock(&g), 0);
     k.remove(&b);
     assert!(k.lookup(&b).is_none());
+}
+
+fn ping(dst_mac: Mac) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
+        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .icmpv4_echo_request(7, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping")
+        .expect("building an echo request");
+    out
+}
+
+#[test]
+fn pings_of_the_vip_go_to_the_local_stack_at_their_rate() {
+    let mut k = kernel();
+    let p = ping(VMAC);
+    // Not directing: untouched, and user space decides (not_director).
+    assert_eq!(k.tc(&p), (TC_ACT_OK, p.clone()));
+    assert_eq!(k.sock(&p), KEEP);
+    k.set_active(true).unwrap();
+    // Two a second with a second's burst: the first ones are handed to the
+    // stack (destination our own MAC), the rest dropped and counted; none
+    // is copied to user space.
+    let mut verdicts = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(k.sock(&p), 0, "a ping copied to user space");
+        let (verdict, out) = k.tc(&p);
+        if verdict == TC_ACT_OK {
+            assert_eq!(out, with_macs(&p, OWN, CLIENT_MAC));
+        }
+        verdicts.push(verdict);
+    }
+    assert_eq!(&verdicts[..2], &[TC_ACT_OK, TC_ACT_OK], "{verdicts:?}");
+    assert_eq!(verdicts[5], TC_ACT_SHOT, "{verdicts:?}");
+    let s = k.stats();
+    assert_eq!(s.echo_local + s.echo_limited, 6);
+    assert!(s.echo_limited >= 2, "{s:?}");
+    // An echo reply or an ICMP error is not a ping: user space has those.
+    let err = icmp_error(1000);
+    assert_eq!(k.sock(&err), KEEP);
+}
+
+#[test]
+fn non_first_fragments_to_the_vip_are_dropped_in_kernel() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let mut f = udp(VMAC, 1000);
+    // Fragment offset 16 (x 8 bytes), no flags.
+    f[14 + 6..14 + 8].copy_from_slice(&[0x00, 0x10]);
+    assert_eq!(k.sock(&f), 0, "a fragment copied to user space");
+    assert_eq!(k.tc(&f).0, TC_ACT_SHOT);
+    assert_eq!(k.stats().fragments, 1);
+    // A first fragment is the UDP flow's own datagram: user space.
+    let mut first = udp(VMAC, 1000);
+    first[14 + 6] = 0x20; // more fragments, offset 0
+    assert_eq!(k.sock(&first), KEEP);
 }
