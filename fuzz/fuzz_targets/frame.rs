@@ -61,6 +61,7 @@ fn snapshot(sel: u8) -> Snapshot {
     Snapshot {
         generation: 1,
         services: vec![svc(6, 80), svc(17, 5353)],
+        proxy: Vec::new(),
     }
 }
 

@@ -163,6 +163,7 @@ fn standby_engine() -> Engine {
     let snap = Snapshot {
         generation: 1,
         services: vec![svc(6), svc(17)],
+        proxy: Vec::new(),
     };
     Engine::new(Arc::new(snap), 256, Timeouts::default())
 }
