@@ -16,6 +16,8 @@ Builds a LAN in network namespaces (bridge, client 198.18.0.254, nodes
 5. Health detection time, director RSS with 0 and 100,000 tracked flows,
    image boot-to-first-heartbeat (when image/out exists).
 Plus the per-packet micro-benchmark (`cargo bench --bench forward`).
+Parts 1-4 run once per engine of BENCH_ENGINES (default ebpf,userspace),
+one after the other, each against baselines measured again beside it.
 
 Writes bench/results.json and bench/RESULTS.md. Namespaces are named
 db<pid>…, removed on exit (also on Ctrl-C), and stale ones of dead runs are
@@ -49,8 +51,9 @@ CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "100000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
-# BENCH_ENGINE: cluster.engine of both nodes (auto, ebpf, userspace).
-ENGINE = os.environ.get("BENCH_ENGINE", "")
+# BENCH_ENGINES: the engines measured one after the other in this run, each
+# against the same baselines (cluster.engine: auto, ebpf, userspace).
+ENGINES = [e for e in os.environ.get("BENCH_ENGINES", "ebpf,userspace").split(",") if e]
 # BENCH_NEW_FLOW_BUDGET: cluster.new_flow_budget (new flows a second duet decides;
 # the eBPF engine schedules the rest in kernel). Unset: the default.
 NEW_FLOW_BUDGET = os.environ.get("BENCH_NEW_FLOW_BUDGET", "")
@@ -102,6 +105,7 @@ class Topo:
         self.ns = [self.p + "n1", self.p + "n2"]
         self.made = []
         self.procs = {}  # name -> Popen
+        self.engine = ENGINES[0]
 
     # --- namespaces -----------------------------------------------------
     def build(self):
@@ -179,7 +183,7 @@ class Topo:
             (d / "key").write_text(KEY)
             (d / "token").write_text(TOKEN)
             (d / "nginx.conf").write_text(nginx_conf(d))
-            (d / "duet.toml").write_text(duet_conf(addr))
+            (d / "duet.toml").write_text(duet_conf(addr, self.engine))
             self.start_nginx(i)
             self.spawn(f"iperf3-{i}", self.ns[i], ["iperf3", "-s", "-p", str(IPERF_PORT)])
             # A UDP sink that never reads: flood packets are counted by the
@@ -279,7 +283,7 @@ HEARTBEAT_FAST = ("50ms", "300ms")
 HEARTBEAT_FASTEST = ("20ms", "100ms")
 
 
-def duet_conf(addr, heartbeat=HEARTBEAT_DEFAULT):
+def duet_conf(addr, engine, heartbeat=HEARTBEAT_DEFAULT):
     nodes = "".join(f"""
 [[node]]
 name = "{n}"
@@ -294,7 +298,7 @@ key_file = "key"
 admin_token_file = "token"
 status_listen = "{addr}:8080"
 state_dir = "state"
-{f'engine = "{ENGINE}"' if ENGINE else ""}
+engine = "{engine}"
 {f"new_flow_budget = {int(NEW_FLOW_BUDGET)}" if NEW_FLOW_BUDGET else ""}
 {nodes}
 [heartbeat]
@@ -507,10 +511,35 @@ def udp_counted(t, i):
     return d["InDatagrams"] + d["NoPorts"] + d["InErrors"]
 
 
-def flood(t, src, nsrc, nports, pps, count, seconds, length=60):
-    out = t.run(t.client, f"{t.work / 'flood'} eth0 {VMAC} {src} {nsrc} 20000 {nports} {VIP} "
+def flood(t, src, nsrc, nports, pps, count, seconds, length=60, mac=VMAC, dst=VIP):
+    out = t.run(t.client, f"{t.work / 'flood'} eth0 {mac} {src} {nsrc} 20000 {nports} {dst} "
                           f"{UDP_PORT} {length} {pps:g} {count} {seconds:g}", timeout=seconds + 30)
     return json.loads(out)
+
+
+def mac_of(t, i):
+    out = t.run(t.ns[i], "cat /sys/class/net/eth0/address")
+    return out.strip()
+
+
+def bpf_prog_stats(pid):
+    """run_cnt and run_time_ns summed per program type over the BPF
+    programs duet holds (kernel.bpf_stats_enabled must be on): the kernel's
+    own cost of the eBPF engine, which no process's CPU time shows."""
+    out = {}
+    fd_dir = Path(f"/proc/{pid}/fdinfo")
+    for f in fd_dir.iterdir() if fd_dir.exists() else []:
+        try:
+            info = dict(ln.split(":", 1) for ln in f.read_text().splitlines() if ":" in ln)
+        except OSError:
+            continue
+        if "prog_type" not in info or "run_cnt" not in info:
+            continue
+        kind = {"3": "tc", "1": "socket_filter"}.get(info["prog_type"].strip(), info["prog_type"].strip())
+        c = out.setdefault(kind, [0, 0])
+        c[0] += int(info["run_cnt"])
+        c[1] += int(info["run_time_ns"])
+    return out
 
 
 def kernel_packets(t, i):
@@ -526,10 +555,20 @@ def bench_pps(t, director):
     set_drain(t, director, dname, True)  # every flow to the peer
     res = {"frame_bytes": 60, "flows": PPS_FLOWS, "runs": []}
     secs = max(2.0, SECONDS / 2)
+    # The baseline: the same generator flat out at the peer's own address.
+    before = udp_counted(t, peer)
+    f = flood(t, "198.18.0.254", 1, PPS_FLOWS, 0, 50_000_000, secs, mac=mac_of(t, peer), dst=NODES[peer][1])
+    time.sleep(0.5)
+    res["direct"] = {"sent": f["sent"], "seconds": f["seconds"], "offered_pps": f["offered_pps"],
+                     "delivered_pps": round((udp_counted(t, peer) - before) / f["seconds"])}
+    log(f"pps direct: {res['direct']}")
+    stats_was = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
     # Offered: flat out, and a rate the director should sustain.
     for rate in (0, 100_000):
         before = udp_counted(t, peer)
         k0 = kernel_packets(t, director)
+        b0 = bpf_prog_stats(pid)
         c0, tc0 = proc_cpu(pid), proc_cpu(pid, tid) if tid else 0
         with Perf(f"udp_flood_{rate or 'max'}", pid if rate == 0 else None, t.work):
             f = flood(t, "198.18.0.254", 1, PPS_FLOWS, rate, 50_000_000, secs)
@@ -537,6 +576,8 @@ def bench_pps(t, director):
         delivered = udp_counted(t, peer) - before
         cpu = proc_cpu(pid) - c0
         tcpu = (proc_cpu(pid, tid) - tc0) if tid else None
+        b1 = bpf_prog_stats(pid)
+        progs = {k: (b1[k][0] - b0.get(k, [0, 0])[0], b1[k][1] - b0.get(k, [0, 0])[1]) for k in b1}
         run = {
             "offered_rate": "max" if rate == 0 else rate,
             "sent": f["sent"], "seconds": f["seconds"],
@@ -550,13 +591,25 @@ def bench_pps(t, director):
             "dataplane_cpu_ns_per_packet": round(tcpu * 1e9 / delivered) if delivered and tcpu else None,
             # eBPF engine: frames forwarded in kernel, not by the thread.
             "kernel_packets": kernel_packets(t, director) - k0,
+            # ... and what its programs cost the kernel per run (the tc
+            # program sees every frame; the socket filter every frame the
+            # packet socket is offered).
+            "bpf_ns_per_run": {k: round(ns / n) for k, (n, ns) in progs.items() if n},
+            "bpf_runs": {k: n for k, (n, _) in progs.items()},
         }
+        # Everything the director spent on a forwarded packet that is
+        # measurable per process: its own CPU plus its programs' run time.
+        tc_ns = sum(ns for _, ns in progs.values())
+        run["director_total_ns_per_packet"] = round((cpu * 1e9 + tc_ns) / delivered) if delivered else None
         res["runs"].append(run)
         log(f"pps: {run}")
     set_drain(t, director, dname, False)
+    Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
     best = max(res["runs"], key=lambda r: r["delivered_pps"])
     res["forwarded_pps"] = best["delivered_pps"]
+    res["ratio_vs_direct"] = ratio(best["delivered_pps"], res["direct"]["delivered_pps"])
     res["director_cpu_ns_per_packet"] = best["director_cpu_ns_per_packet"]
+    res["director_total_ns_per_packet"] = best["director_total_ns_per_packet"]
     return res
 
 
@@ -615,7 +668,7 @@ def max_gap_ms(probes, after):
 def restart_both(t, heartbeat):
     """Rewrites both configs with `heartbeat` timing and restarts both daemons."""
     for i, (_, addr, _) in enumerate(NODES):
-        (t.node_dir(i) / "duet.toml").write_text(duet_conf(addr, heartbeat))
+        (t.node_dir(i) / "duet.toml").write_text(duet_conf(addr, t.engine, heartbeat))
         t.stop(f"duet-{i}", signal.SIGTERM)
     for i in range(len(NODES)):
         t.start_duet(i)
@@ -775,7 +828,7 @@ def main():
         "machine": machine(),
         "settings": {"seconds": SECONDS, "failover_n": FAILOVER_N, "wrk_connections": CONNS,
                      "rounds": ROUNDS, "flows": FLOWS, "skip": sorted(SKIP), "duet": str(DUET),
-                     "engine": ENGINE or "auto", "new_flow_budget": NEW_FLOW_BUDGET or "default"},
+                     "engines": ENGINES, "new_flow_budget": NEW_FLOW_BUDGET or "default"},
     }
     if "micro" not in SKIP:
         results["micro"] = bench_micro()
@@ -805,18 +858,30 @@ def main():
                 t.start_duet(i)
             director = t.wait_director(30)
             wait_for(lambda: t.run(t.client, f"curl -sf -m 1 http://{VIP}/", check=False), 10, "VIP")
-        t.start_haproxy(director)
-        if "http" not in SKIP:
-            results["http"] = bench_http(t, director)
-        if "bulk" not in SKIP:
-            results["bulk"] = bench_bulk(t, director)
-        if "pps" not in SKIP:
-            results["pps"] = bench_pps(t, director)
-        if "health" not in SKIP:
-            time.sleep(2.5)  # nginx back up and checked healthy (rise 2)
-            results["health"] = bench_health(t, director)
-        if "failover" not in SKIP:
-            results["failover"] = bench_failover(t, director)
+        results["engines"] = {}
+        for n, engine in enumerate(ENGINES):
+            if n > 0:
+                t.engine = engine
+                t.stop("haproxy")
+                director = restart_both(t, HEARTBEAT_DEFAULT)
+                wait_for(lambda: t.run(t.client, f"curl -sf -m 1 http://{VIP}/", check=False), 10, "VIP")
+            running = (t.status(director) or {}).get("dataplane", {}).get("engine")
+            log(f"engine {engine}: director {NODES[director][0]} runs {running}")
+            e = results["engines"][engine] = {"running": running}
+            t.start_haproxy(director)
+            if "http" not in SKIP:
+                e["http"] = bench_http(t, director)
+            if "bulk" not in SKIP:
+                e["bulk"] = bench_bulk(t, director)
+            if "pps" not in SKIP:
+                e["pps"] = bench_pps(t, director)
+            if "health" not in SKIP and n == 0:
+                time.sleep(2.5)  # nginx back up and checked healthy (rise 2)
+                results["health"] = bench_health(t, director)
+            if "failover" not in SKIP:
+                e["failover"] = bench_failover(t, director)
+                restart_both(t, HEARTBEAT_DEFAULT)
+                director = t.wait_director()
         results["boot_to_first_heartbeat"] = boot_time()
         if PROFILES:
             results["profiles"] = PROFILES
@@ -837,22 +902,33 @@ def main():
 
 
 def targets(r):
-    """The targets of issue 9, judged on this run."""
+    """Issue 21's targets, judged on this run for each engine."""
     out = {}
-    nc = r.get("http", {}).get("new_connection")
-    if nc:
-        out["new_conn_vs_direct_ge_0.90"] = {"value": nc["ratio_duet_vs_direct"],
-                                             "met": (nc["ratio_duet_vs_direct"] or 0) >= 0.90}
-        out["new_conn_vs_haproxy_ge_1.3"] = {"value": nc["ratio_duet_vs_haproxy"],
-                                             "met": (nc["ratio_duet_vs_haproxy"] or 0) >= 1.3}
-    m = r.get("micro")
-    if m and "whole_path_ns" in m:
-        out["per_packet_le_300ns"] = {"value": m["whole_path_ns"], "met": m["whole_path_ns"] <= 300}
-        out["mpps_per_core_ge_3"] = {"value": m["mpps_per_core"], "met": m["mpps_per_core"] >= 3}
-        if "whole_path_cached_ns" in m:
-            out["per_packet_le_300ns_cached"] = {"value": m["whole_path_cached_ns"],
-                                                 "met": m["whole_path_cached_ns"] <= 300}
+    for engine, e in r.get("engines", {}).items():
+        t = out[engine] = {}
+        h = e.get("http", {})
+        nc, ka = h.get("new_connection"), h.get("keepalive")
+        if nc:
+            t["new_conn_vs_direct_ge_0.90"] = nc["ratio_duet_vs_direct"]
+            t["new_conn_vs_haproxy_ge_1.5"] = nc["ratio_duet_vs_haproxy"]
+        if ka:
+            t["keepalive_vs_direct_ge_0.95"] = ka["ratio_duet_vs_direct"]
+        b = e.get("bulk", {}).get("streams_8")
+        if b:
+            t["upload8_peer_vs_direct_ge_0.85"] = b["ratio_peer_path_vs_direct"]
+            t["upload8_local_vs_direct_ge_0.95"] = b["ratio_local_path_vs_direct"]
+        p = e.get("pps")
+        if p:
+            t["udp_flood_vs_direct_ge_0.9"] = p.get("ratio_vs_direct")
+            t["director_ns_per_packet_le_500"] = p.get("director_total_ns_per_packet")
     return out
+
+
+def target_met(name, value):
+    if value is None:
+        return False
+    bound = float(name.rsplit("_", 1)[1])
+    return value <= bound if "_le_" in name else value >= bound
 
 
 def fmt(v, unit=""):
@@ -863,28 +939,9 @@ def fmt(v, unit=""):
     return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
 
 
-def render_md(r):
-    m = r["machine"]
-    L = ["# duet benchmark results", "",
-         f"Generated by `make bench` (bench/run.py) on {r['date']}, commit `{r['git_commit']}`.", "",
-         f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_kib'] // 1024} MiB, kernel {m['kernel']}; "
-         f"load average at start {m['loadavg_start'][0]:.1f}, at end {m['loadavg_end'][0]:.1f} "
-         "(the cores are shared with other work: absolute figures are noisy, ratios within one run less so).", "",
-         f"Settings: {r['settings']['seconds']:g} s per load case, wrk {r['settings']['wrk_connections']} "
-         f"connections / 2 threads, failover median of {r['settings']['failover_n']}. "
-         "Everything runs in network namespaces on one host over veth + bridge.", ""]
-    tg = r.get("targets", {})
-    if tg:
-        L += ["## Targets (issue 9)", "", "| target | this run | met |", "|---|---|---|"]
-        names = {"new_conn_vs_direct_ge_0.90": "new-connection req/s through VIP ≥ 0.90 × direct",
-                 "new_conn_vs_haproxy_ge_1.3": "new-connection req/s through VIP ≥ 1.3 × HAProxy TCP",
-                 "per_packet_le_300ns": "per-packet cost ≤ 300 ns (micro-benchmark, whole path, 100k flows)",
-                 "mpps_per_core_ge_3": "≥ 3 Mpps per core (micro-benchmark, 100k flows)",
-                 "per_packet_le_300ns_cached": "(for reference) whole path ≤ 300 ns with 1,000 flows, table in cache"}
-        for k, v in tg.items():
-            L.append(f"| {names.get(k, k)} | {fmt(v['value'])} | {'yes' if v['met'] else '**no**'} |")
-        L.append("")
-    h = r.get("http")
+def engine_sections(e):
+    L = []
+    h = e.get("http")
     if h:
         L += ["## 1. HTTP requests/s (nginx backend, small file)", "",
               f"wrk -t2 -c{h['connections']} -d{h['seconds']:g}s, median of {h['rounds']} interleaved rounds; "
@@ -901,7 +958,7 @@ def render_md(r):
         L += ["", "Errors (socket errors / non-2xx): " + ", ".join(
             f"{mode} {n} {h[mode][n]['socket_errors']}/{h[mode][n]['non_2xx']}"
             for mode in ("new_connection", "keepalive") for n in ("direct", "duet", "haproxy")), ""]
-    b = r.get("bulk")
+    b = e.get("bulk")
     if b:
         L += ["## 2. Bulk TCP throughput (iperf3, Gbit/s, client → server)", "",
               "| streams | direct | duet peer path | duet local path | peer / direct | local / direct |",
@@ -911,17 +968,23 @@ def render_md(r):
             L.append(f"| {s} | {fmt(x['direct'])} | {fmt(x['duet_peer_path'])} | {fmt(x['duet_local_path'])} | "
                      f"{fmt(x['ratio_peer_path_vs_direct'])} | {fmt(x['ratio_local_path_vs_direct'])} |")
         L.append("")
-    p = r.get("pps")
+    p = e.get("pps")
     if p:
+        d = p.get("direct", {})
         L += ["## 3. Forwarded packets/s (UDP, 60-byte frames, director → peer)", "",
-              "| offered | sent | offered pps | delivered pps | delivered | director CPU ns/pkt | data-plane thread ns/pkt |",
-              "|---|---|---|---|---|---|---|"]
+              f"Direct to the peer's own address, same generator: {fmt(d.get('delivered_pps'))} pps delivered "
+              f"(offered {fmt(d.get('offered_pps'))}); through duet {fmt(p.get('forwarded_pps'))} "
+              f"= {fmt(p.get('ratio_vs_direct'))} × direct.", "",
+              "| offered | sent | offered pps | delivered pps | delivered | duet CPU ns/pkt | data-plane thread ns/pkt "
+              "| BPF ns/run | duet + BPF ns/pkt |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for x in p["runs"]:
+            bpf = ", ".join(f"{k} {v}" for k, v in x.get("bpf_ns_per_run", {}).items()) or "n/a"
             L.append(f"| {x['offered_rate']} | {fmt(x['sent'])} | {fmt(x['offered_pps'])} | {fmt(x['delivered_pps'])} | "
                      f"{fmt(x['delivery_ratio'])} | {fmt(x['director_cpu_ns_per_packet'])} | "
-                     f"{fmt(x['dataplane_cpu_ns_per_packet'])} |")
+                     f"{fmt(x['dataplane_cpu_ns_per_packet'])} | {bpf} | {fmt(x.get('director_total_ns_per_packet'))} |")
         L.append("")
-    f = r.get("failover")
+    f = e.get("failover")
     if f:
         L += ["## 4. Failover (client-visible gap, new connection every 20 ms)", "",
               "| event | median gap (ms) | all runs (ms) | failed probes per run |", "|---|---|---|---|",
@@ -938,6 +1001,43 @@ def render_md(r):
                      f"{fmt(f['kill9_fastest_gap_ms_median'])} | {f['kill9_fastest_gap_ms']} | "
                      f"{f['kill9_fastest_failed_probes']} |")
         L.append("")
+    return L
+
+
+def render_md(r):
+    m = r["machine"]
+    L = ["# duet benchmark results", "",
+         f"Generated by `make bench` (bench/run.py) on {r['date']}, commit `{r['git_commit']}`.", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_kib'] // 1024} MiB, kernel {m['kernel']}; "
+         f"load average at start {m['loadavg_start'][0]:.1f}, at end {m['loadavg_end'][0]:.1f} "
+         "(the cores are shared with other work: absolute figures are noisy, ratios within one run less so).", "",
+         f"Settings: {r['settings']['seconds']:g} s per load case, wrk {r['settings']['wrk_connections']} "
+         f"connections / 2 threads, failover median of {r['settings']['failover_n']}. "
+         "Everything runs in network namespaces on one host over veth + bridge.", ""]
+    tg = r.get("targets", {})
+    if tg:
+        engines = list(tg)
+        names = {"new_conn_vs_direct_ge_0.90": "new-connection req/s through the VIP ≥ 0.90 × direct",
+                 "new_conn_vs_haproxy_ge_1.5": "new-connection req/s ≥ 1.5 × HAProxy TCP mode",
+                 "keepalive_vs_direct_ge_0.95": "keep-alive req/s ≥ 0.95 × direct",
+                 "upload8_peer_vs_direct_ge_0.85": "8-stream upload, peer path ≥ 0.85 × direct",
+                 "upload8_local_vs_direct_ge_0.95": "8-stream upload, local path ≥ 0.95 × direct",
+                 "udp_flood_vs_direct_ge_0.9": "UDP 60-byte flood to the peer: delivered ≥ 0.9 × direct",
+                 "director_ns_per_packet_le_500": "director CPU per forwarded packet ≤ 500 ns"}
+        L += ["## Targets (issue 21)", "", "| target | " + " | ".join(engines) + " |",
+              "|---|" + "---|" * len(engines)]
+        for k, label in names.items():
+            cells = []
+            for e in engines:
+                v = tg[e].get(k)
+                cells.append("n/a" if v is None else f"{fmt(v)} {'(met)' if target_met(k, v) else '**(not met)**'}")
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        L += ["", "Director CPU per packet: duet's own CPU time plus the run time of its BPF programs "
+              "(kernel.bpf_stats_enabled), over the packets delivered; the kernel's transmit after "
+              "`bpf_redirect` is not in it (no per-process figure has it).", ""]
+    for engine, e in r.get("engines", {}).items():
+        L += [f"# Engine: {engine} (running: {e.get('running')})", ""]
+        L += engine_sections(e)
     L += ["## 5. Health, memory, boot", "", "| figure | value |", "|---|---|"]
     hh = r.get("health")
     if hh:

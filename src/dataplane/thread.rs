@@ -92,7 +92,7 @@ pub struct DpStats {
     pub kernel_embryonic_lost: u64,
     /// Frames the kernel forwarded itself (counted in rx/tx too).
     pub kernel_packets: u64,
-    /// New flows the kernel scheduled itself, over user space's budget.
+    /// New flows the kernel scheduled itself (exact tables, or over budget).
     pub kernel_scheduled: u64,
 }
 
@@ -359,6 +359,7 @@ impl Plane {
                 }
             }
             self.flush(&mut ring, &mut out, &mut held);
+            self.take_adoptions(now);
             if now.duration_since(last_sync) >= SYNC_PERIOD {
                 self.exchange_sync(now);
                 last_sync = now;
@@ -432,7 +433,13 @@ impl Plane {
                 if act.packets == 0 {
                     return true;
                 }
-                let flags = if proto == FlowKey::TCP { TCP_ACK } else { 0 };
+                // The FIN or RST the kernel forwarded moves the flow to
+                // FIN_WAIT or CLOSE here, as if this node had seen it.
+                let flags = if proto == FlowKey::TCP {
+                    TCP_ACK | act.tcp_flags
+                } else {
+                    0
+                };
                 let v = engine.decide(now, &key, flags, act.bytes as usize);
                 let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
                 *extra.entry(t.backend).or_default() += act.packets - 1;
@@ -441,9 +448,27 @@ impl Plane {
         }
     }
 
-    /// eBPF engine: a frame of a flow the kernel scheduled itself (over the
-    /// SYN budget) that the engine has not taken in yet (its FIN or RST
-    /// before the walk came by, or a port reused since the engine's entry):
+    /// eBPF engine: flows the kernel scheduled and has just confirmed go
+    /// into the engine's table now, so they are counted and synced (a
+    /// takeover keeps them) without waiting for the walk.
+    fn take_adoptions(&mut self, now: Instant) {
+        let Some(k) = &mut self.kernel else {
+            return;
+        };
+        let engine = &mut self.engine;
+        k.adoptions(|key, backend| {
+            let held = engine
+                .lookup(now, &key)
+                .is_some_and(|e| e.backend == backend);
+            if !held && !engine.adopt(now, &key, backend, true) {
+                log::debug!("eBPF: cannot adopt {key:?} (backend {backend} gone)");
+            }
+        });
+    }
+
+    /// eBPF engine: a frame of a flow the kernel scheduled itself that the
+    /// engine has not taken in yet (a close during its handshake, or a port
+    /// reused since the engine's entry):
     /// the engine adopts the kernel's pick, so this frame goes there too.
     fn adopt_from_kernel(&mut self, now: Instant, key: &FlowKey) {
         let Some(k) = &self.kernel else {
@@ -472,8 +497,9 @@ impl Plane {
     /// promotes on the handshake's ACK; a TCP flow confirmed here (in
     /// ESTABLISHED: the kernel had lost it) and a UDP flow seen before go
     /// to the confirmed maps. `before`: the flow's state before this frame.
-    /// FIN and RST never reach the kernel's fast path (the program hands
-    /// them here), nor do SYNs within user space's budget.
+    /// A FIN or RST seen here belongs to a flow the kernel does not hold
+    /// confirmed, so it installs nothing; nor do SYNs within user space's
+    /// budget.
     fn offer_kernel(
         &mut self,
         now: Instant,

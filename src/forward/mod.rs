@@ -634,9 +634,14 @@ pub struct TableStats {
 /// At most this many flood events wait for [`Engine::poll_event`].
 const EVENT_QUEUE: usize = 8;
 
-/// One service's consistent-hash table, for a data plane that schedules
-/// new flows without the engine (the eBPF engine, over its budget of new
-/// flows). Slot `maglev::flow_hash(client) % TABLE_SIZE` names the backend.
+/// Room for one service's dealt picks (a cycle of rr or wrr) in a
+/// [`HashTable`].
+pub const MAX_DEAL: usize = 4096;
+
+/// One service's scheduling table, for a data plane that schedules new
+/// flows without the engine (the eBPF engine). Slot
+/// `maglev::flow_hash(client) % TABLE_SIZE` names the backend; rr and wrr
+/// deal `deal` out in turn instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashTable {
     pub proto: u8,
@@ -648,6 +653,14 @@ pub struct HashTable {
     pub backends: Vec<TableBackend>,
     /// `maglev::TABLE_SIZE` indices into `backends`.
     pub slots: Vec<u16>,
+    /// One cycle of rr or wrr's picks, indices into `backends`; empty for
+    /// other schedulers.
+    pub deal: Vec<u16>,
+    /// The table picks as the engine itself would (rr, wrr, sh, mh without
+    /// persistence), so the data plane may schedule every new flow by it;
+    /// otherwise (lc and wlc hang on load, persistence on templates) only
+    /// those beyond its budget.
+    pub exact: bool,
 }
 
 /// A backend a [`HashTable`] slot names.
@@ -857,6 +870,12 @@ impl Engine {
                 (None, Scheduler::Sh) => (Ipv4Addr::BROADCAST, false),
                 (None, _) => (Ipv4Addr::BROADCAST, true),
             };
+            let deal = match s.persistence {
+                Some(_) => None,
+                None => s.sched.deal(MAX_DEAL),
+            };
+            let exact = s.persistence.is_none()
+                && (deal.is_some() || matches!(s.sched.kind, Scheduler::Sh | Scheduler::Mh));
             let backends = s
                 .eligible
                 .iter()
@@ -876,6 +895,12 @@ impl Engine {
                 with_port,
                 backends,
                 slots: m.slots().to_vec(),
+                deal: deal
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| i as u16)
+                    .collect(),
+                exact,
             });
         }
         out

@@ -109,6 +109,29 @@ impl SchedState {
     pub(crate) fn table(&self) -> Option<&Maglev> {
         self.maglev.as_ref()
     }
+
+    /// One cycle of the picks rr or wrr makes whatever the flow (indices
+    /// into `eligible`, at most `max`), for a data plane that deals them
+    /// out to new flows in turn; `None` for schedulers whose pick depends on
+    /// the flow or on load. This is the scheduler's own sequence, from the
+    /// start of a cycle: the same rule, not a copy of it.
+    pub(crate) fn deal(&self, max: usize) -> Option<Vec<usize>> {
+        let n = self.eligible.len();
+        if n == 0 {
+            return None;
+        }
+        match self.kind {
+            Scheduler::Rr => Some((0..n.min(max)).collect()),
+            Scheduler::Wrr => {
+                let mut w = Wrr::new(&self.eligible);
+                let gcd = w.gcd;
+                let cycle: u64 = self.eligible.iter().map(|e| u64::from(e.1 / gcd)).sum();
+                let len = usize::try_from(cycle).unwrap_or(usize::MAX).min(max);
+                Some((0..len).map(|_| w.next(&self.eligible)).collect())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// IPVS's interleaved weighted round robin: walk the list repeatedly with a
@@ -196,6 +219,34 @@ mod tests {
             })
             .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_deal_is_one_cycle_of_the_schedulers_own_picks() {
+        let idle = |_| Load {
+            active: 0,
+            inactive: 0,
+        };
+        for (kind, weights, cycle) in [
+            (Scheduler::Rr, &[1, 5, 1][..], 3),
+            (Scheduler::Wrr, &[4, 3, 2][..], 9),
+            (Scheduler::Wrr, &[150, 100][..], 5),
+        ] {
+            let mut s = SchedState::new(kind, set(weights));
+            let deal = s.deal(4096).unwrap();
+            assert_eq!(deal.len(), cycle, "{kind:?} {weights:?}");
+            // Dealt in turn, twice round: what the engine would pick.
+            for i in 0..2 * cycle {
+                assert_eq!(Some(deal[i % cycle]), s.pick(&key(i as u32), idle));
+            }
+        }
+        // A cycle longer than the room: cut short.
+        let s = SchedState::new(Scheduler::Wrr, set(&[1000, 999]));
+        assert_eq!(s.deal(64).unwrap().len(), 64);
+        for kind in [Scheduler::Lc, Scheduler::Wlc, Scheduler::Sh, Scheduler::Mh] {
+            assert_eq!(SchedState::new(kind, set(&[1, 2])).deal(64), None);
+        }
+        assert_eq!(SchedState::new(Scheduler::Rr, vec![]).deal(64), None);
     }
 
     #[test]

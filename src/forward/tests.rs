@@ -1348,6 +1348,26 @@ fn kernel_tables_cover_services_over_their_eligible_backends() {
     for i in 0..200 {
         assert_eq!(table_pick(tls, &tcp_key(i, 2000 + i as u16)), first);
     }
+    // Which tables pick exactly as the engine would, at any rate: wrr and
+    // rr deal one cycle of their own picks; persistence and wlc do not.
+    assert!(web.exact && tables[2].exact && !tls.exact);
+    assert_eq!(web.deal, vec![0, 0, 0, 1], "wrr 3:1");
+    assert_eq!(tables[2].deal, vec![0]);
+    assert!(tls.deal.is_empty());
+}
+
+#[test]
+fn kernel_deals_are_what_the_engine_would_pick_in_turn() {
+    let backends: Vec<BackendSnap> = (1..=4).map(|i| be(i, u32::from(i))).collect();
+    let mut e = engine(vec![svc(6, 80, Scheduler::Wrr, backends)], 20_000);
+    let t = e.hash_tables().remove(0);
+    assert_eq!(t.deal.len(), 10, "weights 1+2+3+4");
+    let now = Instant::now();
+    for i in 0..30 {
+        let k = tcp_key(i, 1024 + i as u16);
+        let want = t.backends[usize::from(t.deal[i as usize % t.deal.len()])].backend;
+        assert_eq!(backend_of(e.decide(now, &k, SYN, 60)), want, "flow {i}");
+    }
 }
 
 #[test]

@@ -1,24 +1,28 @@
 // SPDX-License-Identifier: MIT
 //
-// duet's in-kernel fast path for established flows, and for new ones
-// beyond what user space can take.
+// duet's in-kernel fast path: established flows, and new ones scheduled
+// by tables user space computes.
 //
-// User space (the Rust engine) decides new flows and owns every
-// scheduling rule. It installs a new TCP flow on its SYN into `embryonic`,
-// a bounded LRU (a SYN flood churns only that map), so the handshake's ACK
-// and first data never leave the kernel; the first such frame promotes the
-// flow into `confirmed`. A UDP flow is installed once seen twice.
+// User space (the Rust engine) owns every scheduling rule. For each service
+// it gives this program a table (`picks`) built by that rule from the
+// eligible backends: one cycle of rr's or wrr's own picks, dealt out here
+// in turn, and the consistent-hash (Maglev) slots of sh and mh. Those
+// tables pick exactly as user space would (`exact`), so every new flow of
+// such a service (a TCP SYN, a UDP flow's first datagram) is scheduled
+// here. Other new flows (lc and wlc hang on live load, persistence on
+// templates) go to user space up to a budget a second (a GCRA shared by the
+// CPUs, its rate set by user space), and beyond it are scheduled here by
+// the service's hash table: a flood from random sources fills the packet
+// socket's ring otherwise, and the ring drops legitimate packets as blindly
+// as the flood's.
 //
-// New flows (a TCP SYN, a UDP flow's first datagram) beyond a budget a
-// second (a GCRA shared by the CPUs, its rate set by user space) are
-// scheduled here instead, by a consistent-hash table per service that user
-// space builds from the same eligible backends (`picks`): a flood from
-// random sources fills the packet socket's ring otherwise, and the ring
-// drops legitimate packets as blindly as the flood's. Such a flow waits in
-// a bounded LRU of its own (`embryonic`, `udp_new`) until its second frame
-// confirms it, as user space's table keeps unconfirmed flows apart; it is
-// marked `origin` kernel, and user space adopts it into its table when it
-// first sees it (its walk, or its FIN or RST).
+// A new TCP flow, whoever scheduled it, waits in `embryonic`, a bounded LRU
+// (a SYN flood churns only that map), and its handshake's ACK promotes it
+// into `confirmed`; a UDP flow waits in `udp_new` until its second datagram,
+// as user space's table keeps unconfirmed flows apart. A flow scheduled
+// here is marked `origin` kernel, and user space adopts it into its table
+// (counters, sync to the peer) when it is confirmed (`adoptions`), or else
+// when its walk first sees it.
 //
 // - duet_tc (tc clsact ingress, direct action) forwards a frame to the
 //   virtual MAC whose flow is in a map: remote backend = MAC rewrite +
@@ -36,9 +40,11 @@
 // so it alone takes the budget decision for a SYN; tc follows what it left
 // in `embryonic`. A SYN whose flow is in `embryonic` (with the current
 // `epoch`: no backend change since) is a retransmission and goes where the
-// first went. Segments with FIN or RST always go to user space: the state
-// machine (FIN_WAIT, CLOSE timeouts) has one implementation, in Rust. ICMP
-// errors go there too. Non-first fragments (nothing to forward them by)
+// first went. A confirmed flow's FIN or RST is forwarded here and noted in
+// its entry (`tcp_flags`): the state machine (FIN_WAIT, CLOSE timeouts) has
+// one implementation, in Rust, which the walk of user space feeds with
+// those flags. A FIN or RST of any other flow, and ICMP errors, go to user
+// space. Non-first fragments (nothing to forward them by)
 // are dropped and counted here, and pings of the VIP handed to the local
 // stack at user space's echo rate, so neither flood reaches user space.
 //
@@ -63,6 +69,8 @@
 // table (src/forward/maglev.rs), so sh and mh pick as user space does.
 #define PICK_SLOTS 65537
 #define PICK_BACKENDS 255
+// Room for one cycle of rr or wrr's picks: forward::MAX_DEAL.
+#define DEAL_SLOTS 4096
 // The new-flow budget's burst: this much time's worth of flows at once.
 #define SYN_BURST_NS 100000000ULL
 // Pings of the VIP answered at once beyond their rate: a second's worth,
@@ -85,7 +93,8 @@ struct flow_val {
 	__u8 origin;   // 1: scheduled here, over the SYN budget
 	__u32 backend; // backend address, network order (for user space)
 	__u32 epoch;   // control's epoch when the flow was scheduled
-	__u32 pad;
+	__u8 tcp_flags; // FIN and RST the client sent since installation
+	__u8 pad[3];
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen; // bpf_ktime_get_ns of the last forwarded frame
@@ -120,13 +129,18 @@ struct target {
 	__u32 backend; // network order
 };
 
-// One service's consistent-hash table.
+// One service's scheduling table.
 struct pick {
 	__u32 src_mask; // network order: clients sharing it share a backend
 	__u8 with_port; // 1: the client's port is hashed too
 	__u8 n;         // backends in `t`
-	__u16 pad;
+	__u8 exact;     // 1: picks as user space would; every new flow uses it
+	__u8 pad;
+	__u16 deal_len; // picks in `deal`; 0: hash into `slot`
+	__u16 pad2;
+	__u32 cursor;   // the next pick in `deal`, shared by every CPU
 	struct target t[PICK_BACKENDS];
+	__u8 deal[DEAL_SLOTS]; // rr and wrr: one cycle of picks, dealt in turn
 	__u8 slot[PICK_SLOTS]; // index into `t`
 };
 
@@ -142,7 +156,15 @@ enum stat {
 	STAT_FRAGMENTS, // non-first fragments to the VIP, dropped
 	STAT_ECHO_LOCAL, // pings of the VIP handed to the local stack
 	STAT_ECHO_LIMITED, // pings of the VIP over the rate, dropped
+	STAT_ADOPT_LOST, // confirmations lost to a full `adoptions` ring
 	STAT_MAX,
+};
+
+// A flow this program scheduled, confirmed just now (`adoptions`).
+struct adoption {
+	struct flow_key key;
+	__u32 backend; // network order
+	__u32 pad;
 };
 
 // Confirmed TCP flows: a plain hash, never evicted for a newcomer (a full
@@ -207,6 +229,16 @@ struct {
 	__type(value, __u64);
 } syn_tat SEC(".maps");
 
+// Flows this program scheduled, as their handshake's ACK (a UDP flow's
+// second datagram) confirms them: user space adopts each within a round of
+// its loop (counted, synced to the peer; a takeover keeps it) rather than
+// when its walk comes by. A flood's unconfirmed flows send none. A full
+// ring loses the note, counted, and the walk adopts the flow later.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} adoptions SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -255,6 +287,23 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
+// Tells user space of a flow this program scheduled, now confirmed. It
+// polls the ring on its own rounds: no wakeup per flow.
+static __always_inline void announce(struct flow_key *k, struct flow_val *v)
+{
+	if (!v->origin)
+		return;
+	struct adoption *a = bpf_ringbuf_reserve(&adoptions, sizeof(*a), 0);
+	if (!a) {
+		count(STAT_ADOPT_LOST, 1);
+		return;
+	}
+	a->key = *k;
+	a->backend = v->backend;
+	a->pad = 0;
+	bpf_ringbuf_submit(a, BPF_RB_NO_WAKEUP);
+}
+
 // Whether one more event of GCRA `which` (cost per event, burst) fits its
 // rate, taking its share if so. cost 0: no limit.
 static __always_inline int within_rate(__u32 which, __u64 cost, __u64 burst)
@@ -272,32 +321,62 @@ static __always_inline int within_rate(__u32 which, __u64 cost, __u64 burst)
 	return 1;
 }
 
-// Whether this new flow fits user space's budget (and takes its share).
-static __always_inline int for_user_space(struct control *c)
+// The consistent-hash slot of a new flow: maglev::flow_hash in Rust.
+static __always_inline __u32 slot_of(struct flow_key *k, struct pick *p)
 {
+	__u32 h = bpf_ntohl(k->saddr & p->src_mask);
+	if (p->with_port)
+		h ^= fmix32(bpf_ntohs(k->sport) ^ 0x64756574);
+	return fmix32(h) % PICK_SLOTS;
+}
+
+// The service's table, if user space gave it one.
+static __always_inline struct pick *service_table(struct flow_key *k)
+{
+	struct svc_key sk = {.vip = k->daddr, .port = k->dport, .proto = k->proto};
+	return bpf_map_lookup_elem(&picks, &sk);
+}
+
+// Whether user space decides this new flow: a service whose table picks
+// exactly as user space would is scheduled here at any rate; any other
+// only beyond user space's budget (taking its share of it).
+static __always_inline int for_user_space(struct control *c, struct pick *p)
+{
+	if (p && p->exact)
+		return 0;
 	return within_rate(0, c->new_cost_ns, SYN_BURST_NS);
 }
 
 // Schedules a new flow by its service's table into `embryonic` (TCP) or
 // `udp_new`; NULL when the service has none (user space gets the frame).
-static __always_inline struct flow_val *kernel_pick(struct control *c, struct flow_key *k)
+static __always_inline struct flow_val *kernel_pick(struct control *c, struct flow_key *k,
+						    struct pick *p)
 {
-	struct svc_key sk = {.vip = k->daddr, .port = k->dport, .proto = k->proto};
-	struct pick *p = bpf_map_lookup_elem(&picks, &sk);
 	if (!p) {
 		count(STAT_NEW_UNSCHEDULED, 1);
 		return NULL;
 	}
-	__u32 h = bpf_ntohl(k->saddr & p->src_mask);
-	if (p->with_port)
-		h ^= fmix32(bpf_ntohs(k->sport) ^ 0x64756574);
-	__u32 slot = fmix32(h) % PICK_SLOTS;
-	// The verifier cannot bound a modulo; clang would fold the check away
-	// without this barrier.
-	asm volatile("" : "+r"(slot));
-	if (slot >= PICK_SLOTS)
-		return NULL;
-	__u32 b = p->slot[slot];
+	__u32 b;
+	__u32 len = p->deal_len;
+	if (len) {
+		// Read, then bumped: clang's default BPF target has no fetching
+		// add. Two CPUs racing may deal the same pick twice, which only
+		// shifts the turn.
+		__u32 i = p->cursor % len;
+		__sync_fetch_and_add(&p->cursor, 1);
+		asm volatile("" : "+r"(i));
+		if (i >= DEAL_SLOTS)
+			return NULL;
+		b = p->deal[i];
+	} else {
+		__u32 slot = slot_of(k, p);
+		// The verifier cannot bound a modulo; clang would fold the
+		// check away without this barrier.
+		asm volatile("" : "+r"(slot));
+		if (slot >= PICK_SLOTS)
+			return NULL;
+		b = p->slot[slot];
+	}
 	if (b >= p->n || b >= PICK_BACKENDS) {
 		count(STAT_NEW_UNSCHEDULED, 1);
 		return NULL;
@@ -352,11 +431,15 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 		if (bpf_map_update_elem(&udp, k, &moved, BPF_NOEXIST) < 0)
 			return v;
 		bpf_map_delete_elem(&udp_new, k);
+		announce(k, &moved);
 		return bpf_map_lookup_elem(&udp, k);
 	}
-	if (in_tc || for_user_space(c))
+	if (in_tc)
 		return NULL;
-	return kernel_pick(c, k);
+	struct pick *p = service_table(k);
+	if (for_user_space(c, p))
+		return NULL;
+	return kernel_pick(c, k, p);
 }
 
 // The flow entry duet_tc forwards this frame by, or NULL when user space
@@ -399,8 +482,21 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 		__u8 flags;
 		if (load(skb, l4 + 13, &flags, 1) < 0)
 			return NULL;
-		if (flags & (TCP_FIN | TCP_RST))
-			return NULL;
+		if (flags & (TCP_FIN | TCP_RST)) {
+			if (flags & TCP_SYN)
+				return NULL;
+			// A confirmed flow's close stays in kernel too; user space's
+			// walk reads the flags and runs its state machine on them
+			// (FIN_WAIT, CLOSE and their timeouts). A close during the
+			// handshake is rarer and goes to user space as it is.
+			struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
+			if (!v)
+				return NULL;
+			*out = c;
+			if (in_tc)
+				v->tcp_flags |= flags & (TCP_FIN | TCP_RST);
+			return v;
+		}
 		if (flags & TCP_SYN) {
 			if (flags & TCP_ACK)
 				return NULL;
@@ -409,9 +505,10 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			if (e && e->epoch == c->epoch)
 				return e;
 			if (!in_tc) {
-				if (for_user_space(c))
+				struct pick *p = service_table(&k);
+				if (for_user_space(c, p))
 					return NULL;
-				return kernel_pick(c, &k);
+				return kernel_pick(c, &k, p);
 			}
 			// User space has this SYN (the filter kept it) and may
 			// send it elsewhere than an old entry on its ports (port
@@ -442,6 +539,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 		return v;
 	bpf_map_delete_elem(&embryonic, &k);
 	count(STAT_PROMOTED, 1);
+	announce(&k, &moved);
 	return bpf_map_lookup_elem(&confirmed, &k);
 }
 

@@ -3,9 +3,9 @@
 //! and reads and writes its maps. What goes into the maps, and when, is
 //! decided by the data-plane thread (src/dataplane/thread.rs) from the Rust
 //! engine's verdicts: this file knows nothing about scheduling.
-use crate::forward::{maglev, HashTable};
+use crate::forward::{maglev, HashTable, MAX_DEAL};
 use crate::wire::frame::{FlowKey, Mac};
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{tc, SchedClassifier, SocketFilter, TcAttachType};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
 use std::collections::HashMap;
@@ -47,7 +47,8 @@ struct RawVal {
     origin: u8,
     backend: [u8; 4],
     epoch: u32,
-    pad: u32,
+    tcp_flags: u8,
+    pad: [u8; 3],
     packets: u64,
     bytes: u64,
     last_seen: u64,
@@ -89,14 +90,19 @@ struct RawTarget {
     backend: [u8; 4],
 }
 
-/// `struct pick` in duet.bpf.c: 68 KiB, so always boxed.
+/// `struct pick` in duet.bpf.c: 71 KiB, so always boxed.
 #[repr(C)]
 struct RawPick {
     src_mask: [u8; 4],
     with_port: u8,
     n: u8,
-    pad: [u8; 2],
+    exact: u8,
+    pad: u8,
+    deal_len: u16,
+    pad2: u16,
+    cursor: u32,
     t: [RawTarget; PICK_BACKENDS],
+    deal: [u8; MAX_DEAL],
     slot: [u8; maglev::TABLE_SIZE],
     tail: [u8; 3],
 }
@@ -104,7 +110,7 @@ struct RawPick {
 /// Backends one service's kernel table can name (its slots are bytes).
 const PICK_BACKENDS: usize = 255;
 // The C struct's size (4-byte aligned): the kernel copies that many bytes.
-const _: () = assert!(std::mem::size_of::<RawPick>() == 68_608);
+const _: () = assert!(std::mem::size_of::<RawPick>() == 72_712);
 
 // SAFETY: plain repr(C) data without padding the kernel could leak into
 // (every gap is an explicit field), valid for any bit pattern.
@@ -175,6 +181,9 @@ pub struct Activity {
     /// In a confirmed map (its handshake completed, or a UDP flow's second
     /// datagram came), not a pending one.
     pub confirmed: bool,
+    /// TCP FIN and RST the kernel forwarded since the flow's previous
+    /// visit: user space's state machine takes them from here.
+    pub tcp_flags: u8,
 }
 
 /// Totals over all CPUs of the frames the kernel forwarded itself.
@@ -198,6 +207,9 @@ pub struct KernelStats {
     /// Pings of the VIP handed to the local stack, and those over the rate.
     pub echo_local: u64,
     pub echo_limited: u64,
+    /// Confirmations of kernel-scheduled flows lost to a full ring (the
+    /// walk adopts those flows later).
+    pub adopt_lost: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -233,14 +245,16 @@ pub struct Kernel {
     picked: Vec<RawSvc>,
     ctl: Array<MapData, RawControl>,
     stats: PerCpuArray<MapData, u64>,
+    /// Flows the kernel scheduled, as it confirms them.
+    adoptions: RingBuf<MapData>,
     control: RawControl,
     lease: Duration,
     /// Where the next bounded walk resumes, per map.
     cursor: [Option<RawKey>; 2],
-    /// Counters as last read, per flow, with the walk round that read them:
-    /// the kernel's counters only grow (user space cannot reset them
+    /// Counters and flags as last read, per flow, with the walk round
+    /// that read them: the kernel's only grow (user space cannot reset them
     /// without racing the program), so activity is the difference.
-    seen: HashMap<RawKey, (u64, u64, u32)>,
+    seen: HashMap<RawKey, Seen>,
     round: [u32; 2],
 }
 
@@ -282,8 +296,15 @@ impl Kernel {
             .and_then(|m| {
                 PerCpuArray::try_from(m).map_err(|e| Error::Map("stats", e.to_string()))
             })?;
+        let adoptions = bpf
+            .take_map("adoptions")
+            .ok_or(Error::Map("adoptions", "missing".into()))
+            .and_then(|m| {
+                RingBuf::try_from(m).map_err(|e| Error::Map("adoptions", e.to_string()))
+            })?;
         let mut k = Kernel {
             bpf,
+            adoptions,
             confirmed,
             embryonic,
             udp,
@@ -388,8 +409,8 @@ impl Kernel {
         self.write_control()
     }
 
-    /// Replaces the kernel's consistent-hash tables (one per service) and
-    /// starts a new epoch: a SYN retransmitted, or a UDP flow the kernel
+    /// Replaces the kernel's scheduling tables (one per service) and starts
+    /// a new epoch: a SYN retransmitted, or a UDP flow the kernel
     /// scheduled, after a backend change is decided afresh.
     pub fn set_tables(&mut self, tables: &[HashTable]) -> Result<(), Error> {
         let err = |e: std::io::Error| Error::Map("picks", e.to_string());
@@ -397,7 +418,10 @@ impl Kernel {
         // SAFETY: RawPick is plain bytes; all zeroes is a valid value.
         let mut v: Box<RawPick> = unsafe { Box::new_zeroed().assume_init() };
         for t in tables {
-            if t.backends.len() > PICK_BACKENDS || t.slots.len() != v.slot.len() {
+            if t.backends.len() > PICK_BACKENDS
+                || t.slots.len() != v.slot.len()
+                || t.deal.len() > v.deal.len()
+            {
                 continue;
             }
             let key = RawSvc {
@@ -409,6 +433,11 @@ impl Kernel {
             v.src_mask = t.src_mask.octets();
             v.with_port = u8::from(t.with_port);
             v.n = t.backends.len() as u8;
+            v.exact = u8::from(t.exact);
+            v.deal_len = t.deal.len() as u16;
+            for (raw, &i) in v.deal.iter_mut().zip(&t.deal) {
+                *raw = i as u8;
+            }
             for (raw, b) in v.t.iter_mut().zip(&t.backends) {
                 *raw = RawTarget {
                     mac: b.mac,
@@ -498,7 +527,12 @@ impl Kernel {
             }
             None => (sys::lookup(fd(&self.udp_new), &k).ok()??, false),
         };
-        Some(activity(&v, (0, 0), sys::monotonic_ns(), confirmed))
+        Some(activity(
+            &v,
+            Seen::default(),
+            sys::monotonic_ns(),
+            confirmed,
+        ))
     }
 
     /// Visits up to `budget` installed flows of `proto`, resuming where the
@@ -539,10 +573,17 @@ impl Kernel {
             let before = self
                 .seen
                 .get(&cur)
-                .map_or((0, 0), |s| (s.0, s.1))
-                .min((v.packets, v.bytes));
+                .copied()
+                .filter(|s| s.packets <= v.packets && s.bytes <= v.bytes)
+                .unwrap_or_default();
             if f(cur.flow(), activity(&v, before, now, true)) {
-                self.seen.insert(cur, (v.packets, v.bytes, round));
+                let seen = Seen {
+                    packets: v.packets,
+                    bytes: v.bytes,
+                    tcp_flags: v.tcp_flags,
+                    round,
+                };
+                self.seen.insert(cur, seen);
             } else {
                 let _ = sys::delete(fd, &cur);
                 self.seen.remove(&cur);
@@ -552,7 +593,8 @@ impl Kernel {
             // The end: the next walk starts over, and flows the kernel
             // dropped by itself (LRU) stop being remembered.
             self.round[slot] = round.wrapping_add(1);
-            self.seen.retain(|k, s| k.proto != proto || s.2 == round);
+            self.seen
+                .retain(|k, s| k.proto != proto || s.round == round);
         }
         self.cursor[slot] = at;
         visited
@@ -591,8 +633,40 @@ impl Kernel {
             fragments: sum(8),
             echo_local: sum(9),
             echo_limited: sum(10),
+            adopt_lost: sum(11),
         }
     }
+
+    /// Hands `f` each flow the kernel scheduled and has confirmed since the
+    /// last call, with its backend, oldest first. Reads shared memory: no
+    /// system call.
+    pub fn adoptions(&mut self, mut f: impl FnMut(FlowKey, Ipv4Addr)) {
+        while let Some(item) = self.adoptions.next() {
+            // `struct adoption`: the key, then the backend address.
+            let Some(a) = item.get(..size_of::<RawKey>() + 4) else {
+                continue;
+            };
+            let (k, b) = a.split_at(size_of::<RawKey>());
+            let key = RawKey {
+                saddr: [k[0], k[1], k[2], k[3]],
+                daddr: [k[4], k[5], k[6], k[7]],
+                sport: [k[8], k[9]],
+                dport: [k[10], k[11]],
+                proto: k[12],
+                pad: [0; 3],
+            };
+            f(key.flow(), Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        }
+    }
+}
+
+/// What the walk last read of one flow.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    round: u32,
 }
 
 /// The userspace table's embryonic bound for this many confirmed flows.
@@ -622,17 +696,18 @@ fn fd(m: &MapData) -> RawFd {
     m.fd().as_fd().as_raw_fd()
 }
 
-fn activity(v: &RawVal, before: (u64, u64), now: u64, confirmed: bool) -> Activity {
+fn activity(v: &RawVal, before: Seen, now: u64, confirmed: bool) -> Activity {
     Activity {
         target: Target {
             backend: Ipv4Addr::from(v.backend),
             mac: v.mac,
             local: v.local != 0,
         },
-        packets: v.packets.saturating_sub(before.0),
-        bytes: v.bytes.saturating_sub(before.1),
+        packets: v.packets.saturating_sub(before.packets),
+        bytes: v.bytes.saturating_sub(before.bytes),
         idle: (v.last_seen != 0).then(|| Duration::from_nanos(now.saturating_sub(v.last_seen))),
         kernel_scheduled: v.origin != 0,
         confirmed,
+        tcp_flags: v.tcp_flags & !before.tcp_flags,
     }
 }

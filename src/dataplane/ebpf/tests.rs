@@ -172,6 +172,8 @@ fn table_of_frames() {
     let remote_in = tcp(VMAC, 1000, ACK);
     let local_in = tcp(VMAC, 1001, ACK);
     let udp_in = udp(VMAC, 1000);
+    let fin_in = tcp(VMAC, 1000, FIN | ACK);
+    let rst_in = tcp(VMAC, 1001, RST);
     let cases = vec![
         Case {
             name: "remote hit: MACs rewritten, redirected",
@@ -202,22 +204,36 @@ fn table_of_frames() {
             socket_keeps: true,
         },
         Case {
+            name: "FIN of a confirmed flow: forwarded, noted for the walk",
+            out: Some(with_macs(&fin_in, PEER, OWN)),
+            frame: fin_in,
+            verdict: TC_ACT_REDIRECT,
+            socket_keeps: false,
+        },
+        Case {
+            name: "RST of a confirmed flow",
+            out: Some(with_macs(&rst_in, OWN, CLIENT_MAC)),
+            frame: rst_in,
+            verdict: TC_ACT_OK,
+            socket_keeps: false,
+        },
+        Case {
+            name: "FIN of an unknown flow: user space",
+            frame: tcp(VMAC, 2000, FIN | ACK),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
+            name: "SYN with FIN: user space",
+            frame: tcp(VMAC, 1000, SYN | FIN),
+            verdict: TC_ACT_SHOT,
+            out: None,
+            socket_keeps: true,
+        },
+        Case {
             name: "SYN of a known flow: user space decides (port reuse)",
             frame: tcp(VMAC, 1000, SYN),
-            verdict: TC_ACT_SHOT,
-            out: None,
-            socket_keeps: true,
-        },
-        Case {
-            name: "FIN of a known flow: user space runs the state machine",
-            frame: tcp(VMAC, 1000, FIN | ACK),
-            verdict: TC_ACT_SHOT,
-            out: None,
-            socket_keeps: true,
-        },
-        Case {
-            name: "RST of a known flow",
-            frame: tcp(VMAC, 1000, RST),
             verdict: TC_ACT_SHOT,
             out: None,
             socket_keeps: true,
@@ -264,8 +280,41 @@ fn syn_on_a_known_flow_takes_it_from_the_kernel() {
     assert!(k.lookup(&a).is_none(), "port reuse: old entry left");
     // A SYN-ACK or FIN does not.
     assert!(k.install(&a, remote()).unwrap());
-    assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_SHOT);
+    assert_eq!(k.tc(&tcp(VMAC, 1000, SYN | ACK)).0, TC_ACT_SHOT);
+    assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_REDIRECT);
     assert!(k.lookup(&a).is_some());
+}
+
+/// A confirmed flow's close is forwarded in kernel; the walk hands its
+/// FIN and RST to user space's state machine once each.
+#[test]
+fn the_walk_reports_each_close_once() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
+    let a = key(6, 1000, 80);
+    assert!(k.install(&a, remote()).unwrap());
+    let walk = |k: &mut Kernel| {
+        let mut seen = Vec::new();
+        k.walk(6, 100, |key, act| {
+            seen.push((key, act.packets, act.tcp_flags));
+            true
+        });
+        seen
+    };
+    assert_eq!(k.tc(&tcp(VMAC, 1000, ACK)).0, TC_ACT_REDIRECT);
+    assert_eq!(walk(&mut k), vec![(a, 1, 0)]);
+    assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_REDIRECT);
+    assert_eq!(walk(&mut k), vec![(a, 1, FIN)]);
+    // The ACK of the server's FIN: no new flag.
+    assert_eq!(k.tc(&tcp(VMAC, 1000, ACK)).0, TC_ACT_REDIRECT);
+    assert_eq!(walk(&mut k), vec![(a, 1, 0)]);
+    assert_eq!(k.tc(&tcp(VMAC, 1000, RST)).0, TC_ACT_REDIRECT);
+    assert_eq!(walk(&mut k), vec![(a, 1, RST)]);
+    // A handshake closed before its ACK: user space, nothing noted.
+    let b = key(6, 3000, 80);
+    k.install_embryonic(&b, remote()).unwrap();
+    assert_eq!(k.sock(&tcp(VMAC, 3000, FIN | ACK)), KEEP);
+    assert_eq!(k.tc(&tcp(VMAC, 3000, FIN | ACK)).0, TC_ACT_SHOT);
 }
 
 #[test]
@@ -486,7 +535,102 @@ fn table(backends: &[TableBackend], src_mask: Ipv4Addr, with_port: bool) -> Hash
         slots: (0..TABLE_SIZE)
             .map(|s| (s % backends.len()) as u16)
             .collect(),
+        deal: Vec::new(),
+        exact: false,
     }
+}
+
+/// A flow the kernel scheduled is announced to user space when its
+/// handshake's ACK (a UDP flow's second datagram) confirms it, once; one
+/// user space installed, or one never confirmed, is not.
+#[test]
+fn confirmed_kernel_flows_are_announced_for_adoption() {
+    let mut k = kernel_with_budget(0);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote())];
+    let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
+    t.deal = vec![0];
+    t.exact = true;
+    let mut u = t.clone();
+    u.proto = FlowKey::UDP;
+    u.port = 53;
+    k.set_tables(&[t, u]).unwrap();
+    let notes = |k: &mut Kernel| {
+        let mut v = Vec::new();
+        k.adoptions(|key, backend| v.push((key, backend)));
+        v
+    };
+    let syn = tcp(VMAC, 7000, SYN);
+    k.sock(&syn);
+    k.tc(&syn);
+    assert_eq!(notes(&mut k), vec![], "a SYN alone is not announced");
+    let ack = tcp(VMAC, 7000, ACK);
+    k.sock(&ack);
+    k.tc(&ack);
+    k.tc(&ack);
+    let b = backends[0].backend;
+    assert_eq!(notes(&mut k), vec![(key(6, 7000, 80), b)]);
+    let d = udp(VMAC, 7001);
+    for _ in 0..3 {
+        k.sock(&d);
+        k.tc(&d);
+    }
+    assert_eq!(notes(&mut k), vec![(key(17, 7001, 53), b)]);
+    // Installed by user space on its SYN: it knows it already.
+    let a = key(6, 7002, 80);
+    k.install_embryonic(&a, remote()).unwrap();
+    k.tc(&tcp(VMAC, 7002, ACK));
+    assert!(k.lookup(&a).unwrap().confirmed);
+    assert_eq!(notes(&mut k), vec![]);
+    assert_eq!(k.stats().adopt_lost, 0);
+}
+
+/// rr and wrr: user space deals one cycle of its picks, and the kernel
+/// hands them out in turn to every new flow at any rate (no budget spent,
+/// none to user space); an exact hash table (sh, mh) likewise.
+#[test]
+fn exact_tables_schedule_every_new_flow_in_kernel() {
+    // Budget 0: everything else would go to user space.
+    let mut k = kernel_with_budget(0);
+    k.set_active(true).unwrap();
+    let backends = [backend_of(remote()), backend_of(local())];
+    let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
+    t.deal = vec![0, 1, 1];
+    t.exact = true;
+    let mut u = t.clone();
+    u.proto = FlowKey::UDP;
+    u.port = 53;
+    k.set_tables(&[t.clone(), u]).unwrap();
+    let mut got = Vec::new();
+    for sport in 5000..5006 {
+        let syn = tcp(VMAC, sport, SYN);
+        assert_eq!(k.sock(&syn), 0, "port {sport}: copied to user space");
+        let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
+        assert!(act.kernel_scheduled, "port {sport}");
+        got.push(act.target.backend);
+        // A retransmission goes where the first went, taking no pick.
+        assert_eq!(k.sock(&syn), 0);
+        k.tc(&syn);
+        k.remove(&key(6, sport, 80));
+    }
+    let b = |i: usize| backends[i].backend;
+    assert_eq!(got, vec![b(0), b(1), b(1), b(0), b(1), b(1)]);
+    // UDP flows are dealt from their own service's cycle.
+    let f = udp(VMAC, 6000);
+    assert_eq!(k.sock(&f), 0);
+    assert_eq!(k.lookup(&key(17, 6000, 53)).unwrap().target.backend, b(0));
+    // An exact table without a deal hashes, as sh and mh do.
+    t.deal.clear();
+    k.set_tables(&[t]).unwrap();
+    let want = (flow_hash(CLIENT, Some(5100)) as usize % TABLE_SIZE) % 2;
+    assert_eq!(k.sock(&tcp(VMAC, 5100, SYN)), 0);
+    assert_eq!(k.lookup(&key(6, 5100, 80)).unwrap().target.backend, b(want));
+    let s = k.stats();
+    assert_eq!((s.new_scheduled, s.new_unscheduled), (8, 0));
+    // Not exact: user space decides within its (unlimited) budget.
+    k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
+        .unwrap();
+    assert_eq!(k.sock(&tcp(VMAC, 5200, SYN)), KEEP);
 }
 
 #[test]
