@@ -448,19 +448,24 @@ impl Plane {
         }
     }
 
-    /// eBPF engine: flows the kernel scheduled and has just confirmed go
-    /// into the engine's table now, so they are counted and synced (a
-    /// takeover keeps them) without waiting for the walk.
+    /// eBPF engine: flows the kernel scheduled go into the engine's table
+    /// now, as if decided here (counted, synced: a takeover keeps them, and
+    /// unconfirmed ones feed the flood guard), and are confirmed there when
+    /// the kernel confirms them, without waiting for the walk.
     fn take_adoptions(&mut self, now: Instant) {
         let Some(k) = &mut self.kernel else {
             return;
         };
         let engine = &mut self.engine;
-        k.adoptions(|key, backend| {
+        k.adoptions(|key, backend, confirmed| {
             let held = engine
                 .lookup(now, &key)
                 .is_some_and(|e| e.backend == backend);
-            if !held && !engine.adopt(now, &key, backend, true) {
+            if held {
+                if confirmed {
+                    engine.confirm(now, &key);
+                }
+            } else if !engine.adopt(now, &key, backend, confirmed) {
                 log::debug!("eBPF: cannot adopt {key:?} (backend {backend} gone)");
             }
         });

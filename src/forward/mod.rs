@@ -934,10 +934,45 @@ impl Engine {
         let Some(ci) = self.conns.find(key) else {
             return false;
         };
+        if kind == Kind::Udp && confirmed {
+            // Seen twice already: the last of UDP flows to be evicted.
+            self.lru.push(LIST_UDP_ASSURED, ci);
+        }
         if let Some((_, c)) = self.conns.at_mut(ci) {
-            self.conn_log.mark(&mut c.mark, ci);
-            let d = &mut self.dests[c.dest as usize];
-            d.counters.total += 1;
+            self.dests[c.dest as usize].counters.total += 1;
+            // As for a new flow decided here: an unconfirmed one feeds the
+            // flood guard and, under a flood, is synced only once confirmed.
+            let guard = match (kind, confirmed) {
+                (Kind::Embryonic, _) => Some(&mut self.syn_guard),
+                (Kind::Udp, false) => Some(&mut self.udp_guard),
+                _ => None,
+            };
+            let quiet = guard.is_some_and(|g| {
+                g.on_new(key.src);
+                g.under_pressure()
+            });
+            if quiet {
+                c.synced_until = now;
+            } else {
+                self.conn_log.mark(&mut c.mark, ci);
+            }
+        }
+        true
+    }
+
+    /// A flow the data plane confirmed itself (its handshake's ACK, a UDP
+    /// flow's second datagram, forwarded without the engine): the same
+    /// transition as that frame here, without counting it as a packet (the
+    /// data plane's counters bring it). False when the flow is unknown.
+    pub fn confirm(&mut self, now: Instant, key: &FlowKey) -> bool {
+        let Some(ci) = self.conns.find(key) else {
+            return false;
+        };
+        let tcp = key.proto == FlowKey::TCP;
+        let flags = if tcp { TCP_ACK } else { 0 };
+        if self.hit(now, ci, tcp, flags, 0).is_none() {
+            self.remove_conn(ci);
+            return false;
         }
         true
     }
@@ -1111,8 +1146,11 @@ impl Engine {
         if !quiet && (changed || needs_refresh(c.expires, c.synced_until, timeout)) {
             self.conn_log.mark(&mut c.mark, ci);
         }
-        d.counters.packets += 1;
-        d.counters.bytes += len as u64;
+        // Length 0: a confirmation reported by the data plane, no packet.
+        if len > 0 {
+            d.counters.packets += 1;
+            d.counters.bytes += len as u64;
+        }
         Some(d.verdict())
     }
 

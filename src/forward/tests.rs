@@ -1401,6 +1401,51 @@ fn adopted_flows_are_counted_synced_and_followed() {
     assert!(e.lookup(now, &tcp_key(3, 1000)).is_none());
 }
 
+/// Flows a data plane scheduled and announced unconfirmed fill the
+/// half-open part as flows decided here do: a flood of them is seen
+/// (pressure, eviction, an event), and `confirm` promotes a real one
+/// without counting a packet.
+#[test]
+fn adopted_half_open_flows_meet_the_flood_guard_and_are_confirmed() {
+    let mut e = flood_engine(Scheduler::Rr, LIMITS);
+    let mut rng = fastrand::Rng::with_seed(21);
+    let t0 = Instant::now();
+    let real = tcp_key(1, 4000);
+    let b = addr(1);
+    assert!(e.adopt(t0, &real, b, false));
+    assert!(e.confirm(t0, &real));
+    let held = e.lookup(t0, &real).unwrap();
+    assert_eq!(held.state, TcpState::Established);
+    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    assert_eq!((counters[&b].total, counters[&b].packets), (1, 0));
+    let mut now = t0;
+    for _ in 0..20 {
+        for _ in 0..1000 {
+            let k = FlowKey {
+                src: Ipv4Addr::from(rng.u32(..)),
+                ..tcp_key(0, rng.u16(1024..))
+            };
+            e.adopt(now, &k, b, false);
+        }
+        now += Duration::from_millis(10);
+        e.expire(now, 4096);
+    }
+    let st = e.table_stats();
+    assert_eq!(st.embryonic.entries, 1000, "the half-open part is full");
+    assert!(
+        st.embryonic.pressure && st.embryonic.evicted >= 19_000,
+        "{st:?}"
+    );
+    assert_eq!(st.established.entries, 1, "the confirmed flow stays");
+    let ev = e.poll_event().expect("flood event");
+    assert!(
+        ev.message.starts_with("SYN flood suspected: "),
+        "{}",
+        ev.message
+    );
+    assert!(!e.confirm(now, &tcp_key(9, 9)), "unknown flow");
+}
+
 #[test]
 fn adopted_udp_flows_follow_their_backend() {
     let mut e = engine(

@@ -160,11 +160,12 @@ enum stat {
 	STAT_MAX,
 };
 
-// A flow this program scheduled, confirmed just now (`adoptions`).
+// A flow this program scheduled (`adoptions`).
 struct adoption {
 	struct flow_key key;
 	__u32 backend; // network order
-	__u32 pad;
+	__u8 confirmed; // 0: just scheduled; 1: its second frame came
+	__u8 pad[3];
 };
 
 // Confirmed TCP flows: a plain hash, never evicted for a newcomer (a full
@@ -229,11 +230,14 @@ struct {
 	__type(value, __u64);
 } syn_tat SEC(".maps");
 
-// Flows this program scheduled, as their handshake's ACK (a UDP flow's
-// second datagram) confirms them: user space adopts each within a round of
-// its loop (counted, synced to the peer; a takeover keeps it) rather than
-// when its walk comes by. A flood's unconfirmed flows send none. A full
-// ring loses the note, counted, and the walk adopts the flow later.
+// Flows this program scheduled, for user space to adopt within a round of
+// its loop (counted, synced to the peer: a takeover keeps them) rather than
+// when its walk comes by: each when its handshake's ACK (a UDP flow's
+// second datagram) confirms it, and, within user space's budget of new
+// flows, when it is scheduled, so user space's table sees unconfirmed
+// flows as if it had decided them (its flood guard, pressure and events).
+// Beyond the budget a flood's flows send nothing. A full ring loses the
+// note, counted, and the walk adopts the flow later.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 18);
@@ -287,9 +291,9 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
-// Tells user space of a flow this program scheduled, now confirmed. It
-// polls the ring on its own rounds: no wakeup per flow.
-static __always_inline void announce(struct flow_key *k, struct flow_val *v)
+// Tells user space of a flow this program scheduled. It polls the ring on
+// its own rounds: no wakeup per flow.
+static __always_inline void announce(struct flow_key *k, struct flow_val *v, __u8 confirmed)
 {
 	if (!v->origin)
 		return;
@@ -300,7 +304,8 @@ static __always_inline void announce(struct flow_key *k, struct flow_val *v)
 	}
 	a->key = *k;
 	a->backend = v->backend;
-	a->pad = 0;
+	a->confirmed = confirmed;
+	a->pad[0] = a->pad[1] = a->pad[2] = 0;
 	bpf_ringbuf_submit(a, BPF_RB_NO_WAKEUP);
 }
 
@@ -400,6 +405,9 @@ static __always_inline struct flow_val *kernel_pick(struct control *c, struct fl
 	if (bpf_map_update_elem(pending, k, &v, BPF_ANY) < 0)
 		return NULL;
 	count(STAT_NEW_SCHEDULED, 1);
+	// Over the budget (an inexact table is used only then) nothing more.
+	if (p->exact && within_rate(0, c->new_cost_ns, SYN_BURST_NS))
+		announce(k, &v, 0);
 	return bpf_map_lookup_elem(pending, k);
 }
 
@@ -431,7 +439,7 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 		if (bpf_map_update_elem(&udp, k, &moved, BPF_NOEXIST) < 0)
 			return v;
 		bpf_map_delete_elem(&udp_new, k);
-		announce(k, &moved);
+		announce(k, &moved, 1);
 		return bpf_map_lookup_elem(&udp, k);
 	}
 	if (in_tc)
@@ -539,7 +547,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 		return v;
 	bpf_map_delete_elem(&embryonic, &k);
 	count(STAT_PROMOTED, 1);
-	announce(&k, &moved);
+	announce(&k, &moved, 1);
 	return bpf_map_lookup_elem(&confirmed, &k);
 }
 

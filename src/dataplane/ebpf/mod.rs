@@ -637,13 +637,14 @@ impl Kernel {
         }
     }
 
-    /// Hands `f` each flow the kernel scheduled and has confirmed since the
-    /// last call, with its backend, oldest first. Reads shared memory: no
-    /// system call.
-    pub fn adoptions(&mut self, mut f: impl FnMut(FlowKey, Ipv4Addr)) {
+    /// Hands `f` each note of a flow the kernel scheduled (on scheduling,
+    /// within the budget, and on confirmation) since the last call: the
+    /// flow, its backend, and whether it is confirmed; oldest first. Reads
+    /// shared memory: no system call.
+    pub fn adoptions(&mut self, mut f: impl FnMut(FlowKey, Ipv4Addr, bool)) {
         while let Some(item) = self.adoptions.next() {
-            // `struct adoption`: the key, then the backend address.
-            let Some(a) = item.get(..size_of::<RawKey>() + 4) else {
+            // `struct adoption`: the key, the backend address, confirmed.
+            let Some(a) = item.get(..size_of::<RawKey>() + 5) else {
                 continue;
             };
             let (k, b) = a.split_at(size_of::<RawKey>());
@@ -655,7 +656,7 @@ impl Kernel {
                 proto: k[12],
                 pad: [0; 3],
             };
-            f(key.flow(), Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            f(key.flow(), Ipv4Addr::new(b[0], b[1], b[2], b[3]), b[4] != 0);
         }
     }
 }

@@ -540,12 +540,14 @@ fn table(backends: &[TableBackend], src_mask: Ipv4Addr, with_port: bool) -> Hash
     }
 }
 
-/// A flow the kernel scheduled is announced to user space when its
-/// handshake's ACK (a UDP flow's second datagram) confirms it, once; one
-/// user space installed, or one never confirmed, is not.
+/// A flow the kernel scheduled is announced to user space when it is
+/// scheduled (within user space's budget of new flows) and when its
+/// handshake's ACK (a UDP flow's second datagram) confirms it; one user
+/// space installed is not.
 #[test]
-fn confirmed_kernel_flows_are_announced_for_adoption() {
-    let mut k = kernel_with_budget(0);
+fn kernel_scheduled_flows_are_announced_for_adoption() {
+    // One a second with a 100 ms burst: the first new flow only.
+    let mut k = kernel_with_budget(1);
     k.set_active(true).unwrap();
     let backends = [backend_of(remote())];
     let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
@@ -557,29 +559,33 @@ fn confirmed_kernel_flows_are_announced_for_adoption() {
     k.set_tables(&[t, u]).unwrap();
     let notes = |k: &mut Kernel| {
         let mut v = Vec::new();
-        k.adoptions(|key, backend| v.push((key, backend)));
+        k.adoptions(|key, backend, confirmed| v.push((key.sport, backend, confirmed)));
         v
     };
-    let syn = tcp(VMAC, 7000, SYN);
-    k.sock(&syn);
-    k.tc(&syn);
-    assert_eq!(notes(&mut k), vec![], "a SYN alone is not announced");
-    let ack = tcp(VMAC, 7000, ACK);
-    k.sock(&ack);
-    k.tc(&ack);
-    k.tc(&ack);
     let b = backends[0].backend;
-    assert_eq!(notes(&mut k), vec![(key(6, 7000, 80), b)]);
-    let d = udp(VMAC, 7001);
+    for sport in [7000, 7001] {
+        let syn = tcp(VMAC, sport, SYN);
+        assert_eq!(k.sock(&syn), 0);
+        k.tc(&syn);
+    }
+    assert_eq!(notes(&mut k), vec![(7000, b, false)], "the budget's one");
+    for sport in [7000, 7001] {
+        let ack = tcp(VMAC, sport, ACK);
+        k.sock(&ack);
+        k.tc(&ack);
+        k.tc(&ack);
+    }
+    assert_eq!(notes(&mut k), vec![(7000, b, true), (7001, b, true)]);
+    let d = udp(VMAC, 7002);
     for _ in 0..3 {
         k.sock(&d);
         k.tc(&d);
     }
-    assert_eq!(notes(&mut k), vec![(key(17, 7001, 53), b)]);
+    assert_eq!(notes(&mut k), vec![(7002, b, true)], "over the budget");
     // Installed by user space on its SYN: it knows it already.
-    let a = key(6, 7002, 80);
+    let a = key(6, 7003, 80);
     k.install_embryonic(&a, remote()).unwrap();
-    k.tc(&tcp(VMAC, 7002, ACK));
+    k.tc(&tcp(VMAC, 7003, ACK));
     assert!(k.lookup(&a).unwrap().confirmed);
     assert_eq!(notes(&mut k), vec![]);
     assert_eq!(k.stats().adopt_lost, 0);
