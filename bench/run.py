@@ -347,8 +347,9 @@ backend be
 def wait_for(f, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if f():
-            return
+        v = f()
+        if v:
+            return v
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not come up within {timeout}s")
 
@@ -377,12 +378,15 @@ def rss_kib(pid):
 
 
 class Perf:
-    """`perf record -g` of one process while a case runs; keeps the top of the report."""
+    """`perf record -g` of one process (or, pid "all", of the whole machine:
+    with the eBPF engine the forwarding is in softirq, in no process) while a
+    case runs; keeps the top of the report."""
 
     def __init__(self, name, pid, work):
         self.name, self.data, self.p = name, work / f"perf-{name}.data", None
         if PERF and pid:
-            self.p = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(self.data)],
+            who = ["-a"] if pid == "all" else ["-p", str(pid)]
+            self.p = subprocess.Popen(["perf", "record", "-F", "999", "-g", *who, "-o", str(self.data)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self):
@@ -436,8 +440,9 @@ def bench_http(t, director):
                     # A short warm-up fills ARP caches and accept queues.
                     t.run(t.client, f"wrk -t2 -c{CONNS} -d1s {hdr} {url}", check=False, timeout=30)
                     time.sleep(0.5)
-                prof = f"http_{mode}_{name}" if name == "duet" and mode == "new_connection" and rnd == 0 else None
-                with Perf(prof, t.duet_pid(director) if prof else None, t.work):
+                prof = (f"http_{mode}_{name}_{t.engine}" if name in ("duet", "direct")
+                        and mode == "new_connection" and rnd == 0 else None)
+                with Perf(prof, "all" if prof else None, t.work):
                     out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
                                 check=False, timeout=SECONDS + 60)
                 r = parse_wrk(out)
@@ -865,7 +870,8 @@ def main():
                 t.stop("haproxy")
                 director = restart_both(t, HEARTBEAT_DEFAULT)
                 wait_for(lambda: t.run(t.client, f"curl -sf -m 1 http://{VIP}/", check=False), 10, "VIP")
-            running = (t.status(director) or {}).get("dataplane", {}).get("engine")
+            running = wait_for(lambda: (t.status(director) or {}).get("dataplane", {}).get("engine"),
+                               10, "status")
             log(f"engine {engine}: director {NODES[director][0]} runs {running}")
             e = results["engines"][engine] = {"running": running}
             t.start_haproxy(director)

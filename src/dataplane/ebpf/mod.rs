@@ -249,8 +249,15 @@ pub struct Kernel {
     adoptions: RingBuf<MapData>,
     control: RawControl,
     lease: Duration,
-    /// Where the next bounded walk resumes, per map.
-    cursor: [Option<RawKey>; 2],
+    /// Where the next bounded walk resumes (a hash bucket), per map.
+    cursor: [Option<u32>; 2],
+    /// What one batched lookup of the walk fills.
+    batch_keys: Vec<RawKey>,
+    batch_vals: Vec<RawVal>,
+    /// Flows per map counted by the last complete walk, and by the one
+    /// under way.
+    flows: [usize; 2],
+    counting: [usize; 2],
     /// Counters and flags as last read, per flow, with the walk round
     /// that read them: the kernel's only grow (user space cannot reset them
     /// without racing the program), so activity is the difference.
@@ -330,6 +337,10 @@ impl Kernel {
             },
             lease: p.lease,
             cursor: [None, None],
+            batch_keys: Vec::new(),
+            batch_vals: Vec::new(),
+            flows: [0, 0],
+            counting: [0, 0],
             seen: HashMap::new(),
             round: [0, 0],
         };
@@ -536,8 +547,9 @@ impl Kernel {
     }
 
     /// Visits up to `budget` installed flows of `proto`, resuming where the
-    /// last walk stopped. `f` gets what the kernel forwarded since the
-    /// flow's previous visit and returns whether the flow stays in the
+    /// last walk stopped (a few bpf(2) calls: one batched lookup, and a
+    /// delete per flow taken back). `f` gets what the kernel forwarded since
+    /// the flow's previous visit and returns whether the flow stays in the
     /// kernel.
     pub fn walk(
         &mut self,
@@ -551,23 +563,24 @@ impl Kernel {
         let fd = fd(m);
         let now = sys::monotonic_ns();
         let round = self.round[slot];
-        // The cursor is the first key not yet visited. The next key is
-        // fetched before a visit may delete the current one: after a
-        // deleted key, the kernel would start over from the first.
-        let mut at = match self.cursor[slot] {
-            Some(k) => Some(k),
-            None => sys::next_key::<RawKey>(fd, None).ok().flatten(),
+        if self.batch_keys.len() < budget {
+            self.batch_keys.resize(budget, RawKey::default());
+            self.batch_vals.resize(budget, RawVal::default());
+        }
+        let (got, next) = match sys::lookup_batch(
+            fd,
+            self.cursor[slot],
+            &mut self.batch_keys[..budget],
+            &mut self.batch_vals[..budget],
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("eBPF walk: {e}");
+                (0, None)
+            }
         };
-        let mut visited = 0;
-        while visited < budget {
-            let Some(cur) = at else {
-                break;
-            };
-            visited += 1;
-            at = sys::next_key(fd, Some(&cur)).ok().flatten();
-            let Ok(Some(v)) = sys::lookup::<RawKey, RawVal>(fd, &cur) else {
-                continue;
-            };
+        for i in 0..got {
+            let (cur, v) = (self.batch_keys[i], self.batch_vals[i]);
             // Counters below the remembered ones: the flow was deleted (a
             // SYN on its ports) and installed afresh since the last visit.
             let before = self
@@ -589,29 +602,23 @@ impl Kernel {
                 self.seen.remove(&cur);
             }
         }
-        if at.is_none() {
+        self.counting[slot] += got;
+        if next.is_none() {
             // The end: the next walk starts over, and flows the kernel
             // dropped by itself (LRU) stop being remembered.
             self.round[slot] = round.wrapping_add(1);
             self.seen
                 .retain(|k, s| k.proto != proto || s.round == round);
+            self.flows[slot] = std::mem::take(&mut self.counting[slot]);
         }
-        self.cursor[slot] = at;
-        visited
+        self.cursor[slot] = next;
+        got
     }
 
-    /// Installed flows (TCP, UDP), counted by a full walk of the keys.
+    /// Installed flows (TCP, UDP), as the last complete walk of each map
+    /// counted them.
     pub fn len(&self) -> (usize, usize) {
-        let count = |m: &MapData| {
-            let mut n = 0;
-            let mut at: Option<RawKey> = None;
-            while let Ok(Some(k)) = sys::next_key(fd(m), at.as_ref()) {
-                n += 1;
-                at = Some(k);
-            }
-            n
-        };
-        (count(&self.confirmed), count(&self.udp))
+        (self.flows[0], self.flows[1])
     }
 
     pub fn stats(&self) -> KernelStats {

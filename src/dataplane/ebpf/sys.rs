@@ -1,5 +1,6 @@
 //! The few bpf(2) map commands the engine issues per flow, raw: aya's map
-//! types own their descriptor and offer no cursor to resume a walk from.
+//! types own their descriptor and offer no cursor to resume a walk from,
+//! nor batched lookups.
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::RawFd;
@@ -8,6 +9,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 pub const BPF_NOEXIST: u64 = 1;
 
 /// The map-element arm of `union bpf_attr`.
@@ -17,6 +19,19 @@ struct ElemAttr {
     pad: u32,
     key: u64,
     value: u64,
+    flags: u64,
+}
+
+/// The batch arm of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
     flags: u64,
 }
 
@@ -105,6 +120,47 @@ pub fn next_key<K: Copy>(fd: RawFd, at: Option<&K>) -> io::Result<Option<K>> {
         Ok(()) => Ok(Some(unsafe { next.assume_init() })),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Up to `keys.len()` entries of a hash map in one call, from bucket
+/// `from` (`None`: the first): how many were filled, and the bucket to go
+/// on from (`None`: the map's end). Buckets, unlike keys, stay valid when
+/// entries are deleted between calls.
+pub fn lookup_batch<K: Copy, V: Copy>(
+    fd: RawFd,
+    from: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<(usize, Option<u32>)> {
+    let mut next: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: from.as_ref().map_or(0, |b| b as *const u32 as u64),
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: as in `bpf`; the kernel also writes the count filled back
+    // into `attr`, which it gets as a mutable pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    let filled = attr.count as usize;
+    if r >= 0 {
+        return Ok((filled, Some(next)));
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok((filled, None)),
+        e => Err(e),
     }
 }
 

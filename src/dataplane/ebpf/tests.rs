@@ -346,6 +346,35 @@ fn inactive_or_expired_lease_forwards_nothing() {
     assert_eq!(k.tc(&f), (TC_ACT_OK, f.clone()));
 }
 
+/// A walk in steps smaller than the map visits every flow once a round,
+/// also when flows are taken back on the way.
+#[test]
+fn a_bounded_walk_resumes_and_covers_every_flow() {
+    let mut k = kernel();
+    let keys: Vec<FlowKey> = (0..4).map(|i| key(6, 2000 + i, 80)).collect();
+    for a in &keys {
+        assert!(k.install(a, remote()).unwrap());
+    }
+    let mut seen = Vec::new();
+    let mut steps = 0;
+    while steps < 20 {
+        steps += 1;
+        k.walk(6, 2, |key, _| {
+            seen.push(key);
+            key.sport != 2001
+        });
+        if k.cursor[0].is_none() {
+            break;
+        }
+    }
+    seen.sort_by_key(|s| s.sport);
+    assert_eq!(seen, keys, "one round in {steps} steps");
+    assert!(k.lookup(&keys[1]).is_none(), "taken back");
+    assert_eq!(k.len().0, 4, "counted as visited");
+    k.walk(6, 100, |_, _| true);
+    assert_eq!(k.len().0, 3);
+}
+
 #[test]
 fn counters_walk_and_removal() {
     let mut k = kernel();
@@ -377,8 +406,11 @@ fn counters_walk_and_removal() {
         true
     });
     assert_eq!(again, vec![(a, 1)]);
+    // The walk counts the flows it visits, for status.
+    assert_eq!(k.len().0, 1, "the last complete walk saw a only");
     k.remove(&a);
     assert_eq!(k.tc(&f).0, TC_ACT_SHOT);
+    assert_eq!(k.walk(6, 100, |_, _| true), 0);
     assert_eq!(k.len(), (0, 0));
     let s = k.stats();
     assert_eq!(s.remote_packets, 4);
@@ -497,7 +529,7 @@ fn embryonic_flow_stays_evictable_when_confirmed_is_full_and_obeys_the_lease() {
 
 #[test]
 fn embryonic_map_is_a_bounded_lru() {
-    let k = kernel();
+    let mut k = kernel();
     // The userspace table's embryonic bound for 4 confirmed flows is 4; a
     // flood of SYNs evicts old entries rather than failing.
     for port in 0..1000 {
@@ -512,7 +544,7 @@ fn embryonic_map_is_a_bounded_lru() {
     }
     assert!((1..=4).contains(&n), "{n} embryonic entries");
     assert!(k.lookup(&key(6, 10_999, 80)).is_some(), "newest kept");
-    assert_eq!(k.len(), (0, 0), "confirmed maps untouched");
+    assert_eq!(k.walk(6, 100, |_, _| true), 0, "confirmed map untouched");
 }
 
 fn backend_of(t: Target) -> TableBackend {
