@@ -218,12 +218,38 @@ fn page_renders_in_headless_chromium() {
     assert!(dom.contains("<html"), "no DOM dumped:\n{dom}");
 
     // The footer says "rendered by server" until the script has fetched
-    // /api/status and rebuilt the page: this DOM is the script's.
+    // the page again and moved its live sections in: this DOM is the
+    // script's, every section of it that shows the node's state swapped
+    // (marked data-updated) and none left as first loaded.
     let updated = text_of_id(&dom, "updated").unwrap_or_default();
     assert!(
         updated.starts_with("updated "),
         "the page's script did not refresh it (#updated = {updated:?}):\n{dom}"
     );
+    let swapped = tags_with(&dom, "data-updated");
+    let mut ids: Vec<&str> = swapped.iter().filter_map(|t| attr(t, "id")).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["backends", "charts", "events", "nodes", "stats", "timeline", "top", "version"],
+        "sections the script refreshed:\n{dom}"
+    );
+    for t in &swapped {
+        assert!(
+            attr(t, "data-updated").and_then(|n| n.parse::<u32>().ok()) >= Some(1),
+            "{t:?}"
+        );
+    }
+    // The rate cells are the one thing the script fills in itself, from the
+    // counters the server put on them.
+    let rates = tags_with(&dom, "data-rate");
+    assert_eq!(rates.len(), 3, "two backend rows and the VIP:\n{dom}");
+    for t in &rates {
+        assert!(
+            attr(t, "data-bytes").is_some_and(|b| b.parse::<u64>().is_ok()),
+            "{t:?}"
+        );
+    }
 
     let roles: Vec<String> = (0..2).map(|i| c.role(i).unwrap()).collect();
     let nodes = tags_with(&dom, "data-node");
@@ -270,8 +296,8 @@ fn page_renders_in_headless_chromium() {
     // The event list is filled (at least this node's start and role change).
     assert!(dom.contains("class=\"event\""), "no events on the page");
 
-    // The script swapped in the charts from /api/status: one per service,
-    // each an SVG with samples and both lines.
+    // The charts came in with the refreshed page: one per service, each an
+    // SVG with samples and both lines.
     let charts = tags_with(&dom, "data-chart");
     let services: Vec<&str> = charts
         .iter()
@@ -281,12 +307,13 @@ fn page_renders_in_headless_chromium() {
     let svg = svg_of(attr(&charts[0], "src").unwrap_or(""));
     assert!(samples_in(&svg) >= 2, "chart without samples: {svg}");
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
-    // The timeline was refreshed by the script and shows at least this
-    // node's role change (starting -> standby or director).
-    let timeline = tags_with(&dom, "data-updated");
-    assert_eq!(timeline.len(), 1, "timeline not refreshed:\n{dom}");
-    assert_eq!(attr(&timeline[0], "id"), Some("timeline"));
-    let svg = svg_of(attr(&timeline[0], "src").unwrap_or(""));
+    // The refreshed timeline shows at least this node's role change
+    // (starting -> standby or director).
+    let timeline = swapped
+        .iter()
+        .find(|t| attr(t, "id") == Some("timeline"))
+        .expect("timeline refreshed");
+    let svg = svg_of(attr(timeline, "src").unwrap_or(""));
     assert!(samples_in(&svg) >= 1, "timeline without events: {svg}");
     assert!(svg.contains("<circle"), "{svg}");
 
