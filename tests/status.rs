@@ -565,7 +565,13 @@ fn sample(fams: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
-    let c = Cluster::new(Opts::default());
+    // A check, so that every backend has a check latency to export.
+    let c = Cluster::new(Opts {
+        services: format!(
+            "{SERVICE_RR}check = {{ kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\" }}\n"
+        ),
+        ..Opts::default()
+    });
     let d = c.wait_one_director(Duration::from_secs(5));
     warm_up(&c);
     assert_eq!(spread(&c.client(&format!("count http://{VIP}/ 20"))).2, 0);
@@ -573,18 +579,24 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
     let start = Instant::now();
     loop {
         let s = status_of(&c, d);
-        let total: u64 = s["backends"]
-            .as_array()
-            .unwrap()
+        let bs = s["backends"].as_array().unwrap();
+        let total: u64 = bs
             .iter()
             .map(|b| b["total_connections"].as_u64().unwrap_or(0))
             .sum();
-        if total >= 20 {
+        let checked = (0..2).all(|i| {
+            status_of(&c, i)["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["check_latency_ms"].is_f64())
+        });
+        if total >= 20 && checked {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "director counted {total} of 20+ connections: {s}"
+            start.elapsed() < Duration::from_secs(5),
+            "director counted {total} of 20+ connections, checked: {checked}: {s}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -642,6 +654,16 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
                 sample(&fams, "duet_backend_up", &[("backend", b)]),
                 Some(1.0),
                 "duet_backend_up of {b} on web{}",
+                i + 1
+            );
+            let latency = sample(
+                &fams,
+                "duet_backend_check_latency_seconds",
+                &[("backend", b)],
+            );
+            assert!(
+                latency.is_some_and(|s| (0.0..0.2).contains(&s)),
+                "check latency of {b} on web{}: {latency:?}",
                 i + 1
             );
         }
