@@ -250,6 +250,11 @@ fn page_renders_in_headless_chromium() {
             "{t:?}"
         );
     }
+    let rx_rate = text_of_id(&dom, "dp-rate").unwrap_or_default();
+    assert!(
+        rx_rate.ends_with(" pkt/s"),
+        "rx rate {rx_rate:?} after two readings"
+    );
 
     let roles: Vec<String> = (0..2).map(|i| c.role(i).unwrap()).collect();
     let nodes = tags_with(&dom, "data-node");

@@ -19,7 +19,7 @@ const PAGE_EVENTS: usize = 50;
 const CSS: &str = include_str!("page.css");
 
 /// The page's only script.
-pub(crate) const SCRIPT: &str = include_str!("page.js");
+const SCRIPT: &str = include_str!("page.js");
 
 /// CSS class suffix for a role; anything unexpected becomes "unknown" so a
 /// role string can never inject a class name.
