@@ -218,11 +218,42 @@ fn page_renders_in_headless_chromium() {
     assert!(dom.contains("<html"), "no DOM dumped:\n{dom}");
 
     // The footer says "rendered by server" until the script has fetched
-    // /api/status and rebuilt the page: this DOM is the script's.
+    // the page again and moved its live sections in: this DOM is the
+    // script's, every section of it that shows the node's state swapped
+    // (marked data-updated) and none left as first loaded.
     let updated = text_of_id(&dom, "updated").unwrap_or_default();
     assert!(
         updated.starts_with("updated "),
         "the page's script did not refresh it (#updated = {updated:?}):\n{dom}"
+    );
+    let swapped = tags_with(&dom, "data-updated");
+    let mut ids: Vec<&str> = swapped.iter().filter_map(|t| attr(t, "id")).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["backends", "charts", "events", "nodes", "stats", "timeline", "top", "version"],
+        "sections the script refreshed:\n{dom}"
+    );
+    for t in &swapped {
+        assert!(
+            attr(t, "data-updated").and_then(|n| n.parse::<u32>().ok()) >= Some(1),
+            "{t:?}"
+        );
+    }
+    // The rate cells are the one thing the script fills in itself, from the
+    // counters the server put on them.
+    let rates = tags_with(&dom, "data-rate");
+    assert_eq!(rates.len(), 3, "two backend rows and the VIP:\n{dom}");
+    for t in &rates {
+        assert!(
+            attr(t, "data-bytes").is_some_and(|b| b.parse::<u64>().is_ok()),
+            "{t:?}"
+        );
+    }
+    let rx_rate = text_of_id(&dom, "dp-rate").unwrap_or_default();
+    assert!(
+        rx_rate.ends_with(" pkt/s"),
+        "rx rate {rx_rate:?} after two readings"
     );
 
     let roles: Vec<String> = (0..2).map(|i| c.role(i).unwrap()).collect();
@@ -270,8 +301,8 @@ fn page_renders_in_headless_chromium() {
     // The event list is filled (at least this node's start and role change).
     assert!(dom.contains("class=\"event\""), "no events on the page");
 
-    // The script swapped in the charts from /api/status: one per service,
-    // each an SVG with samples and both lines.
+    // The charts came in with the refreshed page: one per service, each an
+    // SVG with samples and both lines.
     let charts = tags_with(&dom, "data-chart");
     let services: Vec<&str> = charts
         .iter()
@@ -281,12 +312,13 @@ fn page_renders_in_headless_chromium() {
     let svg = svg_of(attr(&charts[0], "src").unwrap_or(""));
     assert!(samples_in(&svg) >= 2, "chart without samples: {svg}");
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
-    // The timeline was refreshed by the script and shows at least this
-    // node's role change (starting -> standby or director).
-    let timeline = tags_with(&dom, "data-updated");
-    assert_eq!(timeline.len(), 1, "timeline not refreshed:\n{dom}");
-    assert_eq!(attr(&timeline[0], "id"), Some("timeline"));
-    let svg = svg_of(attr(&timeline[0], "src").unwrap_or(""));
+    // The refreshed timeline shows at least this node's role change
+    // (starting -> standby or director).
+    let timeline = swapped
+        .iter()
+        .find(|t| attr(t, "id") == Some("timeline"))
+        .expect("timeline refreshed");
+    let svg = svg_of(attr(timeline, "src").unwrap_or(""));
     assert!(samples_in(&svg) >= 1, "timeline without events: {svg}");
     assert!(svg.contains("<circle"), "{svg}");
 
@@ -538,7 +570,13 @@ fn sample(fams: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
-    let c = Cluster::new(Opts::default());
+    // A check, so that every backend has a check latency to export.
+    let c = Cluster::new(Opts {
+        services: format!(
+            "{SERVICE_RR}check = {{ kind = \"tcp\", interval = \"300ms\", timeout = \"200ms\" }}\n"
+        ),
+        ..Opts::default()
+    });
     let d = c.wait_one_director(Duration::from_secs(5));
     warm_up(&c);
     assert_eq!(spread(&c.client(&format!("count http://{VIP}/ 20"))).2, 0);
@@ -546,18 +584,24 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
     let start = Instant::now();
     loop {
         let s = status_of(&c, d);
-        let total: u64 = s["backends"]
-            .as_array()
-            .unwrap()
+        let bs = s["backends"].as_array().unwrap();
+        let total: u64 = bs
             .iter()
             .map(|b| b["total_connections"].as_u64().unwrap_or(0))
             .sum();
-        if total >= 20 {
+        let checked = (0..2).all(|i| {
+            status_of(&c, i)["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["check_latency_ms"].is_f64())
+        });
+        if total >= 20 && checked {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "director counted {total} of 20+ connections: {s}"
+            start.elapsed() < Duration::from_secs(5),
+            "director counted {total} of 20+ connections, checked: {checked}: {s}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -615,6 +659,16 @@ fn metrics_parse_as_prometheus_text_and_json_matches_schema() {
                 sample(&fams, "duet_backend_up", &[("backend", b)]),
                 Some(1.0),
                 "duet_backend_up of {b} on web{}",
+                i + 1
+            );
+            let latency = sample(
+                &fams,
+                "duet_backend_check_latency_seconds",
+                &[("backend", b)],
+            );
+            assert!(
+                latency.is_some_and(|s| (0.0..0.2).contains(&s)),
+                "check latency of {b} on web{}: {latency:?}",
                 i + 1
             );
         }

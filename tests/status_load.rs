@@ -38,10 +38,11 @@ fn status_answers_under_slowloris_and_connect_floods() {
     assert_eq!(poll["failed"].as_u64(), Some(0), "{poll}");
     assert!(poll["ok"].as_u64().unwrap() >= 20, "too few polls: {poll}");
     let median = poll["median_ms"].as_f64().unwrap();
-    // Issue 14 asks for 100 ms. Beside another netns test on 2 cores the
-    // median measures 100-105 ms (about 60 alone), so the bound has room
-    // until the front door accepts the flood's backlog in batches.
-    assert!(median < 150.0, "/api/status median {median} ms under load");
+    // Issue 14's bound. On this 2-core box the median measured 2.9-7.6 ms,
+    // alone and beside tests/status's slow-client test (101.6 ms was seen
+    // once beside another netns test in an integration run); the bursts'
+    // 10,000 accepts show in the p95 (88-260 ms), not the median.
+    assert!(median < 100.0, "/api/status median {median} ms under load");
     // Heartbeats every 100 ms: older than two intervals means they stalled.
     let heard = poll["heard_max_ms"].as_u64().unwrap();
     assert!(heard < 200, "a heartbeat was {heard} ms old under load");

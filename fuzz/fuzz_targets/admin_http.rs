@@ -10,6 +10,7 @@
 //! back to the same report, one sample per metrics line).
 #![no_main]
 
+use duet::status::render::View;
 use duet::status::{
     render, Admin, BackendStatus, EventRecord, PeerStatus, ServerConfig, StatusReport, StatusServer,
 };
@@ -178,7 +179,7 @@ fn renderers(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let parts: Vec<&str> = text.split('\u{1}').collect();
     let r = report(&parts);
-    let html = render::html(&r);
+    let html = render::render(&r, View::Page).body;
     // An input string may legitimately appear next to the page's own markup
     // ("web1" then "</td>" contains "web1<"), so searching for raw input is
     // no oracle. Instead: the same report with every markup character
@@ -191,7 +192,7 @@ fn renderers(data: &[u8]) {
             .map(|p| p.replace(['<', '>', '"', '\''], &NEUTRAL.to_string()))
             .collect();
         let neutral: Vec<&str> = neutral.iter().map(String::as_str).collect();
-        let base = render::html(&report(&neutral));
+        let base = render::render(&report(&neutral), View::Page).body;
         for c in ['<', '>', '"', '\''] {
             assert_eq!(
                 html.matches(c).count(),
@@ -200,10 +201,10 @@ fn renderers(data: &[u8]) {
             );
         }
     }
-    let json = render::json(&r);
+    let json = render::render(&r, View::Json).body;
     let back: StatusReport = serde_json::from_str(&json).expect("JSON does not parse");
     assert_eq!(back, r, "JSON does not round-trip");
-    let metrics = render::metrics(&r);
+    let metrics = render::render(&r, View::Metrics).body;
     for line in metrics.lines() {
         if line.is_empty() || line.starts_with('#') {
             continue;

@@ -1,9 +1,8 @@
 //! Small self-contained SVG pictures for the status page: a chart per
 //! service of its history and a timeline of role changes and health
 //! transitions. Pure functions of the report, rendered once here; the page
-//! shows them as `data:` images, both in the server's HTML and when its
-//! script swaps in the ones from `/api/status`, so an SVG never runs script
-//! or loads anything and the page's script does not draw.
+//! (and `/api/status`, under `pictures`) carries them as `data:` images, so
+//! an SVG never runs script or loads anything.
 
 use super::history::Sample;
 use super::model::EventRecord;

@@ -10,13 +10,16 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The roles a node reports (`StatusReport::role`).
+pub const ROLES: [&str; 4] = ["director", "standby", "starting", "leaving"];
+
 /// Everything the status page, `/api/status` and `/metrics` show.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(default)]
 pub struct StatusReport {
     /// This node's name (`[[node]].name`).
     pub node: String,
-    /// "director", "standby", "starting" or "leaving".
+    /// One of [`ROLES`].
     pub role: String,
     pub term: u64,
     pub vip: String,

@@ -44,7 +44,7 @@
 
 use super::frontdoor;
 use super::model::StatusReport;
-use super::render;
+use super::render::{self, View};
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
@@ -586,37 +586,29 @@ fn handle(shared: &Shared, rq: &tiny_http::Request, peer: &str) -> Reply {
     let path = rq.url().split('?').next().unwrap_or("");
     let get = method == "GET" || method == "HEAD";
     let not_allowed = |allow: &'static str| with(text(405, "method not allowed\n"), "Allow", allow);
+    let view = match path {
+        "/" => Some(View::Page),
+        "/api/status" => Some(View::Json),
+        "/metrics" => Some(View::Metrics),
+        _ => None,
+    };
+    if let Some(view) = view {
+        if !get {
+            return not_allowed("GET, HEAD");
+        }
+        let snapshot = shared.admin.status();
+        let out = render::render(&snapshot, view);
+        let answer = reply(200, out.content_type, out.body);
+        if view != View::Page {
+            return answer;
+        }
+        return with(
+            with(answer, "Referrer-Policy", "no-referrer"),
+            "X-Frame-Options",
+            "DENY",
+        );
+    }
     let action = match path {
-        "/" => {
-            if !get {
-                return not_allowed("GET, HEAD");
-            }
-            let r = shared.admin.status();
-            let page = reply(200, "text/html; charset=utf-8", render::html(&r));
-            return with(
-                with(page, "Referrer-Policy", "no-referrer"),
-                "X-Frame-Options",
-                "DENY",
-            );
-        }
-        "/api/status" => {
-            if !get {
-                return not_allowed("GET, HEAD");
-            }
-            let r = shared.admin.status();
-            return reply(200, "application/json", render::json(&r));
-        }
-        "/metrics" => {
-            if !get {
-                return not_allowed("GET, HEAD");
-            }
-            let r = shared.admin.status();
-            return reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                render::metrics(&r),
-            );
-        }
         "/api/failover" => AdminAction::Failover,
         "/api/reload" => AdminAction::Reload,
         _ => {
