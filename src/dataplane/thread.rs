@@ -94,6 +94,8 @@ pub struct DpStats {
     pub kernel_packets: u64,
     /// New flows the kernel scheduled itself (exact tables, or over budget).
     pub kernel_scheduled: u64,
+    /// Notes of those flows lost to a full ring (the walk adopted them).
+    pub kernel_adopt_lost: u64,
 }
 
 /// Entries traded between the data plane and the sync thread.
@@ -659,6 +661,7 @@ impl Plane {
             out.local_packets += s.local_packets;
             out.kernel_packets = s.remote_packets + s.local_packets;
             out.kernel_scheduled = s.new_scheduled;
+            out.kernel_adopt_lost = s.adopt_lost;
             if s.redirect_errors > 0 {
                 out.drops.insert("redirect", s.redirect_errors);
             }

@@ -300,8 +300,13 @@ fn dataplane(x: &mut Exporter, r: &StatusReport) {
     );
     x.counter(
         "duet_dataplane_kernel_scheduled",
-        "New flows the eBPF engine scheduled in kernel by consistent hash (over cluster.new_flow_budget)",
+        "New flows the eBPF engine scheduled in kernel (rr, wrr, sh and mh always; others over cluster.new_flow_budget)",
         dp.kernel_scheduled,
+    );
+    x.counter(
+        "duet_dataplane_kernel_adopt_lost",
+        "Notes of kernel-scheduled flows lost to a full ring (adopted by the walk instead)",
+        dp.kernel_adopt_lost,
     );
     x.gauge(
         "duet_dataplane_kernel_flows",
@@ -649,6 +654,7 @@ pub(crate) mod tests {
             "duet_dataplane_engine gauge",
             "duet_dataplane_kernel_packets_total counter",
             "duet_dataplane_kernel_scheduled_total counter",
+            "duet_dataplane_kernel_adopt_lost_total counter",
             "duet_dataplane_kernel_flows gauge",
             "duet_dataplane_rx_packets_total counter",
             "duet_dataplane_local_packets_total counter",

@@ -119,9 +119,13 @@ pub struct DataplaneStats {
     /// Handshakes the kernel's embryonic LRU had lost (flood churn):
     /// forwarded by user space instead.
     pub kernel_embryonic_lost: u64,
-    /// New flows the kernel scheduled itself by consistent hash: those over
-    /// what user space decides a second (a flood's excess).
+    /// New flows the kernel scheduled itself, from the tables user space
+    /// computes: every one of rr, wrr, sh and mh services, and those of
+    /// other services over what user space decides a second.
     pub kernel_scheduled: u64,
+    /// Notes of kernel-scheduled flows lost to a full ring: those flows
+    /// were adopted by the walk, later.
+    pub kernel_adopt_lost: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub rx_bytes: u64,

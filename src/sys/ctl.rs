@@ -404,6 +404,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             kernel_full: dp.kernel_full,
             kernel_embryonic_lost: dp.kernel_embryonic_lost,
             kernel_scheduled: dp.kernel_scheduled,
+            kernel_adopt_lost: dp.kernel_adopt_lost,
             rx_packets: dp.rx_packets,
             tx_packets: dp.tx_packets,
             rx_bytes: dp.rx_bytes,

@@ -8,7 +8,6 @@ use std::os::fd::RawFd;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -100,27 +99,6 @@ pub fn delete<K>(fd: RawFd, key: &K) -> io::Result<()> {
             flags: 0,
         },
     )
-}
-
-/// The key after `at` (the first with `None`); `Ok(None)` at the end. A
-/// key deleted meanwhile makes the kernel start over from the first.
-pub fn next_key<K: Copy>(fd: RawFd, at: Option<&K>) -> io::Result<Option<K>> {
-    let mut next = MaybeUninit::<K>::zeroed();
-    match bpf(
-        BPF_MAP_GET_NEXT_KEY,
-        &ElemAttr {
-            map_fd: fd as u32,
-            pad: 0,
-            key: at.map_or(0, |k| k as *const K as u64),
-            value: next.as_mut_ptr() as u64,
-            flags: 0,
-        },
-    ) {
-        // SAFETY: as in `lookup`.
-        Ok(()) => Ok(Some(unsafe { next.assume_init() })),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Up to `keys.len()` entries of a hash map in one call, from bucket

@@ -536,12 +536,9 @@ fn embryonic_map_is_a_bounded_lru() {
         k.install_embryonic(&key(6, 10_000 + port, 80), remote())
             .unwrap();
     }
-    let mut n = 0;
-    let mut at: Option<RawKey> = None;
-    while let Ok(Some(x)) = sys::next_key(fd(&k.embryonic), at.as_ref()) {
-        n += 1;
-        at = Some(x);
-    }
+    let (mut keys, mut vals) = (vec![RawKey::default(); 64], vec![RawVal::default(); 64]);
+    let (n, rest) = sys::lookup_batch(fd(&k.embryonic), None, &mut keys, &mut vals).unwrap();
+    assert_eq!(rest, None, "one batch holds them all");
     assert!((1..=4).contains(&n), "{n} embryonic entries");
     assert!(k.lookup(&key(6, 10_999, 80)).is_some(), "newest kept");
     assert_eq!(k.walk(6, 100, |_, _| true), 0, "confirmed map untouched");
