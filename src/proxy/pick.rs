@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-use super::ProxyService;
+use super::{Pool, ProxyBackend};
 use crate::forward::sched::{Load, SchedState};
 use crate::wire::frame::FlowKey;
 
 #[derive(Default)]
 pub struct Picker {
-    states: HashMap<u16, SchedState>,
+    states: HashMap<(u16, usize), SchedState>,
 }
 
 impl Picker {
@@ -17,30 +17,30 @@ impl Picker {
     /// unless that is `failed` again (sh/mh), then the next usable one.
     pub fn pick_other(
         &mut self,
-        svc: &ProxyService,
+        pool: &Pool,
         client: SocketAddrV4,
         failed: SocketAddrV4,
     ) -> Option<SocketAddrV4> {
-        match self.pick(svc, client) {
-            Some(b) if b != failed => Some(b),
-            _ => svc.backends.iter().map(|b| b.addr).find(|a| *a != failed),
+        match self.pick(pool, client) {
+            Some(b) if b.addr != failed => Some(b.addr),
+            _ => pool.backends.iter().map(|b| b.addr).find(|a| *a != failed),
         }
     }
 
-    /// A backend for a request from `client` to `svc`, or `None` when no
-    /// backend is usable (the caller answers 503).
-    pub fn pick(&mut self, svc: &ProxyService, client: SocketAddrV4) -> Option<SocketAddrV4> {
-        let eligible: Vec<_> = svc
+    /// A backend for a request from `client`, or `None` when no backend
+    /// is usable (the caller answers 503).
+    pub fn pick<'a>(&mut self, pool: &Pool<'a>, client: SocketAddrV4) -> Option<&'a ProxyBackend> {
+        let eligible: Vec<_> = pool
             .backends
             .iter()
             .map(|b| (*b.addr.ip(), b.weight))
             .collect();
         let state = self
             .states
-            .entry(svc.port)
-            .or_insert_with(|| SchedState::new(svc.scheduler, eligible.clone()));
-        if !state.same_as(svc.scheduler, &eligible) {
-            *state = SchedState::new(svc.scheduler, eligible);
+            .entry(pool.key)
+            .or_insert_with(|| SchedState::new(pool.scheduler, eligible.clone()));
+        if !state.same_as(pool.scheduler, &eligible) {
+            *state = SchedState::new(pool.scheduler, eligible);
         }
         let key = FlowKey {
             proto: FlowKey::TCP,
@@ -48,17 +48,14 @@ impl Picker {
             // sh/mh hash the client address only, so one client sticks.
             sport: 0,
             dst: *client.ip(),
-            dport: svc.port,
+            dport: pool.key.0,
         };
         let i = state.pick(&key, |_| Load {
             active: 0,
             inactive: 0,
         })?;
         let ip = state.eligible[i].0;
-        svc.backends
-            .iter()
-            .find(|b| *b.addr.ip() == ip)
-            .map(|b| b.addr)
+        pool.backends.iter().find(|b| *b.addr.ip() == ip)
     }
 }
 
@@ -66,14 +63,26 @@ impl Picker {
 mod tests {
     use super::*;
     use crate::forward::Scheduler;
-    use crate::proxy::ProxyBackend;
     use std::net::Ipv4Addr;
 
-    fn svc(kind: Scheduler, n: u8) -> ProxyService {
-        ProxyService {
-            port: 80,
+    struct Svc {
+        scheduler: Scheduler,
+        backends: Vec<ProxyBackend>,
+    }
+
+    impl Svc {
+        fn pool(&self) -> Pool<'_> {
+            Pool {
+                key: (80, 0),
+                scheduler: self.scheduler,
+                backends: &self.backends,
+            }
+        }
+    }
+
+    fn svc(kind: Scheduler, n: u8) -> Svc {
+        Svc {
             scheduler: kind,
-            trusted_proxies: Vec::new(),
             backends: (1..=n)
                 .map(|i| ProxyBackend {
                     name: format!("b{i}"),
@@ -84,6 +93,10 @@ mod tests {
         }
     }
 
+    fn pick(p: &mut Picker, s: &Svc, c: SocketAddrV4) -> Option<SocketAddrV4> {
+        p.pick(&s.pool(), c).map(|b| b.addr)
+    }
+
     fn client(i: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, i), 40000)
     }
@@ -92,20 +105,20 @@ mod tests {
     fn rr_alternates_and_keeps_backend_port() {
         let s = svc(Scheduler::Rr, 2);
         let mut p = Picker::default();
-        let a = p.pick(&s, client(1)).unwrap();
-        let b = p.pick(&s, client(1)).unwrap();
+        let a = pick(&mut p, &s, client(1)).unwrap();
+        let b = pick(&mut p, &s, client(1)).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.port(), 8080);
-        assert_eq!(p.pick(&s, client(1)), Some(a));
+        assert_eq!(pick(&mut p, &s, client(1)), Some(a));
     }
 
     #[test]
     fn sh_sticks_per_client() {
         let s = svc(Scheduler::Sh, 3);
         let mut p = Picker::default();
-        let first = p.pick(&s, client(7));
+        let first = pick(&mut p, &s, client(7));
         for _ in 0..10 {
-            assert_eq!(p.pick(&s, client(7)), first);
+            assert_eq!(pick(&mut p, &s, client(7)), first);
         }
     }
 
@@ -113,24 +126,24 @@ mod tests {
     fn retry_goes_elsewhere_even_when_hashing() {
         let s = svc(Scheduler::Sh, 2);
         let mut p = Picker::default();
-        let first = p.pick(&s, client(3)).unwrap();
-        let other = p.pick_other(&s, client(3), first).unwrap();
+        let first = pick(&mut p, &s, client(3)).unwrap();
+        let other = p.pick_other(&s.pool(), client(3), first).unwrap();
         assert_ne!(first, other);
         let one = svc(Scheduler::Sh, 1);
         let only = one.backends[0].addr;
-        assert_eq!(p.pick_other(&one, client(3), only), None);
+        assert_eq!(p.pick_other(&one.pool(), client(3), only), None);
     }
 
     #[test]
     fn nothing_usable_is_none_and_a_change_rebuilds() {
         let mut s = svc(Scheduler::Rr, 2);
         let mut p = Picker::default();
-        p.pick(&s, client(1)).unwrap();
+        pick(&mut p, &s, client(1)).unwrap();
         s.backends.remove(0);
         let only = s.backends[0].addr;
-        assert_eq!(p.pick(&s, client(1)), Some(only));
-        assert_eq!(p.pick(&s, client(1)), Some(only));
+        assert_eq!(pick(&mut p, &s, client(1)), Some(only));
+        assert_eq!(pick(&mut p, &s, client(1)), Some(only));
         s.backends.clear();
-        assert_eq!(p.pick(&s, client(1)), None);
+        assert_eq!(pick(&mut p, &s, client(1)), None);
     }
 }
