@@ -462,16 +462,24 @@ port = 8001
 mode = "proxy"
 serve_local = false
 backends = ["198.18.0.20:8089"]
+
+[[service]]
+port = 8004
+mode = "proxy"
+scheduler = "rr"
+serve_local = false
+sticky = "cookie"
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", rise = 1, fall = 1, quiescent = false }
 "#
         .into(),
-        real_servers: 1,
+        real_servers: 2,
         ..Opts::default()
     });
-    let e = echo(&mut c, 0);
-    c.adopt(e);
+    let mut echoes = vec![Some(echo(&mut c, 0)), Some(echo(&mut c, 1))];
     let closer = echo_with(&mut c, 0, &["--port", "8089", "--close-reused"]);
     c.adopt(closer);
-    c.wait_one_director(Duration::from_secs(10));
+    let d = c.wait_one_director(Duration::from_secs(10));
     wait_proxy(&c);
 
     // A backend that never answers: 504 after response_timeout.
@@ -518,4 +526,38 @@ backends = ["198.18.0.20:8089"]
     let post = ka(&c, "seq 8001 1 --method POST");
     assert_eq!(responses(&post)[0]["status"], 502, "{post}");
     eprintln!("6 GETs over reused-then-closed connections: {used} backend connections, all 200");
+
+    // A sticky cookie naming a backend the checks hold down is ignored:
+    // the request goes to a healthy one, which gets a new cookie.
+    let first = ka(&c, "seq 8004 1 --cookies");
+    let r = &responses(&first)[0];
+    let cookie = r["set_cookie"].as_str().expect("cookie").split(';').next().unwrap().to_string();
+    let stuck = r["name"].as_str().unwrap().to_string();
+    let i = c.reals.iter().position(|r| r.name == stuck).unwrap();
+    let addr = c.reals[i].addr.clone();
+    if let Some(mut e) = echoes[i].take() {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let down = c.status(d).is_some_and(|s| {
+            s["backends"].as_array().is_some_and(|bs| {
+                bs.iter().any(|b| b["service"] == "tcp/8004" && b["name"] == addr.as_str() && b["healthy"] == false)
+            })
+        });
+        if down {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{addr} never seen down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved = ka(&c, &format!("seq 8004 3 --jar {cookie}"));
+    let rs = responses(&moved);
+    assert!(rs.iter().all(|r| r["status"] == 200 && r["name"] != stuck.as_str()), "{moved}");
+    let renewed = rs[0]["set_cookie"].as_str().expect("a new cookie");
+    assert!(!renewed.starts_with(&cookie), "{moved}");
+    for e in echoes.into_iter().flatten() {
+        c.adopt(e);
+    }
 }
