@@ -256,7 +256,10 @@ pub struct Route {
 impl Service {
     /// The proxy-only keys this service sets, where they are.
     fn proxy_keys(&self) -> Vec<(&'static str, Range<usize>)> {
-        fn at<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+        fn at<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, Range<usize>)> {
             v.as_ref().map(|s| (name, s.span()))
         }
         let mut out: Vec<_> = [
@@ -275,7 +278,11 @@ impl Service {
         .into_iter()
         .flatten()
         .collect();
-        out.extend(self.routes.iter().map(|r| ("[[service.route]]", r.host.span())));
+        out.extend(
+            self.routes
+                .iter()
+                .map(|r| ("[[service.route]]", r.host.span())),
+        );
         out
     }
 
@@ -852,7 +859,11 @@ impl Config {
                 p.at(s.port.span(), "mode = \"proxy\" needs protocol tcp".into());
             }
             self.validate_proxy_keys(s, p);
-            for b in s.backends.iter().chain(s.routes.iter().flat_map(|r| &r.backends)) {
+            for b in s
+                .backends
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| &r.backends))
+            {
                 if s.mode == ServiceMode::Dr && b.get_ref().port().is_some() {
                     p.at(
                         b.span(),
@@ -936,19 +947,28 @@ impl Config {
             if st.get_ref() != "cookie" {
                 p.at(
                     st.span(),
-                    format!("unknown sticky {:?} (the one kind is \"cookie\")", st.get_ref()),
+                    format!(
+                        "unknown sticky {:?} (the one kind is \"cookie\")",
+                        st.get_ref()
+                    ),
                 );
             }
         }
         if let Some(l) = &s.access_log {
             if l.get_ref().is_empty() {
-                p.at(l.span(), "access_log must be \"stderr\" or a file path".into());
+                p.at(
+                    l.span(),
+                    "access_log must be \"stderr\" or a file path".into(),
+                );
             }
         }
         for (i, r) in s.routes.iter().enumerate() {
             let host = r.host.get_ref();
             if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-                p.at(r.host.span(), format!("route host {host:?} is not a host name"));
+                p.at(
+                    r.host.span(),
+                    format!("route host {host:?} is not a host name"),
+                );
             }
             if s.routes[..i]
                 .iter()
@@ -1350,7 +1370,10 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         // Proxy keys on a DR service are a mistake, located.
         let p = problems(&GOOD.replace("persistence = \"600s\"", "sticky = \"cookie\""));
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].message.contains("sticky needs mode = \"proxy\""), "{p:?}");
+        assert!(
+            p[0].message.contains("sticky needs mode = \"proxy\""),
+            "{p:?}"
+        );
         assert_eq!(p[0].line, 25, "{p:?}");
     }
 }

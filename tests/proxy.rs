@@ -93,10 +93,7 @@ fn wait_log_line(file: &std::path::Path, needles: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        if let Some(l) = text
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return l.to_string();
         }
         assert!(
@@ -186,17 +183,30 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
     // the cookie names it by a keyed hash, not by its address.
     let sticky = ka(&c, "seq 8003 6 --cookies");
     let rs = responses(&sticky);
-    let set = rs[0]["set_cookie"].as_str().expect("a sticky cookie").to_string();
-    assert!(set.starts_with("duet_8003=") && !set.contains("198.18"), "{set}");
+    let set = rs[0]["set_cookie"]
+        .as_str()
+        .expect("a sticky cookie")
+        .to_string();
+    assert!(
+        set.starts_with("duet_8003=") && !set.contains("198.18"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_string();
     let stuck = rs[0]["name"].as_str().unwrap().to_string();
     for r in rs {
         assert_eq!(r["name"].as_str(), Some(stuck.as_str()), "{sticky}");
     }
-    assert!(rs[1..].iter().all(|r| r["set_cookie"].is_null()), "{sticky}");
+    assert!(
+        rs[1..].iter().all(|r| r["set_cookie"].is_null()),
+        "{sticky}"
+    );
     // Without the cookie rr alternates again.
     let plain = ka(&c, "seq 8003 2");
-    assert_ne!(responses(&plain)[0]["name"], responses(&plain)[1]["name"], "{plain}");
+    assert_ne!(
+        responses(&plain)[0]["name"],
+        responses(&plain)[1]["name"],
+        "{plain}"
+    );
 
     // Only the director listens on VIP:8000.
     let standby = 1 - d;
@@ -322,6 +332,10 @@ backends = ["198.18.0.20:80"]
     let dl: Vec<Child> = (0..4)
         .map(|_| c.client_bg(&format!("download {url} 3000000")))
         .collect();
+    // A keep-alive connection idle on the old director is closed once it
+    // hands over (its client then reconnects to the new director), well
+    // before client_idle_timeout (60 s by default).
+    let idle = py_bg(&c.client, "keepalive.py", &format!("idle {VIP} 8001"));
     std::thread::sleep(Duration::from_millis(700));
     // SIGTERM on the director: planned switchover, then stop; the old
     // director keeps relaying what it accepted (bounded by stop_drain).
@@ -342,6 +356,16 @@ backends = ["198.18.0.20:80"]
     assert_eq!(ok, 10);
     let (intact, bad) = finish_downloads(dl);
     assert_eq!(intact, 4, "downloads cut by the switchover: {bad:?}");
+    let idle = json_of(idle);
+    assert_eq!(idle["responses"][0]["status"], 200, "{idle}");
+    assert!(
+        idle["timeout"].is_null() && idle["extra"].is_null(),
+        "{idle}"
+    );
+    eprintln!(
+        "idle keep-alive connection closed {}s after its response",
+        idle["closed_after"]
+    );
 }
 
 const KEEPALIVE: &str = r#"
@@ -401,7 +425,9 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
     let closed = ka(&c, &format!("seq 8002 {N}"));
     let used_closed = all_backend_conns(&c, &backends) - before;
     assert_eq!(closed["connections"], N as u64, "{closed}");
-    assert!(responses(&closed).iter().all(|r| r["status"] == 200 && r["connection"] == "close"));
+    assert!(responses(&closed)
+        .iter()
+        .all(|r| r["status"] == 200 && r["connection"] == "close"));
     assert_eq!(used_closed, N as u64);
     eprintln!(
         "{N} requests: keep-alive {} client / {used} backend connections; \
@@ -411,7 +437,10 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
 
     // Pipelining: ten requests in one write, answered in order.
     let piped = ka(&c, "pipeline 8000 10");
-    let paths: Vec<_> = responses(&piped).iter().map(|r| r["path"].as_str().unwrap_or("").to_string()).collect();
+    let paths: Vec<_> = responses(&piped)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or("").to_string())
+        .collect();
     let want: Vec<_> = (0..10).map(|i| format!("/p{i}")).collect();
     assert_eq!(paths, want, "{piped}");
     assert!(responses(&piped).iter().all(|r| r["status"] == 200));
@@ -419,17 +448,33 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
     // Framing the relay must track to reuse a connection: chunked (with
     // extensions and a trailer), HEAD; a response without a length ends
     // with close, on both sides.
-    for (args, conns) in [("seq 8000 5 --path /chunked", 1), ("seq 8000 5 --method HEAD", 1), ("seq 8000 3 --path /nolength", 3)] {
+    for (args, conns) in [
+        ("seq 8000 5 --path /chunked", 1),
+        ("seq 8000 5 --method HEAD", 1),
+        ("seq 8000 3 --path /nolength", 3),
+    ] {
         let v = ka(&c, args);
         assert_eq!(v["connections"], conns, "{args}: {v}");
-        assert!(responses(&v).iter().all(|r| r["status"] == 200), "{args}: {v}");
+        assert!(
+            responses(&v).iter().all(|r| r["status"] == 200),
+            "{args}: {v}"
+        );
     }
     let chunked = ka(&c, "seq 8000 1 --path /chunked");
-    assert!(responses(&chunked)[0]["body"].as_str().unwrap().contains("path=/chunked"), "{chunked}");
+    assert!(
+        responses(&chunked)[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("path=/chunked"),
+        "{chunked}"
+    );
 
     // Virtual hosts: a.test goes to its route's backend only.
     let routed = ka(&c, "seq 8000 6 --vhost A.test:8000");
-    assert!(responses(&routed).iter().all(|r| r["name"] == "real2"), "{routed}");
+    assert!(
+        responses(&routed).iter().all(|r| r["name"] == "real2"),
+        "{routed}"
+    );
 
     // The access log: combined format, the real client address.
     let log = c.nodes[d].dir.join("access.log");
@@ -437,10 +482,16 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
     assert!(line.starts_with("198.18.0.254 - - ["), "{line}");
     assert!(line.ends_with("\"-\" \"-\""), "{line}");
     let curl_line = {
-        curl(&c, &format!("-A agent/1 -e http://ref/ http://{VIP}:8000/x"));
+        curl(
+            &c,
+            &format!("-A agent/1 -e http://ref/ http://{VIP}:8000/x"),
+        );
         wait_log_line(&log, &["\"GET /x HTTP/1.1\" 200 "])
     };
-    assert!(curl_line.ends_with("\"http://ref/\" \"agent/1\""), "{curl_line}");
+    assert!(
+        curl_line.ends_with("\"http://ref/\" \"agent/1\""),
+        "{curl_line}"
+    );
 }
 
 #[test]
@@ -487,7 +538,10 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     let hang = curl(&c, &format!("http://{VIP}:8000/hang"));
     let took = t.elapsed();
     assert!(hang.contains("code=504"), "{hang}");
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 
     // Half a head: 408 after client_header_timeout.
     let partial = ka(&c, "partial 8000");
@@ -498,11 +552,17 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     // An idle keep-alive connection is closed after client_idle_timeout.
     let idle = ka(&c, "idle 8000");
     let closed = idle["closed_after"].as_f64().unwrap();
-    assert!(idle["extra"].is_null() && idle["timeout"].is_null(), "{idle}");
+    assert!(
+        idle["extra"].is_null() && idle["timeout"].is_null(),
+        "{idle}"
+    );
     assert!((0.9..5.0).contains(&closed), "{idle}");
 
     // A body over max_body: 413, announced or chunked.
-    let big = curl(&c, &format!("--data-binary @/etc/services http://{VIP}:8000/"));
+    let big = curl(
+        &c,
+        &format!("--data-binary @/etc/services http://{VIP}:8000/"),
+    );
     assert!(big.contains("code=413"), "{big}");
     let chunked = curl(
         &c,
@@ -510,9 +570,18 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     );
     assert!(chunked.contains("code=413"), "{chunked}");
     let small = curl(&c, &format!("-d hello http://{VIP}:8000/"));
-    assert!(small.contains("code=200") && small.contains("len=5"), "{small}");
-    let small_chunked = curl(&c, &format!("-H 'Transfer-Encoding: chunked' -d hello http://{VIP}:8000/"));
-    assert!(small_chunked.contains("code=200") && small_chunked.contains("len=5"), "{small_chunked}");
+    assert!(
+        small.contains("code=200") && small.contains("len=5"),
+        "{small}"
+    );
+    let small_chunked = curl(
+        &c,
+        &format!("-H 'Transfer-Encoding: chunked' -d hello http://{VIP}:8000/"),
+    );
+    assert!(
+        small_chunked.contains("code=200") && small_chunked.contains("len=5"),
+        "{small_chunked}"
+    );
 
     // The backend on 8089 closes every reused connection when a request
     // comes: each GET is resent on a new connection and succeeds; a POST
@@ -521,7 +590,10 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     let gets = ka(&c, "seq 8001 6");
     let used = backend_conns(&c, "198.18.0.20:8089") - before;
     assert_eq!(gets["connections"], 1, "{gets}");
-    assert!(responses(&gets).iter().all(|r| r["status"] == 200), "{gets}");
+    assert!(
+        responses(&gets).iter().all(|r| r["status"] == 200),
+        "{gets}"
+    );
     assert!(used >= 6, "{used}");
     let post = ka(&c, "seq 8001 1 --method POST");
     assert_eq!(responses(&post)[0]["status"], 502, "{post}");
@@ -531,7 +603,13 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     // the request goes to a healthy one, which gets a new cookie.
     let first = ka(&c, "seq 8004 1 --cookies");
     let r = &responses(&first)[0];
-    let cookie = r["set_cookie"].as_str().expect("cookie").split(';').next().unwrap().to_string();
+    let cookie = r["set_cookie"]
+        .as_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let stuck = r["name"].as_str().unwrap().to_string();
     let i = c.reals.iter().position(|r| r.name == stuck).unwrap();
     let addr = c.reals[i].addr.clone();
@@ -543,7 +621,11 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     loop {
         let down = c.status(d).is_some_and(|s| {
             s["backends"].as_array().is_some_and(|bs| {
-                bs.iter().any(|b| b["service"] == "tcp/8004" && b["name"] == addr.as_str() && b["healthy"] == false)
+                bs.iter().any(|b| {
+                    b["service"] == "tcp/8004"
+                        && b["name"] == addr.as_str()
+                        && b["healthy"] == false
+                })
             })
         });
         if down {
@@ -554,7 +636,11 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     }
     let moved = ka(&c, &format!("seq 8004 3 --jar {cookie}"));
     let rs = responses(&moved);
-    assert!(rs.iter().all(|r| r["status"] == 200 && r["name"] != stuck.as_str()), "{moved}");
+    assert!(
+        rs.iter()
+            .all(|r| r["status"] == 200 && r["name"] != stuck.as_str()),
+        "{moved}"
+    );
     let renewed = rs[0]["set_cookie"].as_str().expect("a new cookie");
     assert!(!renewed.starts_with(&cookie), "{moved}");
     for e in echoes.into_iter().flatten() {

@@ -2,9 +2,9 @@
 //! scheduler), take an idle connection to it or open one, send the head
 //! and stream the body while the response streams back, then give the
 //! backend connection to the idle pool when its framing allows.
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::net::SocketAddrV4;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use async_net::TcpStream;
@@ -201,10 +201,10 @@ async fn obtain(
     req: &Rewritten,
 ) -> Option<Upstream> {
     let svc = ctx.svc;
-    while svc.opts.persist_backend {
-        let Some(s) = lock(&ctx.st.idle).take(&(svc.port, addr), Instant::now()) else {
-            break;
-        };
+    // Without persist_backend nothing is ever put in the idle pool.
+    loop {
+        let taken = lock(&ctx.st.idle).take(&(svc.port, addr), Instant::now());
+        let Some(s) = taken else { break };
         if still_open(&s).await {
             return Some(Upstream {
                 addr,
@@ -324,7 +324,9 @@ async fn attempt(
 /// Why no final response head came.
 enum NoHead {
     /// Closed or failed; `silent` if not one byte came first.
-    Gone { silent: bool },
+    Gone {
+        silent: bool,
+    },
     Bad,
     Timeout,
     ClientGone,
@@ -389,7 +391,10 @@ async fn respond(
     };
     upr.consume(resp.consumed);
     if resp.switching && req.upgrade {
-        if send(ctx.client, &resp.client_head(false, cookie)).await.is_err() {
+        if send(ctx.client, &resp.client_head(false, cookie))
+            .await
+            .is_err()
+        {
             return Attempt::Failed {
                 answer: None,
                 silent: false,

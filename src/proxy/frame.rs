@@ -34,14 +34,24 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// In a chunk-size line: the size so far, whether an extension began.
-    Size { size: u64, digits: usize, ext: bool },
-    SizeLf { size: u64 },
+    Size {
+        size: u64,
+        digits: usize,
+        ext: bool,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
     /// In the trailer section; `len` bytes into the current line.
-    Trailer { len: usize },
-    TrailerLf { len: usize },
+    Trailer {
+        len: usize,
+    },
+    TrailerLf {
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,10 +234,7 @@ mod tests {
                 "step {step}"
             );
         }
-        assert_eq!(
-            feed(Framing::Chunked, b"0\r\n\r\nX", 1),
-            Ok((5, true))
-        );
+        assert_eq!(feed(Framing::Chunked, b"0\r\n\r\nX", 1), Ok((5, true)));
         assert_eq!(feed(Framing::Chunked, b"A\r\n0123", 7), Ok((7, false)));
     }
 
@@ -249,7 +256,10 @@ mod tests {
             feed(Framing::Chunked, b"fffffffffffffffff\r\n", 32),
             Err(FrameError::BadChunkSize)
         );
-        let long = vec![b'1'; 3].into_iter().chain(vec![b';'; 5000]).collect::<Vec<_>>();
+        let long = vec![b'1'; 3]
+            .into_iter()
+            .chain(vec![b';'; 5000])
+            .collect::<Vec<_>>();
         assert_eq!(
             feed(Framing::Chunked, &long, 100),
             Err(FrameError::LineTooLong)

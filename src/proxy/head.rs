@@ -363,7 +363,10 @@ mod tests {
         assert_eq!(r.referer, None);
         assert_eq!(host_name("[2001:db8::1]:80"), "[2001:db8::1]");
         assert_eq!(host_name("[2001:db8::1]"), "[2001:db8::1]");
-        assert_eq!(cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(), Some("y"));
+        assert_eq!(
+            cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(),
+            Some("y")
+        );
     }
 
     #[test]

@@ -169,7 +169,8 @@ impl ProxyService {
             .routes
             .iter()
             .map(|r| {
-                let addrs: Vec<Ipv4Addr> = r.backends.iter().map(|b| b.get_ref().address()).collect();
+                let addrs: Vec<Ipv4Addr> =
+                    r.backends.iter().map(|b| b.get_ref().address()).collect();
                 ProxyRoute {
                     host: r.host.get_ref().to_ascii_lowercase(),
                     backends: pool(&|s| addrs.contains(&s.addr)),

@@ -127,14 +127,23 @@ mod tests {
     #[test]
     fn framing_by_status_method_and_headers() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
-        assert_eq!((r.body, r.reusable, r.consumed), (Framing::Length(5), true, 38));
+        assert_eq!(
+            (r.body, r.reusable, r.consumed),
+            (Framing::Length(5), true, 38)
+        );
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
         assert_eq!(r.body, Framing::Empty);
         for s in [204, 304] {
-            let r = parse(format!("HTTP/1.1 {s} X\r\nContent-Length: 5\r\n\r\n").as_bytes(), false);
+            let r = parse(
+                format!("HTTP/1.1 {s} X\r\nContent-Length: 5\r\n\r\n").as_bytes(),
+                false,
+            );
             assert_eq!(r.body, Framing::Empty, "{s}");
         }
-        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false);
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
         assert_eq!((r.body, r.reusable), (Framing::Chunked, true));
         // No length: the body ends at close, so nothing is reused.
         let r = parse(b"HTTP/1.1 200 OK\r\n\r\n", false);
@@ -149,16 +158,25 @@ mod tests {
             .err(),
             Some(BadResponse)
         );
-        assert_eq!(parse_response(b"SSH-2.0\r\n\r\n", false).err(), Some(BadResponse));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", false).unwrap().is_none());
+        assert_eq!(
+            parse_response(b"SSH-2.0\r\n\r\n", false).err(),
+            Some(BadResponse)
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", false)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn backend_keep_alive_by_version_and_connection() {
         let reusable = |b: &[u8]| parse(b, false).reusable;
-        assert!(!reusable(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!reusable(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
         assert!(!reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        assert!(reusable(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
+        assert!(reusable(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -177,7 +195,10 @@ mod tests {
             .ends_with("Connection: close\r\n\r\n"));
         let cont = parse(b"HTTP/1.1 100 Continue\r\n\r\n", false);
         assert!(cont.interim);
-        assert_eq!(cont.client_head(true, None), b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!(
+            cont.client_head(true, None),
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        );
         let sw = parse(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             false,

@@ -123,7 +123,10 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
         }
         if st.winding_down() {
             // A standby keeps no backend sockets it will not use.
-            st.idle.lock().unwrap_or_else(|e| e.into_inner()).sweep(far_future());
+            st.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sweep(far_future());
         } else {
             st.idle
                 .lock()

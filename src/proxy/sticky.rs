@@ -66,7 +66,10 @@ mod tests {
         let again = derive_key(b"duet-test-key-0123456789abcdef");
         assert_eq!(find(&again, &pool, &t), Some(&pool[1]));
         // Another key, or the backend gone from the usable set: ignored.
-        assert_eq!(find(&derive_key(b"another-key-0123456789"), &pool, &t), None);
+        assert_eq!(
+            find(&derive_key(b"another-key-0123456789"), &pool, &t),
+            None
+        );
         assert_eq!(find(&key, &pool[..1], &t), None);
         assert_eq!(find(&key, &pool, "garbage"), None);
         assert_eq!(set_cookie(80, &t), format!("duet_80={t}; Path=/; HttpOnly"));

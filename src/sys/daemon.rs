@@ -243,7 +243,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
                 cfg.cluster.stop_drain.get_ref().0,
                 keys.read().unwrap_or_else(|e| e.into_inner()).signing(),
             )
-                .map_err(io("starting the proxy"))?,
+            .map_err(io("starting the proxy"))?,
         )
     } else {
         None
