@@ -362,7 +362,7 @@ async fn respond(
             if upr.data().len() >= MAX_RESPONSE_HEAD {
                 return Err(NoHead::Bad);
             }
-            match upr.fill().await {
+            match upr.fill_head().await {
                 Ok(n) if n > 0 => got_any = true,
                 _ => return Err(NoHead::Gone { silent: !got_any }),
             }

@@ -99,7 +99,7 @@ pub fn spawn(
 }
 
 async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
-    let mut listening: HashMap<u16, smol::Task<()>> = HashMap::new();
+    let mut listening: HashMap<u16, (TcpListener, smol::Task<()>)> = HashMap::new();
     while !st.shared.stopping() {
         let wanted: Vec<u16> = if st.shared.is_active() {
             st.shared.snapshot().proxy.iter().map(|s| s.port).collect()
@@ -107,8 +107,18 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             Vec::new()
         };
         // Dropping a task stops accepting; connections already accepted
-        // run on to their end.
-        listening.retain(|p, _| wanted.contains(p));
+        // run on to their end, those still in the listener's queue too
+        // (closing it would reset them).
+        let gone: Vec<u16> = listening
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .copied()
+            .collect();
+        for port in gone {
+            if let Some((l, task)) = listening.remove(&port) {
+                close_listener(port, l, task, &st).await;
+            }
+        }
         for port in wanted {
             if listening.contains_key(&port) {
                 continue;
@@ -116,7 +126,8 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             match TcpListener::bind(SocketAddr::from((vip, port))).await {
                 Ok(l) => {
                     log::info!("proxy: accepting on {vip}:{port}");
-                    listening.insert(port, smol::spawn(accept_loop(l, port, st.clone())));
+                    let task = smol::spawn(accept_loop(l.clone(), port, st.clone()));
+                    listening.insert(port, (l, task));
                 }
                 Err(e) => log::warn!("proxy: binding {vip}:{port}: {e}"),
             }
@@ -134,6 +145,17 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
                 .sweep(Instant::now());
         }
         smol::Timer::after(POLL).await;
+    }
+    for (port, (l, task)) in listening.drain() {
+        close_listener(port, l, task, &st).await;
+    }
+}
+
+/// Stops accepting on `port`, serving what the kernel had queued.
+async fn close_listener(port: u16, l: TcpListener, accepting: smol::Task<()>, st: &Arc<State>) {
+    drop(accepting);
+    while let Some(Ok((conn, peer))) = future::poll_once(l.accept()).await {
+        admit(conn, peer, port, st);
     }
 }
 
@@ -162,21 +184,26 @@ async fn accept_loop(l: TcpListener, port: u16, st: Arc<State>) {
                 continue;
             }
         };
-        let SocketAddr::V4(peer) = peer else { continue };
-        if st.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            st.open.fetch_sub(1, Ordering::AcqRel);
-            continue;
-        }
-        let st2 = st.clone();
-        smol::spawn(async move {
-            if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
-                log::debug!("proxy: {peer}: {e}");
-            }
-            close_gently(&conn).await;
-            st2.open.fetch_sub(1, Ordering::AcqRel);
-        })
-        .detach();
+        admit(conn, peer, port, &st);
     }
+}
+
+/// Serves a new connection unless that would pass `MAX_CONNECTIONS`.
+fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
+    let SocketAddr::V4(peer) = peer else { return };
+    if st.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        st.open.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let st2 = st.clone();
+    smol::spawn(async move {
+        if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
+            log::debug!("proxy: {peer}: {e}");
+        }
+        close_gently(&conn).await;
+        st2.open.fetch_sub(1, Ordering::AcqRel);
+    })
+    .detach();
 }
 
 async fn handle(
@@ -254,7 +281,7 @@ async fn wait_next(rd: &mut Reader, svc: &ProxyService, st: &State) -> bool {
     if !rd.data().is_empty() {
         return true;
     }
-    let more = async { matches!(rd.fill().await, Ok(n) if n > 0) };
+    let more = async { matches!(rd.fill_head().await, Ok(n) if n > 0) };
     let idle = async {
         let until = Instant::now() + svc.opts.client_idle_timeout;
         while Instant::now() < until && !st.winding_down() {
@@ -290,7 +317,7 @@ async fn read_head(
             if rd.data().len() >= MAX_HEAD {
                 return Err(431);
             }
-            match rd.fill().await {
+            match rd.fill_head().await {
                 Ok(0) if rd.data().is_empty() => return Ok(None),
                 Ok(0) => return Err(400),
                 Ok(_) => {}

@@ -8,6 +8,7 @@ use super::frame::{Body, FrameError};
 
 /// Bytes read at a time: a body streams through in pieces this size.
 const CHUNK: usize = 32 * 1024;
+const HEAD_CHUNK: usize = 4 * 1024;
 
 pub struct Reader {
     pub stream: TcpStream,
@@ -37,16 +38,31 @@ impl Reader {
         }
     }
 
-    /// Reads more; 0 at end of input.
+    /// Reads more of a body; 0 at end of input.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
+        self.fill_up_to(CHUNK).await
+    }
+
+    /// Reads more of a head, or waits for the next message: in small
+    /// pieces, and first giving back a body's buffer, so thousands of idle
+    /// or slow connections hold a few KiB each.
+    pub async fn fill_head(&mut self) -> std::io::Result<usize> {
+        self.fill_up_to(HEAD_CHUNK).await
+    }
+
+    async fn fill_up_to(&mut self, n: usize) -> std::io::Result<usize> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        let mut chunk = [0u8; CHUNK];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        if self.buf.is_empty() && self.buf.capacity() > n {
+            self.buf = Vec::new();
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + n, 0);
+        let r = self.stream.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + r.as_ref().map_or(0, |got| *got));
+        r
     }
 }
 
