@@ -336,7 +336,21 @@ backends = ["198.18.0.20:80"]
     // hands over (its client then reconnects to the new director), well
     // before client_idle_timeout (60 s by default).
     let idle = py_bg(&c.client, "keepalive.py", &format!("idle {VIP} 8001"));
-    std::thread::sleep(Duration::from_millis(700));
+    // All five are established on the director before it is stopped (on a
+    // loaded box the Python clients take a while to start).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ss = c.exec(
+            &c.nodes[d].ns,
+            &format!("ss -tnH state established src {VIP}:8001"),
+        );
+        let n = String::from_utf8_lossy(&ss.stdout).lines().count();
+        if n >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n} connections established");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // SIGTERM on the director: planned switchover, then stop; the old
     // director keeps relaying what it accepted (bounded by stop_drain).
     c.signal(d, "TERM");
