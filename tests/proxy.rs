@@ -348,7 +348,10 @@ backends = ["198.18.0.20:80"]
         if n >= 5 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {n} connections established");
+        assert!(
+            Instant::now() < deadline,
+            "only {n} connections established"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // SIGTERM on the director: planned switchover, then stop; the old

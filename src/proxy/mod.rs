@@ -17,8 +17,10 @@ mod serve;
 mod sticky;
 mod stream;
 
+pub use frame::{Body, FrameError, Framing};
 pub use head::{rewrite_head, HeadError, HeadRules, Rewritten};
 pub use pick::Picker;
+pub use response::{parse_response, BadResponse, Response};
 pub use serve::spawn;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -117,9 +119,18 @@ impl ProxyService {
             .backends
             .iter()
             .chain(svc.routes.iter().flat_map(|r| &r.backends));
-        let ports: Vec<(Ipv4Addr, u16)> = specs
+        let mut ports: Vec<(Ipv4Addr, u16)> = specs
             .map(|b| (b.get_ref().address(), b.get_ref().port().unwrap_or(port)))
             .collect();
+        if let Some(Ok((a, p))) = svc
+            .fallback
+            .as_ref()
+            .map(|f| config::parse_fallback(f.get_ref()))
+        {
+            // A proxy connects to the fallback's own port, when it names one.
+            let a = if a.is_loopback() { me } else { a };
+            ports.push((a, p.unwrap_or(port)));
+        }
         let usable: Vec<(BackendSnap, ProxyBackend)> = snaps
             .into_iter()
             .filter(|b| b.up && b.weight > 0)
@@ -199,5 +210,71 @@ impl ProxyService {
             scheduler: self.scheduler,
             backends: route.map_or(&self.backends, |i| &self.routes[i].backends),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(last: u8, weight: u32, fallback: bool) -> BackendSnap {
+        BackendSnap {
+            name: format!("198.18.0.{last}"),
+            addr: Ipv4Addr::new(198, 18, 0, last),
+            mac: [0; 6],
+            weight,
+            up: true,
+            local: false,
+            fallback,
+        }
+    }
+
+    fn names(b: &[ProxyBackend]) -> Vec<String> {
+        b.iter().map(|b| b.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn pools_by_route_with_fallback_only_when_a_pool_is_empty() {
+        let svc: config::Service = toml::from_str(
+            r#"
+port = 8000
+mode = "proxy"
+serve_local = false
+fallback = "198.18.0.30:8081"
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+[[route]]
+host = "A.test"
+backends = ["198.18.0.21:8088", "198.18.0.22:9000"]
+[[route]]
+host = "b.test"
+backends = ["198.18.0.23:80"]
+"#,
+        )
+        .unwrap();
+        let me = Ipv4Addr::new(198, 18, 0, 1);
+        let all = vec![
+            snap(20, 1, false),
+            snap(21, 1, false),
+            snap(22, 1, false),
+            // Held down by its check: in no pool.
+            snap(23, 0, false),
+            snap(30, 1, true),
+        ];
+        let p = ProxyService::from_snap(&svc, 8000, all, me);
+        // A route-only backend (22) serves its route alone; the fallback
+        // stands in only where nothing else is usable (b.test).
+        assert_eq!(names(&p.backends), ["198.18.0.20:8088", "198.18.0.21:8088"]);
+        assert_eq!(
+            names(p.pool_for(Some("a.test")).backends),
+            ["198.18.0.21:8088", "198.18.0.22:9000"]
+        );
+        assert_eq!(
+            names(p.pool_for(Some("b.test")).backends),
+            ["198.18.0.30:8081"]
+        );
+        let other = p.pool_for(Some("c.test"));
+        assert_eq!((other.key, other.backends.len()), ((8000, 0), 2));
+        assert_eq!(p.pool_for(Some("a.test")).key, (8000, 1));
+        assert!(p.opts.persist_client && p.opts.persist_backend && !p.opts.sticky);
     }
 }
