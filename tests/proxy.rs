@@ -400,7 +400,6 @@ backends = ["198.18.0.21:8088"]
 [[service]]
 port = 8002
 mode = "proxy"
-scheduler = "rr"
 serve_local = false
 persist_client = false
 persist_backend = false
@@ -446,6 +445,12 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
         .iter()
         .all(|r| r["status"] == 200 && r["connection"] == "close"));
     assert_eq!(used_closed, N as u64);
+    // The default scheduler (wlc) spreads requests one after another too.
+    let closed_names: std::collections::BTreeSet<_> = responses(&closed)
+        .iter()
+        .map(|r| r["name"].to_string())
+        .collect();
+    assert_eq!(closed_names.len(), 2, "{closed_names:?}");
     eprintln!(
         "{N} requests: keep-alive {} client / {used} backend connections; \
          persist off {N} client / {used_closed} backend connections",

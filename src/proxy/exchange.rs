@@ -73,6 +73,11 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
     let Some(mut up) = obtain(ctx, &pool, backend.addr, &req).await else {
         return refuse(ctx, &req, 502).await;
     };
+    lock(&ctx.st.picker).start(up.addr, Instant::now());
+    let _busy = Busy {
+        st: ctx.st,
+        addr: up.addr,
+    };
     // The cookie names the backend that really answers (a retry may have
     // gone elsewhere).
     let cookie = pool
@@ -170,6 +175,18 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                 return Ok(false);
             }
         }
+    }
+}
+
+/// A request in flight on `addr`, for lc/wlc, until dropped.
+struct Busy<'a> {
+    st: &'a State,
+    addr: SocketAddrV4,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        lock(&self.st.picker).finish(self.addr);
     }
 }
 

@@ -72,7 +72,10 @@ impl ProxyOptions {
             persist_client: svc.persist_client.as_ref().is_none_or(|b| *b.get_ref()),
             persist_backend: svc.persist_backend.as_ref().is_none_or(|b| *b.get_ref()),
             backend_idle_max: svc.backend_idle_max.as_ref().map_or(16, |m| *m.get_ref()),
-            backend_idle_timeout: dur(&svc.backend_idle_timeout, 30),
+            // Below common backends' own keep-alive timeouts (Apache's is
+            // 5 s): a connection they close as it is reused costs a resend,
+            // or a 502 for a request that cannot be resent.
+            backend_idle_timeout: dur(&svc.backend_idle_timeout, 4),
             client_header_timeout: dur(&svc.client_header_timeout, 10),
             client_idle_timeout: dur(&svc.client_idle_timeout, 60),
             connect_timeout: dur(&svc.connect_timeout, 3),
