@@ -266,7 +266,13 @@ async fn still_open(s: &TcpStream) -> bool {
 }
 
 async fn connect(addr: SocketAddrV4, svc: &ProxyService) -> std::io::Result<TcpStream> {
-    future::or(TcpStream::connect(addr), async {
+    let connect = async {
+        let s = TcpStream::connect(addr).await?;
+        // As for clients: a head and its body are separate writes.
+        s.set_nodelay(true)?;
+        Ok(s)
+    };
+    future::or(connect, async {
         smol::Timer::after(svc.opts.connect_timeout).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

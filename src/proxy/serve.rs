@@ -191,6 +191,10 @@ async fn accept_loop(l: TcpListener, port: u16, st: Arc<State>) {
 /// Serves a new connection unless that would pass `MAX_CONNECTIONS`.
 fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
     let SocketAddr::V4(peer) = peer else { return };
+    // A head and its body go out as separate writes: with Nagle's
+    // algorithm the second waits for the client's delayed ACK (40 ms a
+    // response on a kept connection).
+    let _ = conn.set_nodelay(true);
     if st.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
         st.open.fetch_sub(1, Ordering::AcqRel);
         return;
