@@ -40,6 +40,10 @@ impl<K: Hash + Eq, C> IdlePool<K, C> {
         got
     }
 
+    pub fn clear(&mut self) {
+        self.idle.clear();
+    }
+
     /// Closes what has expired, so a quiet service holds no sockets.
     pub fn sweep(&mut self, now: Instant) {
         self.idle.retain(|_, list| {
@@ -69,7 +73,10 @@ mod tests {
         assert_eq!(p.take(&"a", t0 + s * 5 / 2), Some(3));
         // 1 went past the cap of 3, and 2 has expired.
         assert_eq!(p.take(&"a", t0), None);
+        p.put("c", 7, t0 + s * 9, 3);
         p.sweep(t0 + s * 2);
         assert_eq!(p.take(&"b", t0), None);
+        p.clear();
+        assert_eq!(p.take(&"c", t0), None);
     }
 }

@@ -132,17 +132,14 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
                 Err(e) => log::warn!("proxy: binding {vip}:{port}: {e}"),
             }
         }
-        if st.winding_down() {
-            // A standby keeps no backend sockets it will not use.
-            st.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sweep(far_future());
-        } else {
-            st.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sweep(Instant::now());
+        {
+            let mut idle = st.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if st.winding_down() {
+                // A standby keeps no backend sockets it will not use.
+                idle.clear();
+            } else {
+                idle.sweep(Instant::now());
+            }
         }
         smol::Timer::after(POLL).await;
     }
@@ -157,10 +154,6 @@ async fn close_listener(port: u16, l: TcpListener, accepting: smol::Task<()>, st
     while let Some(Ok((conn, peer))) = future::poll_once(l.accept()).await {
         admit(conn, peer, port, st);
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(1 << 30)
 }
 
 async fn drain(st: &State, limit: Duration) {
