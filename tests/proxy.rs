@@ -491,6 +491,15 @@ fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
         "{chunked}"
     );
 
+    // Upgrade: after the backend's 101 both ways are raw bytes.
+    let up = ka(&c, "upgrade 8000");
+    assert_eq!(up["status"], 101, "{up}");
+    assert!(
+        up["head"].as_str().unwrap().contains("Connection: upgrade"),
+        "{up}"
+    );
+    assert_eq!(up["echoed"], true, "{up}");
+
     // Virtual hosts: a.test goes to its route's backend only.
     let routed = ka(&c, "seq 8000 6 --vhost A.test:8000");
     assert!(

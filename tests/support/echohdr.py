@@ -8,6 +8,7 @@ GET /stats      -> JSON {peer address: connections accepted from it}
 GET /hang       -> never answers (the proxy's response timeout)
 GET /chunked    -> the usual body, chunked
 GET /nolength   -> the usual body without a length, then close
+GET /ws         -> with `Upgrade: echo`: 101, then every byte echoed
 POST anything   -> length and sha256 of the body (Content-Length or chunked)
 --close-reused  -> a connection's second request is met with a close
 """
@@ -49,6 +50,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/stats":
             with self.server.lock:
                 body = json.dumps(self.server.conns).encode()
+        elif self.path == "/ws" and self.headers.get("Upgrade") == "echo":
+            self.send_response(101)
+            self.send_header("Upgrade", "echo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            while True:
+                d = self.connection.recv(4096)
+                if not d:
+                    break
+                self.connection.sendall(d)
+            self.close_connection = True
+            return
         elif self.path == "/hang":
             time.sleep(3600)
             return

@@ -10,6 +10,8 @@ idle HOST PORT
     One request, then the time until the proxy closes the idle connection.
 partial HOST PORT
     Half a request head, then what the proxy answers and after how long.
+upgrade HOST PORT
+    `Upgrade: echo` to /ws, then two lines sent and read back raw.
 Prints one JSON object.
 """
 import argparse, json, socket, time
@@ -140,6 +142,20 @@ def main():
         c.s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
         out["responses"].append(summary(c.response()))
         out["answered_after"] = time.monotonic() - start
+    elif a.mode == "upgrade":
+        c = Conn(a.host, a.port)
+        c.s.sendall(request("GET", "/ws", vhost, "Upgrade: echo\r\nConnection: Upgrade\r\n"))
+        while b"\r\n\r\n" not in c.buf:
+            c._more()
+        head, c.buf = c.buf.split(b"\r\n\r\n", 1)
+        out["status"] = int(head.split()[1])
+        out["head"] = head.decode("latin-1")
+        for word in (b"ping\n", b"pong\n"):
+            c.s.sendall(word)
+            while word not in c.buf:
+                c._more()
+            c.buf = c.buf.split(word, 1)[1]
+        out["echoed"] = True
     print(json.dumps(out))
 
 main()
