@@ -537,6 +537,7 @@ response_timeout = "1s"
 client_header_timeout = "1s"
 client_idle_timeout = "1s"
 max_body = 1000
+access_log = "access.log"
 backends = ["198.18.0.20:8088"]
 
 [[service]]
@@ -613,6 +614,12 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
         small_chunked.contains("code=200") && small_chunked.contains("len=5"),
         "{small_chunked}"
     );
+
+    // The proxy's own answers are logged too, a head it never got as "-".
+    let log = c.nodes[d].dir.join("access.log");
+    wait_log_line(&log, &["\"GET /hang HTTP/1.1\" 504 0 "]);
+    wait_log_line(&log, &["198.18.0.254 - - [", "] \"-\" 408 0 "]);
+    wait_log_line(&log, &["\"POST / HTTP/1.1\" 413 0 "]);
 
     // The backend on 8089 closes every reused connection when a request
     // comes: each GET is resent on a new connection and succeeds; a POST
