@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_net::{TcpListener, TcpStream};
+use smol::channel::{Receiver, Sender};
 use smol::future;
 use smol::io::AsyncReadExt;
 
@@ -39,6 +40,10 @@ pub struct State {
     pub idle: Mutex<IdlePool<(u16, SocketAddrV4), TcpStream>>,
     pub sticky_key: Vec<u8>,
     logs: Sinks,
+    /// Closed when this node winds down, which wakes every connection
+    /// idle between requests at once (rather than each polling); renewed
+    /// when it directs again.
+    wind_down: Mutex<(Option<Sender<()>>, Receiver<()>)>,
 }
 
 impl State {
@@ -92,6 +97,7 @@ pub fn spawn(
                 idle: Mutex::new(IdlePool::default()),
                 sticky_key,
                 logs: Sinks::default(),
+                wind_down: Mutex::new(wind_down_signal()),
             });
             smol::block_on(supervise(vip, st.clone()));
             smol::block_on(drain(&st, stop_drain));
@@ -133,12 +139,18 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             }
         }
         {
+            let down = st.winding_down();
             let mut idle = st.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if st.winding_down() {
+            let mut signal = st.wind_down.lock().unwrap_or_else(|e| e.into_inner());
+            if down {
                 // A standby keeps no backend sockets it will not use.
                 idle.clear();
+                signal.0 = None;
             } else {
                 idle.sweep(Instant::now());
+                if signal.0.is_none() {
+                    *signal = wind_down_signal();
+                }
             }
         }
         smol::Timer::after(POLL).await;
@@ -146,6 +158,11 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
     for (port, (l, task)) in listening.drain() {
         close_listener(port, l, task, &st).await;
     }
+}
+
+fn wind_down_signal() -> (Option<Sender<()>>, Receiver<()>) {
+    let (tx, rx) = smol::channel::bounded(1);
+    (Some(tx), rx)
 }
 
 /// Stops accepting on `port`, serving what the kernel had queued.
@@ -278,15 +295,22 @@ async fn wait_next(rd: &mut Reader, svc: &ProxyService, st: &State) -> bool {
     if !rd.data().is_empty() {
         return true;
     }
+    let wind_down = st
+        .wind_down
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .1
+        .clone();
     let more = async { matches!(rd.fill_head().await, Ok(n) if n > 0) };
     let idle = async {
-        let until = Instant::now() + svc.opts.client_idle_timeout;
-        while Instant::now() < until && !st.winding_down() {
-            smol::Timer::after(POLL.max(Duration::from_millis(100))).await;
-        }
+        let _ = wind_down.recv().await;
         false
     };
-    future::or(more, idle).await
+    let timeout = async {
+        smol::Timer::after(svc.opts.client_idle_timeout).await;
+        false
+    };
+    future::or(more, future::or(idle, timeout)).await
 }
 
 /// The rewritten head, `Ok(None)` for a client that left before sending
