@@ -14,7 +14,7 @@
 # the input is in fuzz/artifacts/<target>/, and
 # `make fuzz-repro TARGET=<t> INPUT=<file>` replays it.
 
-FUZZ_TARGETS ?= heartbeat sync frame config admin_http
+FUZZ_TARGETS ?= heartbeat sync frame config admin_http proxy_http
 FUZZ_SMOKE_SECS ?= 45
 FUZZ_SECS ?= 900
 # A fixed seed makes a smoke run repeatable from the same corpus;

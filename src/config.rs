@@ -207,6 +207,98 @@ pub struct Service {
     /// Proxy services: clients whose X-Forwarded-* headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Ipv4Addr>,
+    /// Proxy services: keep-alive to clients (default on).
+    #[serde(default)]
+    pub persist_client: Option<Spanned<bool>>,
+    /// Proxy services: idle keep-alive connections to backends (default on).
+    #[serde(default)]
+    pub persist_backend: Option<Spanned<bool>>,
+    /// Proxy services: idle connections kept per backend.
+    #[serde(default)]
+    pub backend_idle_max: Option<Spanned<usize>>,
+    /// Proxy services: an idle backend connection older than this is closed.
+    #[serde(default)]
+    pub backend_idle_timeout: Option<Spanned<Dur>>,
+    /// Proxy services: a request head not complete by then gets 408.
+    #[serde(default)]
+    pub client_header_timeout: Option<Spanned<Dur>>,
+    /// Proxy services: an idle keep-alive client connection is closed then.
+    #[serde(default)]
+    pub client_idle_timeout: Option<Spanned<Dur>>,
+    /// Proxy services: connecting to a backend (502 past it).
+    #[serde(default)]
+    pub connect_timeout: Option<Spanned<Dur>>,
+    /// Proxy services: from the request sent to the response head (504).
+    #[serde(default)]
+    pub response_timeout: Option<Spanned<Dur>>,
+    /// Proxy services: request bodies over this many bytes get 413.
+    #[serde(default)]
+    pub max_body: Option<Spanned<u64>>,
+    /// Proxy services: "stderr" or a file path; one combined-format line a request.
+    #[serde(default)]
+    pub access_log: Option<Spanned<String>>,
+    /// Proxy services: "cookie" keeps a client on one backend by a cookie.
+    #[serde(default)]
+    pub sticky: Option<Spanned<String>>,
+    /// Proxy services: requests whose Host matches go to these backends.
+    #[serde(rename = "route", default)]
+    pub routes: Vec<Route>,
+}
+
+/// `[[service.route]]`: virtual-host routing of a proxy service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: Spanned<String>,
+    pub backends: Vec<Spanned<BackendSpec>>,
+}
+
+impl Service {
+    /// The proxy-only keys this service sets, where they are.
+    fn proxy_keys(&self) -> Vec<(&'static str, Range<usize>)> {
+        fn at<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, Range<usize>)> {
+            v.as_ref().map(|s| (name, s.span()))
+        }
+        let mut out: Vec<_> = [
+            at("persist_client", &self.persist_client),
+            at("persist_backend", &self.persist_backend),
+            at("backend_idle_max", &self.backend_idle_max),
+            at("backend_idle_timeout", &self.backend_idle_timeout),
+            at("client_header_timeout", &self.client_header_timeout),
+            at("client_idle_timeout", &self.client_idle_timeout),
+            at("connect_timeout", &self.connect_timeout),
+            at("response_timeout", &self.response_timeout),
+            at("max_body", &self.max_body),
+            at("access_log", &self.access_log),
+            at("sticky", &self.sticky),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.extend(
+            self.routes
+                .iter()
+                .map(|r| ("[[service.route]]", r.host.span())),
+        );
+        out
+    }
+
+    /// Every timeout key with its value, for the "more than 0" rule.
+    fn proxy_timeouts(&self) -> Vec<(&'static str, &Spanned<Dur>)> {
+        [
+            ("backend_idle_timeout", &self.backend_idle_timeout),
+            ("client_header_timeout", &self.client_header_timeout),
+            ("client_idle_timeout", &self.client_idle_timeout),
+            ("connect_timeout", &self.connect_timeout),
+            ("response_timeout", &self.response_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -645,6 +737,14 @@ impl Config {
             fix(t.get_mut());
         }
         fix(&mut self.cluster.state_dir);
+        for s in &mut self.services {
+            if let Some(l) = s.access_log.as_mut() {
+                let l = l.get_mut();
+                if !l.is_empty() && l != "stderr" && Path::new(l).is_relative() {
+                    *l = base.join(&*l).to_string_lossy().into_owned();
+                }
+            }
+        }
     }
 
     fn validate(&self, p: &mut Problems) {
@@ -758,7 +858,12 @@ impl Config {
             if s.mode == ServiceMode::Proxy && s.protocol != Protocol::Tcp {
                 p.at(s.port.span(), "mode = \"proxy\" needs protocol tcp".into());
             }
-            for b in &s.backends {
+            self.validate_proxy_keys(s, p);
+            for b in s
+                .backends
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| &r.backends))
+            {
                 if s.mode == ServiceMode::Dr && b.get_ref().port().is_some() {
                     p.at(
                         b.span(),
@@ -808,6 +913,71 @@ impl Config {
                         "check rise and fall must be at least 1".into(),
                     );
                 }
+            }
+        }
+    }
+
+    fn validate_proxy_keys(&self, s: &Service, p: &mut Problems) {
+        if s.mode != ServiceMode::Proxy {
+            for (key, span) in s.proxy_keys() {
+                p.at(span, format!("{key} needs mode = \"proxy\""));
+            }
+            return;
+        }
+        for (key, d) in s.proxy_timeouts() {
+            if d.get_ref().0.is_zero() {
+                p.at(d.span(), format!("{key} must be more than 0"));
+            }
+        }
+        if let Some(m) = &s.backend_idle_max {
+            if *m.get_ref() == 0 {
+                p.at(
+                    m.span(),
+                    "backend_idle_max must be at least 1 (persist_backend = false keeps no idle connection)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(m) = &s.max_body {
+            if *m.get_ref() == 0 {
+                p.at(m.span(), "max_body must be at least 1 (bytes)".into());
+            }
+        }
+        if let Some(st) = &s.sticky {
+            if st.get_ref() != "cookie" {
+                p.at(
+                    st.span(),
+                    format!(
+                        "unknown sticky {:?} (the one kind is \"cookie\")",
+                        st.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(l) = &s.access_log {
+            if l.get_ref().is_empty() {
+                p.at(
+                    l.span(),
+                    "access_log must be \"stderr\" or a file path".into(),
+                );
+            }
+        }
+        for (i, r) in s.routes.iter().enumerate() {
+            let host = r.host.get_ref();
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+                p.at(
+                    r.host.span(),
+                    format!("route host {host:?} is not a host name"),
+                );
+            }
+            if s.routes[..i]
+                .iter()
+                .any(|o| o.host.get_ref().eq_ignore_ascii_case(host))
+            {
+                p.at(r.host.span(), format!("duplicate route host {host:?}"));
+            }
+            if r.backends.is_empty() {
+                p.at(r.host.span(), format!("route {host:?} has no backends"));
             }
         }
     }
@@ -1149,5 +1319,61 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         let dr = proxy.replace("mode = \"proxy\"\n", "");
         let p = problems(&dr);
         assert!(p.iter().any(|p| p.message.contains("needs mode")), "{p:?}");
+    }
+
+    #[test]
+    fn proxy_keys_parse_and_are_checked() {
+        let d = dir_with_key();
+        let svc = |keys: &str| {
+            format!(
+                "{GOOD}\n[[service]]\nport = 8000\nmode = \"proxy\"\nbackends = [\"198.18.0.30:8088\"]\n{keys}"
+            )
+        };
+        let c = Config::parse(
+            &svc(
+                "persist_client = false\nbackend_idle_max = 4\nresponse_timeout = \"2s\"\n\
+                 max_body = 1000\naccess_log = \"access.log\"\nsticky = \"cookie\"\n\
+                 [[service.route]]\nhost = \"a.test\"\nbackends = [\"198.18.0.31:80\"]\n",
+            ),
+            &d,
+        )
+        .unwrap();
+        let s = c.services.last().unwrap();
+        let o = crate::proxy::ProxyOptions::from_config(s);
+        assert!(!o.persist_client && o.persist_backend);
+        assert_eq!(o.backend_idle_max, 4);
+        assert_eq!(o.response_timeout, Duration::from_secs(2));
+        assert_eq!(o.connect_timeout, Duration::from_secs(3));
+        assert_eq!(o.max_body, Some(1000));
+        assert!(o.sticky);
+        assert_eq!(
+            o.access_log.as_deref(),
+            Some(d.join("access.log").to_str().unwrap())
+        );
+        assert_eq!(s.routes[0].backends[0].get_ref().port(), Some(80));
+        let bad = svc(
+            "response_timeout = \"0s\"\nbackend_idle_max = 0\nsticky = \"ip\"\n\
+             [[service.route]]\nhost = \"a b\"\nbackends = []\n",
+        );
+        let p = problems(&bad);
+        let text: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
+        for want in [
+            "response_timeout must be more than 0",
+            "backend_idle_max must be at least 1",
+            "unknown sticky \"ip\"",
+            "route host \"a b\" is not a host name",
+            "route \"a b\" has no backends",
+        ] {
+            assert!(text.iter().any(|m| m.contains(want)), "{want}: {text:?}");
+        }
+        assert!(p.iter().all(|p| p.line > 0), "{p:?}");
+        // Proxy keys on a DR service are a mistake, located.
+        let p = problems(&GOOD.replace("persistence = \"600s\"", "sticky = \"cookie\""));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message.contains("sticky needs mode = \"proxy\""),
+            "{p:?}"
+        );
+        assert_eq!(p[0].line, 25, "{p:?}");
     }
 }

@@ -2,6 +2,7 @@
 //! director next to DR services, against real backends in network namespaces.
 mod common;
 use common::*;
+use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,18 +19,90 @@ scheduler = "rr"
 serve_local = false
 trusted_proxies = ["198.18.0.250"]
 backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+
+[[service]]
+port = 8003
+mode = "proxy"
+scheduler = "rr"
+serve_local = false
+sticky = "cookie"
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
 "#;
 
 fn echo(c: &mut Cluster, i: usize) -> Child {
+    echo_with(c, i, &[])
+}
+
+fn echo_with(c: &mut Cluster, i: usize, extra: &[&str]) -> Child {
     let r = &c.reals[i];
     Command::new("ip")
         .args(["netns", "exec", &r.ns, "python3"])
         .arg(support("echohdr.py"))
         .args(["--name", &r.name])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("echohdr.py")
+}
+
+/// tests/support/keepalive.py in the client namespace, against the VIP.
+fn ka(c: &Cluster, args: &str) -> Value {
+    let (mode, rest) = args.split_once(' ').unwrap_or((args, ""));
+    let o = c.exec(
+        &c.client,
+        &format!(
+            "python3 {} {mode} {VIP} {rest}",
+            support("keepalive.py").display()
+        ),
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "keepalive.py {args}: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn responses(v: &Value) -> &Vec<Value> {
+    v["responses"].as_array().expect("responses")
+}
+
+/// Connections backend `addr` accepted from anything but the client
+/// namespace (that is, from the director's proxy).
+fn backend_conns(c: &Cluster, addr: &str) -> u64 {
+    let o = c.exec(&c.client, &format!("curl -s -m 5 http://{addr}/stats"));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(peer, _)| peer.as_str() != CLIENT)
+                .map(|(_, n)| n.as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn all_backend_conns(c: &Cluster, addrs: &[&str]) -> u64 {
+    addrs.iter().map(|a| backend_conns(c, a)).sum()
+}
+
+/// Waits until `file` has a line containing every one of `needles`.
+fn wait_log_line(file: &std::path::Path, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?} in {}:\n{text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn curl(c: &Cluster, args: &str) -> String {
@@ -75,7 +148,8 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
         first.contains(&format!("X-Forwarded-Host: {VIP}:8000\n")),
         "{first}"
     );
-    assert!(first.contains("Connection: close\n"), "{first}");
+    // The backend is asked to keep its connection for the next request.
+    assert!(first.contains("Connection: keep-alive\n"), "{first}");
 
     // rr spreads requests over both backends.
     let mut names = std::collections::BTreeSet::new();
@@ -105,6 +179,35 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
     let dr = curl(&c, &format!("http://{VIP}/"));
     assert!(dr.contains("code=200"), "{dr}");
 
+    // sticky = "cookie": rr would alternate, the cookie keeps one backend;
+    // the cookie names it by a keyed hash, not by its address.
+    let sticky = ka(&c, "seq 8003 6 --cookies");
+    let rs = responses(&sticky);
+    let set = rs[0]["set_cookie"]
+        .as_str()
+        .expect("a sticky cookie")
+        .to_string();
+    assert!(
+        set.starts_with("duet_8003=") && !set.contains("198.18"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let stuck = rs[0]["name"].as_str().unwrap().to_string();
+    for r in rs {
+        assert_eq!(r["name"].as_str(), Some(stuck.as_str()), "{sticky}");
+    }
+    assert!(
+        rs[1..].iter().all(|r| r["set_cookie"].is_null()),
+        "{sticky}"
+    );
+    // Without the cookie rr alternates again.
+    let plain = ka(&c, "seq 8003 2");
+    assert_ne!(
+        responses(&plain)[0]["name"],
+        responses(&plain)[1]["name"],
+        "{plain}"
+    );
+
     // Only the director listens on VIP:8000.
     let standby = 1 - d;
     let ss = c.exec(&c.nodes[standby].ns, "ss -ltnH");
@@ -120,6 +223,15 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
         .expect("standby never became director");
     let after = wait_proxy(&c);
     assert!(after.contains("X-Forwarded-For: 198.18.0.254\n"), "{after}");
+    // The sticky cookie set by the dead director means the same backend
+    // to the new one (same config, same cluster key).
+    let again = ka(&c, &format!("seq 8003 4 --jar {cookie}"));
+    for r in responses(&again) {
+        assert_eq!(r["status"], 200, "{again}");
+        assert_eq!(r["name"].as_str(), Some(stuck.as_str()), "{again}");
+        assert!(r["set_cookie"].is_null(), "{again}");
+    }
+    eprintln!("sticky cookie {cookie} kept {stuck} across the takeover");
 }
 
 #[test]
@@ -220,7 +332,28 @@ backends = ["198.18.0.20:80"]
     let dl: Vec<Child> = (0..4)
         .map(|_| c.client_bg(&format!("download {url} 3000000")))
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // A keep-alive connection idle on the old director is closed once it
+    // hands over (its client then reconnects to the new director), well
+    // before client_idle_timeout (60 s by default).
+    let idle = py_bg(&c.client, "keepalive.py", &format!("idle {VIP} 8001"));
+    // All five are established on the director before it is stopped (on a
+    // loaded box the Python clients take a while to start).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ss = c.exec(
+            &c.nodes[d].ns,
+            &format!("ss -tnH state established src {VIP}:8001"),
+        );
+        let n = String::from_utf8_lossy(&ss.stdout).lines().count();
+        if n >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} connections established"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // SIGTERM on the director: planned switchover, then stop; the old
     // director keeps relaying what it accepted (bounded by stop_drain).
     c.signal(d, "TERM");
@@ -240,4 +373,315 @@ backends = ["198.18.0.20:80"]
     assert_eq!(ok, 10);
     let (intact, bad) = finish_downloads(dl);
     assert_eq!(intact, 4, "downloads cut by the switchover: {bad:?}");
+    let idle = json_of(idle);
+    assert_eq!(idle["responses"][0]["status"], 200, "{idle}");
+    assert!(
+        idle["timeout"].is_null() && idle["extra"].is_null(),
+        "{idle}"
+    );
+    eprintln!(
+        "idle keep-alive connection closed {}s after its response",
+        idle["closed_after"]
+    );
+}
+
+const KEEPALIVE: &str = r#"
+[[service]]
+port = 8000
+mode = "proxy"
+scheduler = "rr"
+serve_local = false
+access_log = "access.log"
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+[[service.route]]
+host = "a.test"
+backends = ["198.18.0.21:8088"]
+
+[[service]]
+port = 8002
+mode = "proxy"
+serve_local = false
+persist_client = false
+persist_backend = false
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+"#;
+
+#[test]
+fn keep_alive_both_sides_pipelining_vhosts_and_access_log() {
+    let mut c = Cluster::new(Opts {
+        services: KEEPALIVE.into(),
+        real_servers: 2,
+        ..Opts::default()
+    });
+    let e0 = echo(&mut c, 0);
+    let e1 = echo(&mut c, 1);
+    c.adopt(e0);
+    c.adopt(e1);
+    let d = c.wait_one_director(Duration::from_secs(10));
+    wait_proxy(&c);
+    let backends = ["198.18.0.20:8088", "198.18.0.21:8088"];
+    const N: usize = 40;
+
+    // Keep-alive: N requests on one client connection, spread by rr over
+    // both backends, each backend reached over one pooled connection.
+    let before = all_backend_conns(&c, &backends);
+    let kept = ka(&c, &format!("seq 8000 {N}"));
+    let used = all_backend_conns(&c, &backends) - before;
+    assert_eq!(kept["connections"], 1, "{kept}");
+    let rs = responses(&kept);
+    assert_eq!(rs.len(), N);
+    assert!(rs.iter().all(|r| r["status"] == 200), "{kept}");
+    assert!(rs.iter().all(|r| r["connection"] == "keep-alive"), "{kept}");
+    let names: std::collections::BTreeSet<_> = rs.iter().map(|r| r["name"].to_string()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(used <= 4, "{used} backend connections for {N} requests");
+
+    // Without persistence: one client and one backend connection each.
+    let before = all_backend_conns(&c, &backends);
+    let closed = ka(&c, &format!("seq 8002 {N}"));
+    let used_closed = all_backend_conns(&c, &backends) - before;
+    assert_eq!(closed["connections"], N as u64, "{closed}");
+    assert!(responses(&closed)
+        .iter()
+        .all(|r| r["status"] == 200 && r["connection"] == "close"));
+    assert_eq!(used_closed, N as u64);
+    // The default scheduler (wlc) spreads requests one after another too.
+    let closed_names: std::collections::BTreeSet<_> = responses(&closed)
+        .iter()
+        .map(|r| r["name"].to_string())
+        .collect();
+    assert_eq!(closed_names.len(), 2, "{closed_names:?}");
+    eprintln!(
+        "{N} requests: keep-alive {} client / {used} backend connections; \
+         persist off {N} client / {used_closed} backend connections",
+        kept["connections"]
+    );
+
+    // Pipelining: ten requests in one write, answered in order.
+    let piped = ka(&c, "pipeline 8000 10");
+    let paths: Vec<_> = responses(&piped)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or("").to_string())
+        .collect();
+    let want: Vec<_> = (0..10).map(|i| format!("/p{i}")).collect();
+    assert_eq!(paths, want, "{piped}");
+    assert!(responses(&piped).iter().all(|r| r["status"] == 200));
+
+    // Framing the relay must track to reuse a connection: chunked (with
+    // extensions and a trailer), HEAD; a response without a length ends
+    // with close, on both sides.
+    for (args, conns) in [
+        ("seq 8000 5 --path /chunked", 1),
+        ("seq 8000 5 --method HEAD", 1),
+        ("seq 8000 3 --path /nolength", 3),
+    ] {
+        let v = ka(&c, args);
+        assert_eq!(v["connections"], conns, "{args}: {v}");
+        assert!(
+            responses(&v).iter().all(|r| r["status"] == 200),
+            "{args}: {v}"
+        );
+    }
+    let chunked = ka(&c, "seq 8000 1 --path /chunked");
+    assert!(
+        responses(&chunked)[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("path=/chunked"),
+        "{chunked}"
+    );
+
+    // Upgrade: after the backend's 101 both ways are raw bytes.
+    let up = ka(&c, "upgrade 8000");
+    assert_eq!(up["status"], 101, "{up}");
+    assert!(
+        up["head"].as_str().unwrap().contains("Connection: upgrade"),
+        "{up}"
+    );
+    assert_eq!(up["echoed"], true, "{up}");
+
+    // Virtual hosts: a.test goes to its route's backend only.
+    let routed = ka(&c, "seq 8000 6 --vhost A.test:8000");
+    assert!(
+        responses(&routed).iter().all(|r| r["name"] == "real2"),
+        "{routed}"
+    );
+
+    // The access log: combined format, the real client address.
+    let log = c.nodes[d].dir.join("access.log");
+    let line = wait_log_line(&log, &["\"GET /p9 HTTP/1.1\" 200 "]);
+    assert!(line.starts_with("198.18.0.254 - - ["), "{line}");
+    assert!(line.ends_with("\"-\" \"-\""), "{line}");
+    let curl_line = {
+        curl(
+            &c,
+            &format!("-A agent/1 -e http://ref/ http://{VIP}:8000/x"),
+        );
+        wait_log_line(&log, &["\"GET /x HTTP/1.1\" 200 "])
+    };
+    assert!(
+        curl_line.ends_with("\"http://ref/\" \"agent/1\""),
+        "{curl_line}"
+    );
+}
+
+#[test]
+fn timeouts_limits_and_resending_on_a_closed_idle_connection() {
+    let mut c = Cluster::new(Opts {
+        services: r#"
+[[service]]
+port = 8000
+mode = "proxy"
+serve_local = false
+response_timeout = "1s"
+client_header_timeout = "1s"
+client_idle_timeout = "1s"
+max_body = 1000
+access_log = "access.log"
+backends = ["198.18.0.20:8088"]
+
+[[service]]
+port = 8001
+mode = "proxy"
+serve_local = false
+backends = ["198.18.0.20:8089"]
+
+[[service]]
+port = 8004
+mode = "proxy"
+scheduler = "rr"
+serve_local = false
+sticky = "cookie"
+backends = ["198.18.0.20:8088", "198.18.0.21:8088"]
+check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", rise = 1, fall = 1, quiescent = false }
+"#
+        .into(),
+        real_servers: 2,
+        ..Opts::default()
+    });
+    let mut echoes = vec![Some(echo(&mut c, 0)), Some(echo(&mut c, 1))];
+    let closer = echo_with(&mut c, 0, &["--port", "8089", "--close-reused"]);
+    c.adopt(closer);
+    let d = c.wait_one_director(Duration::from_secs(10));
+    wait_proxy(&c);
+
+    // A backend that never answers: 504 after response_timeout.
+    let t = Instant::now();
+    let hang = curl(&c, &format!("http://{VIP}:8000/hang"));
+    let took = t.elapsed();
+    assert!(hang.contains("code=504"), "{hang}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Half a head: 408 after client_header_timeout.
+    let partial = ka(&c, "partial 8000");
+    assert_eq!(responses(&partial)[0]["status"], 408, "{partial}");
+    let after = partial["answered_after"].as_f64().unwrap();
+    assert!((0.9..5.0).contains(&after), "{partial}");
+
+    // An idle keep-alive connection is closed after client_idle_timeout.
+    let idle = ka(&c, "idle 8000");
+    let closed = idle["closed_after"].as_f64().unwrap();
+    assert!(
+        idle["extra"].is_null() && idle["timeout"].is_null(),
+        "{idle}"
+    );
+    assert!((0.9..5.0).contains(&closed), "{idle}");
+
+    // A body over max_body: 413, announced or chunked.
+    let big = curl(
+        &c,
+        &format!("--data-binary @/etc/services http://{VIP}:8000/"),
+    );
+    assert!(big.contains("code=413"), "{big}");
+    let chunked = curl(
+        &c,
+        &format!("-H 'Transfer-Encoding: chunked' --data-binary @/etc/services http://{VIP}:8000/"),
+    );
+    assert!(chunked.contains("code=413"), "{chunked}");
+    let small = curl(&c, &format!("-d hello http://{VIP}:8000/"));
+    assert!(
+        small.contains("code=200") && small.contains("len=5"),
+        "{small}"
+    );
+    let small_chunked = curl(
+        &c,
+        &format!("-H 'Transfer-Encoding: chunked' -d hello http://{VIP}:8000/"),
+    );
+    assert!(
+        small_chunked.contains("code=200") && small_chunked.contains("len=5"),
+        "{small_chunked}"
+    );
+
+    // The proxy's own answers are logged too, a head it never got as "-".
+    let log = c.nodes[d].dir.join("access.log");
+    wait_log_line(&log, &["\"GET /hang HTTP/1.1\" 504 0 "]);
+    wait_log_line(&log, &["198.18.0.254 - - [", "] \"-\" 408 0 "]);
+    wait_log_line(&log, &["\"POST / HTTP/1.1\" 413 0 "]);
+
+    // The backend on 8089 closes every reused connection when a request
+    // comes: each GET is resent on a new connection and succeeds; a POST
+    // is not resent (it may have been acted on) and gets 502.
+    let before = backend_conns(&c, "198.18.0.20:8089");
+    let gets = ka(&c, "seq 8001 6");
+    let used = backend_conns(&c, "198.18.0.20:8089") - before;
+    assert_eq!(gets["connections"], 1, "{gets}");
+    assert!(
+        responses(&gets).iter().all(|r| r["status"] == 200),
+        "{gets}"
+    );
+    assert!(used >= 6, "{used}");
+    let post = ka(&c, "seq 8001 1 --method POST");
+    assert_eq!(responses(&post)[0]["status"], 502, "{post}");
+    eprintln!("6 GETs over reused-then-closed connections: {used} backend connections, all 200");
+
+    // A sticky cookie naming a backend the checks hold down is ignored:
+    // the request goes to a healthy one, which gets a new cookie.
+    let first = ka(&c, "seq 8004 1 --cookies");
+    let r = &responses(&first)[0];
+    let cookie = r["set_cookie"]
+        .as_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let stuck = r["name"].as_str().unwrap().to_string();
+    let i = c.reals.iter().position(|r| r.name == stuck).unwrap();
+    let addr = c.reals[i].addr.clone();
+    if let Some(mut e) = echoes[i].take() {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let down = c.status(d).is_some_and(|s| {
+            s["backends"].as_array().is_some_and(|bs| {
+                bs.iter().any(|b| {
+                    b["service"] == "tcp/8004"
+                        && b["name"] == addr.as_str()
+                        && b["healthy"] == false
+                })
+            })
+        });
+        if down {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{addr} never seen down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved = ka(&c, &format!("seq 8004 3 --jar {cookie}"));
+    let rs = responses(&moved);
+    assert!(
+        rs.iter()
+            .all(|r| r["status"] == 200 && r["name"] != stuck.as_str()),
+        "{moved}"
+    );
+    let renewed = rs[0]["set_cookie"].as_str().expect("a new cookie");
+    assert!(!renewed.starts_with(&cookie), "{moved}");
+    for e in echoes.into_iter().flatten() {
+        c.adopt(e);
+    }
 }

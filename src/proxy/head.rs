@@ -1,15 +1,20 @@
 //! The request head as the backend sees it: hop-by-hop headers dropped,
-//! forwarding headers set, and `Connection: close` so one backend
-//! connection carries one request (the relay then needs no body framing).
+//! forwarding headers set, the connection kept open or not, plus what the
+//! relay needs to know about the request (body framing, keep-alive,
+//! routing and sticky inputs, the access log's fields).
 use std::net::Ipv4Addr;
+
+use super::frame::Framing;
 
 /// Why a head cannot be forwarded, with the status the client gets.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
-    /// Not HTTP/1.x: 400.
+    /// Not HTTP/1.x, or a body whose length cannot be known: 400.
     Malformed,
     /// More than `MAX_HEADERS` headers: 431.
     TooManyHeaders,
+    /// Content-Length over the service's `max_body`: 413.
+    BodyTooLarge,
 }
 
 impl HeadError {
@@ -17,22 +22,47 @@ impl HeadError {
         match self {
             HeadError::Malformed => 400,
             HeadError::TooManyHeaders => 431,
+            HeadError::BodyTooLarge => 413,
         }
     }
 }
 
 pub const MAX_HEADERS: usize = 100;
 
+/// What the service decides about every request head.
+pub struct HeadRules<'a> {
+    pub trusted: &'a [Ipv4Addr],
+    /// Ask the backend to keep its connection for the next request.
+    pub persist_backend: bool,
+    /// The name of duet's sticky cookie, when the service has one.
+    pub sticky_cookie: Option<&'a str>,
+    pub max_body: Option<u64>,
+}
+
 pub struct Rewritten {
     /// The head to send, ending in the blank line.
     pub head: Vec<u8>,
     /// Bytes of `buf` the head took; the rest is body already read.
     pub consumed: usize,
-    /// The client asked for a protocol upgrade (WebSocket): relay as is.
+    /// The client asked for a protocol upgrade (WebSocket): relay as is
+    /// once the backend agrees.
     pub upgrade: bool,
-    /// RFC 9110 idempotent method: safe to send again to another backend
-    /// when connecting to the first one fails.
+    /// RFC 9110 idempotent method: safe to send again when no byte of an
+    /// answer came back.
     pub idempotent: bool,
+    pub body: Framing,
+    /// The client allows another request on its connection after this one.
+    pub keep_alive: bool,
+    /// HEAD: the response has no body whatever its headers say.
+    pub head_method: bool,
+    /// The `Host` without its port, lower case: for `[[service.route]]`.
+    pub host: Option<String>,
+    /// The value of duet's sticky cookie.
+    pub sticky: Option<String>,
+    /// `GET /x HTTP/1.1`, for the access log.
+    pub line: String,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -45,12 +75,51 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 const FORWARDING: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
+/// Whether a `Connection` header value lists `token`.
+pub fn lists_token(value: &[u8], token: &str) -> bool {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A message's Content-Length and Transfer-Encoding, as RFC 9112 section
+/// 6.3 reads them: `Err` where the length is ambiguous (both present,
+/// conflicting lengths), which smuggling relies on.
+pub fn body_headers(headers: &[httparse::Header]) -> Result<(Option<u64>, Option<bool>), ()> {
+    let mut length = None;
+    let mut chunked = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).map_err(|_| ())?;
+            for part in v.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(());
+                }
+                let n: u64 = part.parse().map_err(|_| ())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(());
+                }
+                length = Some(n);
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value);
+            let last = v.split(',').map(str::trim).rfind(|t| !t.is_empty());
+            chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
+        }
+    }
+    if length.is_some() && chunked.is_some() {
+        return Err(());
+    }
+    Ok((length, chunked))
+}
+
 /// `Ok(None)` while the head is incomplete. Forwarding headers from a
 /// client not in `trusted` are dropped rather than believed.
 pub fn rewrite_head(
     buf: &[u8],
     client: Ipv4Addr,
-    trusted: &[Ipv4Addr],
+    rules: &HeadRules,
 ) -> Result<Option<Rewritten>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -63,20 +132,34 @@ pub fn rewrite_head(
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed);
     };
-    let trust = trusted.contains(&client);
+    let trust = rules.trusted.contains(&client);
     let find = |name: &str| {
         req.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
-    let upgrade_to = find("upgrade").filter(|_| {
-        find("connection").is_some_and(|c| {
-            String::from_utf8_lossy(c)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
+    let text = |name: &str| find(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    let connection = find("connection").unwrap_or(b"");
+    let upgrade_to = find("upgrade").filter(|_| lists_token(connection, "upgrade"));
+    let body = match body_headers(req.headers) {
+        // A request's body cannot end at a close (the answer needs the
+        // connection), so any other transfer coding is refused.
+        Ok((_, Some(false))) | Err(()) => return Err(HeadError::Malformed),
+        Ok((_, Some(true))) if version == 0 => return Err(HeadError::Malformed),
+        Ok((_, Some(true))) => Framing::Chunked,
+        Ok((Some(n), None)) => Framing::Length(n),
+        Ok((None, None)) => Framing::Empty,
+    };
+    if let (Framing::Length(n), Some(max)) = (body, rules.max_body) {
+        if n > max {
+            return Err(HeadError::BodyTooLarge);
+        }
+    }
+    let keep_alive = match version {
+        1 => !lists_token(connection, "close"),
+        _ => lists_token(connection, "keep-alive"),
+    };
     let mut out = Vec::with_capacity(consumed + 128);
     out.extend_from_slice(format!("{method} {path} HTTP/1.{version}\r\n").as_bytes());
     let mut xff = None;
@@ -110,9 +193,16 @@ pub fn rewrite_head(
             push_header(&mut out, "Upgrade", proto);
             push_header(&mut out, "Connection", b"upgrade");
         }
+        None if rules.persist_backend => push_header(&mut out, "Connection", b"keep-alive"),
         None => push_header(&mut out, "Connection", b"close"),
     }
     out.extend_from_slice(b"\r\n");
+    let sticky = rules.sticky_cookie.and_then(|name| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .find_map(|h| cookie_value(h.value, name))
+    });
     Ok(Some(Rewritten {
         head: out,
         consumed,
@@ -121,10 +211,40 @@ pub fn rewrite_head(
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
+        body,
+        keep_alive,
+        head_method: method == "HEAD",
+        host: text("host").map(|h| host_name(&h)),
+        sticky,
+        line: format!("{method} {path} HTTP/1.{version}"),
+        referer: text("referer"),
+        user_agent: text("user-agent"),
     }))
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// `Host: WWW.Example:8000` routes as `www.example`.
+fn host_name(h: &str) -> String {
+    let h = h.trim();
+    let bare = match h.rsplit_once(':') {
+        Some((name, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => h,
+    };
+    bare.to_ascii_lowercase()
+}
+
+fn cookie_value(header: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(header).split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -138,24 +258,36 @@ mod tests {
     const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
     const LB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 9);
 
+    fn rules(trusted: &[Ipv4Addr]) -> HeadRules<'_> {
+        HeadRules {
+            trusted,
+            persist_backend: false,
+            sticky_cookie: Some("duet_80"),
+            max_body: Some(1000),
+        }
+    }
+
+    fn parse(buf: &[u8]) -> Result<Option<Rewritten>, HeadError> {
+        rewrite_head(buf, CLIENT, &rules(&[]))
+    }
+
     fn text(buf: &[u8], trusted: &[Ipv4Addr]) -> String {
-        let r = rewrite_head(buf, CLIENT, trusted).unwrap().unwrap();
+        let r = rewrite_head(buf, CLIENT, &rules(trusted)).unwrap().unwrap();
         String::from_utf8(r.head).unwrap()
     }
 
     #[test]
     fn partial_head_waits() {
-        assert!(rewrite_head(b"GET / HTTP/1.1\r\nHost: a", CLIENT, &[])
-            .unwrap()
-            .is_none());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
     }
 
     #[test]
     fn sets_forwarding_headers_and_closes() {
         let req = b"GET /x HTTP/1.1\r\nHost: www.example\r\nConnection: keep-alive\r\n\r\nBODY";
-        let r = rewrite_head(req, CLIENT, &[]).unwrap().unwrap();
+        let r = parse(req).unwrap().unwrap();
         assert_eq!(&req[r.consumed..], b"BODY");
         assert!(r.idempotent);
+        assert_eq!(r.body, Framing::Empty);
         let t = String::from_utf8(r.head).unwrap();
         assert!(t.starts_with("GET /x HTTP/1.1\r\nHost: www.example\r\n"));
         assert!(t.contains("X-Forwarded-For: 198.18.1.5\r\n"));
@@ -163,10 +295,78 @@ mod tests {
         assert!(t.contains("X-Forwarded-Host: www.example\r\n"));
         assert!(t.ends_with("Connection: close\r\n\r\n"));
         assert!(!t.contains("keep-alive"));
-        let post = rewrite_head(b"POST / HTTP/1.1\r\n\r\n", CLIENT, &[])
+        let post = parse(b"POST / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(!post.idempotent);
+    }
+
+    #[test]
+    fn backend_persistence_asks_to_keep_the_connection() {
+        let mut r = rules(&[]);
+        r.persist_backend = true;
+        let out = rewrite_head(b"GET / HTTP/1.0\r\n\r\n", CLIENT, &r)
             .unwrap()
             .unwrap();
-        assert!(!post.idempotent);
+        assert!(String::from_utf8(out.head)
+            .unwrap()
+            .ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let ka = |req: &[u8]| parse(req).unwrap().unwrap().keep_alive;
+        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn body_framing_and_smuggling_attempts() {
+        let framing = |req: &[u8]| parse(req).map(|r| r.unwrap().body);
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12, 12\r\n\r\n"),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 13\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(framing(bad).err(), Some(HeadError::Malformed), "{bad:?}");
+        }
+        let big = parse(b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n");
+        assert_eq!(big.err().map(|e| e.status()), Some(413));
+    }
+
+    #[test]
+    fn routing_sticky_and_log_fields() {
+        let r = parse(
+            b"HEAD /a?b HTTP/1.1\r\nHost: WWW.Example.org:8000\r\nCookie: x=1; duet_80=\"ab12\"\r\nUser-Agent: t/1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.head_method);
+        assert_eq!(r.host.as_deref(), Some("www.example.org"));
+        assert_eq!(r.sticky.as_deref(), Some("ab12"));
+        assert_eq!(r.line, "HEAD /a?b HTTP/1.1");
+        assert_eq!(r.user_agent.as_deref(), Some("t/1"));
+        assert_eq!(r.referer, None);
+        assert_eq!(host_name("[2001:db8::1]:80"), "[2001:db8::1]");
+        assert_eq!(host_name("[2001:db8::1]"), "[2001:db8::1]");
+        assert_eq!(
+            cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(),
+            Some("y")
+        );
     }
 
     #[test]
@@ -191,7 +391,7 @@ mod tests {
     #[test]
     fn websocket_upgrade_is_kept() {
         let req = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        let r = rewrite_head(req, CLIENT, &[]).unwrap().unwrap();
+        let r = parse(req).unwrap().unwrap();
         assert!(r.upgrade);
         let t = String::from_utf8(r.head).unwrap();
         assert!(t.contains("Upgrade: websocket\r\nConnection: upgrade\r\n"));
@@ -200,7 +400,7 @@ mod tests {
     #[test]
     fn bad_input_gets_a_status() {
         assert_eq!(
-            rewrite_head(b"\x00\x01 nonsense\r\n\r\n", CLIENT, &[]).err(),
+            parse(b"\x00\x01 nonsense\r\n\r\n").err(),
             Some(HeadError::Malformed)
         );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -208,7 +408,7 @@ mod tests {
             many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        let e = rewrite_head(&many, CLIENT, &[]).err().unwrap();
+        let e = parse(&many).err().unwrap();
         assert_eq!(e.status(), 431);
     }
 }

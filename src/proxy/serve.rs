@@ -1,33 +1,81 @@
-//! Listeners and connections: accept on VIP:port while this node directs,
-//! read and rewrite the request head, then relay bytes both ways.
+//! Listeners and client connections: accept on VIP:port while this node
+//! directs, then for each request on a connection (pipelined ones in
+//! order) read its head, hand it to `exchange`, and keep the connection
+//! for the next one while both sides allow it.
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_net::{TcpListener, TcpStream};
+use smol::channel::{Receiver, Sender};
 use smol::future;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::AsyncReadExt;
 
-use super::{rewrite_head, Picker, ProxyService};
+use super::access::{self, Sinks};
+use super::exchange::{exchange, Ctx};
+use super::idle::IdlePool;
+use super::stream::{send, Reader};
+use super::{rewrite_head, sticky, HeadRules, Picker, ProxyService, Rewritten};
 use crate::dataplane::Shared;
 
 /// A request head larger than this gets 431.
 const MAX_HEAD: usize = 64 * 1024;
-/// A client that has not sent its head by then gets 408.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections beyond this are closed at accept: bounded tasks and memory.
 const MAX_CONNECTIONS: usize = 10_000;
-/// How soon a new director listens (a client connecting before is refused).
+/// How soon a new director listens (a client connecting before is refused),
+/// and how soon an idle keep-alive connection closes once it lost the role.
 const POLL: Duration = Duration::from_millis(20);
+/// How long, and for how many bytes, a closing connection is drained.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
-struct State {
-    shared: Arc<Shared>,
-    picker: Mutex<Picker>,
+pub struct State {
+    pub shared: Arc<Shared>,
+    pub picker: Mutex<Picker>,
     open: AtomicUsize,
+    /// Idle backend connections by (service port, backend).
+    pub idle: Mutex<IdlePool<(u16, SocketAddrV4), TcpStream>>,
+    pub sticky_key: Vec<u8>,
+    logs: Sinks,
+    /// Closed when this node winds down, which wakes every connection
+    /// idle between requests at once (rather than each polling); renewed
+    /// when it directs again.
+    wind_down: Mutex<(Option<Sender<()>>, Receiver<()>)>,
+}
+
+impl State {
+    /// This node should take no further request on a kept connection.
+    pub fn winding_down(&self) -> bool {
+        self.shared.stopping() || !self.shared.is_active()
+    }
+
+    pub fn log_request(&self, svc: &ProxyService, peer: SocketAddrV4, entry: LogFields) {
+        let Some(target) = &svc.opts.access_log else {
+            return;
+        };
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let line = access::format(&access::Entry {
+            client: *peer.ip(),
+            unix_secs,
+            line: entry.req.map(|r| r.line.as_str()),
+            status: entry.status,
+            bytes: entry.bytes,
+            referer: entry.req.and_then(|r| r.referer.as_deref()),
+            user_agent: entry.req.and_then(|r| r.user_agent.as_deref()),
+        });
+        self.logs.write(target, &line);
+    }
+}
+
+pub struct LogFields<'a> {
+    pub req: Option<&'a Rewritten>,
+    pub status: u16,
+    pub bytes: u64,
 }
 
 /// Runs until the daemon stops; listens only while `shared` is active. On
@@ -36,7 +84,9 @@ pub fn spawn(
     vip: Ipv4Addr,
     shared: Arc<Shared>,
     stop_drain: Duration,
+    cluster_key: &[u8],
 ) -> std::io::Result<JoinHandle<()>> {
+    let sticky_key = sticky::derive_key(cluster_key);
     std::thread::Builder::new()
         .name("proxy".into())
         .spawn(move || {
@@ -44,6 +94,10 @@ pub fn spawn(
                 shared,
                 picker: Mutex::new(Picker::default()),
                 open: AtomicUsize::new(0),
+                idle: Mutex::new(IdlePool::default()),
+                sticky_key,
+                logs: Sinks::default(),
+                wind_down: Mutex::new(wind_down_signal()),
             });
             smol::block_on(supervise(vip, st.clone()));
             smol::block_on(drain(&st, stop_drain));
@@ -51,7 +105,7 @@ pub fn spawn(
 }
 
 async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
-    let mut listening: HashMap<u16, smol::Task<()>> = HashMap::new();
+    let mut listening: HashMap<u16, (TcpListener, smol::Task<()>)> = HashMap::new();
     while !st.shared.stopping() {
         let wanted: Vec<u16> = if st.shared.is_active() {
             st.shared.snapshot().proxy.iter().map(|s| s.port).collect()
@@ -59,8 +113,18 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             Vec::new()
         };
         // Dropping a task stops accepting; connections already accepted
-        // run on to their end.
-        listening.retain(|p, _| wanted.contains(p));
+        // run on to their end, those still in the listener's queue too
+        // (closing it would reset them).
+        let gone: Vec<u16> = listening
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .copied()
+            .collect();
+        for port in gone {
+            if let Some((l, task)) = listening.remove(&port) {
+                close_listener(port, l, task, &st).await;
+            }
+        }
         for port in wanted {
             if listening.contains_key(&port) {
                 continue;
@@ -68,18 +132,50 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             match TcpListener::bind(SocketAddr::from((vip, port))).await {
                 Ok(l) => {
                     log::info!("proxy: accepting on {vip}:{port}");
-                    listening.insert(port, smol::spawn(accept_loop(l, port, st.clone())));
+                    let task = smol::spawn(accept_loop(l.clone(), port, st.clone()));
+                    listening.insert(port, (l, task));
                 }
                 Err(e) => log::warn!("proxy: binding {vip}:{port}: {e}"),
             }
         }
+        {
+            let down = st.winding_down();
+            let mut idle = st.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut signal = st.wind_down.lock().unwrap_or_else(|e| e.into_inner());
+            if down {
+                // A standby keeps no backend sockets it will not use.
+                idle.clear();
+                signal.0 = None;
+            } else {
+                idle.sweep(Instant::now());
+                if signal.0.is_none() {
+                    *signal = wind_down_signal();
+                }
+            }
+        }
         smol::Timer::after(POLL).await;
+    }
+    for (port, (l, task)) in listening.drain() {
+        close_listener(port, l, task, &st).await;
+    }
+}
+
+fn wind_down_signal() -> (Option<Sender<()>>, Receiver<()>) {
+    let (tx, rx) = smol::channel::bounded(1);
+    (Some(tx), rx)
+}
+
+/// Stops accepting on `port`, serving what the kernel had queued.
+async fn close_listener(port: u16, l: TcpListener, accepting: smol::Task<()>, st: &Arc<State>) {
+    drop(accepting);
+    while let Some(Ok((conn, peer))) = future::poll_once(l.accept()).await {
+        admit(conn, peer, port, st);
     }
 }
 
 async fn drain(st: &State, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    while st.open.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + limit;
+    while st.open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         smol::Timer::after(Duration::from_millis(50)).await;
     }
     let left = st.open.load(Ordering::Acquire);
@@ -98,145 +194,174 @@ async fn accept_loop(l: TcpListener, port: u16, st: Arc<State>) {
                 continue;
             }
         };
-        let SocketAddr::V4(peer) = peer else { continue };
-        if st.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            st.open.fetch_sub(1, Ordering::AcqRel);
-            continue;
-        }
-        let st2 = st.clone();
-        smol::spawn(async move {
-            if let Err(e) = handle(conn, peer, port, &st2).await {
-                log::debug!("proxy: {peer}: {e}");
-            }
-            st2.open.fetch_sub(1, Ordering::AcqRel);
-        })
-        .detach();
+        admit(conn, peer, port, &st);
     }
 }
 
+/// Serves a new connection unless that would pass `MAX_CONNECTIONS`.
+fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
+    let SocketAddr::V4(peer) = peer else { return };
+    // A head and its body go out as separate writes: with Nagle's
+    // algorithm the second waits for the client's delayed ACK (40 ms a
+    // response on a kept connection).
+    let _ = conn.set_nodelay(true);
+    if st.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        st.open.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let st2 = st.clone();
+    smol::spawn(async move {
+        if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
+            log::debug!("proxy: {peer}: {e}");
+        }
+        close_gently(&conn).await;
+        st2.open.fetch_sub(1, Ordering::AcqRel);
+    })
+    .detach();
+}
+
 async fn handle(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddrV4,
     port: u16,
     st: &State,
 ) -> std::io::Result<()> {
-    let snap = st.shared.snapshot();
-    let Some(svc) = snap.proxy.iter().find(|s| s.port == port) else {
-        return answer(&mut client, 503).await;
-    };
-    let mut buf = Vec::with_capacity(4096);
-    let rewritten = match read_head(&mut client, &mut buf, peer, svc).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(()),
-        Err(status) => return answer(&mut client, status).await,
-    };
-    let picker = || st.picker.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(backend) = picker().pick(svc, peer) else {
-        return answer(&mut client, 503).await;
-    };
-    let mut upstream = match connect(backend).await {
-        Ok(u) => u,
-        Err(e) => {
-            log::warn!("proxy: backend {backend}: {e}");
-            // Nothing reached the backend: an idempotent request may go
-            // to another one, once.
-            let retry = match rewritten.idempotent {
-                true => picker().pick_other(svc, peer, backend),
-                false => None,
-            };
-            let Some(second) = retry else {
-                return answer(&mut client, 502).await;
-            };
-            match connect(second).await {
-                Ok(u) => u,
-                Err(e) => {
-                    log::warn!("proxy: backend {second}: {e}");
-                    return answer(&mut client, 502).await;
-                }
+    let mut rd = Reader::new(client.clone());
+    let mut first = true;
+    loop {
+        let snap = st.shared.snapshot();
+        let Some(svc) = snap.proxy.iter().find(|s| s.port == port) else {
+            return answer(&client, 503).await;
+        };
+        if !first && !wait_next(&mut rd, svc, st).await {
+            return Ok(());
+        }
+        let req = match read_head(&mut rd, peer, svc).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                st.log_request(
+                    svc,
+                    peer,
+                    LogFields {
+                        req: None,
+                        status,
+                        bytes: 0,
+                    },
+                );
+                return answer(&client, status).await;
+            }
+        };
+        first = false;
+        let ctx = Ctx {
+            st,
+            svc,
+            peer,
+            client: &client,
+        };
+        if !exchange(&ctx, &mut rd, req).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Closing with unread input makes the kernel send a reset, which can
+/// destroy the last response before the client read it (a pipelined
+/// request, the body of a refused one): end the sending side first and
+/// read what still comes, briefly.
+async fn close_gently(conn: &TcpStream) {
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut b = [0u8; 4096];
+        let mut seen = 0;
+        while seen < LINGER_BYTES {
+            match conn.clone().read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
             }
         }
     };
-    upstream.write_all(&rewritten.head).await?;
-    upstream.write_all(&buf[rewritten.consumed..]).await?;
-    drop(buf);
-    relay(client, upstream).await
+    future::or(drain, async {
+        smol::Timer::after(LINGER).await;
+    })
+    .await;
+}
+
+/// Between requests: whether another one starts on this connection
+/// before `client_idle_timeout`, and before this node winds down (its
+/// idle connections then close, and their clients reconnect to the new
+/// director).
+async fn wait_next(rd: &mut Reader, svc: &ProxyService, st: &State) -> bool {
+    if !rd.data().is_empty() {
+        return true;
+    }
+    let wind_down = st
+        .wind_down
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .1
+        .clone();
+    let more = async { matches!(rd.fill_head().await, Ok(n) if n > 0) };
+    let idle = async {
+        let _ = wind_down.recv().await;
+        false
+    };
+    let timeout = async {
+        smol::Timer::after(svc.opts.client_idle_timeout).await;
+        false
+    };
+    future::or(more, future::or(idle, timeout)).await
 }
 
 /// The rewritten head, `Ok(None)` for a client that left before sending
-/// one, or the status to answer with.
+/// one, or the status to answer with. The first request's head is timed
+/// from the accept, a kept connection's from its first byte.
 async fn read_head(
-    client: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    rd: &mut Reader,
     peer: SocketAddrV4,
     svc: &ProxyService,
-) -> Result<Option<super::Rewritten>, u16> {
+) -> Result<Option<Rewritten>, u16> {
+    let cookie = svc.opts.sticky.then(|| sticky::cookie_name(svc.port));
+    let rules = HeadRules {
+        trusted: &svc.trusted_proxies,
+        persist_backend: svc.opts.persist_backend,
+        sticky_cookie: cookie.as_deref(),
+        max_body: svc.opts.max_body,
+    };
     let read = async {
-        let mut chunk = [0u8; 4096];
         loop {
-            match rewrite_head(buf, *peer.ip(), &svc.trusted_proxies) {
+            match rewrite_head(rd.data(), *peer.ip(), &rules) {
                 Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => {}
                 Err(e) => return Err(e.status()),
             }
-            if buf.len() >= MAX_HEAD {
+            if rd.data().len() >= MAX_HEAD {
                 return Err(431);
             }
-            match client.read(&mut chunk).await {
-                Ok(0) if buf.is_empty() => return Ok(None),
+            match rd.fill_head().await {
+                Ok(0) if rd.data().is_empty() => return Ok(None),
                 Ok(0) => return Err(400),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(_) => return Ok(None),
             }
         }
     };
     future::or(read, async {
-        smol::Timer::after(HEAD_TIMEOUT).await;
+        smol::Timer::after(svc.opts.client_header_timeout).await;
         Err(408)
     })
     .await
 }
 
-async fn connect(backend: SocketAddrV4) -> std::io::Result<TcpStream> {
-    future::or(TcpStream::connect(backend), async {
-        smol::Timer::after(CONNECT_TIMEOUT).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ))
-    })
-    .await
-}
-
-/// Bytes both ways until the backend closes (it was asked to after one
-/// response); the client's end of input is passed on as a half-close.
-async fn relay(client: TcpStream, upstream: TcpStream) -> std::io::Result<()> {
-    let up = {
-        let (mut c, u) = (client.clone(), upstream.clone());
-        async move {
-            let mut w = u.clone();
-            smol::io::copy(&mut c, &mut w).await?;
-            u.shutdown(std::net::Shutdown::Write)
-        }
-    };
-    let down = {
-        let (mut u, mut c) = (upstream.clone(), client.clone());
-        async move {
-            smol::io::copy(&mut u, &mut c).await?;
-            c.shutdown(std::net::Shutdown::Write)
-        }
-    };
-    let up = smol::spawn(up);
-    let result = down.await;
-    drop(up);
-    result
-}
-
-async fn answer(client: &mut TcpStream, status: u16) -> std::io::Result<()> {
+/// An error the proxy answers itself, closing the connection after it.
+pub async fn answer(client: &TcpStream, status: u16) -> std::io::Result<()> {
     let reason = match status {
         400 => "Bad Request",
         408 => "Request Timeout",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
+        504 => "Gateway Timeout",
         _ => "Service Unavailable",
     };
     let body = format!("{status} {reason}\n");
@@ -244,6 +369,5 @@ async fn answer(client: &mut TcpStream, status: u16) -> std::io::Result<()> {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    client.write_all(resp.as_bytes()).await?;
-    client.flush().await
+    send(client, resp.as_bytes()).await
 }

@@ -237,8 +237,13 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         .any(|s| s.mode == crate::config::ServiceMode::Proxy)
     {
         Some(
-            crate::proxy::spawn(vip, shared.clone(), cfg.cluster.stop_drain.get_ref().0)
-                .map_err(io("starting the proxy"))?,
+            crate::proxy::spawn(
+                vip,
+                shared.clone(),
+                cfg.cluster.stop_drain.get_ref().0,
+                keys.read().unwrap_or_else(|e| e.into_inner()).signing(),
+            )
+            .map_err(io("starting the proxy"))?,
         )
     } else {
         None

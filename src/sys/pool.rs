@@ -30,8 +30,19 @@ pub fn backend_defs(cfg: &Config, svc: &config::Service, me: Ipv4Addr) -> Vec<Ba
             });
         }
     }
-    for b in &svc.backends {
+    // Route backends are checked, drained and shown like the service's
+    // own; one listed twice is one backend.
+    let own = svc.backends.len();
+    for (i, b) in svc
+        .backends
+        .iter()
+        .chain(svc.routes.iter().flat_map(|r| &r.backends))
+        .enumerate()
+    {
         let b = b.get_ref();
+        if i >= own && out.iter().any(|d| d.addr == b.address()) {
+            continue;
+        }
         out.push(BackendDef {
             name: b.name(),
             addr: b.address(),

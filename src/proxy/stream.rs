@@ -1,0 +1,127 @@
+//! A buffered read side that gives back what it read past a message (the
+//! next pipelined request, or the start of a body), and the body relay
+//! that forwards exactly one framed body from it.
+use async_net::TcpStream;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::frame::{Body, FrameError};
+
+/// Bytes read at a time: a body streams through in pieces this size.
+const CHUNK: usize = 32 * 1024;
+const HEAD_CHUNK: usize = 4 * 1024;
+
+pub struct Reader {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Reader {
+    pub fn new(stream: TcpStream) -> Reader {
+        Reader {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Read but not yet consumed.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more of a body; 0 at end of input.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        self.fill_up_to(CHUNK).await
+    }
+
+    /// Reads more of a head, or waits for the next message: in small
+    /// pieces, and first giving back a body's buffer, so thousands of idle
+    /// or slow connections hold a few KiB each.
+    pub async fn fill_head(&mut self) -> std::io::Result<usize> {
+        self.fill_up_to(HEAD_CHUNK).await
+    }
+
+    async fn fill_up_to(&mut self, n: usize) -> std::io::Result<usize> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.is_empty() && self.buf.capacity() > n {
+            self.buf = Vec::new();
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + n, 0);
+        let r = self.stream.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + r.as_ref().map_or(0, |got| *got));
+        r
+    }
+}
+
+/// Writes all of `data` (the stream is a shared handle: clones are cheap).
+pub async fn send(s: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+    s.clone().write_all(data).await
+}
+
+/// Why a body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The sending side failed or closed early.
+    #[error("sender: {0}")]
+    Source(std::io::Error),
+    /// The receiving side failed.
+    #[error("receiver: {0}")]
+    Sink(std::io::Error),
+    #[error("framing: {0}")]
+    Frame(FrameError),
+    /// More than `max_body` bytes.
+    #[error("over max_body")]
+    TooLarge,
+}
+
+/// Forwards one body from `src` to `dst`; returns its size. Bytes after
+/// the body stay in `src` for the next message.
+pub async fn relay_body(
+    src: &mut Reader,
+    dst: &TcpStream,
+    body: &mut Body,
+    limit: Option<u64>,
+) -> Result<u64, RelayError> {
+    let mut dst = dst.clone();
+    let mut sent = 0u64;
+    loop {
+        if !src.data().is_empty() && !body.done() {
+            let n = body.advance(src.data()).map_err(RelayError::Frame)?;
+            sent += n as u64;
+            if limit.is_some_and(|l| sent > l) {
+                return Err(RelayError::TooLarge);
+            }
+            dst.write_all(&src.data()[..n])
+                .await
+                .map_err(RelayError::Sink)?;
+            src.consume(n);
+        }
+        if body.done() {
+            return Ok(sent);
+        }
+        match src.fill().await {
+            Ok(0) if body.until_close() => return Ok(sent),
+            Ok(0) => {
+                return Err(RelayError::Source(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before the end of the body",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(RelayError::Source(e)),
+        }
+    }
+}
