@@ -546,9 +546,9 @@ impl Kernel {
         ))
     }
 
-    /// Visits up to `budget` installed flows of `proto`, resuming where the
-    /// last walk stopped (a few bpf(2) calls: one batched lookup, and a
-    /// delete per flow taken back). `f` gets what the kernel forwarded since
+    /// Visits about `budget` installed flows of `proto` (whole hash
+    /// buckets), resuming where the last walk stopped (a few bpf(2) calls:
+    /// one batched lookup, and a delete per flow taken back). `f` gets what the kernel forwarded since
     /// the flow's previous visit and returns whether the flow stays in the
     /// kernel.
     pub fn walk(
@@ -563,20 +563,26 @@ impl Kernel {
         let fd = fd(m);
         let now = sys::monotonic_ns();
         let round = self.round[slot];
-        if self.batch_keys.len() < budget {
-            self.batch_keys.resize(budget, RawKey::default());
-            self.batch_vals.resize(budget, RawVal::default());
-        }
-        let (got, next) = match sys::lookup_batch(
-            fd,
-            self.cursor[slot],
-            &mut self.batch_keys[..budget],
-            &mut self.batch_vals[..budget],
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                log::debug!("eBPF walk: {e}");
-                (0, None)
+        // The kernel returns whole hash buckets: one that holds more flows
+        // than the room left (ENOSPC) is read with more room, not skipped.
+        let mut room = budget.max(1);
+        let (got, next) = loop {
+            if self.batch_keys.len() < room {
+                self.batch_keys.resize(room, RawKey::default());
+                self.batch_vals.resize(room, RawVal::default());
+            }
+            match sys::lookup_batch(
+                fd,
+                self.cursor[slot],
+                &mut self.batch_keys[..room],
+                &mut self.batch_vals[..room],
+            ) {
+                Ok(r) => break r,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && room < 1 << 20 => room *= 2,
+                Err(e) => {
+                    log::debug!("eBPF walk: {e}");
+                    break (0, None);
+                }
             }
         };
         for i in 0..got {
