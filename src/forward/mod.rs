@@ -940,24 +940,43 @@ impl Engine {
         }
         if let Some((_, c)) = self.conns.at_mut(ci) {
             self.dests[c.dest as usize].counters.total += 1;
-            // As for a new flow decided here: an unconfirmed one feeds the
-            // flood guard and, under a flood, is synced only once confirmed.
-            let guard = match (kind, confirmed) {
-                (Kind::Embryonic, _) => Some(&mut self.syn_guard),
-                (Kind::Udp, false) => Some(&mut self.udp_guard),
-                _ => None,
-            };
-            let quiet = guard.is_some_and(|g| {
-                g.on_new(key.src);
-                g.under_pressure()
-            });
-            if quiet {
+        }
+        // As for a new flow decided here.
+        match (kind, confirmed) {
+            (Kind::Embryonic, _) => self.enter_unconfirmed(now, ci, true, key.src),
+            (Kind::Udp, false) => self.enter_unconfirmed(now, ci, false, key.src),
+            _ => self.mark_for_sync(now, ci, false),
+        }
+        true
+    }
+
+    /// A flow just entered unconfirmed (half-open TCP, UDP seen once): its
+    /// part's flood guard counts its source. Under a flood, unconfirmed
+    /// entries are not synced until they are confirmed (IPVS syncs only
+    /// after a few packets): the standby would spend as much on the flood
+    /// as the director.
+    fn enter_unconfirmed(&mut self, now: Instant, ci: u32, tcp: bool, src: Ipv4Addr) {
+        let guard = if tcp {
+            &mut self.syn_guard
+        } else {
+            &mut self.udp_guard
+        };
+        guard.on_new(src);
+        let quiet = guard.under_pressure();
+        self.mark_for_sync(now, ci, quiet);
+    }
+
+    /// Queues a new entry for the peer, or, `held` back, counts it as one
+    /// whose peer copy has run out, so the packet that confirms it also
+    /// sends it.
+    fn mark_for_sync(&mut self, now: Instant, ci: u32, held: bool) {
+        if let Some((_, c)) = self.conns.at_mut(ci) {
+            if held {
                 c.synced_until = now;
             } else {
                 self.conn_log.mark(&mut c.mark, ci);
             }
         }
-        true
     }
 
     /// A flow the data plane confirmed itself (its handshake's ACK, a UDP
@@ -1023,27 +1042,9 @@ impl Engine {
             return self.drop(ForwardDrop::TableFull);
         };
         self.counts[kind.idx()] += 1;
-        let guard = if tcp {
-            self.lru.push(LIST_EMBRYONIC, ci);
-            &mut self.syn_guard
-        } else {
-            self.lru.push(LIST_UDP_FRESH, ci);
-            &mut self.udp_guard
-        };
-        guard.on_new(key.src);
-        // Under a flood, unconfirmed entries are not synced until they are
-        // confirmed (IPVS syncs only after a few packets): the standby
-        // would spend as much on the flood as the director. A held-back
-        // entry counts as one whose peer copy has run out, so the packet
-        // that confirms it also sends it.
-        let quiet = guard.under_pressure();
-        if let Some((_, c)) = self.conns.at_mut(ci) {
-            if quiet {
-                c.synced_until = now;
-            } else {
-                self.conn_log.mark(&mut c.mark, ci);
-            }
-        }
+        self.lru
+            .push(if tcp { LIST_EMBRYONIC } else { LIST_UDP_FRESH }, ci);
+        self.enter_unconfirmed(now, ci, tcp, key.src);
         if let Some(p) = self.persists.at_mut(persist) {
             p.1.conns += 1;
         }

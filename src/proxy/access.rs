@@ -1,6 +1,7 @@
 //! `access_log`: one line per request in the combined log format (Apache's
 //! and nginx's default, which log analysers read), with the real client
 //! address, to stderr or an appended file.
+use crate::wire::civil::Civil;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -52,29 +53,20 @@ fn escape(v: &str) -> String {
     out
 }
 
-/// `03/Dec/2026:14:48:00 +0000` (UTC; the date from Howard Hinnant's
-/// days-to-civil algorithm).
+/// `03/Dec/2026:14:48:00 +0000` (UTC).
 fn clf_time(secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let c = Civil::from_unix(secs);
     format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        c.day,
+        MONTHS[(c.month - 1) as usize],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
     )
 }
 

@@ -65,7 +65,8 @@ pub struct Rewritten {
     pub user_agent: Option<String>,
 }
 
-const HOP_BY_HOP: &[&str] = &[
+/// Headers that describe one connection, not the message: never relayed.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -3,7 +3,7 @@
 //! reused), whether the backend keeps its connection, and whether it is an
 //! interim (1xx) answer or a protocol switch.
 use super::frame::Framing;
-use super::head::{body_headers, lists_token, push_header, MAX_HEADERS};
+use super::head::{body_headers, lists_token, push_header, HOP_BY_HOP, MAX_HEADERS};
 
 /// The backend sent something that is not an HTTP/1.x response (502).
 #[derive(Debug, PartialEq, Eq)]
@@ -24,15 +24,6 @@ pub struct Response {
     /// the relay adds `Connection` (and a sticky cookie) to it.
     pub head: Vec<u8>,
 }
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// `Ok(None)` while the head is incomplete. `head_request`: the request
 /// was HEAD, so no body follows whatever the headers say.

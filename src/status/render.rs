@@ -6,6 +6,7 @@
 
 use super::model::StatusReport;
 use super::{chart, metrics, page};
+use crate::wire::civil::Civil;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -62,24 +63,10 @@ pub fn esc(s: &str) -> String {
 
 /// "YYYY-MM-DD HH:MM:SSZ" for a unix time in ms.
 pub fn fmt_unix_ms(ts_ms: u64) -> String {
-    let secs = ts_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let c = Civil::from_unix(ts_ms / 1000);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
 }
 

@@ -1,5 +1,6 @@
 //! Wire formats: bytes in, typed values out, and back. Nothing here decides.
 pub mod admin;
+pub mod civil;
 pub mod envelope;
 pub mod frame;
 pub mod heartbeat;
