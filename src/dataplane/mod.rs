@@ -1,11 +1,11 @@
 //! The data plane: one interface the control plane drives (`Shared`,
 //! `Control`, `spawn`), engines behind it. The userspace engine (an
 //! AF_PACKET ring, in thread.rs) handles every frame itself; the eBPF one
-//! adds a tc program that forwards the frames of established flows in
-//! kernel, while the same thread and the same Rust engine decide every new
-//! flow. The control plane does not know which one runs.
+//! adds a tc program that forwards established flows, and schedules new
+//! ones by tables the Rust engine builds, in kernel; user space's socket
+//! then gets only what the program leaves it. The control plane does not
+//! know which one runs.
 use crate::config::EngineChoice;
-use std::os::fd::RawFd;
 
 pub mod ebpf;
 mod thread;
@@ -30,7 +30,6 @@ pub fn select(
     choice: EngineChoice,
     p: &ebpf::Params,
     ifname: &str,
-    sock: RawFd,
 ) -> Result<Option<ebpf::Kernel>, ebpf::Error> {
     if choice == EngineChoice::Userspace {
         log::info!("data plane: userspace engine (configured)");
@@ -38,11 +37,8 @@ pub fn select(
     }
     let attach = || -> Result<ebpf::Kernel, ebpf::Error> {
         let mut k = ebpf::Kernel::load(p)?;
-        // Not forwarding until the data plane turns it on, so the order
-        // does not matter; a socket filter left on a socket the caller then
-        // uses without the engine would still keep ARP and vMAC frames.
+        // Not forwarding until the data plane turns it on.
         k.attach_tc(ifname)?;
-        k.attach_socket(sock)?;
         Ok(k)
     };
     match attach() {

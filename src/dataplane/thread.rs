@@ -361,6 +361,7 @@ impl Plane {
                 }
             }
             self.flush(&mut ring, &mut out, &mut held);
+            self.take_arp(now, &mut big);
             self.take_adoptions(now);
             if now.duration_since(last_sync) >= SYNC_PERIOD {
                 self.exchange_sync(now);
@@ -572,6 +573,25 @@ impl Plane {
         }
     }
 
+    /// eBPF engine: ARP comes on a socket of its own (sys::packet::Receive).
+    fn take_arp(&mut self, now: Instant, buf: &mut [u8]) {
+        for _ in 0..FRAMES_PER_ROUND {
+            let n = match self.sock.recv_arp(buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("data plane ARP receive: {e}");
+                    return;
+                }
+            };
+            if n > buf.len() {
+                self.drop("truncated");
+            } else if let Some(len) = self.handle(now, &mut buf[..n]) {
+                self.send(&[&buf[..len]]);
+            }
+        }
+    }
+
     /// A frame too large for a ring slot (a GSO super-frame): read from
     /// the socket queue, handled and sent on its own.
     fn handle_queued(&mut self, now: Instant, big: &mut [u8]) {
@@ -671,6 +691,7 @@ impl Plane {
             for (reason, n) in [
                 (frame::DropReason::Fragment.as_str(), s.fragments),
                 ("echo_rate_limit", s.echo_limited),
+                (frame::DropReason::Vlan.as_str(), s.vlan),
             ] {
                 if n > 0 {
                     *out.drops.entry(reason).or_default() += n;
@@ -767,7 +788,7 @@ impl Plane {
     fn send_control_frame(&mut self, f: &[u8]) {
         let mut buf = [0u8; VNET_HDR_LEN + 64];
         buf[VNET_HDR_LEN..VNET_HDR_LEN + f.len()].copy_from_slice(f);
-        if let Err(e) = self.sock.send_batch(&[&buf[..VNET_HDR_LEN + f.len()]]) {
+        if let Err(e) = self.sock.send_arp(&[&buf[..VNET_HDR_LEN + f.len()]]) {
             log::warn!("sending ARP: {e}");
         } else {
             self.stats.tx_packets += 1;

@@ -155,7 +155,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let tun = Tun::open(TUN_NAME).map_err(io("creating TUN device duet0"))?;
     netlink::set_up(TUN_NAME).map_err(io("bringing duet0 up"))?;
     host.local_path(store.as_ref())?;
-    let sock = packet::PacketSocket::open(link.index, vmac).map_err(io("opening packet socket"))?;
     let kernel = crate::dataplane::select(
         cfg.cluster.engine,
         &crate::dataplane::ebpf::Params {
@@ -171,9 +170,15 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             echo_rate: dataplane::ECHO_RATE,
         },
         &cfg.cluster.interface,
-        sock.raw_fd(),
     )
     .map_err(|e| DaemonError::Config(format!("cluster.engine = \"ebpf\": {e}")))?;
+    // Behind the tc program the socket sees only what it leaves to user space.
+    let at = match kernel {
+        Some(_) => packet::Receive::AfterTc,
+        None => packet::Receive::All,
+    };
+    let sock =
+        packet::PacketSocket::open(link.index, vmac, at).map_err(io("opening packet socket"))?;
 
     let state = State {
         node: me.name.get_ref().clone(),

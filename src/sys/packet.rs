@@ -5,6 +5,12 @@
 //! TPACKET_V2 receive ring (no copy and no system call while frames are
 //! ready) and batched send through `sendmmsg`.
 //!
+//! Behind the eBPF engine's tc program it is two sockets instead, bound to
+//! ETH_P_IP (the ring) and ETH_P_ARP (`Receive::AfterTc`). The kernel hands
+//! a frame to ETH_P_ALL sockets before tc ingress and to protocol-bound
+//! ones after it, so the frames the program forwards never reach user
+//! space at all.
+//!
 //! Sending stays on `sendmmsg` on purpose (from reading net/packet/af_packet.c,
 //! not from a failed test): a PACKET_TX_RING hands the ring's pages to the
 //! skb as fragments (`tpacket_fill_skb`), and `tpacket_destruct_skb` marks
@@ -20,6 +26,20 @@ use std::sync::atomic::Ordering;
 pub const VNET_HDR_LEN: usize = 10;
 
 const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Where the socket sits in the kernel's receive path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// Every frame, before tc ingress and with its VLAN tag still known
+    /// (the userspace engine).
+    All,
+    /// IPv4 and ARP after tc ingress (the eBPF engine, whose program drops
+    /// tagged frames to the virtual MAC: the kernel clears the tag before
+    /// a protocol-bound socket sees the frame).
+    AfterTc,
+}
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -45,31 +65,45 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> i
 
 pub struct PacketSocket {
     fd: OwnedFd,
+    /// `Receive::AfterTc`: the ARP socket beside the IPv4 one.
+    arp: Option<OwnedFd>,
     ifindex: i32,
     ring: Option<RxRing>,
 }
 
 impl PacketSocket {
     /// Opens a vnet-header packet socket bound to `ifindex`, filtered to ARP
-    /// and frames addressed to `vmac`.
-    pub fn open(ifindex: u32, vmac: [u8; 6]) -> io::Result<PacketSocket> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                ETH_P_ALL.to_be() as libc::c_int,
-            )
-        })?;
-        // SAFETY: raw is a fresh, valid descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    /// and frames addressed to `vmac`, where `at` says.
+    pub fn open(ifindex: u32, vmac: [u8; 6], at: Receive) -> io::Result<PacketSocket> {
+        let (proto, arp) = match at {
+            Receive::All => (ETH_P_ALL, None),
+            Receive::AfterTc => {
+                let arp = raw_socket(ETH_P_ARP)?;
+                attach(&arp, &arp_filter(vmac, ifindex))?;
+                setsockopt(
+                    arp.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_VNET_HDR,
+                    &1i32,
+                )?;
+                bind(&arp, ETH_P_ARP, ifindex)?;
+                (ETH_P_IP, Some(arp))
+            }
+        };
+        let fd = raw_socket(proto)?;
+        let raw = fd.as_raw_fd();
         let mut s = PacketSocket {
             fd,
+            arp,
             ifindex: ifindex as i32,
             ring: None,
         };
         // The filter goes on before bind so no unfiltered frame is queued.
-        s.attach_filter(vmac)?;
+        let filter = match at {
+            Receive::All => all_filter(vmac),
+            Receive::AfterTc => vmac_filter(vmac),
+        };
+        attach(&s.fd, &filter)?;
         // The kernel takes these in this order only: the version and the
         // vnet header are refused once a ring exists.
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)?;
@@ -78,19 +112,7 @@ impl PacketSocket {
         setsockopt(raw, libc::SOL_PACKET, PACKET_COPY_THRESH, &1i32)?;
         setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RX_QUEUE_BYTES)?;
         s.ring = Some(RxRing::setup(raw)?);
-        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL.to_be();
-        sll.sll_ifindex = s.ifindex;
-        // SAFETY: sll is a valid sockaddr_ll of the size passed.
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        bind(&s.fd, proto, ifindex)?;
         Ok(s)
     }
 
@@ -104,54 +126,17 @@ impl PacketSocket {
     /// `SlotKind::Queued`) with its virtio header into `buf`; returns its
     /// length, 0 if none is there.
     pub fn recv_queued(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is a live, writable buffer of the length passed.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(n as usize)
+        recv(&self.fd, buf)
     }
 
-    /// Keeps ARP and frames whose destination is the virtual MAC.
-    fn attach_filter(&self, vmac: [u8; 6]) -> io::Result<()> {
-        const LD_H_ABS: u16 = 0x28;
-        const LD_W_ABS: u16 = 0x20;
-        const JEQ_K: u16 = 0x15;
-        const RET_K: u16 = 0x06;
-        let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-        let hi = u32::from_be_bytes([vmac[0], vmac[1], vmac[2], vmac[3]]);
-        let lo = u32::from(u16::from_be_bytes([vmac[4], vmac[5]]));
-        let mut prog = [
-            ins(LD_H_ABS, 0, 0, 12),
-            ins(JEQ_K, 4, 0, 0x0806),
-            ins(LD_W_ABS, 0, 0, 0),
-            ins(JEQ_K, 0, 3, hi),
-            ins(LD_H_ABS, 0, 0, 4),
-            ins(JEQ_K, 0, 1, lo),
-            ins(RET_K, 0, 0, 0x0004_0000),
-            ins(RET_K, 0, 0, 0),
-        ];
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_mut_ptr(),
-        };
-        setsockopt(
-            self.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &fprog,
-        )
+    /// Reads the next ARP frame of a `Receive::AfterTc` socket with its
+    /// virtio header into `buf`; 0 if none is there (or none can be:
+    /// `Receive::All` gets ARP in its ring).
+    pub fn recv_arp(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.arp {
+            Some(fd) => recv(fd, buf),
+            None => Ok(0),
+        }
     }
 
     fn membership(&self, mac: [u8; 6], add: bool) -> io::Result<()> {
@@ -179,28 +164,19 @@ impl PacketSocket {
         self.membership(mac, false)
     }
 
-    /// The socket, for the eBPF engine's filter.
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
     /// Waits up to `timeout_ms` for frames or a poke on `wake` (an eventfd,
     /// drained here).
     pub fn wait(&self, wake: RawFd, timeout_ms: i32) -> io::Result<()> {
-        let mut p = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
+        let poll = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // poll(2) skips a negative descriptor: no ARP socket, no entry.
+        let arp = self.arp.as_ref().map_or(-1, |a| a.as_raw_fd());
+        let mut p = [poll(wake), poll(self.fd.as_raw_fd()), poll(arp)];
+        // SAFETY: three valid pollfds.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 3, timeout_ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
@@ -209,24 +185,26 @@ impl PacketSocket {
                 Err(e)
             };
         }
-        if p[0].revents & libc::POLLERR != 0 {
-            // The link went down (ENETDOWN): reading the error clears it,
-            // or every later poll would return at once and spin.
-            let mut err: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: SO_ERROR writes one int into err.
-            unsafe {
-                libc::getsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_ERROR,
-                    (&mut err as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            log::debug!("packet socket: {}", io::Error::from_raw_os_error(err));
+        for q in &p[1..] {
+            if q.revents & libc::POLLERR != 0 {
+                // The link went down (ENETDOWN): reading the error clears
+                // it, or every later poll would return at once and spin.
+                let mut err: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: SO_ERROR writes one int into err.
+                unsafe {
+                    libc::getsockopt(
+                        q.fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut err as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                log::debug!("packet socket: {}", io::Error::from_raw_os_error(err));
+            }
         }
-        if p[1].revents & libc::POLLIN != 0 {
+        if p[0].revents & libc::POLLIN != 0 {
             let mut v = 0u64;
             // SAFETY: an eventfd read takes exactly 8 bytes into v.
             unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
@@ -236,51 +214,199 @@ impl PacketSocket {
 
     /// Sends each slice (virtio header + frame) as one frame; returns how many went.
     pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
-        let mut sent = 0;
-        for chunk in frames.chunks(64) {
-            let mut iovs: [libc::iovec; 64] = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 64];
-            // SAFETY: zeroed mmsghdr is valid (null name, no control).
-            let mut hdrs: [libc::mmsghdr; 64] = unsafe { zeroed() };
-            for (i, f) in chunk.iter().enumerate() {
-                iovs[i] = libc::iovec {
-                    iov_base: f.as_ptr() as *mut _,
-                    iov_len: f.len(),
-                };
-                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-                hdrs[i].msg_hdr.msg_iovlen = 1;
-            }
-            let mut off = 0;
-            while off < chunk.len() {
-                // SAFETY: headers [off..len) point at live iovecs over borrowed slices.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        self.fd.as_raw_fd(),
-                        hdrs[off..].as_mut_ptr(),
-                        (chunk.len() - off) as u32,
-                        0,
-                    )
-                };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        Some(libc::EINTR) => continue,
-                        // A full queue or an oversized frame loses that frame only.
-                        Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EMSGSIZE) => {
-                            off += 1;
-                            continue;
-                        }
-                        _ => return Err(e),
-                    }
-                }
-                off += n as usize;
-                sent += n as usize;
-            }
-        }
-        Ok(sent)
+        send_mmsg(&self.fd, frames)
     }
+
+    /// Sends ARP frames (virtio header + frame), on the socket bound to
+    /// ARP where there is one: a frame's protocol is the socket's.
+    pub fn send_arp(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        send_mmsg(self.arp.as_ref().unwrap_or(&self.fd), frames)
+    }
+}
+
+fn raw_socket(proto: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            proto.to_be() as libc::c_int,
+        )
+    })?;
+    // SAFETY: raw is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn bind(fd: &OwnedFd, proto: u16, ifindex: u32) -> io::Result<()> {
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the size passed.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a live, writable buffer of the length passed.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(n as usize)
+}
+
+// Classic BPF, as the kernel runs a packet socket's filter: the frame from
+// its MAC header, and the skb's own fields at SKF_AD_OFF.
+const LD_H_ABS: u16 = 0x28;
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const RET_K: u16 = 0x06;
+const SKF_AD_OFF: u32 = 0xffff_f000;
+const SKF_AD_PKTTYPE: u32 = 4;
+const SKF_AD_IFINDEX: u32 = 8;
+const PACKET_OTHERHOST: u32 = 3;
+/// What a filter returns to keep a frame: more than any frame's length.
+const KEEP: u32 = 0x0004_0000;
+
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn mac_words(vmac: [u8; 6]) -> (u32, u32) {
+    (
+        u32::from_be_bytes([vmac[0], vmac[1], vmac[2], vmac[3]]),
+        u32::from(u16::from_be_bytes([vmac[4], vmac[5]])),
+    )
+}
+
+/// `Receive::All`: ARP, and frames whose destination is the virtual MAC.
+fn all_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
+    let (hi, lo) = mac_words(vmac);
+    vec![
+        ins(LD_H_ABS, 0, 0, 12),
+        ins(JEQ_K, 4, 0, 0x0806),
+        ins(LD_W_ABS, 0, 0, 0),
+        ins(JEQ_K, 0, 3, hi),
+        ins(LD_H_ABS, 0, 0, 4),
+        ins(JEQ_K, 0, 1, lo),
+        ins(RET_K, 0, 0, KEEP),
+        ins(RET_K, 0, 0, 0),
+    ]
+}
+
+/// The IPv4 socket behind tc: frames to the virtual MAC, which are those
+/// the program left to user space (it gives the local path's frames our
+/// own MAC, and takes the rest).
+fn vmac_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
+    let (hi, lo) = mac_words(vmac);
+    vec![
+        ins(LD_W_ABS, 0, 0, 0),
+        ins(JEQ_K, 0, 3, hi),
+        ins(LD_H_ABS, 0, 0, 4),
+        ins(JEQ_K, 0, 1, lo),
+        ins(RET_K, 0, 0, KEEP),
+        ins(RET_K, 0, 0, 0),
+    ]
+}
+
+/// The ARP socket behind tc, which sees a frame after the kernel took its
+/// VLAN tag off: only frames of the LAN interface itself (a VLAN device's
+/// are handed to it too), and no PACKET_OTHERHOST (what a VLAN id with no
+/// device becomes) unless it is to the virtual MAC (tagged ones of which
+/// the tc program drops).
+fn arp_filter(vmac: [u8; 6], ifindex: u32) -> Vec<libc::sock_filter> {
+    let (hi, lo) = mac_words(vmac);
+    vec![
+        ins(LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_IFINDEX),
+        ins(JEQ_K, 0, 7, ifindex),
+        ins(LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_PKTTYPE),
+        ins(JEQ_K, 0, 4, PACKET_OTHERHOST),
+        ins(LD_W_ABS, 0, 0, 0),
+        ins(JEQ_K, 0, 3, hi),
+        ins(LD_H_ABS, 0, 0, 4),
+        ins(JEQ_K, 0, 1, lo),
+        ins(RET_K, 0, 0, KEEP),
+        ins(RET_K, 0, 0, 0),
+    ]
+}
+
+fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &fprog,
+    )
+}
+
+fn send_mmsg(fd: &OwnedFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let mut sent = 0;
+    for chunk in frames.chunks(64) {
+        let mut iovs: [libc::iovec; 64] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 64];
+        // SAFETY: zeroed mmsghdr is valid (null name, no control).
+        let mut hdrs: [libc::mmsghdr; 64] = unsafe { zeroed() };
+        for (i, f) in chunk.iter().enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: f.as_ptr() as *mut _,
+                iov_len: f.len(),
+            };
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut off = 0;
+        while off < chunk.len() {
+            // SAFETY: headers [off..len) point at live iovecs over borrowed slices.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    hdrs[off..].as_mut_ptr(),
+                    (chunk.len() - off) as u32,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // A full queue or an oversized frame loses that frame only.
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EMSGSIZE) => {
+                        off += 1;
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            off += n as usize;
+            sent += n as usize;
+        }
+    }
+    Ok(sent)
 }
 
 /// Geometry of the receive ring. A slot holds any frame of a 1500-byte MTU

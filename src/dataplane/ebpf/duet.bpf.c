@@ -24,29 +24,29 @@
 // (counters, sync to the peer) when it is confirmed (`adoptions`), or else
 // when its walk first sees it.
 //
-// - duet_tc (tc clsact ingress, direct action) forwards a frame to the
-//   virtual MAC whose flow is in a map: remote backend = MAC rewrite +
-//   redirect to the same interface's egress; local backend = destination
-//   MAC set to our own, PACKET_HOST, TC_ACT_OK (the stack delivers it to the
-//   VIP on lo). Any other frame to the virtual MAC is dropped: the packet
-//   socket of user space, which the kernel serves before tc ingress, has
-//   already taken its copy and forwards it.
-// - duet_sock (socket filter on that packet socket) keeps ARP and frames to
-//   the virtual MAC, except those duet_tc forwards: user space never copies
-//   an established flow's packets.
+// - duet_tc (tc clsact ingress, direct action) is the only program. It
+//   forwards a frame to the virtual MAC whose flow is in a map, or that it
+//   schedules itself: remote backend = MAC rewrite + redirect to the same
+//   interface's egress; local backend = destination MAC set to our own,
+//   PACKET_HOST, TC_ACT_OK (the stack delivers it to the VIP on lo). Any
+//   other frame to the virtual MAC passes untouched (TC_ACT_OK) to user
+//   space's packet socket. That socket is bound to ETH_P_IP, not
+//   ETH_P_ALL: the kernel serves such a socket after tc ingress (taps,
+//   ETH_P_ALL, come before it), so a frame forwarded here never reaches it
+//   and costs user space nothing, not even a filter run. The stack itself
+//   drops the frames passed to user space (PACKET_OTHERHOST).
 //
-// Both run the same `kernel_forwards` test, so a frame is handled exactly
-// once. The socket filter runs first (packet taps come before tc ingress),
-// so it alone takes the budget decision for a SYN; tc follows what it left
-// in `embryonic`. A SYN whose flow is in `embryonic` (with the current
-// `epoch`: no backend change since) is a retransmission and goes where the
-// first went. A confirmed flow's FIN or RST is forwarded here and noted in
-// its entry (`tcp_flags`): the state machine (FIN_WAIT, CLOSE timeouts) has
-// one implementation, in Rust, which the walk of user space feeds with
-// those flags. A FIN or RST of any other flow, and ICMP errors, go to user
-// space. Non-first fragments (nothing to forward them by)
-// are dropped and counted here, and pings of the VIP handed to the local
-// stack at user space's echo rate, so neither flood reaches user space.
+// A SYN whose flow is in `embryonic` (with the current `epoch`: no backend
+// change since) is a retransmission and goes where the first went. A
+// confirmed flow's FIN or RST is forwarded here and noted in its entry
+// (`tcp_flags`): the state machine (FIN_WAIT, CLOSE timeouts) has one
+// implementation, in Rust, which the walk of user space feeds with those
+// flags. A FIN or RST of any other flow, and ICMP errors, go to user
+// space. Non-first fragments (nothing to forward them by) are dropped and
+// counted here, and pings of the VIP handed to the local stack at user
+// space's echo rate, so neither flood reaches user space. So are frames to
+// the virtual MAC with a VLAN tag: duet serves the untagged LAN, and the
+// kernel takes the tag off before user space's socket could see it.
 //
 // Fail-safe: the program forwards only while `lease_until` (CLOCK_MONOTONIC
 // ns, renewed by duet) lies in the future. A filter left behind by a killed
@@ -157,6 +157,7 @@ enum stat {
 	STAT_ECHO_LOCAL, // pings of the VIP handed to the local stack
 	STAT_ECHO_LIMITED, // pings of the VIP over the rate, dropped
 	STAT_ADOPT_LOST, // confirmations lost to a full `adoptions` ring
+	STAT_VLAN, // frames to the virtual MAC with a VLAN id, dropped
 	STAT_MAX,
 };
 
@@ -265,12 +266,11 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 	return 1;
 }
 
-// Reads from the MAC header on: a packet socket's filter and tc both see
-// frames from there, but BPF_PROG_TEST_RUN hands a socket filter its skb at
-// the network header.
+// Reads from the MAC header on: tc ingress runs with the MAC header pushed
+// back onto the data.
 static __always_inline long load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
 {
-	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_MAC);
+	return bpf_skb_load_bytes(skb, off, to, len);
 }
 
 static __always_inline void count(__u32 which, __u64 n)
@@ -412,28 +412,24 @@ static __always_inline struct flow_val *kernel_pick(struct control *c, struct fl
 }
 
 // A UDP frame: its flow's entry, or one scheduled for it here.
-static __always_inline struct flow_val *udp_forwards(struct control *c, struct flow_key *k,
-						     int in_tc)
+static __always_inline struct flow_val *udp_forwards(struct control *c, struct flow_key *k)
 {
 	struct flow_val *v = bpf_map_lookup_elem(&udp, k);
 	if (v)
 		return v;
 	v = bpf_map_lookup_elem(&udp_new, k);
 	if (v && v->epoch != c->epoch) {
-		// Scheduled before a backend change: decided afresh. In tc the
-		// socket filter has done so already (the entry would be current)
-		// or handed the frame to user space: the stale entry goes.
-		if (in_tc) {
-			bpf_map_delete_elem(&udp_new, k);
-			return NULL;
-		}
+		// Scheduled before a backend change: decided afresh, and the
+		// stale entry goes whoever decides.
+		bpf_map_delete_elem(&udp_new, k);
 		v = NULL;
 	}
 	if (v) {
-		// The first datagram, which the socket filter scheduled, has no
-		// count yet; the second confirms the flow. A full `udp` refuses
-		// it: it stays here, evictable.
-		if (!in_tc || v->packets == 0)
+		// The datagram after the one that scheduled the flow confirms
+		// it. One user space installed has not counted its first: the
+		// next confirms. A full `udp` refuses it: it stays here,
+		// evictable.
+		if (v->packets == 0)
 			return v;
 		struct flow_val moved = *v;
 		if (bpf_map_update_elem(&udp, k, &moved, BPF_NOEXIST) < 0)
@@ -442,8 +438,6 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 		announce(k, &moved, 1);
 		return bpf_map_lookup_elem(&udp, k);
 	}
-	if (in_tc)
-		return NULL;
 	struct pick *p = service_table(k);
 	if (for_user_space(c, p))
 		return NULL;
@@ -453,7 +447,7 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 // The flow entry duet_tc forwards this frame by, or NULL when user space
 // (or nobody) handles it.
 static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
-							 struct control **out, int in_tc)
+							 struct control **out)
 {
 	__u32 zero = 0;
 	struct control *c = bpf_map_lookup_elem(&ctl, &zero);
@@ -501,8 +495,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			if (!v)
 				return NULL;
 			*out = c;
-			if (in_tc)
-				v->tcp_flags |= flags & (TCP_FIN | TCP_RST);
+			v->tcp_flags |= flags & (TCP_FIN | TCP_RST);
 			return v;
 		}
 		if (flags & TCP_SYN) {
@@ -512,17 +505,14 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			struct flow_val *e = bpf_map_lookup_elem(&embryonic, &k);
 			if (e && e->epoch == c->epoch)
 				return e;
-			if (!in_tc) {
-				struct pick *p = service_table(&k);
-				if (for_user_space(c, p))
-					return NULL;
+			struct pick *p = service_table(&k);
+			if (!for_user_space(c, p))
 				return kernel_pick(c, &k, p);
-			}
-			// User space has this SYN (the filter kept it) and may
-			// send it elsewhere than an old entry on its ports (port
-			// reuse, or a backend change since a retransmission's
-			// first): the old entry must not catch its handshake's
-			// ACK. Deleted here, before user space reads it.
+			// User space decides this SYN and may send it elsewhere
+			// than an old entry on its ports (port reuse, or a backend
+			// change since a retransmission's first): the old entry
+			// must not catch its handshake's ACK. Deleted here, before
+			// user space reads the frame.
 			bpf_map_delete_elem(&confirmed, &k);
 			bpf_map_delete_elem(&embryonic, &k);
 			return NULL;
@@ -530,12 +520,12 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 	}
 	*out = c;
 	if (ip.protocol != IPPROTO_TCP)
-		return udp_forwards(c, &k, in_tc);
+		return udp_forwards(c, &k);
 	struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
 	if (v)
 		return v;
 	v = bpf_map_lookup_elem(&embryonic, &k);
-	if (!v || !in_tc)
+	if (!v)
 		return v;
 	// The handshake's ACK (or data after it): the flow is confirmed. It
 	// moves with its counters, so user space's walk of `confirmed` accounts
@@ -597,24 +587,27 @@ SEC("classifier")
 int duet_tc(struct __sk_buff *skb)
 {
 	struct control *c = NULL;
-	struct flow_val *v = kernel_forwards(skb, &c, 1);
+	struct flow_val *v = kernel_forwards(skb, &c);
 	if (!v) {
-		// A frame to the virtual MAC that user space handles (it has its
-		// copy already) or nobody does: the stack would drop it as
-		// PACKET_OTHERHOST anyway. Everything else passes untouched.
 		if (!c) {
 			__u32 zero = 0;
 			c = bpf_map_lookup_elem(&ctl, &zero);
-			if (!c || !c->active)
+			if (!c)
 				return TC_ACT_OK;
 		}
 		__u8 dst[6];
 		if (load(skb, 0, dst, 6) < 0 || !mac_eq(dst, c->vmac))
 			return TC_ACT_OK;
+		// A VLAN id, not a priority tag alone (id 0), as user space
+		// tells them apart; directing or not, like user space counted.
+		if (skb->vlan_present && (skb->vlan_tci & 0x0fff)) {
+			count(STAT_VLAN, 1);
+			return TC_ACT_SHOT;
+		}
 		switch (vip_frame(skb, c)) {
 		case VIP_FRAGMENT:
 			count(STAT_FRAGMENTS, 1);
-			break;
+			return TC_ACT_SHOT;
 		case VIP_ECHO:
 			if (within_rate(1, c->echo_cost_ns, ECHO_BURST_NS)) {
 				int r = to_local_stack(skb, c);
@@ -623,11 +616,11 @@ int duet_tc(struct __sk_buff *skb)
 				return r;
 			}
 			count(STAT_ECHO_LIMITED, 1);
-			break;
+			return TC_ACT_SHOT;
 		default:
-			break;
+			// User space's: its packet socket gets it after this.
+			return TC_ACT_OK;
 		}
-		return TC_ACT_SHOT;
 	}
 	__u64 len = skb->len;
 	__sync_fetch_and_add(&v->packets, 1);
@@ -657,27 +650,6 @@ int duet_tc(struct __sk_buff *skb)
 	count(STAT_REMOTE_PACKETS, 1);
 	count(STAT_REMOTE_BYTES, len);
 	return r;
-}
-
-// Socket filter: the number of bytes to keep, 0 to drop.
-SEC("socket")
-int duet_sock(struct __sk_buff *skb)
-{
-	struct control *c = NULL;
-	if (kernel_forwards(skb, &c, 0))
-		return 0;
-	__u32 zero = 0;
-	c = bpf_map_lookup_elem(&ctl, &zero);
-	if (!c)
-		return 0;
-	if (vip_frame(skb, c) != VIP_OTHER)
-		return 0;
-	struct ethhdr eth;
-	if (load(skb, 0, &eth, sizeof(eth)) < 0)
-		return 0;
-	if (eth.h_proto == bpf_htons(ETH_P_ARP) || mac_eq(eth.h_dest, c->vmac))
-		return 0x40000;
-	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

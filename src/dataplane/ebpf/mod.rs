@@ -1,16 +1,15 @@
 //! The eBPF engine's kernel half: loads `duet.bpf.c` (compiled by build.rs,
-//! embedded here), attaches it to the LAN interface and the packet socket,
-//! and reads and writes its maps. What goes into the maps, and when, is
+//! embedded here), attaches it to the LAN interface, and reads and writes its maps. What goes into the maps, and when, is
 //! decided by the data-plane thread (src/dataplane/thread.rs) from the Rust
 //! engine's verdicts: this file knows nothing about scheduling.
 use crate::forward::{maglev, HashTable, MAX_DEAL};
 use crate::wire::frame::{FlowKey, Mac};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
-use aya::programs::{tc, SchedClassifier, SocketFilter, TcAttachType};
+use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
 mod sys;
@@ -21,7 +20,6 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/duet.bp
 
 /// The tc program's name: also what finds a filter a killed duet left behind.
 const TC_PROG: &str = "duet_tc";
-const SOCK_PROG: &str = "duet_sock";
 /// UDP flows in the kernel: a separate LRU map (evicting one only sends its
 /// packets back to user space), sized apart from the confirmed TCP flows.
 const UDP_FLOWS: u32 = 65536;
@@ -210,6 +208,8 @@ pub struct KernelStats {
     /// Confirmations of kernel-scheduled flows lost to a full ring (the
     /// walk adopts those flows later).
     pub adopt_lost: u64,
+    /// Frames to the virtual MAC with a VLAN id, dropped in kernel.
+    pub vlan: u64,
 }
 
 /// Fixed facts about the interface the program serves.
@@ -266,7 +266,7 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Loads both programs and fills the control map (not forwarding yet).
+    /// Loads the program and fills the control map (not forwarding yet).
     pub fn load(p: &Params) -> Result<Kernel, Error> {
         let mut bpf = EbpfLoader::new()
             .map_max_entries("confirmed", p.max_connections.max(1))
@@ -274,16 +274,13 @@ impl Kernel {
             .map_max_entries("udp", UDP_FLOWS)
             .map_max_entries("udp_new", embryonic_bound(p.max_connections))
             .load(OBJECT)?;
-        for name in [TC_PROG, SOCK_PROG] {
-            let prog = bpf
-                .program_mut(name)
-                .ok_or(Error::Program(name, aya::programs::ProgramError::NotLoaded))?;
-            let r = match name {
-                TC_PROG => <&mut SchedClassifier>::try_from(prog).and_then(|p| p.load()),
-                _ => <&mut SocketFilter>::try_from(prog).and_then(|p| p.load()),
-            };
-            r.map_err(|e| Error::Program(name, e))?;
-        }
+        let prog = bpf.program_mut(TC_PROG).ok_or(Error::Program(
+            TC_PROG,
+            aya::programs::ProgramError::NotLoaded,
+        ))?;
+        <&mut SchedClassifier>::try_from(prog)
+            .and_then(|p| p.load())
+            .map_err(|e| Error::Program(TC_PROG, e))?;
         let hash = |bpf: &mut Ebpf, name: &'static str| match bpf.take_map(name) {
             Some(Map::HashMap(m) | Map::LruHashMap(m)) => Ok(m),
             _ => Err(Error::Map(name, "missing or not a hash".into())),
@@ -386,23 +383,6 @@ impl Kernel {
         };
         r.map_err(|e| tc_err(e.to_string()))?;
         Ok(())
-    }
-
-    /// Replaces `sock`'s filter with the eBPF one: ARP and frames to the
-    /// virtual MAC, minus what the tc program forwards itself.
-    pub fn attach_socket(&self, sock: RawFd) -> Result<(), Error> {
-        let prog: &SocketFilter = self
-            .bpf
-            .program(SOCK_PROG)
-            .ok_or(Error::Program(
-                SOCK_PROG,
-                aya::programs::ProgramError::NotLoaded,
-            ))?
-            .try_into()
-            .map_err(|e| Error::Program(SOCK_PROG, e))?;
-        // SAFETY: the caller's socket outlives this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(sock) };
-        prog.attach(fd).map_err(|e| Error::Program(SOCK_PROG, e))
     }
 
     /// Turns forwarding on or off (directing, or stepping down, is on).
@@ -647,6 +627,7 @@ impl Kernel {
             echo_local: sum(9),
             echo_limited: sum(10),
             adopt_lost: sum(11),
+            vlan: sum(12),
         }
     }
 

@@ -10,7 +10,6 @@ use etherparse::PacketBuilder;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
-const KEEP: u32 = 0x40000;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
@@ -107,15 +106,10 @@ impl Kernel {
             data_out: Some(&mut out),
             ..TestRunOptions::default()
         };
-        let r = match prog {
-            TC_PROG => <&SchedClassifier>::try_from(p)
-                .expect("tc program")
-                .test_run(opts),
-            _ => <&SocketFilter>::try_from(p)
-                .expect("socket filter")
-                .test_run(opts),
-        }
-        .expect("BPF_PROG_TEST_RUN");
+        let r = <&SchedClassifier>::try_from(p)
+            .expect("tc program")
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
@@ -124,8 +118,12 @@ impl Kernel {
         self.run(TC_PROG, frame)
     }
 
-    fn sock(&self, frame: &[u8]) -> u32 {
-        self.run(SOCK_PROG, frame).0
+    /// Runs tc on `frame`: whether it leaves the frame to user space,
+    /// passed on untouched, to the virtual MAC still (what user space's
+    /// packet socket behind tc keeps).
+    fn user(&self, frame: &[u8]) -> bool {
+        let (verdict, out) = self.tc(frame);
+        verdict == TC_ACT_OK && out == frame && frame[..6] == VMAC
     }
 }
 
@@ -164,10 +162,9 @@ fn table_of_frames() {
         name: &'static str,
         frame: Vec<u8>,
         verdict: u32,
-        /// Expected frame out of tc; `None`: unchanged.
+        /// Expected frame out of tc; `None`: unchanged (and to the
+        /// virtual MAC: user space's).
         out: Option<Vec<u8>>,
-        /// Whether the packet socket keeps its copy.
-        socket_keeps: bool,
     }
     let remote_in = tcp(VMAC, 1000, ACK);
     let local_in = tcp(VMAC, 1001, ACK);
@@ -180,77 +177,66 @@ fn table_of_frames() {
             out: Some(with_macs(&remote_in, PEER, OWN)),
             frame: remote_in,
             verdict: TC_ACT_REDIRECT,
-            socket_keeps: false,
         },
         Case {
             name: "local hit: destination is our own MAC, to the stack",
             out: Some(with_macs(&local_in, OWN, CLIENT_MAC)),
             frame: local_in,
             verdict: TC_ACT_OK,
-            socket_keeps: false,
         },
         Case {
             name: "UDP hit",
             out: Some(with_macs(&udp_in, PEER, OWN)),
             frame: udp_in,
             verdict: TC_ACT_REDIRECT,
-            socket_keeps: false,
         },
         Case {
-            name: "miss: user space has its copy, tc drops",
+            name: "miss: passed on to user space's socket",
             frame: tcp(VMAC, 2000, ACK),
-            verdict: TC_ACT_SHOT,
+            verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: true,
         },
         Case {
             name: "FIN of a confirmed flow: forwarded, noted for the walk",
             out: Some(with_macs(&fin_in, PEER, OWN)),
             frame: fin_in,
             verdict: TC_ACT_REDIRECT,
-            socket_keeps: false,
         },
         Case {
             name: "RST of a confirmed flow",
             out: Some(with_macs(&rst_in, OWN, CLIENT_MAC)),
             frame: rst_in,
             verdict: TC_ACT_OK,
-            socket_keeps: false,
         },
         Case {
             name: "FIN of an unknown flow: user space",
             frame: tcp(VMAC, 2000, FIN | ACK),
-            verdict: TC_ACT_SHOT,
+            verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: true,
         },
         Case {
             name: "SYN with FIN: user space",
             frame: tcp(VMAC, 1000, SYN | FIN),
-            verdict: TC_ACT_SHOT,
+            verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: true,
         },
         Case {
             name: "SYN of a known flow: user space decides (port reuse)",
             frame: tcp(VMAC, 1000, SYN),
-            verdict: TC_ACT_SHOT,
+            verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: true,
         },
         Case {
             name: "ICMP error about a known flow: user space (decide_related)",
             frame: icmp_error(1000),
-            verdict: TC_ACT_SHOT,
+            verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: true,
         },
         Case {
             name: "not to the virtual MAC: untouched, not for the socket",
             frame: tcp(OTHER_MAC, 1000, ACK),
             verdict: TC_ACT_OK,
             out: None,
-            socket_keeps: false,
         },
     ];
     for c in cases {
@@ -262,8 +248,6 @@ fn table_of_frames() {
             "{}: frame",
             c.name
         );
-        let keeps = k.sock(&c.frame) == KEEP;
-        assert_eq!(keeps, c.socket_keeps, "{}: socket filter", c.name);
     }
 }
 
@@ -273,14 +257,12 @@ fn syn_on_a_known_flow_takes_it_from_the_kernel() {
     k.set_active(true).unwrap();
     let a = key(6, 1000, 80);
     assert!(k.install(&a, remote()).unwrap());
-    // The socket filter has no side effects; tc removes the old entry.
-    assert_eq!(k.sock(&tcp(VMAC, 1000, SYN)), KEEP);
-    assert!(k.lookup(&a).is_some());
-    assert_eq!(k.tc(&tcp(VMAC, 1000, SYN)).0, TC_ACT_SHOT);
+    // User space decides it; the old entry goes before it reads the frame.
+    assert!(k.user(&tcp(VMAC, 1000, SYN)));
     assert!(k.lookup(&a).is_none(), "port reuse: old entry left");
     // A SYN-ACK or FIN does not.
     assert!(k.install(&a, remote()).unwrap());
-    assert_eq!(k.tc(&tcp(VMAC, 1000, SYN | ACK)).0, TC_ACT_SHOT);
+    assert!(k.user(&tcp(VMAC, 1000, SYN | ACK)));
     assert_eq!(k.tc(&tcp(VMAC, 1000, FIN | ACK)).0, TC_ACT_REDIRECT);
     assert!(k.lookup(&a).is_some());
 }
@@ -313,16 +295,17 @@ fn the_walk_reports_each_close_once() {
     // A handshake closed before its ACK: user space, nothing noted.
     let b = key(6, 3000, 80);
     k.install_embryonic(&b, remote()).unwrap();
-    assert_eq!(k.sock(&tcp(VMAC, 3000, FIN | ACK)), KEEP);
-    assert_eq!(k.tc(&tcp(VMAC, 3000, FIN | ACK)).0, TC_ACT_SHOT);
+    assert!(k.user(&tcp(VMAC, 3000, FIN | ACK)));
 }
 
 #[test]
-fn socket_keeps_arp() {
-    let k = kernel();
+fn arp_passes_untouched() {
+    let mut k = kernel();
+    k.set_active(true).unwrap();
     let arp = crate::wire::frame::build_arp(1, CLIENT_MAC, CLIENT, [0; 6], VIP, [0xff; 6]);
-    assert_eq!(k.sock(&arp), KEEP);
-    assert_eq!(k.tc(&arp).0, TC_ACT_OK);
+    assert_eq!(k.tc(&arp), (TC_ACT_OK, arp.to_vec()));
+    let to_vmac = crate::wire::frame::build_arp(1, CLIENT_MAC, CLIENT, VMAC, VIP, VMAC);
+    assert!(k.user(&to_vmac));
 }
 
 #[test]
@@ -330,16 +313,15 @@ fn inactive_or_expired_lease_forwards_nothing() {
     let mut k = kernel();
     assert!(k.install(&key(6, 1000, 80), remote()).unwrap());
     let f = tcp(VMAC, 1000, ACK);
-    // Never activated: the stack drops vMAC frames (OTHERHOST) itself.
-    assert_eq!(k.tc(&f), (TC_ACT_OK, f.clone()));
-    assert_eq!(k.sock(&f), KEEP);
+    // Never activated: user space's (which is not directing either; the
+    // stack drops vMAC frames, PACKET_OTHERHOST, itself).
+    assert!(k.user(&f));
     k.set_active(true).unwrap();
     assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
     // A lease duet stopped renewing (it was killed; the filter stayed).
     k.control.lease_until = sys::monotonic_ns() - 1;
     k.write_control().unwrap();
-    assert_eq!(k.tc(&f).0, TC_ACT_SHOT, "expired lease must not forward");
-    assert_eq!(k.sock(&f), KEEP, "user space gets the frame back");
+    assert!(k.user(&f), "expired lease must not forward");
     k.renew().unwrap();
     assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
     k.set_active(false).unwrap();
@@ -409,7 +391,7 @@ fn counters_walk_and_removal() {
     // The walk counts the flows it visits, for status.
     assert_eq!(k.len().0, 1, "the last complete walk saw a only");
     k.remove(&a);
-    assert_eq!(k.tc(&f).0, TC_ACT_SHOT);
+    assert!(k.user(&f));
     assert_eq!(k.walk(6, 100, |_, _| true), 0);
     assert_eq!(k.len(), (0, 0));
     let s = k.stats();
@@ -448,24 +430,22 @@ fn embryonic_flow_forwards_its_handshake_and_is_promoted_on_the_ack() {
     assert!(confirmed(&k, &a).is_none());
     // The SYN's retransmission goes where its first went, in kernel.
     let syn = tcp(VMAC, 1000, SYN);
-    assert_eq!(k.sock(&syn), 0, "a retransmitted SYN stays in kernel");
-    assert_eq!(k.tc(&syn).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        k.tc(&syn).0,
+        TC_ACT_REDIRECT,
+        "a retransmitted SYN stays in kernel"
+    );
     assert!(k.lookup(&a).is_some(), "the retransmission kept its flow");
     // After a backend change (a new epoch) it is decided afresh, and the
     // stale entry goes so that it cannot catch the handshake's ACK.
     k.set_tables(&[]).unwrap();
-    assert_eq!(k.sock(&syn), KEEP);
-    assert_eq!(k.tc(&syn).0, TC_ACT_SHOT);
+    assert!(k.user(&syn));
     assert!(k.lookup(&a).is_none(), "stale embryonic entry left");
     k.install_embryonic(&a, remote()).unwrap();
-    // The handshake's ACK: not copied to user space, forwarded in kernel,
-    // and the flow moves to the confirmed map with its counters.
+    // The handshake's ACK: forwarded in kernel, and the flow moves to the
+    // confirmed map with its counters.
     let ack = tcp(VMAC, 1000, ACK);
-    assert_eq!(k.sock(&ack), 0, "socket must not copy an embryonic hit");
-    assert!(
-        confirmed(&k, &a).is_none(),
-        "the socket filter promotes nothing"
-    );
+    assert!(confirmed(&k, &a).is_none());
     let (verdict, out) = k.tc(&ack);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out, with_macs(&ack, PEER, OWN));
@@ -517,14 +497,12 @@ fn embryonic_flow_stays_evictable_when_confirmed_is_full_and_obeys_the_lease() {
     // Fail-safe: an expired lease forwards no embryonic flow either.
     k.control.lease_until = sys::monotonic_ns() - 1;
     k.write_control().unwrap();
-    assert_eq!(k.tc(&ack).0, TC_ACT_SHOT);
-    assert_eq!(k.sock(&ack), KEEP);
+    assert!(k.user(&ack));
     // Removal takes it from the embryonic map too.
     k.renew().unwrap();
     k.remove(&a);
     assert!(k.lookup(&a).is_none());
-    assert_eq!(k.tc(&ack).0, TC_ACT_SHOT);
-    assert_eq!(k.sock(&ack), KEEP);
+    assert!(k.user(&ack));
 }
 
 #[test]
@@ -593,21 +571,17 @@ fn kernel_scheduled_flows_are_announced_for_adoption() {
     };
     let b = backends[0].backend;
     for sport in [7000, 7001] {
-        let syn = tcp(VMAC, sport, SYN);
-        assert_eq!(k.sock(&syn), 0);
-        k.tc(&syn);
+        assert_eq!(k.tc(&tcp(VMAC, sport, SYN)).0, TC_ACT_REDIRECT);
     }
     assert_eq!(notes(&mut k), vec![(7000, b, false)], "the budget's one");
     for sport in [7000, 7001] {
         let ack = tcp(VMAC, sport, ACK);
-        k.sock(&ack);
         k.tc(&ack);
         k.tc(&ack);
     }
     assert_eq!(notes(&mut k), vec![(7000, b, true), (7001, b, true)]);
     let d = udp(VMAC, 7002);
     for _ in 0..3 {
-        k.sock(&d);
         k.tc(&d);
     }
     assert_eq!(notes(&mut k), vec![(7002, b, true)], "over the budget");
@@ -639,33 +613,32 @@ fn exact_tables_schedule_every_new_flow_in_kernel() {
     let mut got = Vec::new();
     for sport in 5000..5006 {
         let syn = tcp(VMAC, sport, SYN);
-        assert_eq!(k.sock(&syn), 0, "port {sport}: copied to user space");
+        assert!(!k.user(&syn), "port {sport}: to user space");
         let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
         assert!(act.kernel_scheduled, "port {sport}");
         got.push(act.target.backend);
         // A retransmission goes where the first went, taking no pick.
-        assert_eq!(k.sock(&syn), 0);
-        k.tc(&syn);
+        assert!(!k.user(&syn));
         k.remove(&key(6, sport, 80));
     }
     let b = |i: usize| backends[i].backend;
     assert_eq!(got, vec![b(0), b(1), b(1), b(0), b(1), b(1)]);
     // UDP flows are dealt from their own service's cycle.
     let f = udp(VMAC, 6000);
-    assert_eq!(k.sock(&f), 0);
+    assert!(!k.user(&f));
     assert_eq!(k.lookup(&key(17, 6000, 53)).unwrap().target.backend, b(0));
     // An exact table without a deal hashes, as sh and mh do.
     t.deal.clear();
     k.set_tables(&[t]).unwrap();
     let want = (flow_hash(CLIENT, Some(5100)) as usize % TABLE_SIZE) % 2;
-    assert_eq!(k.sock(&tcp(VMAC, 5100, SYN)), 0);
+    assert!(!k.user(&tcp(VMAC, 5100, SYN)));
     assert_eq!(k.lookup(&key(6, 5100, 80)).unwrap().target.backend, b(want));
     let s = k.stats();
     assert_eq!((s.new_scheduled, s.new_unscheduled), (8, 0));
     // Not exact: user space decides within its (unlimited) budget.
     k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
         .unwrap();
-    assert_eq!(k.sock(&tcp(VMAC, 5200, SYN)), KEEP);
+    assert!(k.user(&tcp(VMAC, 5200, SYN)));
 }
 
 #[test]
@@ -676,22 +649,19 @@ fn syns_over_the_budget_are_scheduled_in_kernel_by_the_services_table() {
     k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
         .unwrap();
     // Within the budget (one a second, with a 100 ms burst): user space.
-    let first = tcp(VMAC, 3000, SYN);
-    assert_eq!(k.sock(&first), KEEP);
-    assert_eq!(k.tc(&first).0, TC_ACT_SHOT);
+    assert!(k.user(&tcp(VMAC, 3000, SYN)));
     assert!(k.lookup(&key(6, 3000, 80)).is_none());
     // Over it: each SYN is scheduled by the table's hash, the same hash
     // the engine's mh uses, and forwarded in kernel.
     let mut picked = [0; 2];
     for sport in 3001..3041 {
         let syn = tcp(VMAC, sport, SYN);
-        assert_eq!(k.sock(&syn), 0, "port {sport}: copied to user space");
+        let (verdict, out) = k.tc(&syn);
         let want = (flow_hash(CLIENT, Some(sport)) as usize % TABLE_SIZE) % 2;
         picked[want] += 1;
         let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
         assert!(act.kernel_scheduled && !act.confirmed, "port {sport}");
         assert_eq!(act.target.backend, backends[want].backend);
-        let (verdict, out) = k.tc(&syn);
         if backends[want].local {
             assert_eq!(verdict, TC_ACT_OK, "port {sport}");
             assert_eq!(&out[..6], &OWN);
@@ -701,9 +671,7 @@ fn syns_over_the_budget_are_scheduled_in_kernel_by_the_services_table() {
         }
         // Its handshake's ACK promotes it like any other flow; user space
         // finds it in the walk and adopts it.
-        let ack = tcp(VMAC, sport, ACK);
-        assert_eq!(k.sock(&ack), 0);
-        k.tc(&ack);
+        assert!(!k.user(&tcp(VMAC, sport, ACK)));
         let act = k.lookup(&key(6, sport, 80)).expect("promoted");
         assert!(act.kernel_scheduled && act.confirmed, "port {sport}");
         // The test's confirmed map holds four flows.
@@ -724,10 +692,10 @@ fn kernel_schedule_hashes_the_masked_client_for_persistence() {
     let backends = [backend_of(remote()), backend_of(local())];
     let mask = Ipv4Addr::new(255, 255, 255, 0);
     k.set_tables(&[table(&backends, mask, false)]).unwrap();
-    k.sock(&tcp(VMAC, 3000, SYN));
+    k.tc(&tcp(VMAC, 3000, SYN));
     let want = (flow_hash(Ipv4Addr::new(10, 0, 0, 0), None) as usize % TABLE_SIZE) % 2;
     for sport in 3001..3011 {
-        assert_eq!(k.sock(&tcp(VMAC, sport, SYN)), 0);
+        assert!(!k.user(&tcp(VMAC, sport, SYN)));
         let act = k.lookup(&key(6, sport, 80)).expect("scheduled");
         assert_eq!(act.target.backend, backends[want].backend, "port {sport}");
     }
@@ -741,11 +709,9 @@ fn syns_over_the_budget_without_a_table_go_to_user_space_counted() {
     let mut t = table(&backends, Ipv4Addr::BROADCAST, true);
     t.port = 443;
     k.set_tables(&[t]).unwrap();
-    k.sock(&tcp(VMAC, 3000, SYN));
+    k.tc(&tcp(VMAC, 3000, SYN));
     for sport in 3001..3006 {
-        let syn = tcp(VMAC, sport, SYN);
-        assert_eq!(k.sock(&syn), KEEP, "no table for port 80");
-        assert_eq!(k.tc(&syn).0, TC_ACT_SHOT);
+        assert!(k.user(&tcp(VMAC, sport, SYN)), "no table for port 80");
         assert!(k.lookup(&key(6, sport, 80)).is_none());
     }
     let s = k.stats();
@@ -753,9 +719,9 @@ fn syns_over_the_budget_without_a_table_go_to_user_space_counted() {
     // A table removed is gone from the kernel too.
     k.set_tables(&[table(&backends, Ipv4Addr::BROADCAST, true)])
         .unwrap();
-    assert_eq!(k.sock(&tcp(VMAC, 3010, SYN)), 0);
+    assert!(!k.user(&tcp(VMAC, 3010, SYN)));
     k.set_tables(&[]).unwrap();
-    assert_eq!(k.sock(&tcp(VMAC, 3011, SYN)), KEEP);
+    assert!(k.user(&tcp(VMAC, 3011, SYN)));
 }
 
 #[test]
@@ -768,21 +734,16 @@ fn udp_flows_over_the_budget_are_scheduled_in_kernel_and_confirmed_by_a_second_d
     t.port = 53;
     k.set_tables(std::slice::from_ref(&t)).unwrap();
     // Within the budget: user space.
-    let first = udp(VMAC, 4000);
-    assert_eq!(k.sock(&first), KEEP);
-    assert_eq!(k.tc(&first).0, TC_ACT_SHOT);
+    assert!(k.user(&udp(VMAC, 4000)));
     // Over it: scheduled, forwarded, pending until a second datagram.
     let f = udp(VMAC, 4001);
     let a = key(17, 4001, 53);
-    assert_eq!(k.sock(&f), 0);
-    let act = k.lookup(&a).expect("scheduled");
-    assert!(act.kernel_scheduled && !act.confirmed);
     assert_eq!(k.tc(&f), (TC_ACT_REDIRECT, with_macs(&f, PEER, OWN)));
+    let act = k.lookup(&a).expect("scheduled");
     assert!(
-        !k.lookup(&a).unwrap().confirmed,
+        act.kernel_scheduled && !act.confirmed,
         "one datagram confirms nothing"
     );
-    assert_eq!(k.sock(&f), 0);
     assert_eq!(k.tc(&f).0, TC_ACT_REDIRECT);
     let act = k.lookup(&a).expect("confirmed");
     assert!(act.confirmed && act.kernel_scheduled);
@@ -799,16 +760,14 @@ fn udp_flows_over_the_budget_are_scheduled_in_kernel_and_confirmed_by_a_second_d
     // goes).
     let b = key(17, 4002, 53);
     let g = udp(VMAC, 4002);
-    assert_eq!(k.sock(&g), 0);
-    k.tc(&g);
+    assert_eq!(k.tc(&g).0, TC_ACT_REDIRECT);
     k.set_tables(&[]).unwrap();
-    assert_eq!(k.sock(&g), KEEP, "no table now: user space");
-    assert_eq!(k.tc(&g).0, TC_ACT_SHOT);
+    assert!(k.user(&g), "no table now: user space");
     assert!(k.lookup(&b).is_none(), "stale pending entry left");
     assert_eq!(k.stats().new_unscheduled, 1);
     // Removal takes a pending flow too.
     k.set_tables(&[t]).unwrap();
-    assert_eq!(k.sock(&g), 0);
+    assert!(!k.user(&g));
     k.remove(&b);
     assert!(k.lookup(&b).is_none());
 }
@@ -828,17 +787,15 @@ fn pings_of_the_vip_go_to_the_local_stack_at_their_rate() {
     let mut k = kernel();
     let p = ping(VMAC);
     // Not directing: untouched, and user space decides (not_director).
-    assert_eq!(k.tc(&p), (TC_ACT_OK, p.clone()));
-    assert_eq!(k.sock(&p), KEEP);
+    assert!(k.user(&p));
     k.set_active(true).unwrap();
     // Two a second with a second's burst: the first ones are handed to the
     // stack (destination our own MAC), the rest dropped and counted; none
     // is copied to user space.
     let mut verdicts = Vec::new();
     for _ in 0..6 {
-        assert_eq!(k.sock(&p), 0, "a ping copied to user space");
         let (verdict, out) = k.tc(&p);
-        if verdict == TC_ACT_OK {
+        if verdict != TC_ACT_SHOT {
             assert_eq!(out, with_macs(&p, OWN, CLIENT_MAC));
         }
         verdicts.push(verdict);
@@ -849,8 +806,7 @@ fn pings_of_the_vip_go_to_the_local_stack_at_their_rate() {
     assert_eq!(s.echo_local + s.echo_limited, 6);
     assert!(s.echo_limited >= 2, "{s:?}");
     // An echo reply or an ICMP error is not a ping: user space has those.
-    let err = icmp_error(1000);
-    assert_eq!(k.sock(&err), KEEP);
+    assert!(k.user(&icmp_error(1000)));
 }
 
 #[test]
@@ -860,11 +816,10 @@ fn non_first_fragments_to_the_vip_are_dropped_in_kernel() {
     let mut f = udp(VMAC, 1000);
     // Fragment offset 16 (x 8 bytes), no flags.
     f[14 + 6..14 + 8].copy_from_slice(&[0x00, 0x10]);
-    assert_eq!(k.sock(&f), 0, "a fragment copied to user space");
     assert_eq!(k.tc(&f).0, TC_ACT_SHOT);
     assert_eq!(k.stats().fragments, 1);
     // A first fragment is the UDP flow's own datagram: user space.
     let mut first = udp(VMAC, 1000);
     first[14 + 6] = 0x20; // more fragments, offset 0
-    assert_eq!(k.sock(&first), KEEP);
+    assert!(k.user(&first));
 }
