@@ -591,7 +591,7 @@ def bench_pps(t, director):
         k0 = kernel_packets(t, director)
         b0 = bpf_prog_stats(pid)
         c0, tc0 = proc_cpu(pid), proc_cpu(pid, tid) if tid else 0
-        with Perf(f"udp_flood_{rate or 'max'}", pid if rate == 0 else None, t.work):
+        with Perf(f"udp_flood_{rate or 'max'}", "all" if rate == 0 else None, t.work):
             f = flood(t, "198.18.0.254", 1, PPS_FLOWS, rate, 50_000_000, secs)
         time.sleep(0.5)
         delivered = udp_counted(t, peer) - before
