@@ -7,6 +7,7 @@
 //! know which one runs.
 use crate::config::EngineChoice;
 
+mod announce;
 pub mod ebpf;
 mod thread;
 

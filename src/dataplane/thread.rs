@@ -2,6 +2,7 @@
 //! the forwarding engine. It never waits on the control plane: role,
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
+use crate::dataplane::announce::{Announcer, ArpAction, Holding};
 use crate::dataplane::ebpf::{self, Kernel};
 use crate::forward::{
     ConnEntry, Engine, FloodEvent, PersistEntry, Snapshot, TableStats, TcpState, Timeouts,
@@ -19,16 +20,6 @@ use std::time::{Duration, Instant};
 use crate::sys::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
 use crate::sys::tun::Tun;
 
-/// Gratuitous ARPs after a takeover: spaced so one lost frame is not fatal.
-const GARP_BURST: [Duration; 5] = [
-    Duration::ZERO,
-    Duration::from_millis(100),
-    Duration::from_millis(300),
-    Duration::from_millis(700),
-    Duration::from_millis(1500),
-];
-/// Re-announce well inside a switch's ~300 s MAC ageing.
-const GARP_PERIOD: Duration = Duration::from_secs(60);
 /// Frames handed to one `sendmmsg`.
 const BATCH: usize = 64;
 /// Frames taken from the ring before the housekeeping runs again, so a
@@ -231,10 +222,7 @@ struct Plane {
     stepping_down: bool,
     seen_version: u64,
     announce_seen: u64,
-    garp_due: Vec<Instant>,
-    next_periodic_garp: Instant,
-    last_conflict_log: Option<Instant>,
-    last_conflict_garp: Option<Instant>,
+    announcer: Announcer,
     echo: TokenBucket,
     stats: DpStats,
     kernel: Option<Kernel>,
@@ -270,6 +258,7 @@ pub fn spawn(
             log::warn!("eBPF hash tables: {e}");
         }
     }
+    let announcer = Announcer::new(now, p.vip, p.vmac);
     let plane = Plane {
         stats: DpStats {
             engine: super::engine_name(&kernel),
@@ -287,10 +276,7 @@ pub fn spawn(
         stepping_down: false,
         seen_version: 0,
         announce_seen: control.announce,
-        garp_due: Vec::new(),
-        next_periodic_garp: now + GARP_PERIOD,
-        last_conflict_log: None,
-        last_conflict_garp: None,
+        announcer,
         echo: TokenBucket::new(ECHO_RATE, ECHO_RATE),
     };
     std::thread::Builder::new()
@@ -317,7 +303,14 @@ impl Plane {
             // any system call. Control changes are still seen at once: the
             // version is checked on every round, the eventfd only wakes.
             if !ring.ready() {
-                if let Err(e) = self.sock.wait(self.shared.wake.as_raw_fd(), 20) {
+                // A round is at most 20 ms; an announcement due sooner is
+                // sent on time.
+                let wait = self.announcer.poll_timeout().map_or(20, |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .min(20) as i32
+                });
+                if let Err(e) = self.sock.wait(self.shared.wake.as_raw_fd(), wait) {
                     log::error!("data plane poll: {e}");
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -741,41 +734,22 @@ impl Plane {
                 }
             }
             self.active = c.active;
-            if c.active {
-                self.schedule_burst(now);
-            } else {
-                self.garp_due.clear();
-            }
-        }
-        if c.stepping_down && !self.stepping_down {
-            self.garp_due.clear();
         }
         self.stepping_down = c.stepping_down;
+        let holding = match (self.active, self.stepping_down) {
+            (false, _) => Holding::No,
+            (true, false) => Holding::Directing,
+            (true, true) => Holding::SteppingDown,
+        };
+        self.announcer.set_holding(now, holding);
         if c.announce != self.announce_seen {
             self.announce_seen = c.announce;
-            if self.active {
-                self.schedule_burst(now);
-            }
+            self.announcer.announce_again(now);
         }
-    }
-
-    fn schedule_burst(&mut self, now: Instant) {
-        self.garp_due = GARP_BURST.iter().map(|d| now + *d).collect();
-        self.next_periodic_garp = now + GARP_PERIOD;
     }
 
     fn send_due_garps(&mut self, now: Instant) {
-        if !self.active || self.stepping_down {
-            return;
-        }
-        let before = self.garp_due.len();
-        self.garp_due.retain(|t| *t > now);
-        let mut due = before - self.garp_due.len();
-        if now >= self.next_periodic_garp {
-            self.next_periodic_garp = now + GARP_PERIOD;
-            due += 1;
-        }
-        if due > 0 {
+        if self.announcer.poll_garp(now) {
             self.send_garp();
         }
     }
@@ -903,15 +877,9 @@ impl Plane {
     }
 
     fn handle_arp(&mut self, now: Instant, a: &frame::ArpInfo) {
-        if !self.active {
-            return;
-        }
-        if self.stepping_down {
-            // Our own ARP frames never come back (PACKET_IGNORE_OUTGOING):
-            // this is the successor's, and the switch that delivered it has
-            // learnt the virtual MAC on the successor's port. Nothing for
-            // the VIP comes here any more.
-            if a.sender_ip == self.p.vip && a.sender_mac == self.p.vmac {
+        match self.announcer.on_arp(now, a) {
+            ArpAction::Ignore => {}
+            ArpAction::SuccessorAnnounced => {
                 log::info!("step-down: the successor announced the VIP; forwarding stops");
                 self.shared.update(|c| {
                     if c.stepping_down {
@@ -920,43 +888,23 @@ impl Plane {
                     }
                 });
             }
-            return;
-        }
-        if a.sender_ip == self.p.vip && a.sender_mac != self.p.vmac {
-            // Someone else claims the VIP: answer every claim (at most every
-            // 100 ms, so a flood cannot make us one), tell the operator at
-            // most every 5 s.
-            self.stats.vip_conflicts += 1;
-            if self
-                .last_conflict_garp
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
-            {
-                self.last_conflict_garp = Some(now);
-                self.send_garp();
+            ArpAction::Conflict { garp, warn } => {
+                self.stats.vip_conflicts += 1;
+                if garp {
+                    self.send_garp();
+                }
+                if warn {
+                    log::warn!(
+                        "VIP {} announced by {}: re-announcing",
+                        self.p.vip,
+                        fmt_mac(&a.sender_mac)
+                    );
+                }
             }
-            if self
-                .last_conflict_log
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
-            {
-                log::warn!(
-                    "VIP {} announced by {}: re-announcing",
-                    self.p.vip,
-                    fmt_mac(&a.sender_mac)
-                );
-                self.last_conflict_log = Some(now);
+            ArpAction::Reply { to_mac, to_ip } => {
+                let reply = frame::build_arp(2, self.p.vmac, self.p.vip, to_mac, to_ip, to_mac);
+                self.send_control_frame(&reply);
             }
-            return;
-        }
-        if a.op == 1 && a.target_ip == self.p.vip && a.sender_ip != self.p.vip {
-            let reply = frame::build_arp(
-                2,
-                self.p.vmac,
-                self.p.vip,
-                a.sender_mac,
-                a.sender_ip,
-                a.sender_mac,
-            );
-            self.send_control_frame(&reply);
         }
     }
 }
