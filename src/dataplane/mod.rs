@@ -8,6 +8,7 @@
 use crate::config::EngineChoice;
 
 mod announce;
+mod drop;
 pub mod ebpf;
 mod thread;
 

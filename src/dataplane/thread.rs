@@ -3,6 +3,7 @@
 //! backend snapshot and announcement requests arrive through `Shared`,
 //! checked with one atomic load per batch and locked only when changed.
 use crate::dataplane::announce::{Announcer, ArpAction, Holding};
+use crate::dataplane::drop::DpDrop;
 use crate::dataplane::ebpf::{self, Kernel};
 use crate::forward::{
     ConnEntry, Engine, FloodEvent, PersistEntry, Snapshot, TableStats, TcpState, Timeouts,
@@ -66,7 +67,7 @@ pub struct DpStats {
     pub rx_bytes: u64,
     pub local_packets: u64,
     pub connections: usize,
-    pub drops: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<DpDrop, u64>,
     pub backends: Vec<(Ipv4Addr, crate::forward::BackendCounters)>,
     pub vip_conflicts: u64,
     /// Connection table occupancy and evictions per part.
@@ -334,7 +335,7 @@ impl Plane {
                     }
                     SlotKind::Truncated => {
                         ring.release(&s);
-                        self.drop("truncated");
+                        self.drop(DpDrop::Frame(frame::DropReason::Truncated));
                     }
                     SlotKind::Tagged { queued } => {
                         ring.release(&s);
@@ -343,7 +344,7 @@ impl Plane {
                             // queued frame must not read them as its own.
                             let _ = self.sock.recv_queued(&mut big);
                         }
-                        self.drop(frame::DropReason::Vlan.as_str());
+                        self.drop(DpDrop::Frame(frame::DropReason::Vlan));
                     }
                     SlotKind::Queued => {
                         ring.release(&s);
@@ -372,7 +373,7 @@ impl Plane {
             if now.duration_since(last_publish) >= Duration::from_millis(200) {
                 match packet::ring_drops(&self.sock) {
                     Ok(0) => {}
-                    Ok(n) => *self.stats.drops.entry("rx_ring_full").or_default() += n,
+                    Ok(n) => *self.stats.drops.entry(DpDrop::RxRingFull).or_default() += n,
                     Err(e) => log::debug!("packet statistics: {e}"),
                 }
                 self.publish();
@@ -578,7 +579,7 @@ impl Plane {
                 }
             };
             if n > buf.len() {
-                self.drop("truncated");
+                self.drop(DpDrop::Frame(frame::DropReason::Truncated));
             } else if let Some(len) = self.handle(now, &mut buf[..n]) {
                 self.send(&[&buf[..len]]);
             }
@@ -590,18 +591,18 @@ impl Plane {
     fn handle_queued(&mut self, now: Instant, big: &mut [u8]) {
         let n = match self.sock.recv_queued(big) {
             Ok(0) => {
-                self.drop("queue_missing");
+                self.drop(DpDrop::QueueMissing);
                 return;
             }
             Ok(n) => n,
             Err(e) => {
                 log::warn!("data plane receive: {e}");
-                self.drop("queue_missing");
+                self.drop(DpDrop::QueueMissing);
                 return;
             }
         };
         if n > big.len() {
-            self.drop("truncated");
+            self.drop(DpDrop::Frame(frame::DropReason::Truncated));
             return;
         }
         if let Some(len) = self.handle(now, &mut big[..n]) {
@@ -676,15 +677,15 @@ impl Plane {
             out.kernel_scheduled = s.new_scheduled;
             out.kernel_adopt_lost = s.adopt_lost;
             if s.redirect_errors > 0 {
-                out.drops.insert("redirect", s.redirect_errors);
+                out.drops.insert(DpDrop::Redirect, s.redirect_errors);
             }
             // What the kernel dropped or answered without user space, as
             // the userspace engine counts it.
             out.local_packets += s.echo_local;
             for (reason, n) in [
-                (frame::DropReason::Fragment.as_str(), s.fragments),
-                ("echo_rate_limit", s.echo_limited),
-                (frame::DropReason::Vlan.as_str(), s.vlan),
+                (DpDrop::Frame(frame::DropReason::Fragment), s.fragments),
+                (DpDrop::EchoRateLimit, s.echo_limited),
+                (DpDrop::Frame(frame::DropReason::Vlan), s.vlan),
             ] {
                 if n > 0 {
                     *out.drops.entry(reason).or_default() += n;
@@ -769,7 +770,7 @@ impl Plane {
         }
     }
 
-    fn drop(&mut self, reason: &'static str) {
+    fn drop(&mut self, reason: DpDrop) {
         *self.stats.drops.entry(reason).or_default() += 1;
     }
 
@@ -777,7 +778,7 @@ impl Plane {
     /// to send back out on the LAN when the frame goes to a remote backend.
     fn handle(&mut self, now: Instant, slot: &mut [u8]) -> Option<usize> {
         if slot.len() < VNET_HDR_LEN {
-            self.drop("truncated");
+            self.drop(DpDrop::Frame(frame::DropReason::Truncated));
             return None;
         }
         self.stats.rx_packets += 1;
@@ -786,19 +787,19 @@ impl Plane {
         let classified = match frame::classify(frame, self.p.vip) {
             Ok(c) => c,
             Err(r) => {
-                self.drop(r.as_str());
+                self.drop(DpDrop::Frame(r));
                 return None;
             }
         };
         match classified {
             Classified::NotOurs => None,
             Classified::EchoRequest | Classified::ToVip { .. } if !self.active => {
-                self.drop("not_director");
+                self.drop(DpDrop::NotDirector);
                 None
             }
             Classified::EchoRequest => {
                 if !self.echo.allow(now) {
-                    self.drop("echo_rate_limit");
+                    self.drop(DpDrop::EchoRateLimit);
                     return None;
                 }
                 // The VIP sits on lo: the local stack writes the reply.
@@ -843,7 +844,7 @@ impl Plane {
                         None
                     }
                     Verdict::Drop(d) => {
-                        self.drop(d.as_str());
+                        self.drop(DpDrop::Forward(d));
                         None
                     }
                 }
@@ -853,7 +854,7 @@ impl Plane {
 
     fn deliver_local(&mut self, vnet: &[u8], frame: &[u8]) {
         if frame.len() <= 14 {
-            self.drop("truncated");
+            self.drop(DpDrop::Frame(frame::DropReason::Truncated));
             return;
         }
         // The TUN device takes IP packets: offsets in the header that count
@@ -870,7 +871,7 @@ impl Plane {
         match self.tun.write(&h, &frame[14..]) {
             Ok(()) => self.stats.local_packets += 1,
             Err(e) => {
-                self.drop("local_delivery");
+                self.drop(DpDrop::LocalDelivery);
                 log::debug!("TUN write: {e}");
             }
         }

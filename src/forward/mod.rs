@@ -263,7 +263,7 @@ pub enum Verdict {
 }
 
 /// Why the engine dropped a packet that classified fine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ForwardDrop {
     /// No service for this protocol and port on the VIP.
     NoService,

@@ -118,7 +118,7 @@ pub enum Classified {
 
 /// Why a frame addressed to the VIP (or an ARP frame) was dropped.
 /// Each variant maps to a stable metrics label through [`DropReason::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
     /// The frame ends before a header it claims to carry: Ethernet header,
     /// IPv4 header or total length, the TCP ports/flags, UDP header, ICMP
