@@ -300,3 +300,275 @@ pub fn check_spec(c: &config::Check, port: u16) -> CheckSpec {
         fall: c.fall,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::{PeerInfo, Role};
+    use crate::forward::ServiceSnap;
+
+    const ME: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const REAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+    const OWN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn config(services: &str) -> Config {
+        let d = std::env::temp_dir().join(format!("duet-pool-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("key"), "0123456789abcdef0123\n").unwrap();
+        let text = format!(
+            r#"
+[cluster]
+vip = "198.18.0.100"
+interface = "eth0"
+vrid = 1
+key_file = "key"
+
+[[node]]
+name = "web1"
+address = "198.18.0.1"
+[[node]]
+name = "web2"
+address = "198.18.0.2"
+weight = 3
+{services}"#
+        );
+        let c = Config::parse(&text, &d).unwrap_or_else(|p| panic!("{p:?}"));
+        std::fs::remove_dir_all(&d).ok();
+        c
+    }
+
+    fn state(up: bool) -> HealthState {
+        HealthState {
+            up,
+            last_latency_ms: None,
+            last_reason: None,
+            checks: 1,
+            failures: u64::from(!up),
+        }
+    }
+
+    fn def(weight: u32) -> BackendDef {
+        BackendDef {
+            name: "web2".into(),
+            addr: PEER,
+            weight,
+            local: false,
+        }
+    }
+
+    #[test]
+    fn standing_of_a_backend() {
+        // (health verdict, drained, node takes no new flows) → (healthy, weight)
+        let cases = [
+            (None, false, false, (true, 3)),
+            (Some(true), false, false, (true, 3)),
+            (Some(false), false, false, (false, 0)),
+            (Some(true), true, false, (true, 0)),
+            (Some(true), false, true, (true, 0)),
+            (None, true, true, (true, 0)),
+        ];
+        for (i, (verdict, drained, no_new, want)) in cases.into_iter().enumerate() {
+            let mut health = BTreeMap::new();
+            if let Some(up) = verdict {
+                health.insert(health_key(80, "web2"), state(up));
+            }
+            let drains: BTreeSet<String> =
+                drained.then(|| "web2".to_string()).into_iter().collect();
+            let st = def(3).standing(80, &health, &drains, no_new);
+            assert_eq!((st.healthy, st.weight), want, "case {i}");
+            assert_eq!(st.drained, drained, "case {i}");
+        }
+        // A verdict is per service port: another port's says nothing.
+        let health = BTreeMap::from([(health_key(443, "web2"), state(false))]);
+        assert!(
+            def(3)
+                .standing(80, &health, &BTreeSet::new(), false)
+                .healthy
+        );
+    }
+
+    fn peer(alive: bool, role: Role) -> PeerInfo {
+        PeerInfo {
+            addr: PEER,
+            role,
+            alive,
+            last_heard: None,
+            priority: 100,
+            effective_priority: 100,
+            term: 1,
+            sync_pos: 0,
+            boot_id: 0,
+            backends_up: 0,
+            backends_total: 0,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn which_nodes_get_no_new_flows() {
+        let none = BTreeSet::new();
+        let peer_only = BTreeSet::from([PEER]);
+        let cases = [
+            (
+                "heard standby",
+                vec![peer(true, Role::Standby)],
+                false,
+                none.clone(),
+            ),
+            (
+                "heard director",
+                vec![peer(true, Role::Director)],
+                false,
+                none.clone(),
+            ),
+            (
+                "silent peer",
+                vec![peer(false, Role::Standby)],
+                false,
+                peer_only.clone(),
+            ),
+            (
+                "leaving peer",
+                vec![peer(true, Role::Leaving)],
+                false,
+                peer_only.clone(),
+            ),
+            ("no peer yet", vec![], false, none.clone()),
+            (
+                "this node leaving",
+                vec![peer(true, Role::Standby)],
+                true,
+                BTreeSet::from([ME]),
+            ),
+            (
+                "both",
+                vec![peer(false, Role::Director)],
+                true,
+                BTreeSet::from([ME, PEER]),
+            ),
+        ];
+        for (name, peers, leaving, want) in cases {
+            assert_eq!(no_new_flows(&peers, ME, leaving), want, "{name}");
+        }
+    }
+
+    fn inputs<'a>(
+        macs: &'a HashMap<Ipv4Addr, [u8; 6]>,
+        health: &'a BTreeMap<String, HealthState>,
+        drains: &'a BTreeSet<String>,
+        no_new: &'a BTreeSet<Ipv4Addr>,
+    ) -> Inputs<'a> {
+        Inputs {
+            me: ME,
+            own_mac: OWN_MAC,
+            macs,
+            health,
+            drains,
+            no_new_flows: no_new,
+        }
+    }
+
+    fn backend<'a>(s: &'a ServiceSnap, name: &str) -> &'a BackendSnap {
+        s.backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    #[test]
+    fn snapshot_of_a_dr_service_with_nodes_a_real_server_and_a_fallback() {
+        let cfg = config(
+            r#"
+[[service]]
+port = 80
+scheduler = "wrr"
+persistence = "300s"
+persistence_netmask = "255.255.255.0"
+backends = [{ name = "real", address = "198.18.0.20", weight = 5 }]
+fallback = "127.0.0.1:80"
+check = { kind = "http", quiescent = false }
+"#,
+        );
+        let macs = HashMap::from([(PEER, PEER_MAC), (REAL, [2, 0, 0, 0, 0, 0x20])]);
+        let health = BTreeMap::from([(health_key(80, "real"), state(false))]);
+        let (drains, no_new) = (BTreeSet::new(), BTreeSet::new());
+        let snap = build_snapshot(&cfg, &inputs(&macs, &health, &drains, &no_new), 7);
+        assert_eq!(snap.generation, 7);
+        let s = &snap.services[0];
+        assert_eq!((s.port, s.scheduler), (80, Scheduler::Wrr));
+        assert_eq!(s.persist_mask, Ipv4Addr::new(255, 255, 255, 0));
+        assert!(s.persistence.is_some());
+        let web1 = backend(s, "web1");
+        assert!(web1.local && web1.up && web1.mac == OWN_MAC && web1.weight == 1);
+        let web2 = backend(s, "web2");
+        assert!(!web2.local && web2.up && web2.mac == PEER_MAC && web2.weight == 3);
+        // Down and not quiescent: removed (its flows cut).
+        let real = backend(s, "real");
+        assert_eq!((real.up, real.weight, real.addr), (false, 0, REAL));
+        // The fallback on loopback is this node itself.
+        let fb = backend(s, "fallback");
+        assert!(fb.fallback && fb.local && fb.up && fb.addr == ME);
+    }
+
+    #[test]
+    fn snapshot_weights_follow_drains_silence_and_quiescence() {
+        let cfg = config(
+            r#"
+[[service]]
+port = 80
+check = { kind = "http", quiescent = true }
+"#,
+        );
+        let health = BTreeMap::from([(health_key(80, "web1"), state(false))]);
+        let drains = BTreeSet::new();
+        let no_new = BTreeSet::from([PEER]);
+        // The peer's MAC is not known yet: it cannot be reached.
+        let snap = build_snapshot(&cfg, &inputs(&HashMap::new(), &health, &drains, &no_new), 1);
+        let s = &snap.services[0];
+        assert_eq!(s.scheduler, Scheduler::Wlc, "the default scheduler");
+        // Quiescent down: kept (its flows live on), no new ones.
+        let web1 = backend(s, "web1");
+        assert_eq!((web1.up, web1.weight), (true, 0));
+        let web2 = backend(s, "web2");
+        assert_eq!((web2.up, web2.weight), (false, 0));
+        // Heard again, with a MAC, drained by the operator.
+        let macs = HashMap::from([(PEER, PEER_MAC)]);
+        let drains = BTreeSet::from(["web2".to_string()]);
+        let snap = build_snapshot(
+            &cfg,
+            &inputs(&macs, &BTreeMap::new(), &drains, &BTreeSet::new()),
+            2,
+        );
+        let s = &snap.services[0];
+        assert_eq!(backend(s, "web1").weight, 1);
+        let web2 = backend(s, "web2");
+        assert_eq!((web2.up, web2.weight), (true, 0));
+    }
+
+    #[test]
+    fn a_proxy_service_sends_new_connections_to_this_node_only() {
+        let cfg = config(
+            r#"
+[[service]]
+port = 8080
+mode = "proxy"
+serve_local = false
+backends = ["198.18.0.20:8000"]
+"#,
+        );
+        let macs = HashMap::from([(PEER, PEER_MAC)]);
+        let (health, drains, no_new) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let snap = build_snapshot(&cfg, &inputs(&macs, &health, &drains, &no_new), 1);
+        assert_eq!(snap.proxy.len(), 1);
+        let s = &snap.services[0];
+        assert_eq!(s.port, 8080);
+        let weights: Vec<(&str, u32, bool)> = s
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight, b.local))
+            .collect();
+        assert_eq!(weights, vec![("web1", 1, true), ("web2", 0, false)]);
+    }
+}
