@@ -537,6 +537,8 @@ response_timeout = "1s"
 client_header_timeout = "1s"
 client_idle_timeout = "1s"
 max_body = 1000
+max_header_bytes = 1024
+max_headers = 20
 access_log = "access.log"
 backends = ["198.18.0.20:8088"]
 
@@ -574,6 +576,22 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
+
+    // The service's header limits (not the defaults, 64 KiB and 100):
+    // 431 past either, also for a head that arrives whole; 200 within both.
+    let many: String = (0..25).map(|i| format!("-H 'X-H{i}: v' ")).collect();
+    let out = curl(&c, &format!("{many} http://{VIP}:8000/"));
+    assert!(out.contains("code=431"), "{out}");
+    let long = curl(
+        &c,
+        &format!("-H 'X-Long: {}' http://{VIP}:8000/", "a".repeat(1100)),
+    );
+    assert!(long.contains("code=431"), "{long}");
+    let fits: String = (0..10)
+        .map(|i| format!("-H 'X-H{i}: {}' ", "b".repeat(50)))
+        .collect();
+    let out = curl(&c, &format!("{fits} http://{VIP}:8000/"));
+    assert!(out.contains("code=200"), "{out}");
 
     // Half a head: 408 after client_header_timeout.
     let partial = ka(&c, "partial 8000");

@@ -11,7 +11,7 @@ use super::frame::Framing;
 pub enum HeadError {
     /// Not HTTP/1.x, or a body whose length cannot be known: 400.
     Malformed,
-    /// More than `MAX_HEADERS` headers: 431.
+    /// More headers than the service's `max_headers`: 431.
     TooManyHeaders,
     /// Content-Length over the service's `max_body`: 413.
     BodyTooLarge,
@@ -27,6 +27,8 @@ impl HeadError {
     }
 }
 
+/// Headers a request may have unless the service sets `max_headers`,
+/// and a backend's response always.
 pub const MAX_HEADERS: usize = 100;
 
 /// What the service decides about every request head.
@@ -37,6 +39,8 @@ pub struct HeadRules<'a> {
     /// The name of duet's sticky cookie, when the service has one.
     pub sticky_cookie: Option<&'a str>,
     pub max_body: Option<u64>,
+    /// More headers than this: 431.
+    pub max_headers: usize,
 }
 
 pub struct Rewritten {
@@ -122,7 +126,9 @@ pub fn rewrite_head(
     client: Ipv4Addr,
     rules: &HeadRules,
 ) -> Result<Option<Rewritten>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Sized by the service: one small allocation a head, next to the
+    // head's own.
+    let mut headers = vec![httparse::EMPTY_HEADER; rules.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -265,6 +271,7 @@ mod tests {
             persist_backend: false,
             sticky_cookie: Some("duet_80"),
             max_body: Some(1000),
+            max_headers: MAX_HEADERS,
         }
     }
 
@@ -368,6 +375,21 @@ mod tests {
             cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(),
             Some("y")
         );
+    }
+
+    #[test]
+    fn header_count_limit_is_the_services() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..10 {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut r = rules(&[]);
+        r.max_headers = 10;
+        assert!(rewrite_head(&head, CLIENT, &r).unwrap().is_some());
+        r.max_headers = 9;
+        let e = rewrite_head(&head, CLIENT, &r).err().unwrap();
+        assert_eq!(e.status(), 431);
     }
 
     #[test]
