@@ -193,6 +193,14 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
     );
     let cookie = set.split(';').next().unwrap().to_string();
     let stuck = rs[0]["name"].as_str().unwrap().to_string();
+    // duet's cookie is for duet: the backend sees the client's others only.
+    let seen = curl(&c, &format!("-b 'a=1; {cookie}; b=2' http://{VIP}:8003/"));
+    assert!(
+        seen.contains("code=200") && seen.contains("Cookie: a=1; b=2\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("duet_8003"), "{seen}");
+    assert!(seen.contains(&format!("name={stuck}\n")), "{seen}");
     for r in rs {
         assert_eq!(r["name"].as_str(), Some(stuck.as_str()), "{sticky}");
     }

@@ -176,6 +176,15 @@ pub fn rewrite_head(
             xff = Some(String::from_utf8_lossy(h.value).into_owned());
             continue;
         }
+        // duet's own cookie is for duet: the backend sees the others.
+        if let (Some(name), "cookie") = (rules.sticky_cookie, lower.as_str()) {
+            match without_cookie(h.value, name) {
+                Some(rest) if rest.is_empty() => {}
+                Some(rest) => push_header(&mut out, h.name, &rest),
+                None => push_header(&mut out, h.name, h.value),
+            }
+            continue;
+        }
         if HOP_BY_HOP.contains(&lower.as_str()) || FORWARDING.contains(&lower.as_str()) {
             if trust && lower != "x-forwarded-for" && FORWARDING.contains(&lower.as_str()) {
                 push_header(&mut out, h.name, h.value);
@@ -249,6 +258,26 @@ fn cookie_value(header: &[u8], name: &str) -> Option<String> {
         let (k, v) = pair.split_once('=')?;
         (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
     })
+}
+
+/// A `Cookie` value without the pairs named `name`; `None` when it has
+/// none (the header goes on as it came).
+fn without_cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    let named = |pair: &&[u8]| {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or(b"");
+        key.trim_ascii() == name.as_bytes()
+    };
+    let pairs: Vec<&[u8]> = header.split(|b| *b == b';').collect();
+    if !pairs.iter().any(named) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs
+        .into_iter()
+        .filter(|p| !named(p))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+        .collect();
+    Some(kept.join(&b"; "[..]))
 }
 
 pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -374,6 +403,38 @@ mod tests {
         assert_eq!(
             cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(),
             Some("y")
+        );
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_not_forwarded_and_other_cookies_are() {
+        let t = text(
+            b"GET / HTTP/1.1\r\nCookie: a=1; duet_80=ab12;b=2\r\nCookie: duet_80=ab12\r\n\
+              Cookie: duet_800=z\r\n\r\n",
+            &[],
+        );
+        assert!(t.contains("Cookie: a=1; b=2\r\n"), "{t}");
+        // A header holding only duet's cookie is dropped; a look-alike stays.
+        assert_eq!(t.matches("Cookie:").count(), 2, "{t}");
+        assert!(t.contains("Cookie: duet_800=z\r\n"), "{t}");
+        assert!(!t.contains("ab12"), "{t}");
+        // Without sticky sessions the header is the client's.
+        let mut plain = rules(&[]);
+        plain.sticky_cookie = None;
+        let r = rewrite_head(
+            b"GET / HTTP/1.1\r\nCookie: duet_80=x\r\n\r\n",
+            CLIENT,
+            &plain,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(String::from_utf8(r.head)
+            .unwrap()
+            .contains("Cookie: duet_80=x\r\n"));
+        assert_eq!(without_cookie(b"x=1", "duet_80"), None);
+        assert_eq!(
+            without_cookie(b" duet_80 = q ; y=2 ", "duet_80").as_deref(),
+            Some(&b"y=2"[..])
         );
     }
 
