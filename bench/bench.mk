@@ -4,7 +4,7 @@
 # BENCH_FAILOVER_N (default 5), BENCH_CONNECTIONS (wrk, default 50), BENCH_ROUNDS (3),
 # BENCH_FLOWS (default 100000), BENCH_ENGINES (engines measured, default ebpf,userspace), BENCH_NEW_FLOW_BUDGET
 # (cluster.new_flow_budget), BENCH_SKIP (comma list: micro,rss,http,bulk,
-# pps,health,failover). Writes bench/results.json and bench/RESULTS.md.
+# pps,health,failover,proxy). Writes bench/results.json and bench/RESULTS.md.
 BENCH_APT_PACKAGES := nginx-light wrk haproxy iperf3 iproute2 curl python3 gcc libc6-dev
 CARGO ?= cargo
 

@@ -15,8 +15,12 @@ Builds a LAN in network namespaces (bridge, client 198.18.0.254, nodes
    switchover (`duet failover`), median of N.
 5. Health detection time, director RSS with 0 and 100,000 tracked flows,
    image boot-to-first-heartbeat (when image/out exists).
+6. Proxy mode: HTTP req/s and p99 latency (wrk, new connections and
+   keep-alive) through a `mode = "proxy"` service on VIP:8090 (the nodes'
+   nginx as backends), against HAProxy in HTTP mode and nginx `proxy_pass`
+   (upstream keepalive) on the director node, over the same backends.
 Plus the per-packet micro-benchmark (`cargo bench --bench forward`).
-Parts 1-4 run once per engine of BENCH_ENGINES (default ebpf,userspace),
+Parts 1-4 and 6 run once per engine of BENCH_ENGINES (default ebpf,userspace),
 one after the other, each against baselines measured again beside it.
 
 Writes bench/results.json and bench/RESULTS.md. Namespaces are named
@@ -25,7 +29,7 @@ reaped at start. Durations: BENCH_SECONDS (per load case, default 8),
 BENCH_FAILOVER_N (default 5), BENCH_CONNECTIONS (wrk concurrency, default 50),
 BENCH_ROUNDS (interleaved HTTP rounds, default 3),
 BENCH_FLOWS (default 100000), BENCH_SKIP (comma list of: http, bulk, pps,
-rss, health, failover, micro).
+rss, health, failover, micro, proxy).
 """
 import datetime
 import json
@@ -65,6 +69,13 @@ PPS_FLOWS = 256
 UDP_PORT = 9000
 IPERF_PORT = 5201
 HAPROXY_PORT = 8000
+# Proxy mode (part 6): duet's proxy service on VIP:PROXY_PORT, the nodes'
+# nginx also on NODE:PROXY_PORT as its backends (serve_local reaches the
+# nodes on the service port); HAProxy in HTTP mode and nginx proxy_pass
+# on the director's own address.
+PROXY_PORT = 8090
+HAPROXY_HTTP_PORT = 8001
+NGINX_PROXY_PORT = 8002
 
 VIP = "198.18.0.100"
 CLIENT = "198.18.0.254"
@@ -182,7 +193,7 @@ class Topo:
             (d / "www/ldirector.html").write_text(f"Test Page {name}\n")
             (d / "key").write_text(KEY)
             (d / "token").write_text(TOKEN)
-            (d / "nginx.conf").write_text(nginx_conf(d))
+            (d / "nginx.conf").write_text(nginx_conf(d, addr))
             (d / "duet.toml").write_text(duet_conf(addr, self.engine))
             self.start_nginx(i)
             self.spawn(f"iperf3-{i}", self.ns[i], ["iperf3", "-s", "-p", str(IPERF_PORT)])
@@ -251,8 +262,26 @@ class Topo:
         wait_for(lambda: self.run(self.client, f"curl -sf -m 1 http://{NODES[on][1]}:{HAPROXY_PORT}/",
                                   check=False), 10, "haproxy")
 
+    def start_http_proxies(self, on):
+        """HAProxy in HTTP mode and nginx proxy_pass on node `on` (part 6)."""
+        addr = NODES[on][1]
+        d = self.work / "proxies"
+        d.mkdir(exist_ok=True)
+        (d / "haproxy-http.cfg").write_text(haproxy_http_conf(addr))
+        self.spawn("haproxy-http", self.ns[on], ["haproxy", "-f", str(d / "haproxy-http.cfg"), "-db"])
+        (d / "nginx.conf").write_text(nginx_proxy_conf(d, addr))
+        self.spawn("nginx-proxy", self.ns[on],
+                   ["nginx", "-c", str(d / "nginx.conf"), "-p", str(d), "-e", str(d / "nginx-error.log")])
+        for port in (HAPROXY_HTTP_PORT, NGINX_PROXY_PORT):
+            wait_for(lambda: self.run(self.client, f"curl -sf -m 1 http://{addr}:{port}/", check=False),
+                     10, f"proxy on {addr}:{port}")
 
-def nginx_conf(d):
+    def stop_http_proxies(self):
+        self.stop("haproxy-http")
+        self.stop("nginx-proxy", signal.SIGQUIT)
+
+
+def nginx_conf(d, addr):
     return f"""daemon off;
 master_process on;
 user root;
@@ -269,6 +298,7 @@ http {{
     default_type text/html;
     server {{
         listen 80 backlog=4096;
+        {f"listen {addr}:{PROXY_PORT} backlog=4096;" if "proxy" not in SKIP else ""}
         root {d}/www;
     }}
 }}
@@ -323,6 +353,17 @@ port = {UDP_PORT}
 protocol = "udp"
 scheduler = "rr"
 serve_local = true
+{PROXY_SERVICE if "proxy" not in SKIP else ""}"""
+
+
+# What HAProxy and nginx are configured to do too: XFF added, idle
+# keep-alive connections to the backends reused by any client.
+PROXY_SERVICE = f"""
+[[service]]
+port = {PROXY_PORT}
+mode = "proxy"
+scheduler = "rr"
+serve_local = true
 """
 
 
@@ -341,6 +382,58 @@ frontend fe
 backend be
     balance roundrobin
 {servers}
+"""
+
+
+def haproxy_http_conf(addr):
+    servers = "\n".join(f"    server {n} {a}:{PROXY_PORT}" for n, a, _ in NODES)
+    return f"""global
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind {addr}:{HAPROXY_HTTP_PORT}
+    default_backend be
+backend be
+    balance roundrobin
+{servers}
+"""
+
+
+def nginx_proxy_conf(d, addr):
+    servers = "".join(f"        server {a}:{PROXY_PORT};\n" for _, a, _ in NODES)
+    return f"""daemon off;
+master_process on;
+user root;
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    upstream nodes {{
+{servers}        keepalive 64;
+    }}
+    server {{
+        listen {addr}:{NGINX_PROXY_PORT} backlog=4096;
+        location / {{
+            proxy_pass http://nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
 """
 
 
@@ -423,8 +516,6 @@ def parse_wrk(out):
 
 
 def bench_http(t, director):
-    """Each case runs ROUNDS times, interleaved across targets so that load
-    from other processes hits all of them alike; the median counts."""
     targets = {
         "direct": f"http://{NODES[director][1]}/",
         "duet": f"http://{VIP}/",
@@ -432,6 +523,42 @@ def bench_http(t, director):
     }
     res = {"connections": CONNS, "threads": 2, "seconds": SECONDS, "rounds": ROUNDS,
            "direct_target": NODES[director][0], "haproxy_on": NODES[director][0]}
+    res.update(wrk_rounds(t, "http", targets, profiled=("duet", "direct")))
+    for mode in ("new_connection", "keepalive"):
+        d = res[mode]
+        d["ratio_duet_vs_direct"] = ratio(d["duet"]["req_per_s"], d["direct"]["req_per_s"])
+        d["ratio_duet_vs_haproxy"] = ratio(d["duet"]["req_per_s"], d["haproxy"]["req_per_s"])
+        d["ratio_haproxy_vs_direct"] = ratio(d["haproxy"]["req_per_s"], d["direct"]["req_per_s"])
+        log(f"http {mode}: duet/direct {d['ratio_duet_vs_direct']}, duet/haproxy {d['ratio_duet_vs_haproxy']}")
+    return res
+
+
+def bench_proxy(t, director):
+    """Part 6: the same wrk cases through three HTTP reverse proxies, all on
+    the director, all round-robin over both nodes' nginx with kept backend
+    connections."""
+    addr = NODES[director][1]
+    targets = {
+        "duet": f"http://{VIP}:{PROXY_PORT}/",
+        "haproxy_http": f"http://{addr}:{HAPROXY_HTTP_PORT}/",
+        "nginx_proxy": f"http://{addr}:{NGINX_PROXY_PORT}/",
+    }
+    res = {"connections": CONNS, "threads": 2, "seconds": SECONDS, "rounds": ROUNDS,
+           "proxies_on": NODES[director][0]}
+    res.update(wrk_rounds(t, "proxy", targets, profiled=("duet",)))
+    for mode in ("new_connection", "keepalive"):
+        d = res[mode]
+        d["ratio_duet_vs_haproxy_http"] = ratio(d["duet"]["req_per_s"], d["haproxy_http"]["req_per_s"])
+        d["ratio_duet_vs_nginx_proxy"] = ratio(d["duet"]["req_per_s"], d["nginx_proxy"]["req_per_s"])
+        log(f"proxy {mode}: duet/haproxy-http {d['ratio_duet_vs_haproxy_http']}, "
+            f"duet/nginx {d['ratio_duet_vs_nginx_proxy']}")
+    return res
+
+
+def wrk_rounds(t, part, targets, profiled):
+    """Each case runs ROUNDS times, interleaved across targets so that load
+    from other processes hits all of them alike; the median counts."""
+    res = {}
     for mode, hdr in (("new_connection", "-H 'Connection: close'"), ("keepalive", "")):
         runs = {name: [] for name in targets}
         for rnd in range(ROUNDS):
@@ -440,14 +567,14 @@ def bench_http(t, director):
                     # A short warm-up fills ARP caches and accept queues.
                     t.run(t.client, f"wrk -t2 -c{CONNS} -d1s {hdr} {url}", check=False, timeout=30)
                     time.sleep(0.5)
-                prof = (f"http_{mode}_{name}_{t.engine}" if name in ("duet", "direct")
+                prof = (f"{part}_{mode}_{name}_{t.engine}" if name in profiled
                         and mode == "new_connection" and rnd == 0 else None)
                 with Perf(prof, "all" if prof else None, t.work):
                     out = t.run(t.client, f"wrk -t2 -c{CONNS} -d{SECONDS:g}s --latency {hdr} {url}",
                                 check=False, timeout=SECONDS + 60)
                 r = parse_wrk(out)
                 runs[name].append(r)
-                log(f"http {mode:<14} {name:<8} round {rnd + 1}: {r['req_per_s']:>9.0f} req/s  "
+                log(f"{part} {mode:<14} {name:<12} round {rnd + 1}: {r['req_per_s']:>9.0f} req/s  "
                     f"(errors {r['socket_errors']}, non-2xx {r['non_2xx']}, p99 {r['latency_p99']})")
         res[mode] = {}
         for name, rs in runs.items():
@@ -458,11 +585,6 @@ def bench_http(t, director):
                 "non_2xx": sum(x["non_2xx"] for x in rs),
                 "latency_p99": [x["latency_p99"] for x in rs],
             }
-        d = res[mode]
-        d["ratio_duet_vs_direct"] = ratio(d["duet"]["req_per_s"], d["direct"]["req_per_s"])
-        d["ratio_duet_vs_haproxy"] = ratio(d["duet"]["req_per_s"], d["haproxy"]["req_per_s"])
-        d["ratio_haproxy_vs_direct"] = ratio(d["haproxy"]["req_per_s"], d["direct"]["req_per_s"])
-        log(f"http {mode}: duet/direct {d['ratio_duet_vs_direct']}, duet/haproxy {d['ratio_duet_vs_haproxy']}")
     return res
 
 
@@ -884,6 +1006,7 @@ def main():
             if n > 0:
                 t.engine = engine
                 t.stop("haproxy")
+                t.stop_http_proxies()
                 director = restart_both(t, HEARTBEAT_DEFAULT)
                 wait_for(lambda: t.run(t.client, f"curl -sf -m 1 http://{VIP}/", check=False), 10, "VIP")
             running = wait_for(lambda: (t.status(director) or {}).get("dataplane", {}).get("engine"),
@@ -897,6 +1020,11 @@ def main():
                 e["bulk"] = bench_bulk(t, director)
             if "pps" not in SKIP:
                 e["pps"] = bench_pps(t, director)
+            if "proxy" not in SKIP:
+                t.start_http_proxies(director)
+                wait_for(lambda: t.run(t.client, f"curl -sf -m 1 http://{VIP}:{PROXY_PORT}/", check=False),
+                         10, "duet proxy service")
+                e["proxy"] = bench_proxy(t, director)
             if "health" not in SKIP and n == 0:
                 time.sleep(2.5)  # nginx back up and checked healthy (rise 2)
                 results["health"] = bench_health(t, director)
@@ -924,7 +1052,8 @@ def main():
 
 
 def targets(r):
-    """Issue 21's targets, judged on this run for each engine."""
+    """Issue 21's targets (and issue 15's for proxy mode), judged on this run
+    for each engine."""
     out = {}
     for engine, e in r.get("engines", {}).items():
         t = out[engine] = {}
@@ -939,6 +1068,10 @@ def targets(r):
         if b:
             t["upload8_peer_vs_direct_ge_0.85"] = b["ratio_peer_path_vs_direct"]
             t["upload8_local_vs_direct_ge_0.95"] = b["ratio_local_path_vs_direct"]
+        px = e.get("proxy", {})
+        if px:
+            t["proxy_keepalive_vs_haproxy_http_ge_1.0"] = px["keepalive"]["ratio_duet_vs_haproxy_http"]
+            t["proxy_new_conn_vs_haproxy_http_ge_0.9"] = px["new_connection"]["ratio_duet_vs_haproxy_http"]
         p = e.get("pps")
         if p:
             t["udp_flood_vs_direct_ge_0.9"] = p.get("ratio_vs_direct")
@@ -1030,6 +1163,29 @@ def engine_sections(e):
                      f"{fmt(f['kill9_fastest_gap_ms_median'])} | {f['kill9_fastest_gap_ms']} | "
                      f"{f['kill9_fastest_failed_probes']} |")
         L.append("")
+    px = e.get("proxy")
+    if px:
+        names = (("duet", "duet proxy (VIP)"), ("haproxy_http", "HAProxy HTTP"),
+                 ("nginx_proxy", "nginx proxy_pass"))
+        L += ["## 6. Proxy mode: HTTP reverse proxies (nginx backends, small file)", "",
+              f"wrk -t2 -c{px['connections']} -d{px['seconds']:g}s, median of {px['rounds']} interleaved rounds; "
+              f"all three on {px['proxies_on']} (the director), round-robin over both nodes' nginx, "
+              "adding X-Forwarded-For and reusing idle backend connections across clients "
+              "(HAProxy `http-reuse always`, its default threads; nginx `keepalive 64`, "
+              "`worker_processes auto`). duet is reached through the VIP (its data plane "
+              "hands the packets to the local stack), the others on the node's address.", "",
+              "| mode | " + " | ".join(f"{label} req/s" for _, label in names) +
+              " | duet / HAProxy | duet / nginx | " + " | ".join(f"{label} p99" for _, label in names) + " |",
+              "|---|" + "---|" * 8]
+        for mode in ("new_connection", "keepalive"):
+            d = px[mode]
+            L.append(f"| {mode.replace('_', ' ')} | " +
+                     " | ".join(fmt(d[n]['req_per_s']) for n, _ in names) +
+                     f" | {fmt(d['ratio_duet_vs_haproxy_http'])} | {fmt(d['ratio_duet_vs_nginx_proxy'])} | " +
+                     " | ".join(", ".join(str(x) for x in d[n]['latency_p99']) for n, _ in names) + " |")
+        L += ["", "Errors (socket errors / non-2xx): " + ", ".join(
+            f"{mode} {n} {px[mode][n]['socket_errors']}/{px[mode][n]['non_2xx']}"
+            for mode in ("new_connection", "keepalive") for n, _ in names), ""]
     return L
 
 
@@ -1054,8 +1210,10 @@ def render_md(r):
                  "udp_flood_vs_direct_ge_0.9": "UDP 60-byte flood to the peer: delivered ≥ 0.9 × direct",
                  "udp_flood_vs_routed_hop_ge_0.9": "the same, against the kernel routing the hop on the director "
                                                    "(not an issue target: this topology's ceiling)",
-                 "director_ns_per_packet_le_500": "director CPU per forwarded packet ≤ 500 ns"}
-        L += ["## Targets (issue 21)", "", "| target | " + " | ".join(engines) + " |",
+                 "director_ns_per_packet_le_500": "director CPU per forwarded packet ≤ 500 ns",
+                 "proxy_keepalive_vs_haproxy_http_ge_1.0": "proxy mode keep-alive req/s ≥ 1.0 × HAProxy HTTP mode",
+                 "proxy_new_conn_vs_haproxy_http_ge_0.9": "proxy mode new-connection req/s ≥ 0.9 × HAProxy HTTP mode"}
+        L += ["## Targets (issue 21; proxy mode: issue 15)", "", "| target | " + " | ".join(engines) + " |",
               "|---|" + "---|" * len(engines)]
         for k, label in names.items():
             cells = []

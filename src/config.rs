@@ -234,6 +234,12 @@ pub struct Service {
     /// Proxy services: request bodies over this many bytes get 413.
     #[serde(default)]
     pub max_body: Option<Spanned<u64>>,
+    /// Proxy services: a request head longer than this many bytes gets 431.
+    #[serde(default)]
+    pub max_header_bytes: Option<Spanned<usize>>,
+    /// Proxy services: a request head with more headers gets 431.
+    #[serde(default)]
+    pub max_headers: Option<Spanned<usize>>,
     /// Proxy services: "stderr" or a file path; one combined-format line a request.
     #[serde(default)]
     pub access_log: Option<Spanned<String>>,
@@ -272,6 +278,8 @@ impl Service {
             at("connect_timeout", &self.connect_timeout),
             at("response_timeout", &self.response_timeout),
             at("max_body", &self.max_body),
+            at("max_header_bytes", &self.max_header_bytes),
+            at("max_headers", &self.max_headers),
             at("access_log", &self.access_log),
             at("sticky", &self.sticky),
         ]
@@ -594,6 +602,10 @@ fn default_check_timeout() -> Dur {
 fn default_rise_fall() -> u32 {
     2
 }
+
+/// `max_header_bytes` and `max_headers` of proxy services.
+const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=1024 * 1024;
+const MAX_HEADERS_RANGE: std::ops::RangeInclusive<usize> = 1..=1000;
 
 /// Scheduler names accepted by `[[service]].scheduler`.
 pub const SCHEDULERS: [&str; 6] = ["rr", "wrr", "lc", "wlc", "sh", "mh"];
@@ -941,6 +953,33 @@ impl Config {
         if let Some(m) = &s.max_body {
             if *m.get_ref() == 0 {
                 p.at(m.span(), "max_body must be at least 1 (bytes)".into());
+            }
+        }
+        // A head must hold a request line and a Host header; each client
+        // connection may buffer up to the byte limit, so it stays far
+        // below what 10,000 connections could hold in memory.
+        if let Some(m) = &s.max_header_bytes {
+            if !MAX_HEADER_BYTES_RANGE.contains(m.get_ref()) {
+                p.at(
+                    m.span(),
+                    format!(
+                        "max_header_bytes must be from {} to {} (bytes)",
+                        MAX_HEADER_BYTES_RANGE.start(),
+                        MAX_HEADER_BYTES_RANGE.end()
+                    ),
+                );
+            }
+        }
+        if let Some(m) = &s.max_headers {
+            if !MAX_HEADERS_RANGE.contains(m.get_ref()) {
+                p.at(
+                    m.span(),
+                    format!(
+                        "max_headers must be from {} to {}",
+                        MAX_HEADERS_RANGE.start(),
+                        MAX_HEADERS_RANGE.end()
+                    ),
+                );
             }
         }
         if let Some(st) = &s.sticky {
@@ -1333,6 +1372,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
             &svc(
                 "persist_client = false\nbackend_idle_max = 4\nresponse_timeout = \"2s\"\n\
                  max_body = 1000\naccess_log = \"access.log\"\nsticky = \"cookie\"\n\
+                 max_header_bytes = 2048\nmax_headers = 20\n\
                  [[service.route]]\nhost = \"a.test\"\nbackends = [\"198.18.0.31:80\"]\n",
             ),
             &d,
@@ -1345,6 +1385,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(o.response_timeout, Duration::from_secs(2));
         assert_eq!(o.connect_timeout, Duration::from_secs(3));
         assert_eq!(o.max_body, Some(1000));
+        assert_eq!((o.max_header_bytes, o.max_headers), (2048, 20));
         assert!(o.sticky);
         assert_eq!(
             o.access_log.as_deref(),
@@ -1353,6 +1394,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(s.routes[0].backends[0].get_ref().port(), Some(80));
         let bad = svc(
             "response_timeout = \"0s\"\nbackend_idle_max = 0\nsticky = \"ip\"\n\
+             max_header_bytes = 100\nmax_headers = 0\n\
              [[service.route]]\nhost = \"a b\"\nbackends = []\n",
         );
         let p = problems(&bad);
@@ -1361,6 +1403,8 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
             "response_timeout must be more than 0",
             "backend_idle_max must be at least 1",
             "unknown sticky \"ip\"",
+            "max_header_bytes must be from 256 to 1048576",
+            "max_headers must be from 1 to 1000",
             "route host \"a b\" is not a host name",
             "route \"a b\" has no backends",
         ] {

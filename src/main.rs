@@ -81,6 +81,13 @@ enum Cmd {
         ldirectord_cf: PathBuf,
         ha_cf: Option<PathBuf>,
     },
+    /// Print the duet.toml equivalent of a Perlbal config (and heartbeat's
+    /// ha.cf and haresources).
+    ImportPerlbal {
+        perlbal_conf: PathBuf,
+        ha_cf: Option<PathBuf>,
+        haresources: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -226,19 +233,39 @@ fn run(cli: Cli) -> Result<(), String> {
             ldirectord_cf,
             ha_cf,
         } => {
-            let read = |p: &PathBuf| {
-                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-            };
             let ld = read(&ldirectord_cf)?;
-            let ha = ha_cf.as_ref().map(read).transpose()?;
-            let out = duet::import::import(&ld, ha.as_deref());
-            for w in &out.warnings {
-                eprintln!("warning: {w}");
-            }
-            print!("{}", out.toml);
+            let ha = ha_cf.as_deref().map(read).transpose()?;
+            print_imported(&duet::import::import(&ld, ha.as_deref()));
+            Ok(())
+        }
+        Cmd::ImportPerlbal {
+            perlbal_conf,
+            ha_cf,
+            haresources,
+        } => {
+            let pb = read(&perlbal_conf)?;
+            let ha = ha_cf.as_deref().map(read).transpose()?;
+            let res = haresources.as_deref().map(read).transpose()?;
+            print_imported(&duet::import::import_perlbal(
+                &pb,
+                ha.as_deref(),
+                res.as_deref(),
+            ));
             Ok(())
         }
     }
+}
+
+fn read(p: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The config on stdout, what to review on stderr.
+fn print_imported(out: &duet::import::Imported) {
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", out.toml);
 }
 
 fn print_status(body: &str) -> Result<(), String> {

@@ -257,3 +257,62 @@ fn every_sample_service_imports_to_its_own_check_kind() {
     );
     accepted(&scratch("sample"), &out);
 }
+
+/// Issue 15: the Perlbal + heartbeat pair of the issue (its perlbal.conf,
+/// an ha.cf naming lb1 and lb2, haresources `lb1 192.168.0.99`) becomes one
+/// proxy service on the VIP that `duet check-config` accepts.
+#[test]
+fn perlbal_pair_imports_to_a_proxy_service_check_config_accepts() {
+    let o = duet()
+        .arg("import-perlbal")
+        .arg(fixture("perlbal.conf"))
+        .arg(fixture("ha-perlbal.cf"))
+        .arg(fixture("haresources"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "import-perlbal failed: {}",
+        text(&o.stderr)
+    );
+    let (out, warnings) = (text(&o.stdout), text(&o.stderr));
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+
+    assert_eq!(s(&v, "cluster.vip"), "192.168.0.99");
+    assert_eq!(s(&v, "cluster.interface"), "eth0");
+    assert_eq!(s(&v, "node.0.name"), "lb1");
+    assert_eq!(s(&v, "node.0.address"), "192.168.0.100");
+    assert_eq!(at(&v, "node.0.priority").as_integer(), Some(150));
+    assert_eq!(s(&v, "node.1.name"), "lb2");
+    assert_eq!(s(&v, "node.1.address"), "192.168.0.101");
+    assert_eq!(s(&v, "heartbeat.interval"), "1s");
+    assert_eq!(s(&v, "heartbeat.dead_after"), "5s");
+    assert_eq!(at(&v, "heartbeat.preempt").as_bool(), Some(false));
+
+    assert_eq!(at(&v, "service").as_array().map(Vec::len), Some(1));
+    assert_eq!(at(&v, "service.0.port").as_integer(), Some(80));
+    assert_eq!(s(&v, "service.0.mode"), "proxy");
+    assert_eq!(at(&v, "service.0.serve_local").as_bool(), Some(false));
+    let backends: Vec<&str> = at(&v, "service.0.backends")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(backends, ["192.168.0.102:80", "192.168.0.103:80"]);
+    assert_eq!(at(&v, "service.0.persist_client").as_bool(), Some(true));
+    assert_eq!(at(&v, "service.0.persist_backend").as_bool(), Some(true));
+    // verify_backend: a backend failing its check gets no request.
+    assert_eq!(s(&v, "service.0.check.kind"), "http");
+    assert_eq!(s(&v, "service.0.check.request"), "/");
+
+    // Every line of the issue's perlbal.conf is carried over; what is not
+    // (ha.cf's logging, authkeys) is named.
+    assert!(!warnings.contains("perlbal.conf"), "{warnings}");
+    assert!(!warnings.contains("haresources"), "{warnings}");
+    for w in ["ha.cf line 2: directive logfacility", "key_file"] {
+        assert!(warnings.contains(w), "no warning {w:?} in:\n{warnings}");
+    }
+    accepted(&scratch("perlbal"), &out);
+}

@@ -193,6 +193,14 @@ fn proxy_forwards_with_forwarding_headers_beside_dr_and_survives_takeover() {
     );
     let cookie = set.split(';').next().unwrap().to_string();
     let stuck = rs[0]["name"].as_str().unwrap().to_string();
+    // duet's cookie is for duet: the backend sees the client's others only.
+    let seen = curl(&c, &format!("-b 'a=1; {cookie}; b=2' http://{VIP}:8003/"));
+    assert!(
+        seen.contains("code=200") && seen.contains("Cookie: a=1; b=2\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("duet_8003"), "{seen}");
+    assert!(seen.contains(&format!("name={stuck}\n")), "{seen}");
     for r in rs {
         assert_eq!(r["name"].as_str(), Some(stuck.as_str()), "{sticky}");
     }
@@ -273,10 +281,10 @@ backends = ["198.18.0.20:80"]
         ..Opts::default()
     });
     let d = c.wait_one_director(Duration::from_secs(10));
-    // 200 MB each way: the director's peak RSS (its packet rings and maps
-    // included, tens of MB) stays below half of one direction's bytes, so
-    // nothing is buffered whole; quick enough on a loaded box.
-    const N: u64 = 200_000_000;
+    // 1 GB each way (about 20 s here): the director's peak RSS, its packet
+    // rings and maps included, stays below 100 MB (36 MB measured, as
+    // after 200 MB each way), so nothing is buffered whole.
+    const N: u64 = 1_000_000_000;
     let file = c.dir.join("upload.bin");
     must(&format!("head -c {N} /dev/urandom > {}", file.display()));
     let want = must(&format!("sha256sum {}", file.display()));
@@ -309,7 +317,7 @@ backends = ["198.18.0.20:80"]
         .and_then(|v| v.parse().ok())
         .unwrap();
     eprintln!("director peak RSS after 2 x {N} bytes: {hwm_kb} kB");
-    assert!(hwm_kb < N / 2 / 1024, "peak RSS {hwm_kb} kB");
+    assert!(hwm_kb < 100 * 1024, "peak RSS {hwm_kb} kB");
     let _ = std::fs::remove_file(&file);
 }
 
@@ -537,6 +545,8 @@ response_timeout = "1s"
 client_header_timeout = "1s"
 client_idle_timeout = "1s"
 max_body = 1000
+max_header_bytes = 1024
+max_headers = 20
 access_log = "access.log"
 backends = ["198.18.0.20:8088"]
 
@@ -574,6 +584,22 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
+
+    // The service's header limits (not the defaults, 64 KiB and 100):
+    // 431 past either, also for a head that arrives whole; 200 within both.
+    let many: String = (0..25).map(|i| format!("-H 'X-H{i}: v' ")).collect();
+    let out = curl(&c, &format!("{many} http://{VIP}:8000/"));
+    assert!(out.contains("code=431"), "{out}");
+    let long = curl(
+        &c,
+        &format!("-H 'X-Long: {}' http://{VIP}:8000/", "a".repeat(1100)),
+    );
+    assert!(long.contains("code=431"), "{long}");
+    let fits: String = (0..10)
+        .map(|i| format!("-H 'X-H{i}: {}' ", "b".repeat(50)))
+        .collect();
+    let out = curl(&c, &format!("{fits} http://{VIP}:8000/"));
+    assert!(out.contains("code=200"), "{out}");
 
     // Half a head: 408 after client_header_timeout.
     let partial = ka(&c, "partial 8000");
@@ -684,4 +710,171 @@ check = { kind = "http", port = 8088, interval = "200ms", timeout = "500ms", ris
     for e in echoes.into_iter().flatten() {
         c.adopt(e);
     }
+}
+
+/// A field of /proc/PID/status, in its unit (kB for memory).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The soft and hard RLIMIT_NOFILE of this process.
+fn fd_limit() -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit struct for RLIMIT_NOFILE.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim
+}
+
+fn set_fd_limit(lim: &libc::rlimit) {
+    // SAFETY: as above; the soft limit stays within the hard one.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn two_thousand_slow_clients_while_wrk_runs_leave_heartbeats_and_requests_alone() {
+    // The daemons start with the soft descriptor limit systemd gives a
+    // service (1024): 2,000 held connections fit only because duet raises
+    // it to the hard limit itself. Children started meanwhile by other
+    // tests need far fewer.
+    let saved = fd_limit();
+    set_fd_limit(&libc::rlimit {
+        rlim_cur: 1024.min(saved.rlim_max),
+        rlim_max: saved.rlim_max,
+    });
+    let c = Cluster::new(Opts {
+        services: r#"
+[[service]]
+port = 8000
+mode = "proxy"
+serve_local = false
+client_header_timeout = "5s"
+backends = ["198.18.0.20:80"]
+"#
+        .into(),
+        real_servers: 1,
+        ..Opts::default()
+    });
+    set_fd_limit(&saved);
+    let d = c.wait_one_director(Duration::from_secs(10));
+    wait_proxy(&c);
+    let pid = c.nodes[d].duet.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(soft, saved.rlim_max.min(1 << 20), "{limits}");
+    let term = c.status(d).expect("status")["term"].clone();
+    let rss_before = proc_status(pid, "VmRSS:");
+    let threads_before = proc_status(pid, "Threads:");
+
+    // 2,000 sockets dribbling a head one byte a second for 20 s: each is
+    // answered 408 after client_header_timeout, and reopened at once.
+    const SLOW: u64 = 2000;
+    let slow = py_bg_niced(
+        &c.client,
+        "slowclients.py",
+        &format!("{VIP} 8000 {SLOW} 20"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) < SLOW as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the director never held {SLOW} connections: {} descriptors",
+            open_fds(pid)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both sides' view of the other's heartbeat, polled while wrk runs.
+    let polls: Vec<Child> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            py_bg(
+                &c.client,
+                "statuspoll.py",
+                &format!("http://{}:8080/api/status 10 200", n.addr),
+            )
+        })
+        .collect();
+    let wrk = Command::new("ip")
+        .args(["netns", "exec", &c.client])
+        .args(["wrk", "-t1", "-c10", "-d10s", "--latency"])
+        .arg(format!("http://{VIP}:8000/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk");
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss, threads, fds) = (
+        proc_status(pid, "VmRSS:"),
+        proc_status(pid, "Threads:"),
+        open_fds(pid),
+    );
+    let wrk = wrk.wait_with_output().unwrap();
+    let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let polls: Vec<Value> = polls.into_iter().map(json_of).collect();
+    let slow = json_of(slow);
+    eprintln!(
+        "slow clients: {slow}\nwrk meanwhile:\n{wrk}\nstatus polls (director, standby): {polls:?}\n\
+         director under load: RSS {rss} kB (before {rss_before} kB), {threads} threads \
+         (before {threads_before}), {fds} descriptors"
+    );
+
+    let requests: u64 = wrk
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count from wrk:\n{wrk}"));
+    assert!(requests >= 500, "wrk made only {requests} requests:\n{wrk}");
+    assert!(!wrk.contains("Non-2xx"), "{wrk}");
+    assert!(!wrk.contains("Socket errors"), "{wrk}");
+    for (i, p) in polls.iter().enumerate() {
+        assert!(
+            p["ok"].as_u64().unwrap() >= 10,
+            "too few polls of node {i}: {p}"
+        );
+        // Heartbeats every 100 ms, dead after 1 s: a generous bound that
+        // still says none stalled.
+        let heard = p["heard_max_ms"].as_u64().unwrap();
+        assert!(
+            heard < 500,
+            "node {i} heard a heartbeat {heard} ms old: {p}"
+        );
+    }
+    assert!(slow["max_open"].as_u64().unwrap() >= SLOW, "{slow}");
+    assert_eq!(slow["connect_errors"], 0, "{slow}");
+    // Every slow socket was answered 408 at least once (each lived through
+    // three or four client_header_timeouts).
+    assert!(slow["answered_408"].as_u64().unwrap() >= SLOW, "{slow}");
+    assert!(slow["closed_by_server"].as_u64().unwrap() >= SLOW, "{slow}");
+    // Memory and tasks: under 32 KiB a slow connection (about 19 KiB
+    // measured, the allocator's high-water mark after thousands of them
+    // came and went included), no thread per connection, one descriptor
+    // each (no backend connection for a head that never completes).
+    assert!(
+        rss < rss_before + 64 * 1024,
+        "RSS {rss} kB, {rss_before} kB before"
+    );
+    assert!(threads <= threads_before + 2, "{threads} threads");
+    assert!(fds < SLOW as usize + 500, "{fds} descriptors");
+    let after = c.status(d).expect("status after");
+    assert_eq!(after["term"], term, "an election happened under load");
+    assert_eq!(after["role"], "director");
 }

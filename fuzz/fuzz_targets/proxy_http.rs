@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         persist_backend: opts & 2 != 0,
         sticky_cookie: (opts & 4 != 0).then_some("duet_80"),
         max_body: (opts & 8 != 0).then_some(1000),
+        max_headers: if opts & 32 != 0 { 4 } else { 100 },
     };
     if let Ok(Some(r)) = rewrite_head(data, CLIENT, &rules) {
         assert!(r.consumed <= data.len());

@@ -309,7 +309,7 @@ async fn attempt(
     let max_body = ctx.svc.opts.max_body;
     let upload = async {
         let mut body = Body::new(req.body);
-        let r = relay_body(rd, &up_w, &mut body, max_body).await;
+        let r = relay_body(rd, &up_w, &mut body, max_body, &[]).await;
         if let Err(e) = &r {
             log::debug!("proxy: {}: request body to {}: {e}", ctx.peer, up_w_addr);
         }
@@ -432,19 +432,11 @@ async fn respond(
         && resp.body != Framing::UntilClose
         && !resp.switching
         && !ctx.st.winding_down();
-    if send(ctx.client, &resp.client_head(keep_client, cookie))
-        .await
-        .is_err()
-    {
-        return Attempt::Failed {
-            answer: None,
-            silent: false,
-            status: resp.status,
-        };
-    }
+    // From here the client may have bytes of this answer: no other.
     answered.store(true, Relaxed);
+    let head = resp.client_head(keep_client, cookie);
     let mut body = Body::new(resp.body);
-    match relay_body(upr, ctx.client, &mut body, None).await {
+    match relay_body(upr, ctx.client, &mut body, None, &head).await {
         Ok(bytes) => Attempt::Done {
             status: resp.status,
             bytes,

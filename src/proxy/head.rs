@@ -11,7 +11,7 @@ use super::frame::Framing;
 pub enum HeadError {
     /// Not HTTP/1.x, or a body whose length cannot be known: 400.
     Malformed,
-    /// More than `MAX_HEADERS` headers: 431.
+    /// More headers than the service's `max_headers`: 431.
     TooManyHeaders,
     /// Content-Length over the service's `max_body`: 413.
     BodyTooLarge,
@@ -27,6 +27,8 @@ impl HeadError {
     }
 }
 
+/// Headers a request may have unless the service sets `max_headers`,
+/// and a backend's response always.
 pub const MAX_HEADERS: usize = 100;
 
 /// What the service decides about every request head.
@@ -37,6 +39,8 @@ pub struct HeadRules<'a> {
     /// The name of duet's sticky cookie, when the service has one.
     pub sticky_cookie: Option<&'a str>,
     pub max_body: Option<u64>,
+    /// More headers than this: 431.
+    pub max_headers: usize,
 }
 
 pub struct Rewritten {
@@ -122,7 +126,9 @@ pub fn rewrite_head(
     client: Ipv4Addr,
     rules: &HeadRules,
 ) -> Result<Option<Rewritten>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Sized by the service: one small allocation a head, next to the
+    // head's own.
+    let mut headers = vec![httparse::EMPTY_HEADER; rules.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -168,6 +174,15 @@ pub fn rewrite_head(
         let lower = h.name.to_ascii_lowercase();
         if lower == "x-forwarded-for" && trust {
             xff = Some(String::from_utf8_lossy(h.value).into_owned());
+            continue;
+        }
+        // duet's own cookie is for duet: the backend sees the others.
+        if let (Some(name), "cookie") = (rules.sticky_cookie, lower.as_str()) {
+            match without_cookie(h.value, name) {
+                Some(rest) if rest.is_empty() => {}
+                Some(rest) => push_header(&mut out, h.name, &rest),
+                None => push_header(&mut out, h.name, h.value),
+            }
             continue;
         }
         if HOP_BY_HOP.contains(&lower.as_str()) || FORWARDING.contains(&lower.as_str()) {
@@ -245,6 +260,26 @@ fn cookie_value(header: &[u8], name: &str) -> Option<String> {
     })
 }
 
+/// A `Cookie` value without the pairs named `name`; `None` when it has
+/// none (the header goes on as it came).
+fn without_cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    let named = |pair: &&[u8]| {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or(b"");
+        key.trim_ascii() == name.as_bytes()
+    };
+    let pairs: Vec<&[u8]> = header.split(|b| *b == b';').collect();
+    if !pairs.iter().any(named) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs
+        .into_iter()
+        .filter(|p| !named(p))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+        .collect();
+    Some(kept.join(&b"; "[..]))
+}
+
 pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -265,6 +300,7 @@ mod tests {
             persist_backend: false,
             sticky_cookie: Some("duet_80"),
             max_body: Some(1000),
+            max_headers: MAX_HEADERS,
         }
     }
 
@@ -368,6 +404,53 @@ mod tests {
             cookie_value(b"duet_800=z; duet_80=y", "duet_80").as_deref(),
             Some("y")
         );
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_not_forwarded_and_other_cookies_are() {
+        let t = text(
+            b"GET / HTTP/1.1\r\nCookie: a=1; duet_80=ab12;b=2\r\nCookie: duet_80=ab12\r\n\
+              Cookie: duet_800=z\r\n\r\n",
+            &[],
+        );
+        assert!(t.contains("Cookie: a=1; b=2\r\n"), "{t}");
+        // A header holding only duet's cookie is dropped; a look-alike stays.
+        assert_eq!(t.matches("Cookie:").count(), 2, "{t}");
+        assert!(t.contains("Cookie: duet_800=z\r\n"), "{t}");
+        assert!(!t.contains("ab12"), "{t}");
+        // Without sticky sessions the header is the client's.
+        let mut plain = rules(&[]);
+        plain.sticky_cookie = None;
+        let r = rewrite_head(
+            b"GET / HTTP/1.1\r\nCookie: duet_80=x\r\n\r\n",
+            CLIENT,
+            &plain,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(String::from_utf8(r.head)
+            .unwrap()
+            .contains("Cookie: duet_80=x\r\n"));
+        assert_eq!(without_cookie(b"x=1", "duet_80"), None);
+        assert_eq!(
+            without_cookie(b" duet_80 = q ; y=2 ", "duet_80").as_deref(),
+            Some(&b"y=2"[..])
+        );
+    }
+
+    #[test]
+    fn header_count_limit_is_the_services() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..10 {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut r = rules(&[]);
+        r.max_headers = 10;
+        assert!(rewrite_head(&head, CLIENT, &r).unwrap().is_some());
+        r.max_headers = 9;
+        let e = rewrite_head(&head, CLIENT, &r).err().unwrap();
+        assert_eq!(e.status(), 431);
     }
 
     #[test]

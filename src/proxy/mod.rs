@@ -45,6 +45,10 @@ pub struct ProxyRoute {
     pub backends: Vec<ProxyBackend>,
 }
 
+/// `max_header_bytes` unless set: HAProxy's and nginx's defaults are
+/// smaller (16 KiB, 8 KiB lines), but cookie-heavy sites need more.
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// A service's proxy keys with their defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyOptions {
@@ -57,6 +61,10 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub max_body: Option<u64>,
+    /// A request head not complete within this many bytes: 431.
+    pub max_header_bytes: usize,
+    /// A request head with more headers: 431.
+    pub max_headers: usize,
     /// "stderr" or a path.
     pub access_log: Option<String>,
     pub sticky: bool,
@@ -81,6 +89,14 @@ impl ProxyOptions {
             connect_timeout: dur(&svc.connect_timeout, 3),
             response_timeout: dur(&svc.response_timeout, 60),
             max_body: svc.max_body.as_ref().map(|m| *m.get_ref()),
+            max_header_bytes: svc
+                .max_header_bytes
+                .as_ref()
+                .map_or(DEFAULT_MAX_HEADER_BYTES, |m| *m.get_ref()),
+            max_headers: svc
+                .max_headers
+                .as_ref()
+                .map_or(head::MAX_HEADERS, |m| *m.get_ref()),
             access_log: svc.access_log.as_ref().map(|l| l.get_ref().clone()),
             sticky: svc.sticky.is_some(),
         }

@@ -21,8 +21,6 @@ use super::stream::{send, Reader};
 use super::{rewrite_head, sticky, HeadRules, Picker, ProxyService, Rewritten};
 use crate::dataplane::Shared;
 
-/// A request head larger than this gets 431.
-const MAX_HEAD: usize = 64 * 1024;
 /// Connections beyond this are closed at accept: bounded tasks and memory.
 const MAX_CONNECTIONS: usize = 10_000;
 /// How soon a new director listens (a client connecting before is refused),
@@ -327,15 +325,19 @@ async fn read_head(
         persist_backend: svc.opts.persist_backend,
         sticky_cookie: cookie.as_deref(),
         max_body: svc.opts.max_body,
+        max_headers: svc.opts.max_headers,
     };
     let read = async {
         loop {
             match rewrite_head(rd.data(), *peer.ip(), &rules) {
+                // A head that came whole in one read is held to the limit
+                // too, not only one still arriving.
+                Ok(Some(r)) if r.consumed > svc.opts.max_header_bytes => return Err(431),
                 Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => {}
                 Err(e) => return Err(e.status()),
             }
-            if rd.data().len() >= MAX_HEAD {
+            if rd.data().len() >= svc.opts.max_header_bytes {
                 return Err(431);
             }
             match rd.fill_head().await {

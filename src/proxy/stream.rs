@@ -87,16 +87,22 @@ pub enum RelayError {
     TooLarge,
 }
 
-/// Forwards one body from `src` to `dst`; returns its size. Bytes after
-/// the body stay in `src` for the next message.
+/// Forwards one body from `src` to `dst`, after `lead` (the message's
+/// head, or nothing); returns the body's size. Bytes after the body stay in
+/// `src` for the next message.
 pub async fn relay_body(
     src: &mut Reader,
     dst: &TcpStream,
     body: &mut Body,
     limit: Option<u64>,
+    lead: &[u8],
 ) -> Result<u64, RelayError> {
     let mut dst = dst.clone();
     let mut sent = 0u64;
+    // The head goes out in one write with the body bytes already read (a
+    // small response then takes one segment and one syscall, not two), or
+    // alone before waiting for more, so a slow body never holds it back.
+    let mut lead = (!lead.is_empty()).then(|| lead.to_vec());
     loop {
         if !src.data().is_empty() && !body.done() {
             let n = body.advance(src.data()).map_err(RelayError::Frame)?;
@@ -104,10 +110,19 @@ pub async fn relay_body(
             if limit.is_some_and(|l| sent > l) {
                 return Err(RelayError::TooLarge);
             }
-            dst.write_all(&src.data()[..n])
-                .await
-                .map_err(RelayError::Sink)?;
+            let piece = &src.data()[..n];
+            match lead.take() {
+                Some(mut out) => {
+                    out.extend_from_slice(piece);
+                    dst.write_all(&out).await
+                }
+                None => dst.write_all(piece).await,
+            }
+            .map_err(RelayError::Sink)?;
             src.consume(n);
+        }
+        if let Some(out) = lead.take() {
+            dst.write_all(&out).await.map_err(RelayError::Sink)?;
         }
         if body.done() {
             return Ok(sent);

@@ -44,6 +44,10 @@ pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
 
 pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
+    match super::raise_fd_limit() {
+        Ok(n) => log::debug!("open descriptors: soft limit {n}"),
+        Err(e) => log::warn!("raising the open descriptor limit: {e}"),
+    }
     let local = netlink::local_ipv4().map_err(io("listing local addresses"))?;
     let me_idx = cfg
         .find_node(node_name, &local)

@@ -1,5 +1,6 @@
 //! `duet import-ldirectord`: turns an ldirectord.cf (and optionally
-//! heartbeat's ha.cf) into the equivalent duet.toml.
+//! heartbeat's ha.cf) into the equivalent duet.toml; `import-perlbal`
+//! (`perlbal`) does the same for Perlbal, sharing the ha.cf side.
 //!
 //! The output follows the config contract of DESIGN.md section 4. Anything
 //! that has no duet equivalent, or that the importer had to guess, becomes a
@@ -16,6 +17,10 @@
 //!   198.18.0.1 and 198.18.0.2.
 //! - A service whose real servers include both nodes gets
 //!   `serve_local = true`; the remaining real servers become `backends`.
+mod perlbal;
+
+pub use perlbal::import_perlbal;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -917,6 +922,63 @@ fn nodes_of(
     (names, PLACEHOLDER_NODES.to_vec())
 }
 
+/// `[cluster]`, the part both importers write the same way. `interface`:
+/// the one heartbeat runs on, when the inputs name it.
+fn write_cluster(out: &mut String, vip: Ipv4Addr, interface: Option<String>, w: &mut Warnings) {
+    let interface = match interface {
+        Some(i) => i,
+        None => {
+            w.general(
+                "no heartbeat interface found (bcast/mcast/ucast in ha.cf): interface = \
+                \"eth0\" is assumed",
+            );
+            "eth0".into()
+        }
+    };
+    w.general(
+        "key_file: heartbeat's authkeys is not imported; write a shared secret of at \
+        least 16 bytes to /etc/duet/key on both nodes",
+    );
+    let _ = writeln!(out, "[cluster]");
+    let _ = writeln!(out, "vip = {}", q(&vip.to_string()));
+    let _ = writeln!(out, "interface = {}", q(&interface));
+    let _ = writeln!(out, "vrid = 1");
+    let _ = writeln!(out, "key_file = \"/etc/duet/key\"");
+    let _ = writeln!(out, "status_listen = \"0.0.0.0:8080\"");
+    let _ = writeln!(out, "state_dir = \"/var/lib/duet\"\n");
+}
+
+/// `[heartbeat]` from ha.cf's timings, auto_failback and ping nodes.
+fn write_heartbeat(out: &mut String, ha: Option<&Ha>, w: &mut Warnings) {
+    let _ = writeln!(out, "[heartbeat]");
+    let hb = |ms: Option<u64>, default: &str| ms.map_or_else(|| default.to_string(), duration);
+    let _ = writeln!(
+        out,
+        "interval = {}",
+        hb(ha.and_then(|h| h.keepalive_ms), "\"100ms\"")
+    );
+    let _ = writeln!(
+        out,
+        "dead_after = {}",
+        hb(ha.and_then(|h| h.deadtime_ms), "\"1s\"")
+    );
+    let preempt = match ha.map(|h| h.auto_failback) {
+        Some(Some(b)) => b,
+        Some(None) => {
+            w.general(format!(
+                "{HA}: auto_failback not set (heartbeat's default fails back): preempt = true"
+            ));
+            true
+        }
+        None => false,
+    };
+    let _ = writeln!(out, "preempt = {preempt}");
+    let pings: Vec<String> = ha
+        .map(|h| h.ping.iter().map(|p| q(&p.to_string())).collect())
+        .unwrap_or_default();
+    let _ = writeln!(out, "ping = [{}]\n", pings.join(", "));
+}
+
 fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
     let vip = ld.virtuals.first().map(|v| v.vip);
     // One VIP per cluster: services of other VIPs would be served on the
@@ -971,16 +1033,6 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
     );
     let _ = writeln!(out, "# Review the warnings printed with it before use.\n");
 
-    let interface = match ha.and_then(|h| h.interface.clone()) {
-        Some(i) => i,
-        None => {
-            w.general(
-                "no heartbeat interface found (bcast/mcast/ucast in ha.cf): interface = \
-                \"eth0\" is assumed",
-            );
-            "eth0".into()
-        }
-    };
     let vip = match vip {
         Some(v) => v,
         None => {
@@ -991,17 +1043,7 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
             Ipv4Addr::new(198, 18, 0, 100)
         }
     };
-    w.general(
-        "key_file: heartbeat's authkeys is not imported; write a shared secret of at \
-        least 16 bytes to /etc/duet/key on both nodes",
-    );
-    let _ = writeln!(out, "[cluster]");
-    let _ = writeln!(out, "vip = {}", q(&vip.to_string()));
-    let _ = writeln!(out, "interface = {}", q(&interface));
-    let _ = writeln!(out, "vrid = 1");
-    let _ = writeln!(out, "key_file = \"/etc/duet/key\"");
-    let _ = writeln!(out, "status_listen = \"0.0.0.0:8080\"");
-    let _ = writeln!(out, "state_dir = \"/var/lib/duet\"\n");
+    write_cluster(&mut out, vip, ha.and_then(|h| h.interface.clone()), w);
 
     for (i, (name, addr)) in names.iter().zip(&addrs).enumerate() {
         let _ = writeln!(out, "[[node]]");
@@ -1029,33 +1071,7 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         let _ = writeln!(out);
     }
 
-    let _ = writeln!(out, "[heartbeat]");
-    let hb = |ms: Option<u64>, default: &str| ms.map_or_else(|| default.to_string(), duration);
-    let _ = writeln!(
-        out,
-        "interval = {}",
-        hb(ha.and_then(|h| h.keepalive_ms), "\"100ms\"")
-    );
-    let _ = writeln!(
-        out,
-        "dead_after = {}",
-        hb(ha.and_then(|h| h.deadtime_ms), "\"1s\"")
-    );
-    let preempt = match ha.map(|h| h.auto_failback) {
-        Some(Some(b)) => b,
-        Some(None) => {
-            w.general(format!(
-                "{HA}: auto_failback not set (heartbeat's default fails back): preempt = true"
-            ));
-            true
-        }
-        None => false,
-    };
-    let _ = writeln!(out, "preempt = {preempt}");
-    let pings: Vec<String> = ha
-        .map(|h| h.ping.iter().map(|p| q(&p.to_string())).collect())
-        .unwrap_or_default();
-    let _ = writeln!(out, "ping = [{}]\n", pings.join(", "));
+    write_heartbeat(&mut out, ha, w);
 
     let node_set: BTreeSet<Ipv4Addr> = addrs.iter().copied().collect();
     for v in virtuals {
@@ -1189,8 +1205,8 @@ mod tests {
     use super::*;
     use toml::Value;
 
-    const LD: &str = include_str!("../tests/fixtures/ldirectord.cf");
-    const HA_CF: &str = include_str!("../tests/fixtures/ha.cf");
+    const LD: &str = include_str!("../../tests/fixtures/ldirectord.cf");
+    const HA_CF: &str = include_str!("../../tests/fixtures/ha.cf");
 
     fn parsed(i: &Imported) -> Value {
         match toml::from_str::<Value>(&i.toml) {
