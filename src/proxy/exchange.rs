@@ -478,8 +478,11 @@ async fn relay(client: TcpStream, upstream: TcpStream) -> std::io::Result<()> {
             c.shutdown(std::net::Shutdown::Write)
         }
     };
-    let up = smol::spawn(up);
-    let result = down.await;
-    drop(up);
-    result
+    // The client's half runs beside the backend's and is dropped with it:
+    // the backend's end of the stream is the end of the exchange.
+    let up = async {
+        let _ = up.await;
+        future::pending().await
+    };
+    future::or(down, up).await
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_net::{TcpListener, TcpStream};
 use smol::channel::{Receiver, Sender};
-use smol::future;
 use smol::io::AsyncReadExt;
+use smol::{future, Executor};
 
 use super::access::{self, Sinks};
 use super::exchange::{exchange, Ctx};
@@ -42,6 +42,8 @@ pub struct State {
     /// idle between requests at once (rather than each polling); renewed
     /// when it directs again.
     wind_down: Mutex<(Option<Sender<()>>, Receiver<()>)>,
+    /// Runs every connection, on as many threads as there are CPUs.
+    ex: Arc<Executor<'static>>,
 }
 
 impl State {
@@ -85,6 +87,21 @@ pub fn spawn(
     cluster_key: &[u8],
 ) -> std::io::Result<JoinHandle<()>> {
     let sticky_key = sticky::derive_key(cluster_key);
+    let ex = Arc::new(Executor::new());
+    // This thread and the workers all run connections; the workers end
+    // when `done` goes with this thread's end.
+    let (done, finished) = smol::channel::bounded::<()>(1);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    for i in 0..workers {
+        let (ex, finished) = (ex.clone(), finished.clone());
+        std::thread::Builder::new()
+            .name(format!("proxy-{}", i + 1))
+            .spawn(move || {
+                smol::block_on(ex.run(async {
+                    let _ = finished.recv().await;
+                }))
+            })?;
+    }
     std::thread::Builder::new()
         .name("proxy".into())
         .spawn(move || {
@@ -96,9 +113,13 @@ pub fn spawn(
                 sticky_key,
                 logs: Sinks::default(),
                 wind_down: Mutex::new(wind_down_signal()),
+                ex: ex.clone(),
             });
-            smol::block_on(supervise(vip, st.clone()));
-            smol::block_on(drain(&st, stop_drain));
+            smol::block_on(ex.run(async {
+                supervise(vip, st.clone()).await;
+                drain(&st, stop_drain).await;
+            }));
+            drop(done);
         })
 }
 
@@ -130,7 +151,7 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
             match TcpListener::bind(SocketAddr::from((vip, port))).await {
                 Ok(l) => {
                     log::info!("proxy: accepting on {vip}:{port}");
-                    let task = smol::spawn(accept_loop(l.clone(), port, st.clone()));
+                    let task = st.ex.spawn(accept_loop(l.clone(), port, st.clone()));
                     listening.insert(port, (l, task));
                 }
                 Err(e) => log::warn!("proxy: binding {vip}:{port}: {e}"),
@@ -208,14 +229,15 @@ fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
         return;
     }
     let st2 = st.clone();
-    smol::spawn(async move {
-        if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
-            log::debug!("proxy: {peer}: {e}");
-        }
-        close_gently(&conn).await;
-        st2.open.fetch_sub(1, Ordering::AcqRel);
-    })
-    .detach();
+    st.ex
+        .spawn(async move {
+            if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
+                log::debug!("proxy: {peer}: {e}");
+            }
+            close_gently(&conn).await;
+            st2.open.fetch_sub(1, Ordering::AcqRel);
+        })
+        .detach();
 }
 
 async fn handle(
