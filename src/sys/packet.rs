@@ -291,19 +291,13 @@ fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-fn mac_words(vmac: [u8; 6]) -> (u32, u32) {
-    (
-        u32::from_be_bytes([vmac[0], vmac[1], vmac[2], vmac[3]]),
-        u32::from(u16::from_be_bytes([vmac[4], vmac[5]])),
-    )
-}
-
-/// `Receive::All`: ARP, and frames whose destination is the virtual MAC.
-fn all_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
-    let (hi, lo) = mac_words(vmac);
+/// Keeps a frame whose destination is the virtual MAC and drops any other:
+/// the end of every filter here, so a jump before it to 4 past its start
+/// keeps the frame and one to 5 past drops it.
+fn to_vmac(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
+    let hi = u32::from_be_bytes([vmac[0], vmac[1], vmac[2], vmac[3]]);
+    let lo = u32::from(u16::from_be_bytes([vmac[4], vmac[5]]));
     vec![
-        ins(LD_H_ABS, 0, 0, 12),
-        ins(JEQ_K, 4, 0, 0x0806),
         ins(LD_W_ABS, 0, 0, 0),
         ins(JEQ_K, 0, 3, hi),
         ins(LD_H_ABS, 0, 0, 4),
@@ -311,21 +305,20 @@ fn all_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
         ins(RET_K, 0, 0, KEEP),
         ins(RET_K, 0, 0, 0),
     ]
+}
+
+/// `Receive::All`: ARP, and frames whose destination is the virtual MAC.
+fn all_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
+    let mut f = vec![ins(LD_H_ABS, 0, 0, 12), ins(JEQ_K, 4, 0, 0x0806)];
+    f.extend(to_vmac(vmac));
+    f
 }
 
 /// The IPv4 socket behind tc: frames to the virtual MAC, which are those
 /// the program left to user space (it gives the local path's frames our
 /// own MAC, and takes the rest).
 fn vmac_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
-    let (hi, lo) = mac_words(vmac);
-    vec![
-        ins(LD_W_ABS, 0, 0, 0),
-        ins(JEQ_K, 0, 3, hi),
-        ins(LD_H_ABS, 0, 0, 4),
-        ins(JEQ_K, 0, 1, lo),
-        ins(RET_K, 0, 0, KEEP),
-        ins(RET_K, 0, 0, 0),
-    ]
+    to_vmac(vmac)
 }
 
 /// The ARP socket behind tc, which sees a frame after the kernel took its
@@ -334,19 +327,14 @@ fn vmac_filter(vmac: [u8; 6]) -> Vec<libc::sock_filter> {
 /// device becomes) unless it is to the virtual MAC (tagged ones of which
 /// the tc program drops).
 fn arp_filter(vmac: [u8; 6], ifindex: u32) -> Vec<libc::sock_filter> {
-    let (hi, lo) = mac_words(vmac);
-    vec![
+    let mut f = vec![
         ins(LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_IFINDEX),
         ins(JEQ_K, 0, 7, ifindex),
         ins(LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_PKTTYPE),
         ins(JEQ_K, 0, 4, PACKET_OTHERHOST),
-        ins(LD_W_ABS, 0, 0, 0),
-        ins(JEQ_K, 0, 3, hi),
-        ins(LD_H_ABS, 0, 0, 4),
-        ins(JEQ_K, 0, 1, lo),
-        ins(RET_K, 0, 0, KEEP),
-        ins(RET_K, 0, 0, 0),
-    ]
+    ];
+    f.extend(to_vmac(vmac));
+    f
 }
 
 fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
