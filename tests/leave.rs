@@ -150,7 +150,10 @@ fn second_stop_signal_ends_the_drain_at_once() {
 fn rolling_restart_of_both_nodes_loses_nothing() {
     let mut c = Cluster::new(Opts::default());
     c.wait_one_director(Duration::from_secs(10));
-    let probe = c.client_bg(&format!("gap http://{VIP}/ 40"));
+    // The probe outlasts both restarts even when a node's drain waits on a
+    // slow local connection on a loaded box; lost connections still fail
+    // the downloads and the probe.
+    let probe = c.client_bg(&format!("gap http://{VIP}/ 60"));
     let mut downloads = Vec::new();
     let started = Instant::now();
     for i in 0..2 {
@@ -183,7 +186,7 @@ fn rolling_restart_of_both_nodes_loses_nothing() {
         }
     }
     assert!(
-        started.elapsed() < Duration::from_secs(38),
+        started.elapsed() < Duration::from_secs(58),
         "the restarts outlasted the probe"
     );
     let (intact, bad) = finish_downloads(downloads);
