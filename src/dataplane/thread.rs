@@ -578,11 +578,7 @@ impl Plane {
                     return;
                 }
             };
-            if n > buf.len() {
-                self.drop(DpDrop::Frame(frame::DropReason::Truncated));
-            } else if let Some(len) = self.handle(now, &mut buf[..n]) {
-                self.send(&[&buf[..len]]);
-            }
+            self.handle_read(now, buf, n);
         }
     }
 
@@ -601,12 +597,17 @@ impl Plane {
                 return;
             }
         };
-        if n > big.len() {
+        self.handle_read(now, big, n);
+    }
+
+    /// Handles a frame of `n` bytes read into `buf` by recv(2) (`n` is the
+    /// frame's own length, larger than `buf` when it was cut) and sends it
+    /// on if it goes to a remote backend.
+    fn handle_read(&mut self, now: Instant, buf: &mut [u8], n: usize) {
+        if n > buf.len() {
             self.drop(DpDrop::Frame(frame::DropReason::Truncated));
-            return;
-        }
-        if let Some(len) = self.handle(now, &mut big[..n]) {
-            self.send(&[&big[..len]]);
+        } else if let Some(len) = self.handle(now, &mut buf[..n]) {
+            self.send(&[&buf[..len]]);
         }
     }
 

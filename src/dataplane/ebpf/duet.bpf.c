@@ -445,12 +445,13 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 }
 
 // The flow entry duet_tc forwards this frame by, or NULL when user space
-// (or nobody) handles it.
+// (or nobody) handles it. `out` gets the control map's entry either way.
 static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 							 struct control **out)
 {
 	__u32 zero = 0;
 	struct control *c = bpf_map_lookup_elem(&ctl, &zero);
+	*out = c;
 	if (!c || !c->active || bpf_ktime_get_ns() >= c->lease_until)
 		return NULL;
 	if (skb->vlan_present)
@@ -494,14 +495,12 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
 			if (!v)
 				return NULL;
-			*out = c;
 			v->tcp_flags |= flags & (TCP_FIN | TCP_RST);
 			return v;
 		}
 		if (flags & TCP_SYN) {
 			if (flags & TCP_ACK)
 				return NULL;
-			*out = c;
 			struct flow_val *e = bpf_map_lookup_elem(&embryonic, &k);
 			if (e && e->epoch == c->epoch)
 				return e;
@@ -518,7 +517,6 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 			return NULL;
 		}
 	}
-	*out = c;
 	if (ip.protocol != IPPROTO_TCP)
 		return udp_forwards(c, &k);
 	struct flow_val *v = bpf_map_lookup_elem(&confirmed, &k);
@@ -589,12 +587,8 @@ int duet_tc(struct __sk_buff *skb)
 	struct control *c = NULL;
 	struct flow_val *v = kernel_forwards(skb, &c);
 	if (!v) {
-		if (!c) {
-			__u32 zero = 0;
-			c = bpf_map_lookup_elem(&ctl, &zero);
-			if (!c)
-				return TC_ACT_OK;
-		}
+		if (!c)
+			return TC_ACT_OK;
 		__u8 dst[6];
 		if (load(skb, 0, dst, 6) < 0 || !mac_eq(dst, c->vmac))
 			return TC_ACT_OK;
