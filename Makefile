@@ -30,7 +30,7 @@ unit: deps
 # Everything runs with the default engine (eBPF where the kernel allows);
 # the data-plane, sync, failover, health, reload and fault tests run again
 # on the userspace engine.
-USERSPACE_TESTS := dataplane sync partition health reload faults
+USERSPACE_TESTS := dataplane sync partition health reload faults vips
 integration: deps
 	$(CARGO) test --no-fail-fast --test '*' -- --test-threads=2
 	DUET_ENGINE=userspace $(CARGO) test --no-fail-fast $(addprefix --test ,$(USERSPACE_TESTS)) -- --test-threads=2

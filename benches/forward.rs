@@ -38,7 +38,9 @@ fn snapshot(generation: u64, scheduler: Scheduler, backends: u8) -> Arc<Snapshot
         .collect();
     Arc::new(Snapshot {
         generation,
+        vips: vec![VIP],
         services: vec![ServiceSnap {
+            vip: VIP,
             proto: 6,
             port: 80,
             scheduler,
@@ -165,7 +167,7 @@ impl Report {
 /// What the data-plane thread does per frame (src/dataplane/thread.rs `handle`),
 /// minus the socket: classify, decide, rewrite. Returns the bytes to send.
 fn whole_path(engine: &mut Engine, now: Instant, frame: &mut [u8]) -> usize {
-    match classify(frame, VIP) {
+    match classify(frame, &[VIP]) {
         Ok(Classified::ToVip { key, tcp_flags, .. }) => {
             let len = frame.len();
             match engine.decide(now, &key, tcp_flags, len) {
@@ -200,7 +202,7 @@ fn main() {
     let one = tcp_frame(1, TCP_SYN);
     let parse = r.run("parse: classify tcp (one frame)", n, || {
         for _ in 0..n {
-            black_box(classify(black_box(&one), VIP)).ok();
+            black_box(classify(black_box(&one), &[VIP])).ok();
         }
     });
     r.run(
@@ -209,7 +211,7 @@ fn main() {
         || {
             for _ in 0..10 {
                 for f in &acks {
-                    black_box(classify(black_box(f), VIP)).ok();
+                    black_box(classify(black_box(f), &[VIP])).ok();
                 }
             }
         },

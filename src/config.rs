@@ -5,7 +5,7 @@
 use crate::wire::envelope::Keys;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,7 +74,9 @@ pub struct Config {
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    pub vip: Spanned<Ipv4Addr>,
+    /// One address or a list. The first names the cluster (its heartbeats
+    /// carry an id made from it), so only the others may change on reload.
+    pub vip: Spanned<VipList>,
     #[serde(default = "default_interface")]
     pub interface: String,
     #[serde(default = "default_vrid")]
@@ -107,6 +109,53 @@ pub struct Cluster {
     #[serde(default = "default_new_flow_budget")]
     pub new_flow_budget: u32,
 }
+
+/// `cluster.vip`: `"198.18.0.100"` or `["198.18.0.100", "198.18.0.101"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VipList {
+    One(IpAddr),
+    Many(Vec<IpAddr>),
+}
+
+impl<'de> Deserialize<'de> for VipList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        fn ip<E: Error>(s: &str) -> Result<IpAddr, E> {
+            s.parse()
+                .map_err(|_| E::custom(format!("{s:?} is not an IP address")))
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = VipList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an IP address or a list of them")
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<VipList, E> {
+                ip(s).map(VipList::One)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<VipList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(ip(&s)?);
+                }
+                Ok(VipList::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl VipList {
+    fn all(&self) -> &[IpAddr] {
+        match self {
+            VipList::One(a) => std::slice::from_ref(a),
+            VipList::Many(v) => v,
+        }
+    }
+}
+
+/// At most this many VIPs in one pair (the eBPF engine's VIP map).
+pub const MAX_VIPS: usize = 64;
 
 /// `cluster.engine`: `auto` uses the eBPF engine where the kernel and the
 /// privileges allow it and otherwise the userspace one, saying why.
@@ -183,6 +232,9 @@ impl Protocol {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
+    /// Which of `cluster.vip` this service listens on (default the first).
+    #[serde(default)]
+    pub vip: Option<Spanned<IpAddr>>,
     pub port: Spanned<u16>,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
@@ -674,7 +726,66 @@ impl Problems<'_> {
     }
 }
 
+impl Cluster {
+    /// Everything but the VIP list is equal (destructured so that a new key
+    /// cannot be forgotten here).
+    fn same_but_vips(&self, o: &Cluster) -> bool {
+        let Cluster {
+            vip: _,
+            interface,
+            vrid,
+            key_file,
+            status_listen,
+            state_dir,
+            admin_token_file,
+            sync_port,
+            max_connections,
+            stop_drain,
+            engine,
+            new_flow_budget,
+        } = self;
+        *interface == o.interface
+            && *vrid == o.vrid
+            && *key_file == o.key_file
+            && *status_listen == o.status_listen
+            && *state_dir == o.state_dir
+            && *admin_token_file == o.admin_token_file
+            && *sync_port == o.sync_port
+            && *max_connections == o.max_connections
+            && *stop_drain == o.stop_drain
+            && *engine == o.engine
+            && *new_flow_budget == o.new_flow_budget
+    }
+}
+
 impl Config {
+    /// The VIPs, the cluster's own first. A validated config holds IPv4
+    /// addresses only.
+    pub fn vips(&self) -> Vec<Ipv4Addr> {
+        self.cluster
+            .vip
+            .get_ref()
+            .all()
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v) => Some(*v),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The VIP a service listens on: its `vip`, or the first.
+    pub fn vip_of(&self, s: &Service) -> Ipv4Addr {
+        match s.vip.as_ref().map(|v| *v.get_ref()) {
+            Some(IpAddr::V4(v)) => v,
+            _ => self
+                .vips()
+                .first()
+                .copied()
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
     /// Reads, parses and validates; `base` resolves relative paths (the config's directory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -698,7 +809,10 @@ impl Config {
     /// checks and node weights are free to change.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.cluster != new.cluster {
+        if self.vips().first() != new.vips().first() {
+            out.push("the first cluster.vip");
+        }
+        if !self.cluster.same_but_vips(&new.cluster) {
             out.push("[cluster]");
         }
         if self.heartbeat != new.heartbeat {
@@ -761,13 +875,46 @@ impl Config {
 
     fn validate(&self, p: &mut Problems) {
         let c = &self.cluster;
-        let vip = *c.vip.get_ref();
-        if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback() {
+        let all = c.vip.get_ref().all();
+        if all.is_empty() {
             p.at(
                 c.vip.span(),
-                format!("cluster.vip {vip} is not a usable unicast address"),
+                "cluster.vip must name at least one address".into(),
             );
         }
+        if all.len() > MAX_VIPS {
+            p.at(
+                c.vip.span(),
+                format!(
+                    "cluster.vip holds {} addresses; at most {MAX_VIPS}",
+                    all.len()
+                ),
+            );
+        }
+        for (i, a) in all.iter().enumerate() {
+            match a {
+                IpAddr::V6(_) => p.at(
+                    c.vip.span(),
+                    format!("cluster.vip {a}: IPv6 VIPs are not supported yet"),
+                ),
+                IpAddr::V4(v)
+                    if v.is_unspecified()
+                        || v.is_broadcast()
+                        || v.is_multicast()
+                        || v.is_loopback() =>
+                {
+                    p.at(
+                        c.vip.span(),
+                        format!("cluster.vip {v} is not a usable unicast address"),
+                    )
+                }
+                IpAddr::V4(_) => {}
+            }
+            if all[..i].contains(a) {
+                p.at(c.vip.span(), format!("cluster.vip lists {a} twice"));
+            }
+        }
+        let vips = self.vips();
         if *c.vrid.get_ref() == 0 {
             p.at(c.vrid.span(), "cluster.vrid must be 1..=255".into());
         }
@@ -802,10 +949,14 @@ impl Config {
             if n.name.get_ref().is_empty() {
                 p.at(n.name.span(), "node.name must not be empty".into());
             }
-            if *n.address.get_ref() == vip {
+            if vips.contains(n.address.get_ref()) {
                 p.at(
                     n.address.span(),
-                    format!("node {:?} address equals the VIP {vip}", n.name.get_ref()),
+                    format!(
+                        "node {:?} address equals the VIP {}",
+                        n.name.get_ref(),
+                        n.address.get_ref()
+                    ),
                 );
             }
             for m in &self.nodes[..i] {
@@ -840,14 +991,26 @@ impl Config {
             if *s.port.get_ref() == 0 {
                 p.at(s.port.span(), "service.port must be 1..=65535".into());
             }
+            if let Some(v) = &s.vip {
+                if !all.contains(v.get_ref()) {
+                    p.at(
+                        v.span(),
+                        format!("service.vip {} is not one of cluster.vip", v.get_ref()),
+                    );
+                }
+            }
+            let vip = self.vip_of(s);
             for t in &self.services[..i] {
-                if t.port.get_ref() == s.port.get_ref() && t.protocol == s.protocol {
+                if t.port.get_ref() == s.port.get_ref()
+                    && t.protocol == s.protocol
+                    && self.vip_of(t) == vip
+                {
                     p.at(
                         s.port.span(),
                         format!(
-                            "duplicate service {}/{}",
-                            s.protocol.name(),
-                            s.port.get_ref()
+                            "duplicate service {vip}:{}/{}",
+                            s.port.get_ref(),
+                            s.protocol.name()
                         ),
                     );
                 }
@@ -884,7 +1047,7 @@ impl Config {
                     );
                 }
                 let a = b.get_ref().address();
-                if a == vip || self.nodes.iter().any(|n| *n.address.get_ref() == a) {
+                if vips.contains(&a) || self.nodes.iter().any(|n| *n.address.get_ref() == a) {
                     p.at(
                         b.span(),
                         format!(
@@ -1152,7 +1315,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
     fn parses_the_design_example() {
         let d = dir_with_key();
         let c = Config::parse(GOOD, &d).unwrap();
-        assert_eq!(*c.cluster.vip.get_ref(), Ipv4Addr::new(198, 18, 0, 100));
+        assert_eq!(c.vips(), [Ipv4Addr::new(198, 18, 0, 100)]);
         assert_eq!(c.nodes[1].priority, 100);
         assert_eq!(c.heartbeat.interval.get_ref().0, Duration::from_millis(100));
         let s = &c.services[0];
@@ -1181,8 +1344,14 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(changes(&services), Vec::<&str>::new());
         assert_eq!(
             changes(&GOOD.replace("198.18.0.100", "198.18.0.101")),
-            ["[cluster]"]
+            ["the first cluster.vip"]
         );
+        // VIPs after the first come and go by reload.
+        let two = GOOD.replace(
+            "vip = \"198.18.0.100\"",
+            "vip = [\"198.18.0.100\", \"198.18.0.101\"]",
+        );
+        assert_eq!(changes(&two), Vec::<&str>::new());
         assert_eq!(
             changes(&GOOD.replace("dead_after = \"1s\"", "dead_after = \"2s\"")),
             ["[heartbeat]"]

@@ -71,8 +71,9 @@ enum Cmd {
     Realserver {
         #[arg(value_parser = ["up", "down"])]
         action: String,
-        #[arg(long)]
-        vip: Ipv4Addr,
+        /// Repeat (or separate with commas) for a server behind several VIPs.
+        #[arg(long, required = true, value_delimiter = ',')]
+        vip: Vec<Ipv4Addr>,
         #[arg(long, default_value = "eth0")]
         interface: String,
     },
@@ -228,7 +229,7 @@ fn run(cli: Cli) -> Result<(), String> {
             action,
             vip,
             interface,
-        } => duet::sys::realserver(&action, vip, &interface),
+        } => duet::sys::realserver(&action, &vip, &interface),
         Cmd::ImportLdirectord {
             ldirectord_cf,
             ha_cf,
@@ -276,7 +277,11 @@ fn print_status(body: &str) -> Result<(), String> {
         r.node,
         r.role,
         r.term,
-        r.vip,
+        if r.vips.is_empty() {
+            r.vip.clone()
+        } else {
+            r.vips.join(", ")
+        },
         r.vip_holder.as_deref().unwrap_or("nobody")
     );
     for p in &r.peers {
@@ -292,7 +297,16 @@ fn print_status(body: &str) -> Result<(), String> {
             p.node, p.address, p.role, p.sync_batch
         );
     }
-    for b in &r.backends {
+    // Grouped by VIP: the report lists them in service order.
+    let grouped = r.vips.len() > 1;
+    let mut backends: Vec<_> = r.backends.iter().collect();
+    backends.sort_by_key(|b| r.vips.iter().position(|v| *v == b.vip));
+    let mut last_vip = None;
+    for b in backends {
+        if grouped && last_vip != Some(&b.vip) {
+            println!("  VIP {}", b.vip);
+            last_vip = Some(&b.vip);
+        }
         println!(
             "  {:<12} {:<15} {:<7} {:<9} weight {:<3}{} active {} total {}",
             b.name,

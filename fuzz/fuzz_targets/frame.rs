@@ -71,7 +71,7 @@ fn valid(addr: Ipv4Addr) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     // The whole input as one frame first: the classifier alone.
-    let _ = classify(data, VIP);
+    let _ = classify(data, &[VIP]);
 
     let Some((&sel, mut rest)) = data.split_first() else {
         return;
@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
             key,
             tcp_flags,
             icmp_error,
-        }) = classify(frame, VIP)
+        }) = classify(frame, &[VIP])
         {
             let v = if icmp_error {
                 engine.decide_related(now, &key, frame.len())

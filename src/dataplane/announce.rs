@@ -1,5 +1,6 @@
-//! Who the LAN thinks holds the VIP: the ARP policy of the director, as a
-//! machine without I/O driven by explicit time. It decides which ARP
+//! Who the LAN thinks holds the VIPs: the ARP policy of the director, as a
+//! machine without I/O driven by explicit time. All VIPs move together, so
+//! one burst announces every one of them. It decides which ARP
 //! frames are answered, when gratuitous ARPs go out (a burst at takeover,
 //! then periodically, and in answer to another host's claim), and when a
 //! stepping-down director sees its successor's announcement. The data-plane
@@ -39,14 +40,16 @@ pub enum Holding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArpAction {
     Ignore,
-    /// Answer a request for the VIP with the virtual MAC.
+    /// Answer a request for `vip` with the virtual MAC.
     Reply {
+        vip: Ipv4Addr,
         to_mac: Mac,
         to_ip: Ipv4Addr,
     },
-    /// Another host claims the VIP: re-announce now (`garp`, rate-limited)
+    /// Another host claims `vip`: re-announce now (`garp`, rate-limited)
     /// and warn the operator (`warn`, rate-limited). Counted either way.
     Conflict {
+        vip: Ipv4Addr,
         garp: bool,
         warn: bool,
     },
@@ -56,7 +59,7 @@ pub enum ArpAction {
 }
 
 pub struct Announcer {
-    vip: Ipv4Addr,
+    vips: Vec<Ipv4Addr>,
     vmac: Mac,
     holding: Holding,
     due: Vec<Instant>,
@@ -66,9 +69,9 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    pub fn new(now: Instant, vip: Ipv4Addr, vmac: Mac) -> Announcer {
+    pub fn new(now: Instant, vips: Vec<Ipv4Addr>, vmac: Mac) -> Announcer {
         Announcer {
-            vip,
+            vips,
             vmac,
             holding: Holding::No,
             due: Vec::new(),
@@ -87,6 +90,21 @@ impl Announcer {
             _ => {}
         }
         self.holding = h;
+    }
+
+    /// The VIPs changed (a reload): a VIP new while directing is announced
+    /// at once, with the others.
+    pub fn set_vips(&mut self, now: Instant, vips: Vec<Ipv4Addr>) {
+        let added = vips.iter().any(|v| !self.vips.contains(v));
+        self.vips = vips;
+        if added && self.holding == Holding::Directing {
+            self.burst(now);
+        }
+    }
+
+    /// The addresses each gratuitous ARP goes out for.
+    pub fn vips(&self) -> &[Ipv4Addr] {
+        &self.vips
     }
 
     /// Asked to announce again (an operator, or the control plane after a
@@ -137,19 +155,28 @@ impl Announcer {
             Holding::No => ArpAction::Ignore,
             // Our own ARP frames never come back to us: a VIP announced
             // with the virtual MAC is the successor's.
-            Holding::SteppingDown if a.sender_ip == self.vip && a.sender_mac == self.vmac => {
+            Holding::SteppingDown
+                if self.vips.contains(&a.sender_ip) && a.sender_mac == self.vmac =>
+            {
                 ArpAction::SuccessorAnnounced
             }
             Holding::SteppingDown => ArpAction::Ignore,
-            Holding::Directing if a.sender_ip == self.vip && a.sender_mac != self.vmac => {
+            Holding::Directing if self.vips.contains(&a.sender_ip) && a.sender_mac != self.vmac => {
                 let garp = Self::due(&mut self.last_conflict_garp, now, CONFLICT_ANSWER);
                 let warn = Self::due(&mut self.last_conflict_warn, now, CONFLICT_WARN);
-                ArpAction::Conflict { garp, warn }
+                ArpAction::Conflict {
+                    vip: a.sender_ip,
+                    garp,
+                    warn,
+                }
             }
             Holding::Directing
-                if a.op == 1 && a.target_ip == self.vip && a.sender_ip != self.vip =>
+                if a.op == 1
+                    && self.vips.contains(&a.target_ip)
+                    && !self.vips.contains(&a.sender_ip) =>
             {
                 ArpAction::Reply {
+                    vip: a.target_ip,
                     to_mac: a.sender_mac,
                     to_ip: a.sender_ip,
                 }
@@ -172,6 +199,7 @@ mod tests {
     use super::*;
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+    const VIP2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
     const VMAC: Mac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
     const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 9];
@@ -196,10 +224,12 @@ mod tests {
         let claim = arp(2, OTHER_MAC, VIP, VIP);
         let successor = arp(1, VMAC, VIP, VIP);
         let reply = ArpAction::Reply {
+            vip: VIP,
             to_mac: CLIENT_MAC,
             to_ip: CLIENT,
         };
         let first_conflict = ArpAction::Conflict {
+            vip: VIP,
             garp: true,
             warn: true,
         };
@@ -215,6 +245,32 @@ mod tests {
                 Holding::Directing,
                 arp(2, CLIENT_MAC, CLIENT, VIP),
                 ArpAction::Ignore,
+            ),
+            (
+                "request for the second VIP",
+                Holding::Directing,
+                arp(1, CLIENT_MAC, CLIENT, VIP2),
+                ArpAction::Reply {
+                    vip: VIP2,
+                    to_mac: CLIENT_MAC,
+                    to_ip: CLIENT,
+                },
+            ),
+            (
+                "another MAC claims the second VIP",
+                Holding::Directing,
+                arp(2, OTHER_MAC, VIP2, VIP2),
+                ArpAction::Conflict {
+                    vip: VIP2,
+                    garp: true,
+                    warn: true,
+                },
+            ),
+            (
+                "the successor's announcement of the second VIP",
+                Holding::SteppingDown,
+                arp(1, VMAC, VIP2, VIP2),
+                ArpAction::SuccessorAnnounced,
             ),
             (
                 "request for another address",
@@ -267,7 +323,7 @@ mod tests {
         ];
         let t0 = Instant::now();
         for (name, holding, frame, want) in cases {
-            let mut a = Announcer::new(t0, VIP, VMAC);
+            let mut a = Announcer::new(t0, vec![VIP, VIP2], VMAC);
             if holding == Holding::SteppingDown {
                 a.set_holding(t0, Holding::Directing);
             }
@@ -279,11 +335,15 @@ mod tests {
     #[test]
     fn conflicts_are_answered_and_warned_at_their_rates() {
         let t0 = Instant::now();
-        let mut a = Announcer::new(t0, VIP, VMAC);
+        let mut a = Announcer::new(t0, vec![VIP], VMAC);
         a.set_holding(t0, Holding::Directing);
         let claim = arp(2, OTHER_MAC, VIP, VIP);
         let at = |a: &mut Announcer, t: Duration| a.on_arp(t0 + t, &claim);
-        let c = |garp, warn| ArpAction::Conflict { garp, warn };
+        let c = |garp, warn| ArpAction::Conflict {
+            vip: VIP,
+            garp,
+            warn,
+        };
         assert_eq!(at(&mut a, ms(0)), c(true, true));
         assert_eq!(at(&mut a, ms(50)), c(false, false));
         assert_eq!(at(&mut a, ms(100)), c(true, false));
@@ -295,7 +355,7 @@ mod tests {
     #[test]
     fn a_takeover_announces_in_a_burst_then_every_minute() {
         let t0 = Instant::now();
-        let mut a = Announcer::new(t0, VIP, VMAC);
+        let mut a = Announcer::new(t0, vec![VIP], VMAC);
         assert!(!a.poll_garp(t0 + ms(120_000)), "not directing");
         assert_eq!(a.poll_timeout(), None);
         let t1 = t0 + ms(1000);
@@ -316,7 +376,7 @@ mod tests {
     #[test]
     fn overdue_announcements_make_one_frame_and_deadlines_are_exact() {
         let t0 = Instant::now();
-        let mut a = Announcer::new(t0, VIP, VMAC);
+        let mut a = Announcer::new(t0, vec![VIP], VMAC);
         a.set_holding(t0, Holding::Directing);
         assert_eq!(a.poll_timeout(), Some(t0));
         assert!(a.poll_garp(t0));
@@ -330,7 +390,7 @@ mod tests {
     #[test]
     fn stepping_down_stops_announcing_and_again_restarts_a_burst() {
         let t0 = Instant::now();
-        let mut a = Announcer::new(t0, VIP, VMAC);
+        let mut a = Announcer::new(t0, vec![VIP], VMAC);
         a.set_holding(t0, Holding::Directing);
         assert!(a.poll_garp(t0));
         a.set_holding(t0 + ms(50), Holding::SteppingDown);

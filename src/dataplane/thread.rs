@@ -68,7 +68,8 @@ pub struct DpStats {
     pub local_packets: u64,
     pub connections: usize,
     pub drops: BTreeMap<DpDrop, u64>,
-    pub backends: Vec<(Ipv4Addr, crate::forward::BackendCounters)>,
+    /// Per (VIP, backend address).
+    pub backends: Vec<((Ipv4Addr, Ipv4Addr), crate::forward::BackendCounters)>,
     pub vip_conflicts: u64,
     /// Connection table occupancy and evictions per part.
     pub table: TableStats,
@@ -204,7 +205,6 @@ impl Shared {
 }
 
 pub struct Params {
-    pub vip: Ipv4Addr,
     pub vmac: Mac,
     pub own_mac: Mac,
     pub max_connections: usize,
@@ -227,9 +227,9 @@ struct Plane {
     echo: TokenBucket,
     stats: DpStats,
     kernel: Option<Kernel>,
-    /// Per backend, packets the kernel forwarded beyond the one each walk
-    /// visit accounts through the engine (see `walk_kernel`).
-    kernel_extra: BTreeMap<Ipv4Addr, u64>,
+    /// Per (VIP, backend), packets the kernel forwarded beyond the one each
+    /// walk visit accounts through the engine (see `walk_kernel`).
+    kernel_extra: BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
 }
 
 /// Starts the data-plane thread; it runs until `shared.stop()`.
@@ -254,12 +254,16 @@ pub fn spawn(
         .ok_or_else(|| std::io::Error::other("packet socket without a receive ring"))?;
     let now = Instant::now();
     let mut kernel = p.kernel.take();
+    let vips = control.snapshot.vips.clone();
     if let Some(k) = &mut kernel {
+        if let Err(e) = k.set_vips(&vips) {
+            log::error!("eBPF VIPs: {e}");
+        }
         if let Err(e) = k.set_tables(&engine.hash_tables()) {
             log::warn!("eBPF hash tables: {e}");
         }
     }
-    let announcer = Announcer::new(now, p.vip, p.vmac);
+    let announcer = Announcer::new(now, vips, p.vmac);
     let plane = Plane {
         stats: DpStats {
             engine: super::engine_name(&kernel),
@@ -439,7 +443,7 @@ impl Plane {
                 };
                 let v = engine.decide(now, &key, flags, act.bytes as usize);
                 let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
-                *extra.entry(t.backend).or_default() += act.packets - 1;
+                *extra.entry((key.dst, t.backend)).or_default() += act.packets - 1;
                 keep
             });
         }
@@ -714,6 +718,14 @@ impl Plane {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if !Arc::ptr_eq(&c.snapshot, self.engine.snapshot()) {
+            if c.snapshot.vips != self.engine.snapshot().vips {
+                self.announcer.set_vips(now, c.snapshot.vips.clone());
+                if let Some(k) = &mut self.kernel {
+                    if let Err(e) = k.set_vips(&c.snapshot.vips) {
+                        log::error!("eBPF VIPs: {e}");
+                    }
+                }
+            }
             self.engine.set_snapshot(c.snapshot.clone());
             if let Some(k) = &mut self.kernel {
                 if let Err(e) = k.set_tables(&self.engine.hash_tables()) {
@@ -756,9 +768,13 @@ impl Plane {
         }
     }
 
+    /// One gratuitous ARP for each VIP.
     fn send_garp(&mut self) {
-        let arp = frame::build_arp(1, self.p.vmac, self.p.vip, [0; 6], self.p.vip, [0xff; 6]);
-        self.send_control_frame(&arp);
+        for i in 0..self.announcer.vips().len() {
+            let vip = self.announcer.vips()[i];
+            let arp = frame::build_arp(1, self.p.vmac, vip, [0; 6], vip, [0xff; 6]);
+            self.send_control_frame(&arp);
+        }
     }
 
     fn send_control_frame(&mut self, f: &[u8]) {
@@ -785,7 +801,7 @@ impl Plane {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (slot.len() - VNET_HDR_LEN) as u64;
         let (vnet, frame) = slot.split_at_mut(VNET_HDR_LEN);
-        let classified = match frame::classify(frame, self.p.vip) {
+        let classified = match frame::classify(frame, &self.engine.snapshot().vips) {
             Ok(c) => c,
             Err(r) => {
                 self.drop(DpDrop::Frame(r));
@@ -890,21 +906,20 @@ impl Plane {
                     }
                 });
             }
-            ArpAction::Conflict { garp, warn } => {
+            ArpAction::Conflict { vip, garp, warn } => {
                 self.stats.vip_conflicts += 1;
                 if garp {
                     self.send_garp();
                 }
                 if warn {
                     log::warn!(
-                        "VIP {} announced by {}: re-announcing",
-                        self.p.vip,
+                        "VIP {vip} announced by {}: re-announcing",
                         fmt_mac(&a.sender_mac)
                     );
                 }
             }
-            ArpAction::Reply { to_mac, to_ip } => {
-                let reply = frame::build_arp(2, self.p.vmac, self.p.vip, to_mac, to_ip, to_mac);
+            ArpAction::Reply { vip, to_mac, to_ip } => {
+                let reply = frame::build_arp(2, self.p.vmac, vip, to_mac, to_ip, to_mac);
                 self.send_control_frame(&reply);
             }
         }

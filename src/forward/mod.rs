@@ -193,9 +193,10 @@ pub struct BackendSnap {
     pub fallback: bool,
 }
 
-/// One virtual service on the VIP.
+/// One virtual service: a port on one of the VIPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSnap {
+    pub vip: Ipv4Addr,
     /// 6 TCP, 17 UDP.
     pub proto: u8,
     pub port: u16,
@@ -210,6 +211,8 @@ pub struct ServiceSnap {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     pub generation: u64,
+    /// Every address the director answers for; services name theirs.
+    pub vips: Vec<Ipv4Addr>,
     pub services: Vec<ServiceSnap>,
     /// `mode = "proxy"` services: the data plane hands their packets to the
     /// local stack (one local backend in `services`); the proxy picks here.
@@ -355,6 +358,7 @@ pub struct BackendCounters {
 /// Counters of one backend within one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceBackendCounters {
+    pub vip: Ipv4Addr,
     pub proto: u8,
     pub port: u16,
     pub addr: Ipv4Addr,
@@ -373,6 +377,7 @@ pub struct ConnEntry {
 /// A persistence template as exported to / imported from connection sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistEntry {
+    pub vip: Ipv4Addr,
     pub proto: u8,
     pub port: u16,
     /// Client address already masked with the service's `persist_mask`.
@@ -386,6 +391,7 @@ const NO_PERSIST: u32 = u32::MAX;
 /// A backend of a service as the engine tracks it. Ids are stable while
 /// anything refers to them, across snapshots, so counters survive reloads.
 struct Dest {
+    vip: Ipv4Addr,
     proto: u8,
     port: u16,
     addr: Ipv4Addr,
@@ -432,6 +438,7 @@ struct Conn {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PersistKey {
+    vip: Ipv4Addr,
     proto: u8,
     port: u16,
     client: Ipv4Addr,
@@ -439,10 +446,11 @@ struct PersistKey {
 
 impl conntable::Key for PersistKey {
     fn hash_with(&self, seed: u64) -> u64 {
-        let mut b = [0u8; 7];
+        let mut b = [0u8; 11];
         b[0] = self.proto;
         b[1..3].copy_from_slice(&self.port.to_be_bytes());
         b[3..7].copy_from_slice(&self.client.octets());
+        b[7..11].copy_from_slice(&self.vip.octets());
         xxhash_rust::xxh3::xxh3_64_with_seed(&b, seed)
     }
 }
@@ -525,6 +533,7 @@ fn needs_refresh(expires: Instant, synced_until: Instant, timeout: Duration) -> 
 }
 
 struct Service {
+    vip: Ipv4Addr,
     proto: u8,
     port: u16,
     persistence: Option<Duration>,
@@ -644,6 +653,7 @@ pub const MAX_DEAL: usize = 4096;
 /// deal `deal` out in turn instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashTable {
+    pub vip: Ipv4Addr,
     pub proto: u8,
     pub port: u16,
     /// Clients whose address & mask match share a backend.
@@ -678,7 +688,8 @@ pub struct Engine {
     services: Vec<Service>,
     dests: Vec<Dest>,
     dest_free: Vec<u32>,
-    dest_index: HashMap<(u8, u16, Ipv4Addr), u32>,
+    /// (VIP, protocol, port, backend) to dest id.
+    dest_index: HashMap<(Ipv4Addr, u8, u16, Ipv4Addr), u32>,
     conns: BoundedMap<FlowKey, Conn>,
     /// Recency of the embryonic and UDP entries of `conns`.
     lru: Lru<3>,
@@ -756,9 +767,14 @@ impl Engine {
         for s in &snap.services {
             if services
                 .iter()
-                .any(|x: &Service| x.proto == s.proto && x.port == s.port)
+                .any(|x: &Service| x.vip == s.vip && x.proto == s.proto && x.port == s.port)
             {
-                log::warn!("forward: duplicate service {}/{} ignored", s.proto, s.port);
+                log::warn!(
+                    "forward: duplicate service {}:{}/{} ignored",
+                    s.vip,
+                    s.port,
+                    s.proto
+                );
                 continue;
             }
             // (address, weight, fallback, dest id) of each distinct backend.
@@ -766,14 +782,15 @@ impl Engine {
             for b in &s.backends {
                 if members.iter().any(|m| m.0 == b.addr) {
                     log::warn!(
-                        "forward: duplicate backend {} in service {}/{} ignored",
+                        "forward: duplicate backend {} in service {}:{}/{} ignored",
                         b.addr,
-                        s.proto,
-                        s.port
+                        s.vip,
+                        s.port,
+                        s.proto
                     );
                     continue;
                 }
-                let id = self.dest_for(s.proto, s.port, b.addr);
+                let id = self.dest_for(s.vip, s.proto, s.port, b.addr);
                 let d = &mut self.dests[id as usize];
                 d.mac = b.mac;
                 d.weight = b.weight;
@@ -796,7 +813,7 @@ impl Engine {
             }
             let mut sched = match old
                 .iter()
-                .position(|o| o.proto == s.proto && o.port == s.port)
+                .position(|o| o.vip == s.vip && o.proto == s.proto && o.port == s.port)
             {
                 Some(i) if old[i].sched.same_as(s.scheduler, &eligible) => old.swap_remove(i).sched,
                 _ => SchedState::new(s.scheduler, eligible.clone()),
@@ -816,6 +833,7 @@ impl Engine {
                 eligible_ids = ids_of(&sched);
             }
             services.push(Service {
+                vip: s.vip,
                 proto: s.proto,
                 port: s.port,
                 persistence: s.persistence,
@@ -889,6 +907,7 @@ impl Engine {
                 })
                 .collect();
             out.push(HashTable {
+                vip: s.vip,
                 proto: s.proto,
                 port: s.port,
                 src_mask,
@@ -1236,6 +1255,7 @@ impl Engine {
     fn persist_key(&self, si: usize, key: &FlowKey) -> PersistKey {
         let s = &self.services[si];
         PersistKey {
+            vip: s.vip,
             proto: s.proto,
             port: s.port,
             client: Ipv4Addr::from(u32::from(key.src) & s.mask),
@@ -1338,7 +1358,7 @@ impl Engine {
     fn service_index(&self, key: &FlowKey) -> Option<usize> {
         self.services
             .iter()
-            .position(|s| s.proto == key.proto && s.port == key.dport)
+            .position(|s| s.vip == key.dst && s.proto == key.proto && s.port == key.dport)
     }
 
     fn drop(&mut self, reason: ForwardDrop) -> Verdict {
@@ -1372,11 +1392,12 @@ impl Engine {
         }
     }
 
-    fn dest_for(&mut self, proto: u8, port: u16, addr: Ipv4Addr) -> u32 {
-        if let Some(&id) = self.dest_index.get(&(proto, port, addr)) {
+    fn dest_for(&mut self, vip: Ipv4Addr, proto: u8, port: u16, addr: Ipv4Addr) -> u32 {
+        if let Some(&id) = self.dest_index.get(&(vip, proto, port, addr)) {
             return id;
         }
         let d = Dest {
+            vip,
             proto,
             port,
             addr,
@@ -1398,7 +1419,7 @@ impl Engine {
                 (self.dests.len() - 1) as u32
             }
         };
-        self.dest_index.insert((proto, port, addr), id);
+        self.dest_index.insert((vip, proto, port, addr), id);
         id
     }
 
@@ -1408,7 +1429,7 @@ impl Engine {
         if d.in_snapshot || d.referenced() {
             return;
         }
-        let key = (d.proto, d.port, d.addr);
+        let key = (d.vip, d.proto, d.port, d.addr);
         // A freed record keeps its old key; only the live holder of the key
         // may release it.
         if self.dest_index.get(&key) == Some(&id) {
@@ -1535,13 +1556,13 @@ impl Engine {
         &self.drops
     }
 
-    /// Counters per backend address, summed over services (what the status
-    /// page shows). Backends that left the snapshot appear while they still
-    /// have entries.
-    pub fn counters(&self) -> Vec<(Ipv4Addr, BackendCounters)> {
-        let mut out: Vec<(Ipv4Addr, BackendCounters)> = Vec::new();
+    /// Counters per (VIP, backend address), summed over the VIP's services
+    /// (what the status page shows). Backends that left the snapshot appear
+    /// while they still have entries.
+    pub fn counters(&self) -> Vec<((Ipv4Addr, Ipv4Addr), BackendCounters)> {
+        let mut out: Vec<((Ipv4Addr, Ipv4Addr), BackendCounters)> = Vec::new();
         for c in self.service_counters() {
-            match out.iter_mut().find(|(a, _)| *a == c.addr) {
+            match out.iter_mut().find(|(a, _)| *a == (c.vip, c.addr)) {
                 Some((_, sum)) => {
                     sum.packets += c.counters.packets;
                     sum.bytes += c.counters.bytes;
@@ -1549,7 +1570,7 @@ impl Engine {
                     sum.inactive += c.counters.inactive;
                     sum.total += c.counters.total;
                 }
-                None => out.push((c.addr, c.counters)),
+                None => out.push(((c.vip, c.addr), c.counters)),
             }
         }
         out
@@ -1562,6 +1583,7 @@ impl Engine {
             .map(|&id| {
                 let d = &self.dests[id as usize];
                 ServiceBackendCounters {
+                    vip: d.vip,
                     proto: d.proto,
                     port: d.port,
                     addr: d.addr,
@@ -1602,6 +1624,7 @@ impl Engine {
             .iter()
             .filter(|(_, (_, p))| p.conns > 0 || p.expires > now)
             .map(|(_, (k, p))| PersistEntry {
+                vip: k.vip,
                 proto: k.proto,
                 port: k.port,
                 client: k.client,
@@ -1622,7 +1645,7 @@ impl Engine {
             return false;
         };
         let s = &self.services[si];
-        let Some(&dest) = self.dest_index.get(&(s.proto, s.port, e.backend)) else {
+        let Some(&dest) = self.dest_index.get(&(s.vip, s.proto, s.port, e.backend)) else {
             return false;
         };
         if !self.dests[dest as usize].up {
@@ -1675,7 +1698,7 @@ impl Engine {
         let Some(si) = self
             .services
             .iter()
-            .position(|s| s.proto == e.proto && s.port == e.port)
+            .position(|s| s.vip == e.vip && s.proto == e.proto && s.port == e.port)
         else {
             return false;
         };
@@ -1684,13 +1707,14 @@ impl Engine {
             return false;
         };
         let client = Ipv4Addr::from(u32::from(e.client) & s.mask);
-        let Some(&dest) = self.dest_index.get(&(s.proto, s.port, e.backend)) else {
+        let Some(&dest) = self.dest_index.get(&(s.vip, s.proto, s.port, e.backend)) else {
             return false;
         };
         if !self.dests[dest as usize].up {
             return false;
         }
         let pkey = PersistKey {
+            vip: e.vip,
             proto: e.proto,
             port: e.port,
             client,
@@ -1783,6 +1807,7 @@ impl Engine {
             p.mark = 0;
             p.synced_until = p.expires;
             pout.push(PersistEntry {
+                vip: k.vip,
                 proto: k.proto,
                 port: k.port,
                 client: k.client,

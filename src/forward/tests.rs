@@ -27,6 +27,7 @@ fn addr(last: u8) -> Ipv4Addr {
 
 fn svc(proto: u8, port: u16, scheduler: Scheduler, backends: Vec<BackendSnap>) -> ServiceSnap {
     ServiceSnap {
+        vip: VIP,
         proto,
         port,
         scheduler,
@@ -39,6 +40,7 @@ fn svc(proto: u8, port: u16, scheduler: Scheduler, backends: Vec<BackendSnap>) -
 fn snap(generation: u64, services: Vec<ServiceSnap>) -> Arc<Snapshot> {
     Arc::new(Snapshot {
         generation,
+        vips: vec![VIP],
         services,
         proxy: Vec::new(),
     })
@@ -167,7 +169,7 @@ fn table_hit_keeps_backend_and_counts() {
     }
     assert_eq!(e.len(), 1);
     let c = e.counters();
-    let (_, mine) = c.iter().find(|(a, _)| *a == first).unwrap();
+    let (_, mine) = c.iter().find(|((_, a), _)| *a == first).unwrap();
     assert_eq!(
         *mine,
         BackendCounters {
@@ -365,11 +367,11 @@ fn snapshot_keeps_drained_flows_and_cuts_removed_ones() {
     let c = distribute(&mut e, now, 50);
     assert_eq!(c.keys().collect::<Vec<_>>(), vec![&4]);
     // The gone backend is forgotten once it has no entries left.
-    assert!(e.counters().iter().all(|(a, _)| *a != addr(3)));
+    assert!(e.counters().iter().all(|((_, a), _)| *a != addr(3)));
     let one = e
         .counters()
         .into_iter()
-        .find(|(a, _)| *a == addr(1))
+        .find(|((_, a), _)| *a == addr(1))
         .unwrap()
         .1;
     assert_eq!((one.active, one.total), (1, 1));
@@ -387,7 +389,7 @@ fn counters_survive_unrelated_snapshot_changes() {
     let c = e
         .counters()
         .into_iter()
-        .find(|(a, _)| *a == addr(1))
+        .find(|((_, a), _)| *a == addr(1))
         .unwrap()
         .1;
     assert_eq!((c.packets, c.bytes, c.total, c.inactive), (1, 100, 1, 1));
@@ -687,6 +689,7 @@ fn install_refuses_what_it_cannot_honour() {
         !e.install_persist(
             now,
             PersistEntry {
+                vip: VIP,
                 proto: 6,
                 port: 80,
                 client: Ipv4Addr::new(1, 2, 3, 4),
@@ -725,7 +728,7 @@ fn backend_records_are_recycled_without_mixing_up_counters() {
     e.set_snapshot(snap(5, s(vec![be(2, 1), be(1, 1)])));
     let c = e.counters();
     assert_eq!(c.len(), 2);
-    let one = c.iter().find(|(a, _)| *a == addr(1)).unwrap().1;
+    let one = c.iter().find(|((_, a), _)| *a == addr(1)).unwrap().1;
     assert_eq!((one.total, one.inactive), (1, 1));
     assert_eq!(backend_of(e.decide(now, &tcp_key(1, 1), ACK, 60)), addr(1));
 }
@@ -739,10 +742,10 @@ fn a_gone_backend_keeps_its_record_until_its_flows_end() {
     backend_of(e.decide(now, &k, SYN, 60));
     e.set_snapshot(snap(2, s(vec![be(2, 1)])));
     e.set_snapshot(snap(3, s(vec![be(3, 1), be(2, 1)])));
-    assert!(e.counters().iter().any(|(a, _)| *a == addr(1)));
+    assert!(e.counters().iter().any(|((_, a), _)| *a == addr(1)));
     // The flow's handshake expires; its backend's record goes with it.
     assert_eq!(e.expire(now + secs(60), 10), 1);
-    let addrs: Vec<Ipv4Addr> = e.counters().iter().map(|(a, _)| *a).collect();
+    let addrs: Vec<Ipv4Addr> = e.counters().iter().map(|((_, a), _)| *a).collect();
     assert!(!addrs.contains(&addr(1)), "{addrs:?}");
     // Coming back, it starts afresh and takes flows.
     e.set_snapshot(snap(4, s(vec![be(3, 1), be(2, 1), be(1, 1)])));
@@ -935,6 +938,7 @@ fn installed_entries_are_not_echoed() {
     assert!(e.install_persist(
         now,
         PersistEntry {
+            vip: VIP,
             proto: 6,
             port: 80,
             client: tcp_key(1, 1).src,
@@ -1383,7 +1387,8 @@ fn adopted_flows_are_counted_synced_and_followed() {
     let held = e.lookup(now, &k).expect("adopted");
     assert_eq!((held.backend, held.state), (addr(2), TcpState::Established));
     assert_eq!(backend_of(e.decide(now, &k, ACK, 60)), addr(2));
-    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    let counters: HashMap<Ipv4Addr, BackendCounters> =
+        e.counters().into_iter().map(|((_, a), c)| (a, c)).collect();
     assert_eq!(
         (counters[&addr(2)].total, counters[&addr(2)].active),
         (1, 1)
@@ -1416,7 +1421,8 @@ fn adopted_half_open_flows_meet_the_flood_guard_and_are_confirmed() {
     assert!(e.confirm(t0, &real));
     let held = e.lookup(t0, &real).unwrap();
     assert_eq!(held.state, TcpState::Established);
-    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    let counters: HashMap<Ipv4Addr, BackendCounters> =
+        e.counters().into_iter().map(|((_, a), c)| (a, c)).collect();
     assert_eq!((counters[&b].total, counters[&b].packets), (1, 0));
     let mut now = t0;
     for _ in 0..20 {
@@ -1459,6 +1465,7 @@ fn adopted_udp_flows_follow_their_backend() {
     for _ in 0..3 {
         assert_eq!(backend_of(e.decide(now, &k, 0, 60)), addr(2));
     }
-    let counters: HashMap<Ipv4Addr, BackendCounters> = e.counters().into_iter().collect();
+    let counters: HashMap<Ipv4Addr, BackendCounters> =
+        e.counters().into_iter().map(|((_, a), c)| (a, c)).collect();
     assert_eq!(counters[&addr(2)].total, 1);
 }

@@ -106,6 +106,7 @@ impl ProxyOptions {
 /// A proxy service as the snapshot carries it: only usable backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyService {
+    pub vip: Ipv4Addr,
     pub port: u16,
     pub scheduler: Scheduler,
     pub trusted_proxies: Vec<Ipv4Addr>,
@@ -118,7 +119,7 @@ pub struct ProxyService {
 /// The backends one request may go to, and the key its scheduler state
 /// is kept under.
 pub struct Pool<'a> {
-    pub key: (u16, usize),
+    pub key: (SocketAddrV4, usize),
     pub scheduler: Scheduler,
     pub backends: &'a [ProxyBackend],
 }
@@ -130,6 +131,7 @@ impl ProxyService {
     /// port comes from the configured `address:port`, else the service's.
     pub fn from_snap(
         svc: &config::Service,
+        vip: Ipv4Addr,
         port: u16,
         snaps: Vec<BackendSnap>,
         me: Ipv4Addr,
@@ -208,6 +210,7 @@ impl ProxyService {
             })
             .collect();
         ProxyService {
+            vip,
             port,
             scheduler: svc
                 .scheduler
@@ -221,11 +224,16 @@ impl ProxyService {
         }
     }
 
+    /// The address it listens on.
+    pub fn at(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.vip, self.port)
+    }
+
     /// The route whose host is `host`, else the service's own backends.
     pub fn pool_for(&self, host: Option<&str>) -> Pool<'_> {
         let route = host.and_then(|h| self.routes.iter().position(|r| r.host == h));
         Pool {
-            key: (self.port, route.map_or(0, |i| i + 1)),
+            key: (self.at(), route.map_or(0, |i| i + 1)),
             scheduler: self.scheduler,
             backends: route.map_or(&self.backends, |i| &self.routes[i].backends),
         }
@@ -279,7 +287,7 @@ backends = ["198.18.0.23:80"]
             snap(23, 0, false),
             snap(30, 1, true),
         ];
-        let p = ProxyService::from_snap(&svc, 8000, all, me);
+        let p = ProxyService::from_snap(&svc, Ipv4Addr::new(198, 18, 0, 100), 8000, all, me);
         // A route-only backend (22) serves its route alone; the fallback
         // stands in only where nothing else is usable (b.test).
         assert_eq!(names(&p.backends), ["198.18.0.20:8088", "198.18.0.21:8088"]);
@@ -292,8 +300,9 @@ backends = ["198.18.0.23:80"]
             ["198.18.0.30:8081"]
         );
         let other = p.pool_for(Some("c.test"));
-        assert_eq!((other.key, other.backends.len()), ((8000, 0), 2));
-        assert_eq!(p.pool_for(Some("a.test")).key, (8000, 1));
+        let at = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 8000);
+        assert_eq!((other.key, other.backends.len()), ((at, 0), 2));
+        assert_eq!(p.pool_for(Some("a.test")).key, (at, 1));
         assert!(p.opts.persist_client && p.opts.persist_backend && !p.opts.sticky);
     }
 }

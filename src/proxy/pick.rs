@@ -17,7 +17,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Picker {
-    states: HashMap<(u16, usize), SchedState>,
+    states: HashMap<(SocketAddrV4, usize), SchedState>,
     /// Per backend: requests in flight, requests started in this window.
     load: HashMap<SocketAddrV4, (u64, u64)>,
     window: Option<Instant>,
@@ -77,7 +77,7 @@ impl Picker {
             // sh/mh hash the client address only, so one client sticks.
             sport: 0,
             dst: *client.ip(),
-            dport: pool.key.0,
+            dport: pool.key.0.port(),
         };
         let load = &self.load;
         // The scheduler's own order (sorted by address), which `i` indexes.
@@ -110,7 +110,7 @@ mod tests {
     impl Svc {
         fn pool(&self) -> Pool<'_> {
             Pool {
-                key: (80, 0),
+                key: (SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80), 0),
                 scheduler: self.scheduler,
                 backends: &self.backends,
             }

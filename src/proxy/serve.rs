@@ -3,7 +3,7 @@
 //! order) read its head, hand it to `exchange`, and keep the connection
 //! for the next one while both sides allow it.
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -81,7 +81,6 @@ pub struct LogFields<'a> {
 /// Runs until the daemon stops; listens only while `shared` is active. On
 /// stop, requests in flight get up to `stop_drain` to finish.
 pub fn spawn(
-    vip: Ipv4Addr,
     shared: Arc<Shared>,
     stop_drain: Duration,
     cluster_key: &[u8],
@@ -116,45 +115,45 @@ pub fn spawn(
                 ex: ex.clone(),
             });
             smol::block_on(ex.run(async {
-                supervise(vip, st.clone()).await;
+                supervise(st.clone()).await;
                 drain(&st, stop_drain).await;
             }));
             drop(done);
         })
 }
 
-async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
-    let mut listening: HashMap<u16, (TcpListener, smol::Task<()>)> = HashMap::new();
+async fn supervise(st: Arc<State>) {
+    let mut listening: HashMap<SocketAddrV4, (TcpListener, smol::Task<()>)> = HashMap::new();
     while !st.shared.stopping() {
-        let wanted: Vec<u16> = if st.shared.is_active() {
-            st.shared.snapshot().proxy.iter().map(|s| s.port).collect()
+        let wanted: Vec<SocketAddrV4> = if st.shared.is_active() {
+            st.shared.snapshot().proxy.iter().map(|s| s.at()).collect()
         } else {
             Vec::new()
         };
         // Dropping a task stops accepting; connections already accepted
         // run on to their end, those still in the listener's queue too
         // (closing it would reset them).
-        let gone: Vec<u16> = listening
+        let gone: Vec<SocketAddrV4> = listening
             .keys()
             .filter(|p| !wanted.contains(p))
             .copied()
             .collect();
-        for port in gone {
-            if let Some((l, task)) = listening.remove(&port) {
-                close_listener(port, l, task, &st).await;
+        for at in gone {
+            if let Some((l, task)) = listening.remove(&at) {
+                close_listener(at, l, task, &st).await;
             }
         }
-        for port in wanted {
-            if listening.contains_key(&port) {
+        for at in wanted {
+            if listening.contains_key(&at) {
                 continue;
             }
-            match TcpListener::bind(SocketAddr::from((vip, port))).await {
+            match TcpListener::bind(SocketAddr::V4(at)).await {
                 Ok(l) => {
-                    log::info!("proxy: accepting on {vip}:{port}");
-                    let task = st.ex.spawn(accept_loop(l.clone(), port, st.clone()));
-                    listening.insert(port, (l, task));
+                    log::info!("proxy: accepting on {at}");
+                    let task = st.ex.spawn(accept_loop(l.clone(), at, st.clone()));
+                    listening.insert(at, (l, task));
                 }
-                Err(e) => log::warn!("proxy: binding {vip}:{port}: {e}"),
+                Err(e) => log::warn!("proxy: binding {at}: {e}"),
             }
         }
         {
@@ -174,8 +173,8 @@ async fn supervise(vip: Ipv4Addr, st: Arc<State>) {
         }
         smol::Timer::after(POLL).await;
     }
-    for (port, (l, task)) in listening.drain() {
-        close_listener(port, l, task, &st).await;
+    for (at, (l, task)) in listening.drain() {
+        close_listener(at, l, task, &st).await;
     }
 }
 
@@ -184,11 +183,16 @@ fn wind_down_signal() -> (Option<Sender<()>>, Receiver<()>) {
     (Some(tx), rx)
 }
 
-/// Stops accepting on `port`, serving what the kernel had queued.
-async fn close_listener(port: u16, l: TcpListener, accepting: smol::Task<()>, st: &Arc<State>) {
+/// Stops accepting on `at`, serving what the kernel had queued.
+async fn close_listener(
+    at: SocketAddrV4,
+    l: TcpListener,
+    accepting: smol::Task<()>,
+    st: &Arc<State>,
+) {
     drop(accepting);
     while let Some(Ok((conn, peer))) = future::poll_once(l.accept()).await {
-        admit(conn, peer, port, st);
+        admit(conn, peer, at, st);
     }
 }
 
@@ -203,22 +207,22 @@ async fn drain(st: &State, limit: Duration) {
     }
 }
 
-async fn accept_loop(l: TcpListener, port: u16, st: Arc<State>) {
+async fn accept_loop(l: TcpListener, at: SocketAddrV4, st: Arc<State>) {
     loop {
         let (conn, peer) = match l.accept().await {
             Ok(c) => c,
             Err(e) => {
-                log::warn!("proxy: accept on port {port}: {e}");
+                log::warn!("proxy: accept on {at}: {e}");
                 smol::Timer::after(POLL).await;
                 continue;
             }
         };
-        admit(conn, peer, port, &st);
+        admit(conn, peer, at, &st);
     }
 }
 
 /// Serves a new connection unless that would pass `MAX_CONNECTIONS`.
-fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
+fn admit(conn: TcpStream, peer: SocketAddr, at: SocketAddrV4, st: &Arc<State>) {
     let SocketAddr::V4(peer) = peer else { return };
     // A head and its body go out as separate writes: with Nagle's
     // algorithm the second waits for the client's delayed ACK (40 ms a
@@ -231,7 +235,7 @@ fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
     let st2 = st.clone();
     st.ex
         .spawn(async move {
-            if let Err(e) = handle(conn.clone(), peer, port, &st2).await {
+            if let Err(e) = handle(conn.clone(), peer, at, &st2).await {
                 log::debug!("proxy: {peer}: {e}");
             }
             close_gently(&conn).await;
@@ -243,14 +247,14 @@ fn admit(conn: TcpStream, peer: SocketAddr, port: u16, st: &Arc<State>) {
 async fn handle(
     client: TcpStream,
     peer: SocketAddrV4,
-    port: u16,
+    at: SocketAddrV4,
     st: &State,
 ) -> std::io::Result<()> {
     let mut rd = Reader::new(client.clone());
     let mut first = true;
     loop {
         let snap = st.shared.snapshot();
-        let Some(svc) = snap.proxy.iter().find(|s| s.port == port) else {
+        let Some(svc) = snap.proxy.iter().find(|s| s.at() == at) else {
             return answer(&client, 503).await;
         };
         if !first && !wait_next(&mut rd, svc, st).await {

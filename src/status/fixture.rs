@@ -13,6 +13,7 @@ pub(crate) fn sample_report() -> StatusReport {
         role: "director".into(),
         term: 7,
         vip: "198.18.0.100".into(),
+        vips: vec!["198.18.0.100".into()],
         vip_holder: Some("web1".into()),
         priority: 150,
         effective_priority: 140,
@@ -33,6 +34,7 @@ pub(crate) fn sample_report() -> StatusReport {
             BackendStatus {
                 name: "web2".into(),
                 address: "198.18.0.2".into(),
+                vip: "198.18.0.100".into(),
                 service: "tcp/80".into(),
                 healthy: true,
                 weight: 1,
@@ -48,6 +50,7 @@ pub(crate) fn sample_report() -> StatusReport {
             BackendStatus {
                 name: "<script>alert(1)</script>".into(),
                 address: "198.18.0.21\"><img src=x>".into(),
+                vip: "198.18.0.100".into(),
                 service: "tcp/80".into(),
                 healthy: false,
                 drained: true,

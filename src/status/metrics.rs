@@ -88,12 +88,18 @@ impl Exporter {
     }
 }
 
-fn backend_labels(b: &BackendStatus) -> Labels {
-    vec![
+/// A service on a VIP other than the cluster's first also carries `vip`,
+/// so one pair's single-VIP series keep the labels they always had.
+fn backend_labels(b: &BackendStatus, first_vip: &str) -> Labels {
+    let mut l = vec![
         ("backend", b.name.clone()),
         ("address", b.address.clone()),
         ("service", b.service.clone()),
-    ]
+    ];
+    if !b.vip.is_empty() && b.vip != first_vip {
+        l.push(("vip", b.vip.clone()));
+    }
+    l
 }
 
 fn one(name: &'static str, value: &str) -> Labels {
@@ -239,7 +245,7 @@ fn backends(x: &mut Exporter, r: &StatusReport) {
     for (name, help, field) in gauges {
         let f = x.gauges(name, help);
         for b in &r.backends {
-            put_gauge(&f, backend_labels(b), int(field(b)));
+            put_gauge(&f, backend_labels(b, &r.vip), int(field(b)));
         }
     }
     let counters: [(&str, &str, Option<Unit>, Field); 3] = [
@@ -269,7 +275,7 @@ fn backends(x: &mut Exporter, r: &StatusReport) {
             None => x.registry.register(name, help, f.clone()),
         }
         for b in &r.backends {
-            put_counter(&f, backend_labels(b), field(b));
+            put_counter(&f, backend_labels(b, &r.vip), field(b));
         }
     }
     let latency = x.seconds(
@@ -278,7 +284,7 @@ fn backends(x: &mut Exporter, r: &StatusReport) {
     );
     for b in &r.backends {
         if let Some(ms) = b.check_latency_ms {
-            put_float(&latency, backend_labels(b), ms / 1000.0);
+            put_float(&latency, backend_labels(b, &r.vip), ms / 1000.0);
         }
     }
 }

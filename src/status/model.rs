@@ -22,7 +22,10 @@ pub struct StatusReport {
     /// One of [`ROLES`].
     pub role: String,
     pub term: u64,
+    /// The first VIP: the cluster's own.
     pub vip: String,
+    /// Every VIP, the first first; all move together with the director role.
+    pub vips: Vec<String>,
     /// The node this one believes holds the VIP, if any.
     pub vip_holder: Option<String>,
     pub priority: u8,
@@ -70,6 +73,8 @@ pub struct PeerStatus {
 pub struct BackendStatus {
     pub name: String,
     pub address: String,
+    /// The VIP of its service.
+    pub vip: String,
     /// "tcp/80".
     pub service: String,
     pub healthy: bool,

@@ -161,10 +161,11 @@ fn backend_row(out: &mut String, b: &BackendStatus) {
     };
     let _ = write!(
         out,
-        "<tr class=\"backend {state}\" data-backend=\"{n}\" data-service=\"{s}\" \
+        "<tr class=\"backend {state}\" data-backend=\"{n}\" data-vip=\"{v}\" data-service=\"{s}\" \
          data-healthy=\"{h}\" data-drained=\"{d}\">\
          <td><span class=\"dot {state}\" title=\"{state}\"></span> <b class=\"bname\">{n}</b>",
         n = esc(&b.name),
+        v = esc(&b.vip),
         s = esc(&b.service),
         h = b.healthy,
         d = b.drained,
@@ -212,9 +213,18 @@ fn backend_row(out: &mut String, b: &BackendStatus) {
         p = b.packets,
         by = fmt_bytes(b.bytes),
         bytes = b.bytes,
-        key = esc(&format!("{}|{}|{}", b.name, b.service, b.address)),
+        key = esc(&format!("{}|{}|{}|{}", b.name, b.vip, b.service, b.address)),
         check = esc(&check),
     );
+}
+
+/// Every VIP; a report from before there were several names one.
+fn vips_of(r: &StatusReport) -> &[String] {
+    if r.vips.is_empty() {
+        std::slice::from_ref(&r.vip)
+    } else {
+        &r.vips
+    }
 }
 
 fn backends(out: &mut String, r: &StatusReport) {
@@ -223,7 +233,23 @@ fn backends(out: &mut String, r: &StatusReport) {
          <th>backend</th><th>weight</th><th>active / total</th><th>traffic</th>\
          <th>rate</th><th>check</th><th></th></tr></thead><tbody>",
     );
-    for b in &r.backends {
+    // Grouped by VIP once there are several, in the cluster's order.
+    let vips = vips_of(r);
+    let grouped = vips.len() > 1;
+    for vip in vips {
+        if grouped {
+            let _ = write!(
+                out,
+                "<tr class=\"vip-group\" data-vip=\"{v}\"><th colspan=\"7\">VIP {v}</th></tr>",
+                v = esc(vip)
+            );
+        }
+        for b in r.backends.iter().filter(|b| &b.vip == vip) {
+            backend_row(out, b);
+        }
+    }
+    // A report from before VIPs were named per backend.
+    for b in r.backends.iter().filter(|b| !vips.contains(&b.vip)) {
         backend_row(out, b);
     }
     out.push_str("</tbody></table></div></section>");
@@ -322,7 +348,11 @@ pub fn html(r: &StatusReport) -> String {
         role = esc(&r.role),
         rc = role_class(&r.role),
         term = r.term,
-        vip = esc(&r.vip),
+        vip = vips_of(r)
+            .iter()
+            .map(|v| esc(v))
+            .collect::<Vec<_>>()
+            .join("</b>, <b>"),
         holder = esc(r.vip_holder.as_deref().unwrap_or("nobody")),
     );
     nodes(&mut out, r);
@@ -407,7 +437,7 @@ mod tests {
     fn rate_cells_carry_their_counters() {
         let page = html(&sample_report());
         assert!(page.contains(
-            "<td class=\"rate\" data-rate=\"web2|tcp/80|198.18.0.2\" data-bytes=\"3000000\" \
+            "<td class=\"rate\" data-rate=\"web2|198.18.0.100|tcp/80|198.18.0.2\" data-bytes=\"3000000\" \
              data-packets=\"5000\">-</td>"
         ));
         assert!(page.contains(

@@ -137,6 +137,7 @@ impl InFlight {
                 .iter()
                 .map(|p| PersistRecord {
                     proto: p.proto,
+                    vip: p.vip,
                     port: p.port,
                     client: p.client,
                     backend: p.backend,
@@ -728,6 +729,7 @@ impl Receiver {
                 continue;
             }
             out.persists.push(PersistEntry {
+                vip: p.vip,
                 proto: p.proto,
                 port: p.port,
                 client: p.client,

@@ -85,8 +85,10 @@ fn engine() -> Engine {
     let backends = vec![backend(1), backend(2), backend(3)];
     let snap = Snapshot {
         generation: 1,
+        vips: vec![VIP],
         services: vec![
             ServiceSnap {
+                vip: VIP,
                 proto: 6,
                 port: 80,
                 scheduler: Scheduler::Wlc,
@@ -95,6 +97,7 @@ fn engine() -> Engine {
                 backends: backends.clone(),
             },
             ServiceSnap {
+                vip: VIP,
                 proto: 17,
                 port: 53,
                 scheduler: Scheduler::Rr,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::ctl::{store_warn, Ctl};
-use super::pool::{backend_defs, check_spec, health_key};
+use super::pool::{backend_defs, check_spec, health_key, service_tag};
 
 /// A running monitor, and whether its verdicts still count.
 pub struct Checks {
@@ -30,8 +30,9 @@ impl Checks {
         for svc in &cfg.services {
             let port = *svc.port.get_ref();
             let Some(check) = &svc.check else { continue };
+            let tag = service_tag(cfg, svc);
             for d in backend_defs(cfg, svc, me) {
-                let k = health_key(port, &d.name);
+                let k = health_key(&tag, &d.name);
                 targets.push(Target {
                     initial_up: initial.get(&k).copied(),
                     name: k,

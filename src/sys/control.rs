@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
+use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
 use super::{localconns, neigh, ping, signals};
 use crate::dataplane::Shared;
@@ -61,7 +62,9 @@ struct PendingHandover {
 }
 
 /// Everything the loop needs that lives longer than it.
-pub struct Parts {
+pub struct Parts<'h> {
+    /// The VIPs on lo follow a reload.
+    pub host: &'h mut HostSetup,
     pub cfg: Arc<Config>,
     pub ctl: Arc<Ctl>,
     pub shared: Arc<Shared>,
@@ -93,8 +96,8 @@ struct Leaving {
     counted_at: Instant,
 }
 
-pub struct ControlLoop {
-    p: Parts,
+pub struct ControlLoop<'h> {
+    p: Parts<'h>,
     ping_state: u8,
     /// Addresses whose MAC the data plane needs (peers, real servers, fallback).
     wanted_macs: Vec<Ipv4Addr>,
@@ -112,8 +115,8 @@ pub struct ControlLoop {
     outbox: Vec<(Ipv4Addr, Vec<u8>)>,
 }
 
-impl ControlLoop {
-    pub fn new(p: Parts) -> ControlLoop {
+impl<'h> ControlLoop<'h> {
+    pub fn new(p: Parts<'h>) -> ControlLoop<'h> {
         let wanted_macs = wanted_macs(&p.cfg, &p.peers, p.me);
         ControlLoop {
             p,
@@ -337,7 +340,7 @@ impl ControlLoop {
     }
 
     fn local_connections(&self) -> usize {
-        localconns::count(*self.p.cfg.cluster.vip.get_ref()).unwrap_or_else(|e| {
+        localconns::count(&self.p.cfg.vips()).unwrap_or_else(|e| {
             log::warn!("leaving: cannot read /proc/net/tcp ({e}); not waiting for connections");
             0
         })
@@ -496,6 +499,23 @@ impl ControlLoop {
             st.dirty = true;
         }
         self.reload_keys(&new);
+        let (old_vips, new_vips) = (self.p.cfg.vips(), new.vips());
+        if old_vips != new_vips {
+            // Before the snapshot names them, so a new VIP's first packets
+            // find their address; a VIP taken off ends its connections.
+            if let Err(e) = self.p.host.set_vips(&new_vips) {
+                log::error!("reload: VIPs on lo: {e}");
+            }
+            let list = |v: &[Ipv4Addr]| {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let msg = format!("VIPs {} -> {}", list(&old_vips), list(&new_vips));
+            log::info!("reload: {msg}");
+            self.p.ctl.event("config", &msg);
+        }
         self.wanted_macs = wanted_macs(&new, &self.p.peers, self.p.me);
         self.last_refresh = None;
         self.p.ctl.set_config(new.clone());

@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::pool::{backend_defs, health_key, is_healthy, no_new_flows};
+use super::pool::{backend_defs, health_key, is_healthy, no_new_flows, service_tag};
 use crate::dataplane::Shared;
 
 /// Everything the status server and admin actions read or change, owned by
 /// the control plane and shared under one short-held lock.
 pub struct State {
     pub node: String,
-    pub vip: Ipv4Addr,
     pub priority: u8,
     pub effective_priority: u8,
     pub role: Role,
@@ -312,18 +311,25 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
         st.role == Role::Leaving,
     );
-    let counters: HashMap<Ipv4Addr, crate::forward::BackendCounters> =
+    let counters: HashMap<(Ipv4Addr, Ipv4Addr), crate::forward::BackendCounters> =
         dp.backends.iter().cloned().collect();
     let mut backends = Vec::new();
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
+        let vip_addr = cfg.vip_of(svc);
+        let vip = vip_addr.to_string();
+        let tag = service_tag(&cfg, svc);
         for d in backend_defs(&cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
-            let h = st.health.get(&health_key(port, &d.name));
-            let standing = d.standing(port, &st.health, &st.drains, no_new.contains(&d.addr));
-            let c = counters.get(&d.addr).cloned().unwrap_or_default();
+            let h = st.health.get(&health_key(&tag, &d.name));
+            let standing = d.standing(&tag, &st.health, &st.drains, no_new.contains(&d.addr));
+            let c = counters
+                .get(&(vip_addr, d.addr))
+                .cloned()
+                .unwrap_or_default();
             backends.push(BackendStatus {
                 name: d.name.clone(),
                 address: d.addr.to_string(),
+                vip: vip.clone(),
                 service: format!("{}/{}", svc.protocol.name(), port),
                 healthy: standing.healthy,
                 weight: standing.weight,
@@ -349,11 +355,12 @@ pub fn report(ctl: &Ctl) -> StatusReport {
             let service = format!("{}/{}", svc.protocol.name(), port);
             let in_use = !backends
                 .iter()
-                .any(|b| b.service == service && b.healthy && b.weight > 0);
-            let c = counters.get(&addr).cloned().unwrap_or_default();
+                .any(|b| b.vip == vip && b.service == service && b.healthy && b.weight > 0);
+            let c = counters.get(&(vip_addr, addr)).cloned().unwrap_or_default();
             backends.push(BackendStatus {
                 name: "fallback".into(),
                 address: addr.to_string(),
+                vip,
                 service,
                 healthy: in_use,
                 weight: u32::from(in_use),
@@ -381,7 +388,12 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         node: st.node.clone(),
         role: st.role.to_string(),
         term: st.term,
-        vip: st.vip.to_string(),
+        vip: cfg
+            .vips()
+            .first()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        vips: cfg.vips().iter().map(|v| v.to_string()).collect(),
         vip_holder,
         priority: st.priority,
         effective_priority: st.effective_priority,
@@ -447,10 +459,10 @@ pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool)
     let st = ctl.lock();
     let (mut up, mut total, mut own_ok) = (0u16, 0u16, true);
     for svc in &cfg.services {
-        let port = *svc.port.get_ref();
+        let tag = service_tag(cfg, svc);
         for d in backend_defs(cfg, svc, me) {
             total = total.saturating_add(1);
-            if is_healthy(&st.health, port, &d.name) {
+            if is_healthy(&st.health, &tag, &d.name) {
                 up = up.saturating_add(1);
             } else if d.local {
                 own_ok = false;

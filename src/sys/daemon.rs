@@ -138,7 +138,11 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let stored_health = store.as_ref().map(|s| s.health()).unwrap_or_default();
     let me = &cfg.nodes[me_idx];
     let my_addr = *me.address.get_ref();
-    let vip = *cfg.cluster.vip.get_ref();
+    let vips = cfg.vips();
+    let cluster = cluster_id(
+        vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        *cfg.cluster.vrid.get_ref(),
+    );
 
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
@@ -163,7 +167,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         cfg.cluster.engine,
         &crate::dataplane::ebpf::Params {
             ifindex: link.index,
-            vip,
             vmac,
             own_mac: link.mac,
             max_connections: u32::try_from(cfg.cluster.max_connections).unwrap_or(u32::MAX),
@@ -186,7 +189,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
 
     let state = State {
         node: me.name.get_ref().clone(),
-        vip,
         priority: me.priority,
         effective_priority: me.priority,
         role: Role::Starting,
@@ -229,7 +231,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     .map_err(io("creating the data plane's eventfd"))?;
     let dp_thread = dataplane::spawn(
         dataplane::Params {
-            vip,
             vmac,
             own_mac: link.mac,
             max_connections: cfg.cluster.max_connections,
@@ -247,7 +248,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     {
         Some(
             crate::proxy::spawn(
-                vip,
                 shared.clone(),
                 cfg.cluster.stop_drain.get_ref().0,
                 keys.read().unwrap_or_else(|e| e.into_inner()).signing(),
@@ -324,7 +324,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         election::Params {
             me: my_addr,
             peers: peers.clone(),
-            cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
+            cluster_id: cluster,
             boot_id,
             nonce_seed: random_u64(),
             priority: me.priority,
@@ -339,9 +339,13 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         now,
     );
     log::info!(
-        "node {} ({my_addr}) priority {} starting; VIP {vip} on {} via {}",
+        "node {} ({my_addr}) priority {} starting; VIP {} on {} via {}",
         me.name.get_ref(),
         me.priority,
+        vips.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.cluster.interface,
         dataplane::fmt_mac(&vmac)
     );
@@ -365,6 +369,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
 
     let link_index = link.index;
     let (el, fatal) = ControlLoop::new(Parts {
+        host: &mut *host,
         cfg: cfg.clone(),
         ctl: ctl.clone(),
         shared: shared.clone(),
@@ -373,7 +378,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         me: my_addr,
         own_mac: link.mac,
         peers,
-        cluster_id: cluster_id(vip, *cfg.cluster.vrid.get_ref()),
+        cluster_id: cluster,
         checks,
         pinger,
         macs,

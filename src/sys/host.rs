@@ -1,7 +1,7 @@
-//! Host changes made at start (VIP on lo, ARP and rp_filter sysctls, GRO),
-//! remembered and undone at exit.
+//! Host changes made at start (the VIPs on lo, ARP and rp_filter sysctls,
+//! GRO), remembered and undone at exit.
 //!
-//! A start that finds the VIP already on `lo` adopts it rather than
+//! A start that finds a VIP already on `lo` adopts it rather than
 //! failing or re-adding it: after a crash, or a stop cut short, the
 //! connections this host serves as a backend are still alive in its kernel
 //! and need exactly that address. The values found before the first run
@@ -16,24 +16,32 @@ use std::net::Ipv4Addr;
 /// Host changes made at start, undone at exit.
 pub struct HostSetup {
     sysctls: sysctl::Saved,
-    vip: Ipv4Addr,
+    /// The first VIP names the record of the sysctls in the store.
+    vips: Vec<Ipv4Addr>,
     iface: String,
     gro_was_on: Option<bool>,
     undone: bool,
+    record_key: String,
+}
+
+/// The store keeps one record of the sysctls a run changed, under the
+/// cluster's own (first) VIP.
+fn record_key(vips: &[Ipv4Addr]) -> String {
+    vips.first().map(|v| v.to_string()).unwrap_or_default()
 }
 
 impl HostSetup {
-    /// `local` is every address the host had at start (the VIP among them
-    /// when a previous run left it on lo).
+    /// `local` is every address the host had at start (VIPs among them
+    /// when a previous run left them on lo).
     pub fn apply(
         cfg: &Config,
         local: &[Ipv4Addr],
         store: Option<&Store>,
     ) -> Result<HostSetup, DaemonError> {
-        let vip = *cfg.cluster.vip.get_ref();
+        let vips = cfg.vips();
         let iface = cfg.cluster.interface.clone();
-        let earlier = store.and_then(|s| s.host_changes(&vip.to_string()));
-        if local.contains(&vip) {
+        let earlier = store.and_then(|s| s.host_changes(&record_key(&vips)));
+        for vip in vips.iter().filter(|v| local.contains(v)) {
             log::info!(
                 "VIP {vip} is already on lo: adopting it and the connections it carries{}",
                 if earlier.is_some() {
@@ -45,15 +53,17 @@ impl HostSetup {
         }
         let mut h = HostSetup {
             sysctls: earlier.map(sysctl::Saved::from_entries).unwrap_or_default(),
-            vip,
+            vips: Vec::new(),
             iface: iface.clone(),
             gro_was_on: None,
             undone: false,
+            record_key: String::new(),
         };
         // ARP settings first, so the kernel never answers for the VIP once it is on lo.
         sysctl::arp_settings(&mut h.sysctls, &iface).map_err(io("setting ARP sysctls"))?;
+        h.record_key = record_key(&vips);
         h.record(store);
-        netlink::add_addr("lo", vip, 32).map_err(io("adding the VIP to lo"))?;
+        h.set_vips(&vips).map_err(io("adding the VIP to lo"))?;
         match packet::set_gro(&iface, false) {
             Ok(was) => h.gro_was_on = Some(was),
             Err(e) => log::warn!("cannot turn GRO off on {iface}: {e}"),
@@ -75,8 +85,7 @@ impl HostSetup {
 
     fn record(&self, store: Option<&Store>) {
         if let Some(s) = store {
-            if let Err(e) = s.set_host_changes(&self.vip.to_string(), Some(self.sysctls.entries()))
-            {
+            if let Err(e) = s.set_host_changes(&self.record_key, Some(self.sysctls.entries())) {
                 log::warn!("state store (host changes): {e}");
             }
         }
@@ -88,7 +97,7 @@ impl HostSetup {
         if std::mem::replace(&mut self.undone, true) {
             return;
         }
-        if let Err(e) = netlink::del_addr("lo", self.vip, 32) {
+        if let Err(e) = self.set_vips(&[]) {
             log::warn!("removing VIP from lo: {e}");
         }
         if let Some(true) = self.gro_was_on {
@@ -96,9 +105,36 @@ impl HostSetup {
         }
         self.sysctls.restore();
         if let Some(s) = store {
-            if let Err(e) = s.set_host_changes(&self.vip.to_string(), None) {
+            if let Err(e) = s.set_host_changes(&self.record_key, None) {
                 log::warn!("state store (host changes): {e}");
             }
         }
+    }
+
+    /// Puts exactly `vips` on lo (a reload may add or remove some): every
+    /// node accepts what is addressed to each. A VIP taken off ends the
+    /// connections this host serves on it.
+    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> std::io::Result<()> {
+        let mut first_err = None;
+        for gone in self.vips.iter().filter(|v| !vips.contains(v)) {
+            if let Err(e) = netlink::del_addr("lo", *gone, 32) {
+                log::warn!("removing VIP {gone} from lo: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        self.vips.retain(|v| vips.contains(v));
+        for vip in vips {
+            if self.vips.contains(vip) {
+                continue;
+            }
+            match netlink::add_addr("lo", *vip, 32) {
+                Ok(()) => self.vips.push(*vip),
+                Err(e) => {
+                    log::warn!("adding VIP {vip} to lo: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 }

@@ -1,4 +1,4 @@
-//! How many TCP connections this host's own stack serves on the VIP: what a
+//! How many TCP connections this host's own stack serves on the VIPs: what a
 //! leaving node waits for before it takes the VIP off `lo`. Read from
 //! `/proc/net/tcp`, which shows the sockets of the caller's network
 //! namespace whatever process owns them (the web server, not duet).
@@ -10,16 +10,19 @@ const LISTEN: u8 = 0x0A;
 const TIME_WAIT: u8 = 0x06;
 const CLOSE: u8 = 0x07;
 
-pub fn count(vip: Ipv4Addr) -> std::io::Result<usize> {
-    Ok(count_in(&std::fs::read_to_string("/proc/net/tcp")?, vip))
+pub fn count(vips: &[Ipv4Addr]) -> std::io::Result<usize> {
+    Ok(count_in(&std::fs::read_to_string("/proc/net/tcp")?, vips))
 }
 
-/// Counts the lines of a `/proc/net/tcp` table whose local address is `vip`
-/// and whose state still carries client traffic. Lines that do not parse
+/// Counts the lines of a `/proc/net/tcp` table whose local address is one
+/// of `vips` and whose state still carries client traffic. Lines that do not parse
 /// are skipped: the format is the kernel's, not an input to trust blindly.
-pub fn count_in(table: &str, vip: Ipv4Addr) -> usize {
+pub fn count_in(table: &str, vips: &[Ipv4Addr]) -> usize {
     // The kernel prints the address as the raw 32-bit word in host order.
-    let want = format!("{:08X}", u32::from_ne_bytes(vip.octets()));
+    let want: Vec<String> = vips
+        .iter()
+        .map(|v| format!("{:08X}", u32::from_ne_bytes(v.octets())))
+        .collect();
     table
         .lines()
         .skip(1)
@@ -36,7 +39,8 @@ pub fn count_in(table: &str, vip: Ipv4Addr) -> usize {
             let Ok(state) = u8::from_str_radix(state, 16) else {
                 return false;
             };
-            addr.eq_ignore_ascii_case(&want) && !matches!(state, LISTEN | TIME_WAIT | CLOSE)
+            want.iter().any(|w| addr.eq_ignore_ascii_case(w))
+                && !matches!(state, LISTEN | TIME_WAIT | CLOSE)
         })
         .count()
 }
@@ -59,15 +63,18 @@ mod tests {
 
     #[test]
     fn counts_live_connections_on_the_vip_only() {
-        assert_eq!(count_in(TABLE, Ipv4Addr::new(198, 18, 0, 100)), 2);
-        assert_eq!(count_in(TABLE, Ipv4Addr::new(198, 18, 0, 1)), 1);
-        assert_eq!(count_in(TABLE, Ipv4Addr::new(198, 18, 0, 2)), 0);
+        let (vip, node) = (Ipv4Addr::new(198, 18, 0, 100), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(count_in(TABLE, &[vip]), 2);
+        assert_eq!(count_in(TABLE, &[node]), 1);
+        assert_eq!(count_in(TABLE, &[vip, node]), 3);
+        assert_eq!(count_in(TABLE, &[Ipv4Addr::new(198, 18, 0, 2)]), 0);
+        assert_eq!(count_in(TABLE, &[]), 0);
     }
 
     #[test]
     fn garbage_lines_are_skipped() {
         let t =
             "header\n\nnot a line\n 1: zz:0050 x 01\n 2: 640012C6 x 01\n 3: 640012C6:0050 x q\n";
-        assert_eq!(count_in(t, Ipv4Addr::new(198, 18, 0, 100)), 0);
+        assert_eq!(count_in(t, &[Ipv4Addr::new(198, 18, 0, 100)]), 0);
     }
 }

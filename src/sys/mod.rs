@@ -46,17 +46,18 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 
 /// `duet realserver up|down`: what a plain real server of the Ultra Monkey
 /// layout needs — the VIP on lo, and a kernel that never answers ARP for it.
-pub fn realserver(action: &str, vip: Ipv4Addr, iface: &str) -> Result<(), String> {
-    match action {
-        "up" => {
-            let mut saved = sysctl::Saved::default();
-            sysctl::arp_settings(&mut saved, iface).map_err(|e| format!("ARP sysctls: {e}"))?;
+pub fn realserver(action: &str, vips: &[Ipv4Addr], iface: &str) -> Result<(), String> {
+    if action == "up" {
+        let mut saved = sysctl::Saved::default();
+        sysctl::arp_settings(&mut saved, iface).map_err(|e| format!("ARP sysctls: {e}"))?;
+    }
+    for &vip in vips {
+        if action == "up" {
             netlink::add_addr("lo", vip, 32).map_err(|e| format!("adding {vip}/32 to lo: {e}"))?;
             println!(
                 "real server ready: {vip}/32 on lo, arp_ignore=1 arp_announce=2 on all,{iface}"
             );
-        }
-        _ => {
+        } else {
             netlink::del_addr("lo", vip, 32)
                 .map_err(|e| format!("removing {vip}/32 from lo: {e}"))?;
             println!("{vip}/32 removed from lo (ARP sysctls left as they are)");

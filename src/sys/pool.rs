@@ -6,8 +6,18 @@ use crate::health::{CheckKind, CheckSpec, DnsQuery, HealthState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-pub fn health_key(port: u16, name: &str) -> String {
-    format!("{port}/{name}")
+/// What names a service in health keys: its port on the first VIP (the
+/// keys stored before there were several VIPs), `vip:port` on another.
+pub fn service_tag(cfg: &Config, svc: &config::Service) -> String {
+    let (vip, port) = (cfg.vip_of(svc), *svc.port.get_ref());
+    match cfg.vips().first() {
+        Some(first) if *first != vip => format!("{vip}:{port}"),
+        _ => port.to_string(),
+    }
+}
+
+pub fn health_key(service: &str, name: &str) -> String {
+    format!("{service}/{name}")
 }
 
 /// One backend of one service as configured, before health and drains.
@@ -67,12 +77,12 @@ pub struct Standing {
 impl BackendDef {
     pub fn standing(
         &self,
-        port: u16,
+        service: &str,
         health: &BTreeMap<String, HealthState>,
         drains: &BTreeSet<String>,
         no_new_flows: bool,
     ) -> Standing {
-        let healthy = is_healthy(health, port, &self.name);
+        let healthy = is_healthy(health, service, &self.name);
         let drained = drains.contains(&self.name);
         Standing {
             healthy,
@@ -87,8 +97,8 @@ impl BackendDef {
 }
 
 /// A backend never checked (no check configured, or none yet) counts as up.
-pub fn is_healthy(health: &BTreeMap<String, HealthState>, port: u16, name: &str) -> bool {
-    health.get(&health_key(port, name)).is_none_or(|h| h.up)
+pub fn is_healthy(health: &BTreeMap<String, HealthState>, service: &str, name: &str) -> bool {
+    health.get(&health_key(service, name)).is_none_or(|h| h.up)
 }
 
 /// What the snapshot is made of, besides the configuration.
@@ -137,10 +147,12 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
     let mut proxy = Vec::new();
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
+        let vip = cfg.vip_of(svc);
+        let tag = service_tag(cfg, svc);
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
         let mut backends = Vec::new();
         for d in backend_defs(cfg, svc, me) {
-            let st = d.standing(port, health, drains, no_new_flows.contains(&d.addr));
+            let st = d.standing(&tag, health, drains, no_new_flows.contains(&d.addr));
             let mac = if d.local {
                 Some(own_mac)
             } else {
@@ -178,9 +190,10 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
         }
         if svc.mode == config::ServiceMode::Proxy {
             proxy.push(crate::proxy::ProxyService::from_snap(
-                svc, port, backends, me,
+                svc, vip, port, backends, me,
             ));
             services.push(ServiceSnap {
+                vip,
                 proto: svc.protocol.number(),
                 port,
                 scheduler: Scheduler::Rr,
@@ -191,6 +204,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
             continue;
         }
         services.push(ServiceSnap {
+            vip,
             proto: svc.protocol.number(),
             port,
             scheduler: svc
@@ -205,6 +219,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
     }
     Snapshot {
         generation,
+        vips: cfg.vips(),
         services,
         proxy,
     }
@@ -372,19 +387,19 @@ weight = 3
         for (i, (verdict, drained, no_new, want)) in cases.into_iter().enumerate() {
             let mut health = BTreeMap::new();
             if let Some(up) = verdict {
-                health.insert(health_key(80, "web2"), state(up));
+                health.insert(health_key("80", "web2"), state(up));
             }
             let drains: BTreeSet<String> =
                 drained.then(|| "web2".to_string()).into_iter().collect();
-            let st = def(3).standing(80, &health, &drains, no_new);
+            let st = def(3).standing("80", &health, &drains, no_new);
             assert_eq!((st.healthy, st.weight), want, "case {i}");
             assert_eq!(st.drained, drained, "case {i}");
         }
         // A verdict is per service port: another port's says nothing.
-        let health = BTreeMap::from([(health_key(443, "web2"), state(false))]);
+        let health = BTreeMap::from([(health_key("443", "web2"), state(false))]);
         assert!(
             def(3)
-                .standing(80, &health, &BTreeSet::new(), false)
+                .standing("80", &health, &BTreeSet::new(), false)
                 .healthy
         );
     }
@@ -492,7 +507,7 @@ check = { kind = "http", quiescent = false }
 "#,
         );
         let macs = HashMap::from([(PEER, PEER_MAC), (REAL, [2, 0, 0, 0, 0, 0x20])]);
-        let health = BTreeMap::from([(health_key(80, "real"), state(false))]);
+        let health = BTreeMap::from([(health_key("80", "real"), state(false))]);
         let (drains, no_new) = (BTreeSet::new(), BTreeSet::new());
         let snap = build_snapshot(&cfg, &inputs(&macs, &health, &drains, &no_new), 7);
         assert_eq!(snap.generation, 7);
@@ -521,7 +536,7 @@ port = 80
 check = { kind = "http", quiescent = true }
 "#,
         );
-        let health = BTreeMap::from([(health_key(80, "web1"), state(false))]);
+        let health = BTreeMap::from([(health_key("80", "web1"), state(false))]);
         let drains = BTreeSet::new();
         let no_new = BTreeSet::from([PEER]);
         // The peer's MAC is not known yet: it cannot be reached.

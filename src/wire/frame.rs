@@ -179,11 +179,12 @@ impl fmt::Display for DropReason {
 
 /// Classifies one received Ethernet frame. See [`Classified`] and
 /// [`DropReason`] for the outcomes; never panics, never allocates.
-pub fn classify(frame: &[u8], vip: Ipv4Addr) -> Result<Classified, DropReason> {
+/// `vips` are the addresses the director answers for.
+pub fn classify(frame: &[u8], vips: &[Ipv4Addr]) -> Result<Classified, DropReason> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| DropReason::Truncated)?;
     let payload = &frame[ETH_HDR_LEN..];
     match eth.ether_type() {
-        EtherType::IPV4 => classify_ipv4(payload, vip),
+        EtherType::IPV4 => classify_ipv4(payload, vips),
         EtherType::ARP => classify_arp(payload).map(Classified::Arp),
         EtherType::VLAN_TAGGED_FRAME
         | EtherType::PROVIDER_BRIDGING
@@ -211,13 +212,14 @@ fn classify_arp(payload: &[u8]) -> Result<ArpInfo, DropReason> {
     })
 }
 
-fn classify_ipv4(ip: &[u8], vip: Ipv4Addr) -> Result<Classified, DropReason> {
+fn classify_ipv4(ip: &[u8], vips: &[Ipv4Addr]) -> Result<Classified, DropReason> {
     if ip.len() < IPV4_MIN_HDR_LEN {
         return Err(DropReason::Truncated);
     }
     // Look at the destination before judging the header: traffic for other
     // hosts (the interface may be promiscuous) is none of our business.
-    if ipv4_at(ip, 16) != vip {
+    let vip = ipv4_at(ip, 16);
+    if !vips.contains(&vip) {
         return Ok(Classified::NotOurs);
     }
     let hdr = Ipv4HeaderSlice::from_slice(ip).map_err(|e| match e {
@@ -728,7 +730,7 @@ mod tests {
     #[test]
     fn classify_table() {
         for (desc, frame, want) in cases() {
-            assert_eq!(classify(&frame, VIP), want, "{desc}");
+            assert_eq!(classify(&frame, &[VIP]), want, "{desc}");
         }
     }
 
@@ -737,13 +739,13 @@ mod tests {
         let frame = tcp(CLIENT, VIP, 40000, 80, true);
         for len in 0..frame.len() {
             assert_eq!(
-                classify(&frame[..len], VIP),
+                classify(&frame[..len], &[VIP]),
                 Err(DropReason::Truncated),
                 "len {len}"
             );
         }
         assert!(matches!(
-            classify(&frame, VIP),
+            classify(&frame, &[VIP]),
             Ok(Classified::ToVip { .. })
         ));
     }
@@ -752,7 +754,7 @@ mod tests {
     fn truncations_of_every_case_never_panic() {
         for (_, frame, _) in cases() {
             for len in 0..frame.len().min(200) {
-                let _ = classify(&frame[..len], VIP);
+                let _ = classify(&frame[..len], &[VIP]);
             }
         }
     }
@@ -770,7 +772,7 @@ mod tests {
                 f[14] = 0x45;
                 f[30..34].copy_from_slice(&VIP.octets());
             }
-            let _ = classify(&f, VIP);
+            let _ = classify(&f, &[VIP]);
         }
     }
 
@@ -818,7 +820,7 @@ mod tests {
         assert_eq!(arp.target_mac, target_mac);
         assert_eq!(arp.target_ipv4_addr(), CLIENT);
         assert_eq!(
-            classify(&f, VIP),
+            classify(&f, &[VIP]),
             Ok(Classified::Arp(ArpInfo {
                 op: ARP_REPLY,
                 sender_mac: VMAC,

@@ -25,7 +25,7 @@
 //! Ack (standby → director, body 20 bytes): stream id `12..20`, sequence
 //! `20..28`: every batch of that stream up to and including it is applied.
 //!
-//! Batch (director → standby, body 24 + 22·c + 15·p bytes): stream id
+//! Batch (director → standby, body 24 + 22·c + 19·p bytes): stream id
 //! `12..20` (non-zero), sequence `20..28` (≥ 1), connection count `28..30`,
 //! template count `30..32`, then `c` connection records and `p` template
 //! records, packed:
@@ -33,11 +33,11 @@
 //! | conn record | size | | persist record | size |
 //! |-------------|-----:|-|----------------|-----:|
 //! | proto       | 1    | | proto          | 1    |
-//! | client addr | 4    | | port           | 2    |
-//! | client port | 2    | | client (masked)| 4    |
-//! | VIP         | 4    | | backend        | 4    |
-//! | VIP port    | 2    | | remaining ms   | 4    |
-//! | backend     | 4    | |                |      |
+//! | client addr | 4    | | VIP            | 4    |
+//! | client port | 2    | | VIP port       | 2    |
+//! | VIP         | 4    | | client (masked)| 4    |
+//! | VIP port    | 2    | | backend        | 4    |
+//! | backend     | 4    | | remaining ms   | 4    |
 //! | state       | 1    | |                |      |
 //! | remaining ms| 4    | |                |      |
 //!
@@ -60,7 +60,7 @@ pub const MAX_DATAGRAM: usize = 1400;
 /// Size of one connection record.
 pub const CONN_RECORD_LEN: usize = 22;
 /// Size of one persistence record.
-pub const PERSIST_RECORD_LEN: usize = 15;
+pub const PERSIST_RECORD_LEN: usize = 19;
 /// Kind, flags, reserved.
 const COMMON_LEN: usize = 4;
 const HELLO_BODY_LEN: usize = COMMON_LEN + 24;
@@ -165,6 +165,7 @@ pub struct ConnRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistRecord {
     pub proto: u8,
+    pub vip: Ipv4Addr,
     pub port: u16,
     pub client: Ipv4Addr,
     pub backend: Ipv4Addr,
@@ -273,6 +274,7 @@ impl SyncMessage {
                 }
                 for p in &b.persists[..np] {
                     out.push(p.proto);
+                    out.extend_from_slice(&p.vip.octets());
                     out.extend_from_slice(&p.port.to_be_bytes());
                     out.extend_from_slice(&p.client.octets());
                     out.extend_from_slice(&p.backend.octets());
@@ -371,10 +373,11 @@ impl SyncMessage {
                     }
                     persists.push(PersistRecord {
                         proto: r[0],
-                        port: be_u16(&r[1..3]),
-                        client: Ipv4Addr::from(be_u32(&r[3..7])),
-                        backend: Ipv4Addr::from(be_u32(&r[7..11])),
-                        remaining_ms: be_u32(&r[11..15]),
+                        vip: Ipv4Addr::from(be_u32(&r[1..5])),
+                        port: be_u16(&r[5..7]),
+                        client: Ipv4Addr::from(be_u32(&r[7..11])),
+                        backend: Ipv4Addr::from(be_u32(&r[11..15])),
+                        remaining_ms: be_u32(&r[15..19]),
                     });
                     at += PERSIST_RECORD_LEN;
                 }
@@ -418,6 +421,7 @@ mod tests {
             }],
             persists: vec![PersistRecord {
                 proto: 17,
+                vip: Ipv4Addr::new(198, 18, 0, 101),
                 port: 53,
                 client: Ipv4Addr::new(198, 51, 100, 0),
                 backend: Ipv4Addr::new(198, 18, 0, 1),
@@ -428,8 +432,8 @@ mod tests {
 
     /// `batch()` emitted, without the MAC, laid out by hand from the tables.
     #[rustfmt::skip]
-    static BATCH_FIXTURE: [u8; 69] = [
-        b'D', b'U', b'E', b'T', 0x01, 0x02, 0x00, 24 + 22 + 15,
+    static BATCH_FIXTURE: [u8; 73] = [
+        b'D', b'U', b'E', b'T', 0x01, 0x02, 0x00, 24 + 22 + 19,
         0x02, 0x01, 0x00, 0x00,
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
         0, 0, 0, 0, 0, 0, 0, 9,
@@ -438,7 +442,8 @@ mod tests {
         6, 198, 51, 100, 7, 0x12, 0x34, 198, 18, 0, 100, 0x00, 80,
         198, 18, 0, 2, 2, 0x00, 0x0d, 0xbb, 0xa0,
         // persist
-        17, 0x00, 53, 198, 51, 100, 0, 198, 18, 0, 1, 0x01, 0x02, 0x03, 0x04,
+        17, 198, 18, 0, 101, 0x00, 53, 198, 51, 100, 0, 198, 18, 0, 1,
+        0x01, 0x02, 0x03, 0x04,
     ];
 
     #[rustfmt::skip]
@@ -536,8 +541,8 @@ mod tests {
         for (nc, np, snap, last) in [
             (0, 0, true, true),
             (60, 0, false, false),
-            (0, 89, true, false),
-            (30, 40, false, true),
+            (0, 70, true, false),
+            (30, 30, false, true),
         ] {
             let b = Batch {
                 stream_id: u64::MAX,
@@ -566,7 +571,7 @@ mod tests {
             assert_eq!(SyncMessage::parse(&out, KEY), Ok(m));
         }
         assert!(!Batch::fits(61, 0));
-        assert!(!Batch::fits(0, 90));
+        assert!(!Batch::fits(0, 71));
     }
 
     #[test]
@@ -695,8 +700,8 @@ mod tests {
         assert_eq!(
             p(resigned(&BATCH_FIXTURE, |b| b[29] = 2)),
             Err(SyncWireError::BadLength {
-                declared: 61,
-                actual: 61
+                declared: 65,
+                actual: 65
             })
         );
         assert_eq!(

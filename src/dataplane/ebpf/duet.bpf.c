@@ -65,6 +65,7 @@
 #define MAX_EMBRYONIC 65536
 #define MAX_UDP_NEW 65536
 #define MAX_SERVICES 256
+#define MAX_VIPS 64
 // Consistent-hash slots per service: the size of the Rust engine's Maglev
 // table (src/forward/maglev.rs), so sh and mh pick as user space does.
 #define PICK_SLOTS 65537
@@ -103,7 +104,7 @@ struct flow_val {
 struct control {
 	__u32 active; // 1 while this node directs (or steps down)
 	__u32 ifindex;
-	__u32 vip; // network order
+	__u32 pad0;
 	__u8 own_mac[6];
 	__u8 vmac[6];
 	__u64 lease_until; // bpf_ktime_get_ns deadline
@@ -212,6 +213,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct control);
 } ctl SEC(".maps");
+
+// The addresses the director answers for (network order); all of them
+// move with the director role.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u8);
+} vips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -444,6 +454,11 @@ static __always_inline struct flow_val *udp_forwards(struct control *c, struct f
 	return kernel_pick(c, k, p);
 }
 
+static __always_inline int is_vip(__u32 daddr)
+{
+	return bpf_map_lookup_elem(&vips, &daddr) != NULL;
+}
+
 // The flow entry duet_tc forwards this frame by, or NULL when user space
 // (or nobody) handles it. `out` gets the control map's entry either way.
 static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
@@ -464,7 +479,7 @@ static __always_inline struct flow_val *kernel_forwards(struct __sk_buff *skb,
 	struct iphdr ip;
 	if (load(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return NULL;
-	if (ip.version != 4 || ip.ihl < 5 || ip.daddr != c->vip)
+	if (ip.version != 4 || ip.ihl < 5 || !is_vip(ip.daddr))
 		return NULL;
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return NULL;
@@ -559,7 +574,7 @@ static __always_inline enum vip_frame vip_frame(struct __sk_buff *skb, struct co
 	struct iphdr ip;
 	if (load(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return VIP_OTHER;
-	if (ip.version != 4 || ip.ihl < 5 || ip.daddr != c->vip)
+	if (ip.version != 4 || ip.ihl < 5 || !is_vip(ip.daddr))
 		return VIP_OTHER;
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return VIP_FRAGMENT;

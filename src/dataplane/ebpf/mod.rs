@@ -58,7 +58,7 @@ struct RawVal {
 struct RawControl {
     active: u32,
     ifindex: u32,
-    vip: [u8; 4],
+    pad0: u32,
     own_mac: Mac,
     vmac: Mac,
     lease_until: u64,
@@ -216,7 +216,6 @@ pub struct KernelStats {
 #[derive(Clone, Copy, Debug)]
 pub struct Params {
     pub ifindex: u32,
-    pub vip: Ipv4Addr,
     pub vmac: Mac,
     pub own_mac: Mac,
     /// Entries in the confirmed-flow map; the embryonic map gets the bound
@@ -240,6 +239,9 @@ pub struct Kernel {
     udp: MapData,
     /// UDP flows the kernel scheduled, until their second datagram.
     udp_new: MapData,
+    /// The VIPs, and those last written to it.
+    vips: MapData,
+    vips_set: Vec<Ipv4Addr>,
     picks: MapData,
     /// Services whose table is in `picks`.
     picked: Vec<RawSvc>,
@@ -290,6 +292,7 @@ impl Kernel {
         let udp = hash(&mut bpf, "udp")?;
         let udp_new = hash(&mut bpf, "udp_new")?;
         let picks = hash(&mut bpf, "picks")?;
+        let vips = hash(&mut bpf, "vips")?;
         let ctl = bpf
             .take_map("ctl")
             .ok_or(Error::Map("ctl", "missing".into()))
@@ -315,12 +318,14 @@ impl Kernel {
             udp_new,
             picks,
             picked: Vec::new(),
+            vips,
+            vips_set: Vec::new(),
             ctl,
             stats,
             control: RawControl {
                 active: 0,
                 ifindex: p.ifindex,
-                vip: p.vip.octets(),
+                pad0: 0,
                 own_mac: p.own_mac,
                 vmac: p.vmac,
                 lease_until: 0,
@@ -400,6 +405,23 @@ impl Kernel {
         self.write_control()
     }
 
+    /// The addresses the program forwards for; frames to any other address
+    /// are the host's own.
+    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<(), Error> {
+        let err = |e: std::io::Error| Error::Map("vips", e.to_string());
+        for gone in self.vips_set.iter().filter(|v| !vips.contains(v)) {
+            let _ = sys::delete(fd(&self.vips), &gone.octets());
+        }
+        self.vips_set.retain(|v| vips.contains(v));
+        for v in vips {
+            sys::update(fd(&self.vips), &v.octets(), &1u8, 0).map_err(err)?;
+            if !self.vips_set.contains(v) {
+                self.vips_set.push(*v);
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the kernel's scheduling tables (one per service) and starts
     /// a new epoch: a SYN retransmitted, or a UDP flow the kernel
     /// scheduled, after a backend change is decided afresh.
@@ -416,7 +438,7 @@ impl Kernel {
                 continue;
             }
             let key = RawSvc {
-                vip: self.control.vip,
+                vip: t.vip.octets(),
                 port: t.port.to_be_bytes(),
                 proto: t.proto,
                 pad: 0,

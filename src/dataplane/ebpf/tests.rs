@@ -32,7 +32,6 @@ fn kernel() -> Kernel {
 fn kernel_with_budget(budget: u32) -> Kernel {
     let k = Kernel::load(&Params {
         ifindex: 7,
-        vip: VIP,
         vmac: VMAC,
         own_mac: OWN,
         max_connections: 4,
@@ -40,7 +39,9 @@ fn kernel_with_budget(budget: u32) -> Kernel {
         new_flow_budget: budget,
         echo_rate: 2,
     });
-    k.expect("loading the eBPF programs (these tests need root)")
+    let mut k = k.expect("loading the eBPF programs (these tests need root)");
+    k.set_vips(&[VIP]).expect("setting the VIP");
+    k
 }
 
 fn key(proto: u8, sport: u16, dport: u16) -> FlowKey {
@@ -534,6 +535,7 @@ fn backend_of(t: Target) -> TableBackend {
 /// knows the pick from the flow hash alone.
 fn table(backends: &[TableBackend], src_mask: Ipv4Addr, with_port: bool) -> HashTable {
     HashTable {
+        vip: VIP,
         proto: FlowKey::TCP,
         port: 80,
         src_mask,
