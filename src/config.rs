@@ -809,10 +809,8 @@ impl Config {
     /// checks and node weights are free to change.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.vips().first() != new.vips().first() {
-            out.push("the first cluster.vip");
-        }
-        if !self.cluster.same_but_vips(&new.cluster) {
+        // VIPs after the first may come and go; the first names the cluster.
+        if self.vips().first() != new.vips().first() || !self.cluster.same_but_vips(&new.cluster) {
             out.push("[cluster]");
         }
         if self.heartbeat != new.heartbeat {
@@ -1344,7 +1342,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         assert_eq!(changes(&services), Vec::<&str>::new());
         assert_eq!(
             changes(&GOOD.replace("198.18.0.100", "198.18.0.101")),
-            ["the first cluster.vip"]
+            ["[cluster]"]
         );
         // VIPs after the first come and go by reload.
         let two = GOOD.replace(
@@ -1414,6 +1412,83 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         let p = problems(&GOOD.replace("198.18.0.100", "198.18.0.300"));
         assert!(p[0].message.contains("address"), "{p:?}");
         assert_eq!(p[0].line, 3);
+    }
+
+    #[test]
+    fn several_vips_and_the_service_that_names_one() {
+        let d = dir_with_key();
+        let two = GOOD.replace(
+            "vip = \"198.18.0.100\"",
+            "vip = [\"198.18.0.100\", \"198.18.0.101\"]",
+        );
+        let c = Config::parse(&two, &d).unwrap();
+        let v1 = Ipv4Addr::new(198, 18, 0, 100);
+        let v2 = Ipv4Addr::new(198, 18, 0, 101);
+        assert_eq!(c.vips(), [v1, v2]);
+        assert_eq!(c.vip_of(&c.services[0]), v1, "default: the first");
+        // The same port on the second VIP is another service.
+        let svc = &GOOD[GOOD.find("[[service]]").unwrap()..];
+        let both = format!(
+            "{two}\n{}",
+            svc.replacen("[[service]]", "[[service]]\nvip = \"198.18.0.101\"", 1)
+        );
+        let c = Config::parse(&both, &d).unwrap();
+        assert_eq!(c.vip_of(&c.services[1]), v2);
+        // ... but not on the same one.
+        let dup = format!(
+            "{two}\n{}",
+            svc.replacen("[[service]]", "[[service]]\nvip = \"198.18.0.100\"", 1)
+        );
+        let p = Config::parse(&dup, &d).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|p| p.message.contains("duplicate service 198.18.0.100:80/tcp")),
+            "{p:?}"
+        );
+        for (vip_line, service_vip, want) in [
+            ("vip = []", None, "at least one address"),
+            (
+                "vip = [\"198.18.0.100\", \"198.18.0.100\"]",
+                None,
+                "lists 198.18.0.100 twice",
+            ),
+            (
+                "vip = [\"198.18.0.100\", \"2001:db8::1\"]",
+                None,
+                "IPv6 VIPs are not supported yet",
+            ),
+            (
+                "vip = [\"198.18.0.100\", \"198.18.0.1\"]",
+                None,
+                "address equals the VIP 198.18.0.1",
+            ),
+            (
+                "vip = [\"198.18.0.100\", \"224.0.0.1\"]",
+                None,
+                "224.0.0.1 is not a usable unicast",
+            ),
+            (
+                "vip = [\"198.18.0.100\", \"nope\"]",
+                None,
+                "\"nope\" is not an IP address",
+            ),
+            (
+                "vip = \"198.18.0.100\"",
+                Some("198.18.0.101"),
+                "service.vip 198.18.0.101 is not one of cluster.vip",
+            ),
+        ] {
+            let mut text = GOOD.replace("vip = \"198.18.0.100\"", vip_line);
+            if let Some(v) = service_vip {
+                text = text.replacen("[[service]]", &format!("[[service]]\nvip = \"{v}\""), 1);
+            }
+            let p = Config::parse(&text, &d).unwrap_err();
+            assert!(
+                p.iter().any(|p| p.message.contains(want)),
+                "{vip_line}: {p:?}"
+            );
+            assert!(p.iter().all(|p| p.line > 0), "{vip_line}: located: {p:?}");
+        }
     }
 
     #[test]

@@ -137,6 +137,46 @@ fn two_box_seed_imports_to_a_config_check_config_accepts() {
     accepted(&scratch("twobox"), &out);
 }
 
+/// Two sites on two addresses: each `virtual=` address becomes a VIP of
+/// the one pair, and each service names its own.
+#[test]
+fn two_vip_seed_imports_each_address_as_a_vip() {
+    let (out, warnings) = import("ldirectord-two-vips.cf", "ha.cf");
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+    let vips: Vec<&str> = at(&v, "cluster.vip")
+        .as_array()
+        .expect("cluster.vip is a list")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(vips, ["192.168.6.240", "192.168.6.241"]);
+    let services: Vec<(String, i64)> = at(&v, "service")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["vip"].as_str().unwrap().to_string(),
+                s["port"].as_integer().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [
+            ("192.168.6.240".to_string(), 80),
+            ("192.168.6.240".to_string(), 443),
+            ("192.168.6.241".to_string(), 80),
+            ("192.168.6.241".to_string(), 443),
+        ]
+    );
+    assert_eq!(s(&v, "service.2.check.request"), "/alive.txt");
+    assert_eq!(s(&v, "service.3.scheduler"), "sh");
+    assert!(!warnings.contains("one VIP"), "{warnings}");
+    accepted(&scratch("twovips"), &out);
+}
+
 /// Two dedicated directors in front of three real servers, heartbeat over
 /// ucast, an http check with a virtual host, a connect check.
 #[test]

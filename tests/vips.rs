@@ -212,6 +212,6 @@ fn the_first_vip_names_the_cluster_and_needs_a_restart() {
     );
     let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{said}");
-    assert!(said.contains("the first cluster.vip"), "{said}");
+    assert!(said.contains("[cluster] changed"), "{said}");
     served_by_all(&c, VIP, &["web1", "web2"]);
 }

@@ -333,6 +333,32 @@ mod tests {
     }
 
     #[test]
+    fn a_vip_added_while_directing_is_announced_at_once_with_the_others() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new(t0, vec![VIP], VMAC);
+        a.set_holding(t0, Holding::Directing);
+        let mut t = t0;
+        while t < t0 + ms(2_000) {
+            a.poll_garp(t);
+            t += ms(10);
+        }
+        assert_eq!(a.poll_timeout(), Some(t0 + ms(60_000)), "burst over");
+        // Taking one off announces nothing; adding one starts a burst, and
+        // every GARP names both.
+        a.set_vips(t, vec![VIP]);
+        assert_eq!(a.poll_timeout(), Some(t0 + ms(60_000)));
+        a.set_vips(t, vec![VIP, VIP2]);
+        assert_eq!(a.poll_timeout(), Some(t));
+        assert!(a.poll_garp(t));
+        assert_eq!(a.vips(), [VIP, VIP2]);
+        // Not directing: nothing to announce, whatever the VIPs.
+        let mut idle = Announcer::new(t0, vec![VIP], VMAC);
+        idle.set_vips(t0, vec![VIP, VIP2]);
+        assert_eq!(idle.poll_timeout(), None);
+        assert!(!idle.poll_garp(t0));
+    }
+
+    #[test]
     fn conflicts_are_answered_and_warned_at_their_rates() {
         let t0 = Instant::now();
         let mut a = Announcer::new(t0, vec![VIP], VMAC);

@@ -924,7 +924,7 @@ fn nodes_of(
 
 /// `[cluster]`, the part both importers write the same way. `interface`:
 /// the one heartbeat runs on, when the inputs name it.
-fn write_cluster(out: &mut String, vip: Ipv4Addr, interface: Option<String>, w: &mut Warnings) {
+fn write_cluster(out: &mut String, vips: &[Ipv4Addr], interface: Option<String>, w: &mut Warnings) {
     let interface = match interface {
         Some(i) => i,
         None => {
@@ -940,7 +940,15 @@ fn write_cluster(out: &mut String, vip: Ipv4Addr, interface: Option<String>, w: 
         least 16 bytes to /etc/duet/key on both nodes",
     );
     let _ = writeln!(out, "[cluster]");
-    let _ = writeln!(out, "vip = {}", q(&vip.to_string()));
+    let quoted: Vec<String> = vips.iter().map(|v| q(&v.to_string())).collect();
+    match quoted.as_slice() {
+        [one] => {
+            let _ = writeln!(out, "vip = {one}");
+        }
+        many => {
+            let _ = writeln!(out, "vip = [{}]", many.join(", "));
+        }
+    }
     let _ = writeln!(out, "interface = {}", q(&interface));
     let _ = writeln!(out, "vrid = 1");
     let _ = writeln!(out, "key_file = \"/etc/duet/key\"");
@@ -980,38 +988,26 @@ fn write_heartbeat(out: &mut String, ha: Option<&Ha>, w: &mut Warnings) {
 }
 
 fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
-    let vip = ld.virtuals.first().map(|v| v.vip);
-    // One VIP per cluster: services of other VIPs would be served on the
-    // wrong address, so they are left out.
+    // Each virtual= address is a VIP of the pair, in order of appearance.
+    let mut vips: Vec<Ipv4Addr> = Vec::new();
     let mut virtuals = Vec::new();
     let mut ports = BTreeSet::new();
     for v in &ld.virtuals {
-        if Some(v.vip) != vip {
-            w.unsupported(
-                LDIRECTORD,
-                v.line,
-                "virtual",
-                &format!(
-                    "a cluster has one VIP ({}); the services of {} are skipped, run a \
-                    second duet pair for them",
-                    vip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    v.vip
-                ),
-            );
-            continue;
-        }
         let proto = v
             .settings
             .protocol
             .as_ref()
             .map_or("tcp", |(_, p)| p.as_str());
-        if !ports.insert((v.port, proto.to_string())) {
+        if !ports.insert((v.vip, v.port, proto.to_string())) {
             w.at(
                 LDIRECTORD,
                 v.line,
-                format_args!("second virtual for port {} skipped", v.port),
+                format_args!("second virtual for {}:{} skipped", v.vip, v.port),
             );
             continue;
+        }
+        if !vips.contains(&v.vip) {
+            vips.push(v.vip);
         }
         virtuals.push(v);
     }
@@ -1033,17 +1029,14 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
     );
     let _ = writeln!(out, "# Review the warnings printed with it before use.\n");
 
-    let vip = match vip {
-        Some(v) => v,
-        None => {
-            w.general(
-                "no usable virtual= service in ldirectord.cf: the VIP 198.18.0.100 is a \
-                placeholder",
-            );
-            Ipv4Addr::new(198, 18, 0, 100)
-        }
-    };
-    write_cluster(&mut out, vip, ha.and_then(|h| h.interface.clone()), w);
+    if vips.is_empty() {
+        w.general(
+            "no usable virtual= service in ldirectord.cf: the VIP 198.18.0.100 is a \
+            placeholder",
+        );
+        vips.push(Ipv4Addr::new(198, 18, 0, 100));
+    }
+    write_cluster(&mut out, &vips, ha.and_then(|h| h.interface.clone()), w);
 
     for (i, (name, addr)) in names.iter().zip(&addrs).enumerate() {
         let _ = writeln!(out, "[[node]]");
@@ -1131,6 +1124,9 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
             v.line, v.vip, v.port
         );
         let _ = writeln!(out, "[[service]]");
+        if vips.len() > 1 {
+            let _ = writeln!(out, "vip = {}", q(&v.vip.to_string()));
+        }
         let _ = writeln!(out, "port = {}", v.port);
         let _ = writeln!(out, "protocol = {}", q(&protocol));
         let _ = writeln!(out, "scheduler = {}", q(&scheduler_of(v, w)));
@@ -1436,7 +1432,6 @@ not a directive
             "line 2: directive emailalert not supported:",
             "line 7: directive login not supported:",
             "line 8: directive flux not supported: unknown virtual-service directive",
-            "line 13: directive virtual not supported: a cluster has one VIP (198.18.0.100)",
             "line 15: directive virtual not supported: firewall-mark",
             "line 17: directive virtual not supported: \"www.example.com\" is not an IPv4 address",
             "line 20: directive real not supported: \"web3.example.com\" is not an IPv4 address",
@@ -1455,7 +1450,17 @@ not a directive
             .iter()
             .filter_map(|s| s["port"].as_integer())
             .collect();
-        assert_eq!(ports, [80, 53, 8080]);
+        // 198.18.0.101 (line 13) is a second VIP of the pair.
+        assert_eq!(ports, [80, 53, 80, 8080]);
+        let vips: Vec<&str> = get(&v, "cluster.vip")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(vips, ["198.18.0.100", "198.18.0.101"]);
+        assert_eq!(s(&v, "service.2.vip"), "198.18.0.101");
+        assert_eq!(s(&v, "service.0.vip"), "198.18.0.100");
         assert_eq!(s(&v, "service.0.check.kind"), "exec");
         assert_eq!(
             s(&v, "service.0.check.command"),
@@ -1465,7 +1470,7 @@ not a directive
         assert_eq!(s(&v, "service.1.protocol"), "udp");
         assert_eq!(s(&v, "service.1.check.kind"), "ping");
         assert!(!has_warning(&i, "line 12:"));
-        assert_eq!(s(&v, "service.2.check.kind"), "none");
+        assert_eq!(s(&v, "service.3.check.kind"), "none");
         // Directives of skipped virtuals do not leak into the previous one.
         assert!(!has_warning(&i, "line 16:"));
     }

@@ -705,7 +705,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
     let interface = ha
         .and_then(|h| h.interface.clone())
         .or_else(|| res.and_then(|r| r.interface.clone()));
-    write_cluster(&mut out, vip, interface, w);
+    write_cluster(&mut out, &[vip], interface, w);
     for i in order {
         let _ = writeln!(out, "[[node]]");
         let _ = writeln!(out, "name = {}", q(&names[i]));

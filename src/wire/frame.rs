@@ -734,6 +734,33 @@ mod tests {
         }
     }
 
+    /// With several VIPs, a frame to any of them is ours, keyed by the
+    /// address it went to; an ICMP error about a flow of one VIP must quote
+    /// that VIP.
+    #[test]
+    fn every_vip_classifies_by_its_own_address() {
+        let vip2 = Ipv4Addr::new(198, 18, 0, 101);
+        let both = [VIP, vip2];
+        let f = tcp(CLIENT, vip2, 40000, 80, true);
+        assert_eq!(classify(&f, &[VIP]), Ok(Classified::NotOurs));
+        match classify(&f, &both) {
+            Ok(Classified::ToVip { key, .. }) => assert_eq!(key.dst, vip2),
+            other => panic!("{other:?}"),
+        }
+        let first = tcp(CLIENT, VIP, 40000, 80, true);
+        assert!(matches!(
+            classify(&first, &both),
+            Ok(Classified::ToVip { key, .. }) if key.dst == VIP
+        ));
+        let frag_needed = Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        );
+        // Sent to VIP, quoting a reply from vip2: not a flow of VIP's.
+        let crossed = icmp_error(&frag_needed, &quoted_reply(vip2, true, 48));
+        assert_eq!(classify(&crossed, &both), Err(DropReason::BadIcmp));
+        assert_eq!(classify(&f, &[]), Ok(Classified::NotOurs));
+    }
+
     #[test]
     fn every_truncation_of_a_tcp_frame_is_truncated() {
         let frame = tcp(CLIENT, VIP, 40000, 80, true);
