@@ -10,6 +10,7 @@ pub mod election;
 pub mod forward;
 pub mod health;
 pub mod import;
+pub mod pair;
 pub mod proxy;
 pub mod status;
 pub mod store;

@@ -178,3 +178,154 @@ fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
     let peer = c.status(1 - i).unwrap();
     assert_eq!(peer["role"], "standby", "{peer}");
 }
+
+/// A box in setup mode joins the pair by a code the set-up box offers:
+/// SPAKE2 over the LAN brings it the config and the pair key. A wrong code
+/// fails and spends the offer, a replayed exchange meets no offer, and
+/// once the pair is complete a third box gets no code at all.
+#[test]
+fn second_box_pairs_by_code_and_a_wrong_code_or_third_box_fails() {
+    let opts = Opts {
+        start: false,
+        ..Opts::default()
+    };
+    let mut c = Cluster::new(opts);
+    let (d1, d2) = (c.nodes[0].dir.clone(), c.nodes[1].dir.clone());
+    // One file for both boxes, as on appliances: the status port on every
+    // address of the box.
+    let config = std::fs::read_to_string(d1.join("duet.toml"))
+        .unwrap()
+        .replace(
+            "status_listen = \"198.18.0.1:8080\"",
+            "status_listen = \"0.0.0.0:8080\"",
+        );
+    assert!(config.contains("0.0.0.0:8080"));
+    std::fs::write(d1.join("duet.toml"), &config).unwrap();
+    c.start_duet(0);
+    assert!(c
+        .wait_role(0, "director", Duration::from_secs(10))
+        .is_some());
+
+    // web2 is a fresh box: no key, no token, no config.
+    for f in ["key", "token", "duet.toml"] {
+        let _ = std::fs::remove_file(d2.join(f));
+    }
+    let mut setup = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[1].ns, duet_bin(), "setup", "-c"])
+        .arg(d2.join("duet.toml"))
+        .args(["--listen", "198.18.0.2:8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(setup.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let setup_code = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(setup_code.len(), 8, "no setup code in {first:?}");
+    let joiner = "http://198.18.0.2:8080";
+    let sponsor = "http://198.18.0.1:8080";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&c, &format!("{joiner}/setup")).0 != 200 {
+        assert!(Instant::now() < deadline, "setup page never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let offer = || {
+        let (status, body) = curl(
+            &c,
+            &format!("-X POST -H 'Authorization: Bearer {TOKEN}' {sponsor}/api/pair"),
+        );
+        assert_eq!(status, 200, "offer: {body}");
+        let code = body
+            .split("pairing code ")
+            .nth(1)
+            .and_then(|t| t.split(':').next())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(code.len(), 9, "no code in {body}");
+        code
+    };
+    let join = |code: &str| {
+        curl(
+            &c,
+            &format!(
+                "--data-urlencode code={setup_code} --data-urlencode sponsor=198.18.0.1:8080 \
+                 --data-urlencode pair={code} {joiner}/setup/pair"
+            ),
+        )
+    };
+    // Without the admin token there is no code.
+    let (status, _) = curl(&c, &format!("-X POST {sponsor}/api/pair"));
+    assert_eq!(status, 401);
+
+    // A wrong code: refused, nothing written, and the offer is spent.
+    let right = offer();
+    let wrong = if right.ends_with('0') {
+        format!("{}1", &right[..8])
+    } else {
+        format!("{}0", &right[..8])
+    };
+    let (status, body) = join(&wrong);
+    assert_eq!(status, 403, "wrong code: {body}");
+    assert!(body.contains("pairing failed"), "{body}");
+    assert!(!d2.join("key").exists(), "a wrong code wrote a key");
+    let (status, body) = join(&right);
+    assert_eq!(status, 403, "a spent offer: {body}");
+    assert!(body.contains("410"), "{body}");
+    // A replayed (or any) exchange without an offer gets nothing.
+    let (status, body) = curl(
+        &c,
+        &format!("-H 'Content-Type: application/json' --data '{{\"v\":1,\"spake\":\"00\"}}' {sponsor}/api/pair/exchange"),
+    );
+    assert_eq!(status, 410, "{body}");
+
+    // The right code: web2 gets the config, the key and its name.
+    let code = offer();
+    let (status, body) = join(&code);
+    assert_eq!(status, 200, "join: {body}");
+    assert!(body.contains("Set up as web2"), "{body}");
+    assert!(setup.wait().unwrap().success(), "duet setup did not exit 0");
+    assert_eq!(
+        std::fs::read_to_string(d2.join("key")).unwrap().trim(),
+        std::fs::read_to_string(d1.join("key")).unwrap().trim()
+    );
+    assert_eq!(
+        std::fs::read_to_string(d2.join("duet.toml")).unwrap(),
+        config
+    );
+    assert_eq!(std::fs::read_to_string(d2.join("node")).unwrap(), "web2\n");
+    let token2 = std::fs::read_to_string(d2.join("token")).unwrap();
+    assert_eq!(token2.trim().len(), 48, "web2 has its own admin token");
+    assert_ne!(token2.trim(), TOKEN);
+
+    // Both boxes form the pair and serve.
+    c.start_duet(1);
+    assert!(
+        c.wait_role(1, "standby", Duration::from_secs(15)).is_some(),
+        "the paired box joined"
+    );
+    let v = c.client(&format!("count http://{VIP}/ 40"));
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(hits(&v, "web1") > 0 && hits(&v, "web2") > 0, "{v}");
+
+    // A third box: the pair is complete, so no code is offered.
+    let (status, body) = curl(
+        &c,
+        &format!("-X POST -H 'Authorization: Bearer {TOKEN}' {sponsor}/api/pair"),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("the pair is complete"), "{body}");
+    let s = c.status(0).unwrap();
+    assert!(
+        s["events"]
+            .to_string()
+            .contains("pairing: config and key sealed for web2"),
+        "{s}"
+    );
+}

@@ -20,6 +20,18 @@ pub fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    request_with_body(addr, method, path, token, "", timeout)
+}
+
+/// Like [`request`], sending `body` (JSON) with a POST or PUT.
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
         return Err(format!("invalid method {method:?}"));
     }
@@ -38,9 +50,13 @@ pub fn request(
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     if method == "POST" || method == "PUT" {
-        req.push_str("Content-Length: 0\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
     }
     req.push_str("\r\n");
+    req.push_str(body);
     set_timeouts(&stream, deadline)?;
     stream
         .write_all(req.as_bytes())

@@ -369,7 +369,8 @@ pub fn html(r: &StatusReport) -> String {
          <input id=\"token\" type=\"password\" autocomplete=\"off\" placeholder=\"admin token\">\
          <button type=\"button\" id=\"save-token\">save token</button> \
          <button type=\"button\" data-action=\"failover\">failover</button> \
-         <button type=\"button\" data-action=\"reload\" title=\"read the config file again\">reload config</button></details>\
+         <button type=\"button\" data-action=\"reload\" title=\"read the config file again\">reload config</button> \
+         <button type=\"button\" data-action=\"pair\" title=\"a one-time code for the other box's setup page\">pair a box</button></details>\
          <p id=\"msg\" role=\"status\"></p></section></main>\
          <footer>duet <span id=\"version\" data-live>{ver}</span> · <span id=\"updated\">rendered by server</span></footer>\
          <script>{SCRIPT}</script></body></html>",

@@ -70,6 +70,15 @@ pub trait Admin: Send + Sync {
     /// Reads the configuration file again and takes over what may change
     /// while running; Err says why nothing changed.
     fn reload(&self) -> Result<String, String>;
+    /// Offers a pairing code for a second box (`crate::pair`); Ok carries
+    /// the message with the code.
+    fn pair_offer(&self) -> Result<String, String> {
+        Err("pairing is not available on this node".into())
+    }
+    /// Answers a joining box's exchange; the offer is spent either way.
+    fn pair_exchange(&self, _request: &str) -> Result<String, crate::pair::PairError> {
+        Err(crate::pair::PairError::NoOffer)
+    }
 }
 
 /// What answers the requests the front door relays: the status routes, or
@@ -466,6 +475,35 @@ impl Site for Shared {
     }
 }
 
+/// `POST /api/pair/exchange`: no token (the code is the credential, and
+/// the offer dies with the first try), a JSON body.
+fn pair_exchange(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Reply {
+    let mut body = String::new();
+    if std::io::Read::read_to_string(
+        &mut std::io::Read::take(rq.as_reader(), crate::pair::MAX_MESSAGE as u64),
+        &mut body,
+    )
+    .is_err()
+    {
+        return bad("body is not UTF-8");
+    }
+    match shared.admin.pair_exchange(&body) {
+        Ok(answer) => {
+            log::info!("status: {peer}: pairing exchange answered; the offer is spent");
+            with(
+                reply(200, "application/json", answer.into_bytes()),
+                "Cache-Control",
+                "no-store",
+            )
+        }
+        Err(e @ crate::pair::PairError::NoOffer) => text(410, format!("{e}\n")),
+        Err(e) => {
+            log::warn!("status: {peer}: pairing exchange refused: {e}");
+            text(400, format!("{e}\n"))
+        }
+    }
+}
+
 /// At most one warning a second for rejected admin requests (and failed
 /// accepts), so a client hammering the API cannot flood the log; the rest go
 /// to debug and are counted in the next warning.
@@ -578,12 +616,21 @@ enum AdminAction {
     Undrain(String),
     Failover,
     Reload,
+    Pair,
 }
 
 /// Routes one request. Runs on a worker thread.
-fn handle(shared: &Shared, rq: &tiny_http::Request, peer: &str) -> Reply {
-    let method = rq.method().as_str();
-    let path = rq.url().split('?').next().unwrap_or("");
+fn handle(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Reply {
+    let method = rq.method().as_str().to_string();
+    let method = method.as_str();
+    let url = rq.url().to_string();
+    let path = url.split('?').next().unwrap_or("");
+    if path == "/api/pair/exchange" {
+        if method != "POST" {
+            return with(text(405, "method not allowed\n"), "Allow", "POST");
+        }
+        return pair_exchange(shared, rq, peer);
+    }
     let get = method == "GET" || method == "HEAD";
     let not_allowed = |allow: &'static str| with(text(405, "method not allowed\n"), "Allow", allow);
     let view = match path {
@@ -611,6 +658,7 @@ fn handle(shared: &Shared, rq: &tiny_http::Request, peer: &str) -> Reply {
     let action = match path {
         "/api/failover" => AdminAction::Failover,
         "/api/reload" => AdminAction::Reload,
+        "/api/pair" => AdminAction::Pair,
         _ => {
             let rest = path.strip_prefix("/api/backends/");
             let parsed = rest.and_then(|rest| {
@@ -677,6 +725,7 @@ fn handle(shared: &Shared, rq: &tiny_http::Request, peer: &str) -> Reply {
             .map(|()| format!("undrained {name}")),
         AdminAction::Failover => shared.admin.failover(),
         AdminAction::Reload => shared.admin.reload(),
+        AdminAction::Pair => shared.admin.pair_offer(),
     };
     match result {
         Ok(msg) => {

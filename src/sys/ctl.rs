@@ -52,6 +52,8 @@ pub struct Ctl {
     pub wake: AtomicBool,
     /// Connection rates per service over the last 10 minutes, for the page.
     history: Mutex<History>,
+    /// The pairing code on offer for the other box, if any.
+    pairing: Mutex<crate::pair::Sponsor>,
 }
 
 /// One history sample per 5 s over 10 minutes.
@@ -75,7 +77,27 @@ impl Ctl {
             pending_config: Mutex::new(None),
             wake: AtomicBool::new(false),
             history: Mutex::new(History::new(HISTORY_STEP_MS, HISTORY_WINDOW_MS)),
+            pairing: Mutex::new(crate::pair::Sponsor::default()),
         }
+    }
+
+    /// What a box joining by code receives: this config, the key file and
+    /// the name of the other `[[node]]`.
+    fn pair_grant(&self) -> Result<crate::pair::Grant, String> {
+        let cfg = self.config();
+        let me = self.lock().node.clone();
+        let node = cfg
+            .nodes
+            .iter()
+            .map(|n| n.name.get_ref().clone())
+            .find(|n| *n != me)
+            .ok_or("the config names no second [[node]] to pair")?;
+        let config = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| format!("reading {}: {e}", self.config_path.display()))?;
+        let key_file = cfg.cluster.key_file.get_ref();
+        let key = std::fs::read_to_string(key_file)
+            .map_err(|e| format!("reading {}: {e}", key_file.display()))?;
+        Ok(crate::pair::Grant { config, key, node })
     }
 
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
@@ -259,6 +281,58 @@ impl Admin for Ctl {
         self.wake.store(true, Ordering::Release);
         Ok("failover requested".into())
     }
+    fn pair_offer(&self) -> Result<String, String> {
+        // A third box must not take a live peer's place.
+        if let Some(p) = self.lock().peers.iter().find(|p| p.alive) {
+            return Err(format!(
+                "the pair is complete: its peer {} is up; a pairing code is offered only \
+                 while the other box is missing",
+                p.addr
+            ));
+        }
+        let grant = self.pair_grant()?;
+        let code = crate::appliance::setup::setup_code().map_err(|e| e.to_string())?;
+        let shown = format!("{}-{}", &code[..4], &code[4..]);
+        lock_pairing(self).offer(Instant::now(), &code);
+        self.event(
+            "admin",
+            &format!(
+                "pairing code offered for {} (valid 10 minutes, once)",
+                grant.node
+            ),
+        );
+        Ok(format!(
+            "pairing code {shown}: enter it on the setup page of the box that joins as {} \
+             within 10 minutes; it works once",
+            grant.node
+        ))
+    }
+    fn pair_exchange(&self, request: &str) -> Result<String, crate::pair::PairError> {
+        // Without an offer nothing is logged: requests cost no event.
+        if !lock_pairing(self).has_offer(Instant::now()) {
+            return Err(crate::pair::PairError::NoOffer);
+        }
+        let grant = self.pair_grant().map_err(|e| {
+            log::error!("pairing: {e}");
+            crate::pair::PairError::NoOffer
+        })?;
+        let r = lock_pairing(self).exchange(Instant::now(), request, &grant);
+        match &r {
+            Ok(_) => self.event(
+                "admin",
+                &format!(
+                    "pairing: config and key sealed for {}; the code is spent",
+                    grant.node
+                ),
+            ),
+            Err(e) => self.event("admin", &format!("pairing exchange refused: {e}")),
+        }
+        r
+    }
+}
+
+fn lock_pairing(ctl: &Ctl) -> std::sync::MutexGuard<'_, crate::pair::Sponsor> {
+    ctl.pairing.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Losing a store write must not stop the cluster: it is logged, and the

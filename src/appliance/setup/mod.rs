@@ -108,12 +108,18 @@ pub struct Done {
 /// Checks the submission and writes it with a new key and admin token,
 /// or returns the problems as `line:column: message`.
 pub fn apply(t: &Target, text: &str, node: &str) -> Result<Done, Vec<String>> {
+    let key = random_hex(32).map_err(|e| vec![format!("getrandom: {e}")])?;
+    apply_with_key(t, text, node, &key)
+}
+
+/// As [`apply`] with the pair's key file text (what pairing brought).
+pub fn apply_with_key(t: &Target, text: &str, node: &str, key: &str) -> Result<Done, Vec<String>> {
     let node = node.trim();
     if node.is_empty() {
         return Err(vec!["the node's name is empty".into()]);
     }
     let io_err = |what: &Path, e: io::Error| vec![format!("{}: {e}", what.display())];
-    let key = random_hex(32).map_err(|e| io_err(Path::new("getrandom"), e))?;
+    let key = key.trim().to_string();
     let token = random_hex(24).map_err(|e| io_err(Path::new("getrandom"), e))?;
     // Validation reads the key and token files, so they are written first
     // and taken back if the config is refused.
@@ -166,9 +172,38 @@ pub fn apply(t: &Target, text: &str, node: &str) -> Result<Done, Vec<String>> {
         }
     }
     Ok(Done {
-        key,
+        key: key.lines().next().unwrap_or_default().to_string(),
         token: token_file.map(|_| token),
     })
+}
+
+/// How long the joiner waits for the sponsor's answer.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Joins the pair whose box at `sponsor` offered `code`: the exchange of
+/// `crate::pair`, then the config, key and node name it brought written
+/// as a setup would.
+pub fn join(t: &Target, sponsor: &str, code: &str) -> Result<(String, Done), Vec<String>> {
+    let addr: SocketAddr = sponsor
+        .trim()
+        .parse()
+        .map_err(|_| vec![format!("{sponsor:?} is not an address:port")])?;
+    let (joiner, request) = crate::pair::Joiner::start(code);
+    let (status, answer) = crate::status::client::request_with_body(
+        addr,
+        "POST",
+        "/api/pair/exchange",
+        None,
+        &request,
+        PAIR_TIMEOUT,
+    )
+    .map_err(|e| vec![e])?;
+    if status != 200 {
+        return Err(vec![format!("{addr} answered {status}: {}", answer.trim())]);
+    }
+    let grant = joiner.finish(&answer).map_err(|e| vec![e.to_string()])?;
+    let done = apply_with_key(t, &grant.config, &grant.node, &grant.key)?;
+    Ok((grant.node, done))
 }
 
 fn html(code: u16, body: String) -> Reply {
@@ -210,29 +245,72 @@ impl Site for SetupSite {
                 html(200, page::form(&current, "", &[]))
             }
             page::Route::Submit => self.submit(rq),
+            page::Route::Join => self.join(rq),
         }
     }
 }
 
 impl SetupSite {
-    fn submit(&self, rq: &mut tiny_http::Request) -> Reply {
+    /// The form's fields, or None when the body is over the limit.
+    fn fields(rq: &mut tiny_http::Request) -> Option<std::collections::HashMap<String, String>> {
         let mut body = Vec::new();
         let _ = rq
             .as_reader()
             .take(page::MAX_BODY as u64 + 1)
             .read_to_end(&mut body);
-        let f = page::parse_form(&String::from_utf8_lossy(&body));
+        (body.len() <= page::MAX_BODY).then(|| page::parse_form(&String::from_utf8_lossy(&body)))
+    }
+
+    /// A wrong setup code costs a second, one guess at a time: 10^8 codes
+    /// at one a second.
+    fn wrong_code(&self) {
+        let _one_at_a_time = lock(&self.guesses);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// Records the finished setup (`done` is the held `self.done`).
+    fn finish(&self, done: &mut Option<String>, node: String, secrets: &Done) -> Reply {
+        *done = Some(node.clone());
+        self.finished.notify_all();
+        html(
+            200,
+            page::done(&node, &secrets.key, secrets.token.as_deref()),
+        )
+    }
+
+    fn join(&self, rq: &mut tiny_http::Request) -> Reply {
+        let Some(f) = Self::fields(rq) else {
+            return html(413, page::form("", "", &["form too large".into()]));
+        };
         let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-        if body.len() > page::MAX_BODY {
-            return html(
-                413,
-                page::form("", field("node"), &["form too large".into()]),
-            );
-        }
         if !page::code_matches(&self.code, field("code")) {
-            // Slows guessing: 10^8 codes at one a second.
-            let _one_at_a_time = lock(&self.guesses);
-            std::thread::sleep(Duration::from_secs(1));
+            self.wrong_code();
+            return html(403, page::form("", "", &["wrong setup code".into()]));
+        }
+        if let Some(node) = lock(&self.done).as_deref() {
+            return html(409, page::already(node));
+        }
+        // Not under the lock: the exchange may take seconds, and the
+        // sponsor's offer is good for one exchange only, so two joins in
+        // parallel cannot both succeed.
+        let joined = join(&self.target, field("sponsor"), field("pair"));
+        let mut done = lock(&self.done);
+        if let Some(node) = done.as_deref() {
+            return html(409, page::already(node));
+        }
+        match joined {
+            Ok((node, secrets)) => self.finish(&mut done, node, &secrets),
+            Err(errs) => html(403, page::form("", "", &errs)),
+        }
+    }
+
+    fn submit(&self, rq: &mut tiny_http::Request) -> Reply {
+        let Some(f) = Self::fields(rq) else {
+            return html(413, page::form("", "", &["form too large".into()]));
+        };
+        let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+        if !page::code_matches(&self.code, field("code")) {
+            self.wrong_code();
             return html(
                 403,
                 page::form(field("config"), field("node"), &["wrong setup code".into()]),
@@ -243,15 +321,7 @@ impl SetupSite {
             return html(409, page::already(node));
         }
         match apply(&self.target, field("config"), field("node")) {
-            Ok(secrets) => {
-                let node = field("node").trim().to_string();
-                *done = Some(node.clone());
-                self.finished.notify_all();
-                html(
-                    200,
-                    page::done(&node, &secrets.key, secrets.token.as_deref()),
-                )
-            }
+            Ok(secrets) => self.finish(&mut done, field("node").trim().to_string(), &secrets),
             Err(errs) => html(400, page::form(field("config"), field("node"), &errs)),
         }
     }

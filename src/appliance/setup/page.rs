@@ -41,6 +41,8 @@ pub enum Route {
     Form,
     /// A submitted form, to check and apply.
     Submit,
+    /// Join a pair by the code its first box offers.
+    Join,
     /// Anything else: 403 until setup is done.
     Forbidden,
 }
@@ -50,6 +52,7 @@ pub fn route(method: &str, path: &str) -> Route {
     match (method, path) {
         ("GET", "/" | "/setup") => Route::Form,
         ("POST", "/setup") => Route::Submit,
+        ("POST", "/setup/pair") => Route::Join,
         _ => Route::Forbidden,
     }
 }
@@ -77,7 +80,18 @@ pub fn form(config: &str, node: &str, errors: &[String]) -> String {
          <input name=\"node\" value=\"{}\"></label></p>\
          <p><label>duet.toml (VIP, nodes and their addresses, services and checks)<br>\
          <textarea name=\"config\" rows=\"40\" cols=\"90\">{}</textarea></label></p>\
-         <p><button>Generate the pair key and start</button></p></form></body></html>\n",
+         <p><button>Generate the pair key and start</button></p></form>\
+         <h2>Or join a pair</h2>\
+         <p>If the other box of the pair is set up, offer a pairing code on its admin page \
+         (\u{201c}pair a box\u{201d}): this box then gets its config and the pair key from it, \
+         sealed by the code.</p>\
+         <form method=\"post\" action=\"/setup/pair\">\
+         <p><label>Setup code <input name=\"code\" autocomplete=\"off\"></label></p>\
+         <p><label>The other box's status address <input name=\"sponsor\" \
+         placeholder=\"192.168.0.1:8080\"></label></p>\
+         <p><label>Pairing code <input name=\"pair\" autocomplete=\"off\" \
+         placeholder=\"1234-5678\"></label></p>\
+         <p><button>Join and start</button></p></form></body></html>\n",
         escape(node),
         escape(config)
     )
@@ -142,6 +156,7 @@ mod tests {
         assert_eq!(route("GET", "/"), Route::Form);
         assert_eq!(route("GET", "/setup?x=1"), Route::Form);
         assert_eq!(route("POST", "/setup"), Route::Submit);
+        assert_eq!(route("POST", "/setup/pair"), Route::Join);
         for (m, p) in [
             ("GET", "/api/status"),
             ("POST", "/api/drain/x"),
