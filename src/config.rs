@@ -2,6 +2,7 @@
 //! then `validate()` which reports every semantic problem at once, each with
 //! the file, line and column of the key at fault (keepalived's
 //! `--config-test` habit: one run shows all mistakes).
+use crate::forward::Scheduler;
 use crate::wire::envelope::Keys;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -239,7 +240,7 @@ pub struct Service {
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
     #[serde(default = "default_scheduler")]
-    pub scheduler: Spanned<String>,
+    pub scheduler: Scheduler,
     #[serde(default)]
     pub persistence: Option<Dur>,
     #[serde(default)]
@@ -639,8 +640,8 @@ fn default_hb_port() -> u16 {
 fn default_protocol() -> Protocol {
     Protocol::Tcp
 }
-fn default_scheduler() -> Spanned<String> {
-    Spanned::new(0..0, "wlc".into())
+fn default_scheduler() -> Scheduler {
+    Scheduler::Wlc
 }
 fn default_true() -> bool {
     true
@@ -658,9 +659,6 @@ fn default_rise_fall() -> u32 {
 /// `max_header_bytes` and `max_headers` of proxy services.
 const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=1024 * 1024;
 const MAX_HEADERS_RANGE: std::ops::RangeInclusive<usize> = 1..=1000;
-
-/// Scheduler names accepted by `[[service]].scheduler`.
-pub const SCHEDULERS: [&str; 6] = ["rr", "wrr", "lc", "wlc", "sh", "mh"];
 
 /// One problem found in a config file, located where possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1012,15 +1010,6 @@ impl Config {
                         ),
                     );
                 }
-            }
-            if !SCHEDULERS.contains(&s.scheduler.get_ref().as_str()) {
-                p.at(
-                    s.scheduler.span(),
-                    format!(
-                        "unknown scheduler {:?} (rr, wrr, lc, wlc, sh, mh)",
-                        s.scheduler.get_ref()
-                    ),
-                );
             }
             if !s.serve_local && s.backends.is_empty() {
                 p.at(
@@ -1496,8 +1485,7 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
         let bad = GOOD
             .replace("address = \"198.18.0.2\"", "address = \"198.18.0.100\"")
             .replace("name = \"web2\"", "name = \"web1\"")
-            .replace("key_file = \"key\"", "key_file = \"missing\"")
-            .replace("\"wlc\"", "\"fastest\"");
+            .replace("key_file = \"key\"", "key_file = \"missing\"");
         let p = problems(&bad);
         let text: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
         assert!(
@@ -1509,11 +1497,14 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
             "{text:?}"
         );
         assert!(text.iter().any(|m| m.contains("key_file")), "{text:?}");
-        assert!(
-            text.iter().any(|m| m.contains("unknown scheduler")),
-            "{text:?}"
-        );
         assert!(p.iter().all(|p| p.line > 0), "{p:?}");
+        // A scheduler is a type, like an address: serde names the choices.
+        let p = problems(&GOOD.replace("\"wlc\"", "\"fastest\""));
+        assert!(
+            p[0].message.contains("unknown variant `fastest`") && p[0].message.contains("`mh`"),
+            "{p:?}"
+        );
+        assert!(p[0].line > 0, "{p:?}");
     }
 
     #[test]

@@ -161,18 +161,14 @@ impl fmt::Display for Scheduler {
 #[error("unknown scheduler {0:?} (expected rr, wrr, lc, wlc, sh or mh)")]
 pub struct UnknownScheduler(pub String);
 
+/// By serde, so the config's and every importer's names are one list.
 impl FromStr for Scheduler {
     type Err = UnknownScheduler;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "rr" => Scheduler::Rr,
-            "wrr" => Scheduler::Wrr,
-            "lc" => Scheduler::Lc,
-            "wlc" => Scheduler::Wlc,
-            "sh" => Scheduler::Sh,
-            "mh" => Scheduler::Mh,
-            other => return Err(UnknownScheduler(other.to_string())),
-        })
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        Scheduler::deserialize(s.into_deserializer())
+            .map_err(|_: serde::de::value::Error| UnknownScheduler(s.to_string()))
     }
 }
 

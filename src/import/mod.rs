@@ -863,9 +863,7 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
 fn scheduler_of(v: &Virtual, w: &mut Warnings) -> String {
     match &v.settings.scheduler {
         None => "wrr".into(), // ldirectord's default
-        Some((_, s)) if matches!(s.as_str(), "rr" | "wrr" | "lc" | "wlc" | "sh" | "mh") => {
-            s.clone()
-        }
+        Some((_, s)) if s.parse::<crate::forward::Scheduler>().is_ok() => s.clone(),
         Some((no, s)) => {
             w.unsupported(
                 LDIRECTORD,

@@ -212,11 +212,7 @@ impl ProxyService {
         ProxyService {
             vip,
             port,
-            scheduler: svc
-                .scheduler
-                .get_ref()
-                .parse::<Scheduler>()
-                .unwrap_or(Scheduler::Wlc),
+            scheduler: svc.scheduler,
             trusted_proxies: svc.trusted_proxies.clone(),
             backends,
             routes,

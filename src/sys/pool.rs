@@ -207,11 +207,7 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
             vip,
             proto: svc.protocol.number(),
             port,
-            scheduler: svc
-                .scheduler
-                .get_ref()
-                .parse::<Scheduler>()
-                .unwrap_or(Scheduler::Wlc),
+            scheduler: svc.scheduler,
             persistence: svc.persistence.map(|d| d.0),
             persist_mask: svc.persistence_netmask.unwrap_or(Ipv4Addr::BROADCAST),
             backends,
