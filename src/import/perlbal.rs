@@ -5,10 +5,10 @@
 //! Every `reverse_proxy` service that is `ENABLE`d becomes a
 //! `mode = "proxy"` `[[service]]` whose backends are its pool's `POOL ADD`
 //! members. What needs deciding:
-//! - The VIP: the address a service listens on, or, for services that
-//!   listen on `0.0.0.0` (or name only a port), the first address in
-//!   haresources (where heartbeat moved it). A cluster has one VIP: a
-//!   service on another address is left out.
+//! - The VIPs: every address a service listens on and every address
+//!   haresources moves; a service on `0.0.0.0` (or naming only a port) is
+//!   served on each address haresources moves (where heartbeat put them),
+//!   else on the first VIP.
 //! - Perlbal's only balance method is random; `rr` spreads requests the
 //!   same way, without the runs random picks have.
 //! - `verify_backend` (Perlbal sends `OPTIONS` on each new backend
@@ -536,6 +536,7 @@ fn resource(r: &mut Resources, word: &str, no: usize, w: &mut Warnings) {
 /// A service the output keeps.
 struct Kept<'a> {
     svc: &'a Service,
+    vip: Ipv4Addr,
     port: u16,
     members: &'a [SocketAddrV4],
 }
@@ -602,75 +603,71 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
         candidates.push((s, ip, port, &pool.members));
     }
 
-    // One VIP: a service's own address first, else heartbeat's.
-    let listened = candidates.iter().find_map(|(_, ip, _, _)| *ip);
-    let moved = res.and_then(|r| r.vips.first().copied());
-    let vip = match (listened, moved) {
-        (Some(v), Some((no, m))) if v != m => {
-            w.at(
-                HARESOURCES,
-                no,
-                format_args!("heartbeat moves {m}, Perlbal listens on {v}: {v} is the VIP"),
-            );
-            v
-        }
-        (Some(v), _) => v,
-        (None, Some((_, m))) => m,
-        (None, None) => {
-            w.general(
-                "no service listens on an address and no haresources names one: the VIP \
-                 198.18.0.100 is a placeholder",
-            );
-            Ipv4Addr::new(198, 18, 0, 100)
-        }
-    };
-    if let Some(r) = res {
-        for (no, extra) in r.vips.iter().skip(1) {
-            w.unsupported(
-                HARESOURCES,
-                *no,
-                "IPaddr",
-                &format!("a cluster has one VIP ({vip}); {extra} is not moved"),
-            );
+    // Every address a service names and every address heartbeat moves is a
+    // VIP of the pair, services' own first. A service on every address
+    // (0.0.0.0) was served on what heartbeat moved there: it gets a
+    // service on each of those (or on the first VIP).
+    let mut vips: Vec<Ipv4Addr> = Vec::new();
+    let moved: Vec<Ipv4Addr> = res
+        .map(|r| r.vips.iter().map(|(_, a)| *a).collect())
+        .unwrap_or_default();
+    for a in candidates
+        .iter()
+        .filter_map(|(_, ip, _, _)| *ip)
+        .chain(moved.iter().copied())
+    {
+        if !vips.contains(&a) {
+            vips.push(a);
         }
     }
+    if vips.is_empty() {
+        w.general(
+            "no service listens on an address and no haresources names one: the VIP \
+             198.18.0.100 is a placeholder",
+        );
+        vips.push(Ipv4Addr::new(198, 18, 0, 100));
+    }
+    let everywhere: Vec<Ipv4Addr> = if moved.is_empty() {
+        vec![vips[0]]
+    } else {
+        moved.clone()
+    };
     let mut kept: Vec<Kept> = Vec::new();
     let mut ports = BTreeSet::new();
     for (svc, ip, port, members) in candidates {
         let line = svc.listen.map_or(svc.line, |(l, _, _)| l);
-        match ip {
-            Some(a) if a != vip => {
-                w.unsupported(
+        let on: Vec<Ipv4Addr> = match ip {
+            Some(a) => vec![a],
+            None => {
+                let list: Vec<String> = everywhere.iter().map(|v| v.to_string()).collect();
+                w.at(
                     PERLBAL,
                     line,
-                    "listen",
-                    &format!(
-                        "a cluster has one VIP ({vip}); service {} on {a} is skipped, run a \
-                         second duet pair for it",
-                        svc.name
+                    format_args!(
+                        "service {} listens on every address; duet accepts on the VIP {} only",
+                        svc.name,
+                        list.join(", ")
                     ),
+                );
+                everywhere.clone()
+            }
+        };
+        for vip in on {
+            if !ports.insert((vip, port)) {
+                w.at(
+                    PERLBAL,
+                    line,
+                    format_args!("second service on {vip}:{port} ({}) skipped", svc.name),
                 );
                 continue;
             }
-            Some(_) => {}
-            None => w.at(
-                PERLBAL,
-                line,
-                format_args!(
-                    "service {} listens on every address; duet accepts on the VIP {vip} only",
-                    svc.name
-                ),
-            ),
+            kept.push(Kept {
+                svc,
+                vip,
+                port,
+                members,
+            });
         }
-        if !ports.insert(port) {
-            w.at(
-                PERLBAL,
-                line,
-                format_args!("second service on port {port} ({}) skipped", svc.name),
-            );
-            continue;
-        }
-        kept.push(Kept { svc, port, members });
     }
 
     let (mut names, addrs) = nodes_of(ha, &[], w);
@@ -705,7 +702,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
     let interface = ha
         .and_then(|h| h.interface.clone())
         .or_else(|| res.and_then(|r| r.interface.clone()));
-    write_cluster(&mut out, &[vip], interface, w);
+    write_cluster(&mut out, &vips, interface, w);
     for i in order {
         let _ = writeln!(out, "[[node]]");
         let _ = writeln!(out, "name = {}", q(&names[i]));
@@ -722,12 +719,18 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
         w.general("no enabled reverse_proxy service with a pool: the config has no service");
     }
     for k in &kept {
-        write_service(&mut out, k, &addrs, vip, w);
+        write_service(&mut out, k, &addrs, &vips, w);
     }
     out
 }
 
-fn write_service(out: &mut String, k: &Kept, nodes: &[Ipv4Addr], vip: Ipv4Addr, w: &mut Warnings) {
+fn write_service(
+    out: &mut String,
+    k: &Kept,
+    nodes: &[Ipv4Addr],
+    vips: &[Ipv4Addr],
+    w: &mut Warnings,
+) {
     let s = k.svc;
     let line = s.pool.as_ref().map_or(s.line, |(l, _)| *l);
     // A node in its own pool serves through serve_local, which reaches
@@ -735,7 +738,7 @@ fn write_service(out: &mut String, k: &Kept, nodes: &[Ipv4Addr], vip: Ipv4Addr, 
     let on_nodes: Vec<&SocketAddrV4> = k
         .members
         .iter()
-        .filter(|m| nodes.contains(m.ip()) || *m.ip() == vip)
+        .filter(|m| nodes.contains(m.ip()) || vips.contains(m.ip()))
         .collect();
     let serve_local = nodes
         .iter()
@@ -767,6 +770,9 @@ fn write_service(out: &mut String, k: &Kept, nodes: &[Ipv4Addr], vip: Ipv4Addr, 
     }
     let _ = writeln!(out, "# Perlbal service {}", s.name);
     let _ = writeln!(out, "[[service]]");
+    if vips.len() > 1 {
+        let _ = writeln!(out, "vip = {}", q(&k.vip.to_string()));
+    }
     let _ = writeln!(out, "port = {}", k.port);
     let _ = writeln!(out, "mode = \"proxy\"");
     let _ = writeln!(out, "scheduler = \"rr\"");
@@ -940,7 +946,6 @@ bogus line
             "perlbal.conf line 16: directive HEADER not supported",
             "perlbal.conf line 17: service off is never ENABLEd",
             "perlbal.conf line 21: directive buffer_uploads not supported",
-            "perlbal.conf line 25: directive listen not supported: a cluster has one VIP",
             "perlbal.conf line 28: directive bogus not supported",
             "no ha.cf given",
         ] {
@@ -950,7 +955,17 @@ bogus line
                 i.warnings
             );
         }
-        assert_eq!(v["service"].as_array().map(Vec::len), Some(1));
+        // Service other on 198.18.0.101 is a second VIP of the pair.
+        assert_eq!(v["service"].as_array().map(Vec::len), Some(2));
+        let vips: Vec<&str> = v["cluster"]["vip"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(vips, ["198.18.0.100", "198.18.0.101"]);
+        assert_eq!(v["service"][0]["vip"].as_str(), Some("198.18.0.100"));
+        assert_eq!(v["service"][1]["vip"].as_str(), Some("198.18.0.101"));
         assert_eq!(v["service"][0]["persist_client"].as_bool(), Some(false));
         assert!(v["service"][0].get("check").is_none());
     }
