@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 pub mod election;
 pub mod forward;
+pub mod handover;
 pub mod health;
 pub mod import;
 pub mod pair;

@@ -5,6 +5,7 @@
 //! then periodically, and in answer to another host's claim), and when a
 //! stepping-down director sees its successor's announcement. The data-plane
 //! thread sends what it says and counts.
+pub use crate::handover::Holding;
 use crate::wire::frame::{ArpInfo, Mac};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -24,17 +25,6 @@ const PERIOD: Duration = Duration::from_secs(60);
 const CONFLICT_ANSWER: Duration = Duration::from_millis(100);
 /// At most one warning about claims this often.
 const CONFLICT_WARN: Duration = Duration::from_secs(5);
-
-/// This node's part in holding the VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Holding {
-    /// Not directing: the VIP's ARP is someone else's business.
-    No,
-    Directing,
-    /// Handing over: still forwarding, no longer announcing, waiting for
-    /// the successor's announcement.
-    SteppingDown,
-}
 
 /// What to do about one ARP frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,12 +48,9 @@ const KERNEL_WALK: usize = 4096;
 /// What the control plane tells the data plane.
 #[derive(Clone)]
 pub struct Control {
-    pub active: bool,
-    /// This node lost the director role: it keeps forwarding (frames for
-    /// the VIP may still come its way) but no longer answers ARP for the
-    /// VIP, and stops by itself once its successor's gratuitous ARP shows
-    /// the LAN has moved the virtual MAC (make-before-break).
-    pub stepping_down: bool,
+    /// Whether this node forwards, and whether it announces the VIPs (the
+    /// control plane's `crate::handover` machine decides).
+    pub holding: Holding,
     pub snapshot: Arc<Snapshot>,
     /// Bumped to ask for a fresh burst of gratuitous ARPs.
     pub announce: u64,
@@ -125,6 +122,8 @@ pub struct Shared {
     wake: OwnedFd,
     control: Mutex<Control>,
     active: AtomicBool,
+    /// Set when the successor's gratuitous ARP was seen while stepping down.
+    successor_announced: AtomicBool,
     stop: AtomicBool,
     pub stats: Mutex<DpStats>,
     pub sync: Mutex<SyncExchange>,
@@ -148,7 +147,8 @@ impl Shared {
         Ok(Arc::new(Shared {
             wake,
             version: AtomicU64::new(1),
-            active: AtomicBool::new(control.active),
+            active: AtomicBool::new(control.holding.forwards()),
+            successor_announced: AtomicBool::new(false),
             control: Mutex::new(control),
             stop: AtomicBool::new(false),
             stats: Mutex::new(DpStats::default()),
@@ -162,7 +162,7 @@ impl Shared {
     pub fn update(&self, f: impl FnOnce(&mut Control)) {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut c);
-        self.active.store(c.active, Ordering::Release);
+        self.active.store(c.holding.forwards(), Ordering::Release);
         self.version.fetch_add(1, Ordering::Release);
         drop(c);
         let one = 1u64;
@@ -177,6 +177,12 @@ impl Shared {
 
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Whether the data plane saw the successor announce a VIP since the
+    /// last call (while stepping down).
+    pub fn take_successor_announced(&self) -> bool {
+        self.successor_announced.swap(false, Ordering::AcqRel)
     }
 
     pub fn stop(&self) {
@@ -220,7 +226,6 @@ struct Plane {
     shared: Arc<Shared>,
     engine: Engine,
     active: bool,
-    stepping_down: bool,
     seen_version: u64,
     announce_seen: u64,
     announcer: Announcer,
@@ -278,7 +283,6 @@ pub fn spawn(
         shared,
         engine,
         active: false,
-        stepping_down: false,
         seen_version: 0,
         announce_seen: control.announce,
         announcer,
@@ -733,29 +737,24 @@ impl Plane {
                 }
             }
         }
-        if c.active != self.active {
-            let r = if c.active {
+        let active = c.holding.forwards();
+        if active != self.active {
+            let r = if active {
                 self.sock.join(self.p.vmac)
             } else {
                 self.sock.leave(self.p.vmac)
             };
             if let Err(e) = r {
-                log::error!("virtual MAC membership (active={}): {e}", c.active);
+                log::error!("virtual MAC membership (active={active}): {e}");
             }
             if let Some(k) = &mut self.kernel {
-                if let Err(e) = k.set_active(c.active) {
-                    log::error!("eBPF engine (active={}): {e}", c.active);
+                if let Err(e) = k.set_active(active) {
+                    log::error!("eBPF engine (active={active}): {e}");
                 }
             }
-            self.active = c.active;
+            self.active = active;
         }
-        self.stepping_down = c.stepping_down;
-        let holding = match (self.active, self.stepping_down) {
-            (false, _) => Holding::No,
-            (true, false) => Holding::Directing,
-            (true, true) => Holding::SteppingDown,
-        };
-        self.announcer.set_holding(now, holding);
+        self.announcer.set_holding(now, c.holding);
         if c.announce != self.announce_seen {
             self.announce_seen = c.announce;
             self.announcer.announce_again(now);
@@ -898,13 +897,10 @@ impl Plane {
         match self.announcer.on_arp(now, a) {
             ArpAction::Ignore => {}
             ArpAction::SuccessorAnnounced => {
-                log::info!("step-down: the successor announced the VIP; forwarding stops");
-                self.shared.update(|c| {
-                    if c.stepping_down {
-                        c.active = false;
-                        c.stepping_down = false;
-                    }
-                });
+                log::info!("step-down: the successor announced the VIP");
+                self.shared
+                    .successor_announced
+                    .store(true, Ordering::Release);
             }
             ArpAction::Conflict { vip, garp, warn } => {
                 self.stats.vip_conflicts += 1;

@@ -20,18 +20,11 @@ use super::host::HostSetup;
 use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
 use super::{localconns, neigh, ping, signals};
 use crate::dataplane::Shared;
+use crate::handover::{Action, Handover, Holding, Planned};
 
 /// The drain set goes to the peer on every change and at this period, so a
 /// peer that was down catches up.
 const ADMIN_STATE_PERIOD: Duration = Duration::from_secs(1);
-
-/// A director that lost the role keeps forwarding until it sees the peer's
-/// gratuitous ARP, or this long.
-const STEP_DOWN_GRACE: Duration = Duration::from_millis(300);
-
-/// How long a planned handover waits for the standby to confirm it holds
-/// the connection table before going ahead anyway.
-const HANDOVER_SYNC_WAIT: Duration = Duration::from_millis(500);
 
 /// While draining, how often the local connections are counted.
 const LOCAL_COUNT_PERIOD: Duration = Duration::from_millis(100);
@@ -44,22 +37,6 @@ const LINK_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Longest sleep between two turns, so signals and admin requests are seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(50);
-
-#[derive(Clone, Copy)]
-enum Handover {
-    Leave,
-    Failover,
-}
-
-#[derive(Clone, Copy)]
-struct PendingHandover {
-    kind: Handover,
-    deadline: Instant,
-    wait_for_sync: bool,
-    /// Our sync position when the handover began; the standby's heartbeat
-    /// reporting it applied that far confirms it as well as an ack does.
-    sent: u64,
-}
 
 /// Everything the loop needs that lives longer than it.
 pub struct Parts<'h> {
@@ -103,9 +80,9 @@ pub struct ControlLoop<'h> {
     wanted_macs: Vec<Ipv4Addr>,
     last_refresh: Option<Instant>,
     generation: u64,
-    handover: Option<PendingHandover>,
+    /// Who forwards while the role moves (planned handovers, step-down).
+    handover: Handover,
     leaving: Option<Leaving>,
-    step_down: Option<Instant>,
     last_admin_sent: Option<Instant>,
     last_link_check: Option<Instant>,
     carrier: bool,
@@ -124,9 +101,8 @@ impl<'h> ControlLoop<'h> {
             wanted_macs,
             last_refresh: None,
             generation: 1,
-            handover: None,
+            handover: Handover::new(),
             leaving: None,
-            step_down: None,
             last_admin_sent: None,
             last_link_check: None,
             carrier: true,
@@ -146,7 +122,10 @@ impl<'h> ControlLoop<'h> {
                 if !self.before_wait(now) {
                     break;
                 }
-                let deadline = self.p.election.poll_timeout().min(now + MAX_WAIT);
+                let mut deadline = self.p.election.poll_timeout().min(now + MAX_WAIT);
+                if let Some(t) = self.handover.poll_timeout() {
+                    deadline = deadline.min(t);
+                }
                 let got = smol::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
                     smol::Timer::at(deadline).await;
                     None
@@ -174,8 +153,8 @@ impl<'h> ControlLoop<'h> {
 
     /// Work before waiting for a datagram; false when it is time to exit.
     fn before_wait(&mut self, now: Instant) -> bool {
-        if signals::stop_requests() > 0 && self.leaving.is_none() && self.handover.is_none() {
-            self.handover = Some(self.begin_handover(Handover::Leave, now));
+        if signals::stop_requests() > 0 && self.leaving.is_none() && !self.handover.planned() {
+            self.begin_handover(Planned::Leave, now);
         }
         self.progress_handover(now);
         if !self.progress_leave(now) || !self.watch_link(now) {
@@ -191,8 +170,8 @@ impl<'h> ControlLoop<'h> {
         }
         if self.p.ctl.wake.swap(false, Ordering::AcqRel) {
             let req = std::mem::take(&mut self.p.ctl.lock().failover_requested);
-            if req && self.handover.is_none() {
-                self.handover = Some(self.begin_handover(Handover::Failover, now));
+            if req && !self.handover.planned() {
+                self.begin_handover(Planned::Failover, now);
             }
         }
         self.refresh(now);
@@ -222,7 +201,7 @@ impl<'h> ControlLoop<'h> {
     /// A director with a live standby and a table to hand over first lets
     /// connection sync catch up (the sync thread re-confirms after the reset
     /// here); anyone else goes at once.
-    fn begin_handover(&self, kind: Handover, now: Instant) -> PendingHandover {
+    fn begin_handover(&mut self, kind: Planned, now: Instant) {
         let el = &self.p.election;
         let wait = el.role() == Role::Director
             && el.peers().iter().any(|p| p.alive)
@@ -231,27 +210,43 @@ impl<'h> ControlLoop<'h> {
             self.p.shared.sync_caught_up.store(false, Ordering::Release);
             log::info!("handover: waiting for the standby to confirm the connection table");
         }
-        PendingHandover {
-            sent: self.p.shared.sync_status().position,
-            kind,
-            deadline: if wait { now + HANDOVER_SYNC_WAIT } else { now },
-            wait_for_sync: wait,
+        let sent = self.p.shared.sync_status().position;
+        self.handover.begin(now, kind, wait, sent);
+    }
+
+    /// Feeds the handover machine what it waits for and carries out what
+    /// it decides.
+    fn progress_handover(&mut self, now: Instant) {
+        if let Some(sent) = self.handover.awaited_sync() {
+            if self.p.shared.sync_caught_up.load(Ordering::Acquire)
+                || self.p.election.peer_synced_to(sent)
+            {
+                self.handover.handle_synced(now);
+            }
+        }
+        if self.p.shared.take_successor_announced() {
+            self.handover.handle_successor_announced();
+        }
+        self.handover.handle_timeout(now);
+        while let Some(a) = self.handover.poll_action() {
+            match a {
+                Action::Hold(h) => {
+                    if h == Holding::No {
+                        log::info!("step-down: forwarding stops");
+                    }
+                    self.p.shared.update(|c| c.holding = h);
+                }
+                Action::Proceed { kind, confirmed } => self.proceed(now, kind, confirmed),
+            }
         }
     }
 
-    fn progress_handover(&mut self, now: Instant) {
-        let Some(h) = self.handover else { return };
-        let caught_up = self.p.shared.sync_caught_up.load(Ordering::Acquire)
-            || (h.wait_for_sync && self.p.election.peer_synced_to(h.sent));
-        if now < h.deadline && !caught_up {
-            return;
-        }
-        if !caught_up && h.wait_for_sync {
+    fn proceed(&mut self, now: Instant, kind: Planned, confirmed: bool) {
+        if !confirmed {
             log::warn!("handing over before the standby confirmed the connection table");
         }
-        self.handover = None;
-        match h.kind {
-            Handover::Leave => {
+        match kind {
+            Planned::Leave => {
                 let directing = self.p.election.role() == Role::Director;
                 self.p.election.leave(now);
                 let stop_drain = self.p.cfg.cluster.stop_drain.get_ref().0;
@@ -281,7 +276,7 @@ impl<'h> ControlLoop<'h> {
                 // for the frames it may still forward while stepping down.
                 self.p.ctl.lock().dirty = true;
             }
-            Handover::Failover => {
+            Planned::Failover => {
                 if self.p.election.failover(now) {
                     self.p.ctl.event("admin", "planned failover");
                 } else {
@@ -612,11 +607,11 @@ impl<'h> ControlLoop<'h> {
         }
         self.queue_admin_state(now, &keys);
         while let Some(ev) = self.p.election.poll_event() {
-            if handle_event(&self.p.ctl, &self.p.shared, ev) {
-                self.step_down = Some(now + STEP_DOWN_GRACE);
+            if let Some((from, to)) = handle_event(&self.p.ctl, &self.p.shared, ev) {
+                self.handover.handle_role(now, from, to);
             }
         }
-        self.progress_step_down(now);
+        self.progress_handover(now);
         self.publish();
     }
 
@@ -642,25 +637,6 @@ impl<'h> ControlLoop<'h> {
         a.emit(keys.signing(), &mut out);
         for p in &self.p.peers {
             self.outbox.push((*p, out.clone()));
-        }
-    }
-
-    /// Make-before-break: a former director forwards until the data plane
-    /// sees its successor's gratuitous ARP (which proves the LAN moved the
-    /// virtual MAC; a heartbeat saying "director" does not), or at most
-    /// the grace period.
-    fn progress_step_down(&mut self, now: Instant) {
-        let Some(t) = self.step_down else { return };
-        if self.p.election.role() == Role::Director || !self.p.shared.is_active() {
-            self.step_down = None;
-            return;
-        }
-        if now >= t {
-            self.p.shared.update(|c| {
-                c.active = false;
-                c.stepping_down = false;
-            });
-            self.step_down = None;
         }
     }
 

@@ -554,10 +554,9 @@ fn peer_label(ctl: &Ctl, addr: Ipv4Addr) -> String {
     }
 }
 
-/// Applies one election event. Returns true when this node stopped being
-/// director: the caller keeps forwarding until the peer has taken over
-/// (make-before-break), so a planned handover drops no packet.
-pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
+/// Logs and records one election event; a role change comes back as
+/// (from, to) for the handover machine.
+pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> Option<(Role, Role)> {
     match ev {
         Event::RoleChanged {
             from,
@@ -570,17 +569,7 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
             if let Some(s) = &ctl.store {
                 store_warn("last role", s.set_last_role(&to.to_string(), term));
             }
-            if to == Role::Director {
-                shared.update(|c| {
-                    c.active = true;
-                    c.stepping_down = false;
-                });
-            }
-            let stepped_down = from == Role::Director && to != Role::Director;
-            if stepped_down {
-                shared.update(|c| c.stepping_down = c.active);
-            }
-            return stepped_down;
+            return Some((from, to));
         }
         Event::PeerUp { peer } => {
             log::info!("peer {peer} up");
@@ -595,5 +584,5 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> bool {
             shared.update(|c| c.announce += 1);
         }
     }
-    false
+    None
 }

@@ -223,8 +223,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         1,
     ));
     let shared = Shared::new(Control {
-        active: false,
-        stepping_down: false,
+        holding: crate::handover::Holding::No,
         snapshot,
         announce: 0,
     })
@@ -386,7 +385,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     })
     .run(&udp, hb_port);
 
-    shared.update(|c| c.active = false);
+    shared.update(|c| c.holding = crate::handover::Holding::No);
     shared.stop();
     let _ = dp_thread.join();
     if let Some(t) = proxy_thread {
