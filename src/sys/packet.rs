@@ -20,6 +20,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{addr_of, addr_of_mut};
 use std::sync::atomic::Ordering;
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`).
@@ -106,10 +107,11 @@ impl PacketSocket {
         attach(&s.fd, &filter)?;
         // The kernel takes these in this order only: the version and the
         // vnet header are refused once a ring exists.
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)?;
+        let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &v2)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
-        setsockopt(raw, libc::SOL_PACKET, PACKET_COPY_THRESH, &1i32)?;
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, &1i32)?;
         setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RX_QUEUE_BYTES)?;
         s.ring = Some(RxRing::setup(raw)?);
         bind(&s.fd, proto, ifindex)?;
@@ -415,20 +417,6 @@ const RX_QUEUE_BYTES: i32 = 8 << 20;
 /// Largest frame that can come through the queue, plus its virtio header.
 pub const SLOT_LEN: usize = VNET_HDR_LEN + 14 + 65535 + 64;
 
-const PACKET_COPY_THRESH: libc::c_int = 7;
-const TPACKET_V2: libc::c_int = 1;
-// Offsets in `struct tpacket2_hdr` (linux/if_packet.h).
-const PKT_STATUS: usize = 0;
-const PKT_LEN: usize = 4;
-const PKT_SNAPLEN: usize = 8;
-const PKT_MAC: usize = 12;
-const PKT_VLAN_TCI: usize = 24;
-/// `TP_STATUS_VLAN_VALID`: the frame carried an 802.1Q tag, which the
-/// driver (veth, most NICs) took off the bytes into `tp_vlan_tci`.
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-/// `sizeof(struct tpacket2_hdr)`: a frame never starts inside it.
-const PKT_HDR: usize = 32;
-
 /// A TPACKET_V2 receive ring mapped from the packet socket. The mapping
 /// keeps the socket's file alive by itself, so the ring may be moved away
 /// from its `PacketSocket` (it still needs it to read queued frames).
@@ -503,10 +491,16 @@ impl RxRing {
         unsafe { self.map.add(i * RX_FRAME_SIZE) }
     }
 
+    /// Every slot starts with its header, aligned: the mapping is
+    /// page-aligned and slots are `RX_FRAME_SIZE` apart.
+    fn hdr(&self, i: usize) -> *mut libc::tpacket2_hdr {
+        self.frame_ptr(i).cast()
+    }
+
     fn status(&self, i: usize) -> u32 {
-        // SAFETY: the status word starts frame i, 4-byte aligned; the kernel
-        // writes it concurrently, hence the volatile read.
-        let s = unsafe { std::ptr::read_volatile(self.frame_ptr(i).add(PKT_STATUS).cast::<u32>()) };
+        // SAFETY: the status word of frame i's header; the kernel writes it
+        // concurrently, hence the volatile read.
+        let s = unsafe { std::ptr::read_volatile(addr_of!((*self.hdr(i)).tp_status)) };
         // The frame the kernel wrote before flipping the status is visible
         // after this fence.
         std::sync::atomic::fence(Ordering::Acquire);
@@ -528,16 +522,19 @@ impl RxRing {
             return None;
         }
         self.next = (i + 1) % RX_FRAME_NR;
-        let f = self.slot_bytes(i);
-        let rd = |at: usize| u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        let len = rd(PKT_LEN) as usize;
-        let snaplen = rd(PKT_SNAPLEN) as usize;
-        let mac = usize::from(u16::from_ne_bytes([f[PKT_MAC], f[PKT_MAC + 1]]));
+        // SAFETY: frame i is ours (TP_STATUS_USER), and the fence in
+        // `status` made the kernel's header writes visible.
+        let h = unsafe { self.hdr(i).read() };
+        let len = h.tp_len as usize;
+        let snaplen = h.tp_snaplen as usize;
+        let mac = usize::from(h.tp_mac);
         let queued = status & libc::TP_STATUS_COPY != 0;
         // VLAN id 0 only carries a priority: the frame belongs to the
-        // untagged LAN, as the kernel's own receive path treats it.
-        let vid = u16::from_ne_bytes([f[PKT_VLAN_TCI], f[PKT_VLAN_TCI + 1]]) & 0x0fff;
-        let kind = if status & TP_STATUS_VLAN_VALID != 0 && vid != 0 {
+        // untagged LAN, as the kernel's own receive path treats it. The
+        // driver (veth, most NICs) took the tag off the bytes into
+        // `tp_vlan_tci`.
+        let vid = h.tp_vlan_tci & 0x0fff;
+        let kind = if status & libc::TP_STATUS_VLAN_VALID != 0 && vid != 0 {
             SlotKind::Tagged { queued }
         } else if queued {
             SlotKind::Queued
@@ -547,7 +544,9 @@ impl RxRing {
             SlotKind::InRing
         };
         let start = mac.wrapping_sub(VNET_HDR_LEN);
-        let in_bounds = mac >= PKT_HDR + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
+        // A frame never starts inside the header.
+        let in_bounds =
+            mac >= size_of::<libc::tpacket2_hdr>() + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
         Some(match (kind, in_bounds) {
             (SlotKind::InRing, false) => RxSlot {
                 index: i,
@@ -590,14 +589,12 @@ impl RxRing {
 
     /// Hands a slot back to the kernel.
     pub fn release(&mut self, s: &RxSlot) {
-        let p = self.frame_ptr(s.index);
+        let h = self.hdr(s.index);
         // Everything read from (or written to) the frame happens before the
         // kernel may refill it.
         std::sync::atomic::fence(Ordering::Release);
         // SAFETY: the status word of a frame we own.
-        unsafe {
-            std::ptr::write_volatile(p.add(PKT_STATUS).cast::<u32>(), libc::TP_STATUS_KERNEL)
-        };
+        unsafe { std::ptr::write_volatile(addr_of_mut!((*h).tp_status), libc::TP_STATUS_KERNEL) };
     }
 }
 
