@@ -234,10 +234,8 @@ pub(super) fn setup_network(p: &NetPlan) -> Result<(), InitError> {
 }
 
 pub(super) fn set_hostname(name: &str) {
-    // SAFETY: pointer and length describe the name's bytes.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc != 0 {
-        say!("sethostname {name}: {}", io::Error::last_os_error());
+    if let Err(e) = rustix::system::sethostname(name.as_bytes()) {
+        say!("sethostname {name}: {}", io::Error::from(e));
     }
 }
 

@@ -19,9 +19,12 @@
 //! in its queue. Reusing the slot would then rewrite data already delivered.
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{addr_of, addr_of_mut};
 use std::sync::atomic::Ordering;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -169,47 +172,34 @@ impl PacketSocket {
     /// Waits up to `timeout_ms` for frames or a poke on `wake` (an eventfd,
     /// drained here).
     pub fn wait(&self, wake: RawFd, timeout_ms: i32) -> io::Result<()> {
-        let poll = |fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // poll(2) skips a negative descriptor: no ARP socket, no entry.
-        let arp = self.arp.as_ref().map_or(-1, |a| a.as_raw_fd());
-        let mut p = [poll(wake), poll(self.fd.as_raw_fd()), poll(arp)];
-        // SAFETY: three valid pollfds.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 3, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            };
+        // SAFETY: the caller keeps its eventfd open across the call.
+        let wake = unsafe { BorrowedFd::borrow_raw(wake) };
+        let arp = self.arp.as_ref().map_or(self.fd.as_fd(), |a| a.as_fd());
+        let mut p =
+            [wake, self.fd.as_fd(), arp].map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
+        // Without an ARP socket the third entry is left out.
+        let n = if self.arp.is_some() { 3 } else { 2 };
+        // Negative waits for ever, as poll(2)'s timeout does.
+        let timeout = (timeout_ms >= 0).then(|| Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        });
+        match rustix::event::poll(&mut p[..n], timeout.as_ref()) {
+            Ok(_) => {}
+            Err(Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
-        for q in &p[1..] {
-            if q.revents & libc::POLLERR != 0 {
+        for q in &p[1..n] {
+            if q.revents().contains(PollFlags::ERR) {
                 // The link went down (ENETDOWN): reading the error clears
                 // it, or every later poll would return at once and spin.
-                let mut err: libc::c_int = 0;
-                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                // SAFETY: SO_ERROR writes one int into err.
-                unsafe {
-                    libc::getsockopt(
-                        q.fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(),
-                        &mut len,
-                    )
-                };
-                log::debug!("packet socket: {}", io::Error::from_raw_os_error(err));
+                if let Ok(Err(e)) = rustix::net::sockopt::socket_error(q) {
+                    log::debug!("packet socket: {}", io::Error::from(e));
+                }
             }
         }
-        if p[0].revents & libc::POLLIN != 0 {
-            let mut v = 0u64;
-            // SAFETY: an eventfd read takes exactly 8 bytes into v.
-            unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
+        if p[0].revents().contains(PollFlags::IN) {
+            let _ = rustix::io::read(wake, &mut [0u8; 8]);
         }
         Ok(())
     }
