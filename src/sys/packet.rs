@@ -625,11 +625,12 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<bool> {
         cmd: u32,
         data: u32,
     }
-    // SAFETY: plain socket(2) for ioctls only.
-    let raw =
-        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
     let call = |cmd: u32, data: u32| -> io::Result<u32> {
         let mut v = EthtoolValue { cmd, data };
         // SAFETY: zeroed ifreq is valid; name copied with a terminating NUL.
