@@ -62,6 +62,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rustix::fs::Mode;
+use rustix::io::Errno;
+use rustix::process::WaitOptions;
+use rustix::time::ClockId;
+
 use modules::load_modules;
 use mounts::{ensure_console, mount_api_filesystems};
 use net::{set_hostname, setup_network};
@@ -136,12 +141,7 @@ pub fn is_pid1() -> bool {
 
 /// Seconds since boot, for console lines that can be read as a timeline.
 pub(crate) fn uptime() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer for clock_gettime.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let ts = rustix::time::clock_gettime(ClockId::Boottime);
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
@@ -156,8 +156,7 @@ pub(crate) fn say(args: fmt::Arguments<'_>) {
 /// process, the config path to run with; PID 1 itself never returns from
 /// here once the supervisor runs. Call only when [`is_pid1`].
 pub fn boot() -> Result<PathBuf, InitError> {
-    // SAFETY: umask has no failure mode.
-    unsafe { libc::umask(0o022) };
+    rustix::process::umask(Mode::from_raw_mode(0o022));
     mount_api_filesystems()?;
     ensure_console();
     say!("starting duet {} as PID 1", env!("CARGO_PKG_VERSION"));
@@ -304,17 +303,15 @@ fn setup_mode(
         }
         // Reap orphans too while waiting for the setup child.
         loop {
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer.
-            let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if r == pid {
-                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                    return;
+            match rustix::process::waitpid(None, WaitOptions::empty()) {
+                Ok(Some((r, status))) if r.as_raw_pid() == pid => {
+                    if status.exit_status() == Some(0) {
+                        return;
+                    }
+                    break;
                 }
-                break;
-            }
-            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
+                Err(e) if e != Errno::INTR => break,
+                _ => {}
             }
         }
         std::thread::sleep(std::time::Duration::from_secs(1));

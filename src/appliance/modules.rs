@@ -3,9 +3,10 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use rustix::io::Errno;
 
 use super::fnmatch::glob_match;
 use super::{file_err, InitError};
@@ -92,24 +93,9 @@ fn load_module(m: &ModuleLine) -> io::Result<()> {
     let f = fs::File::open(&m.path)?;
     let params = CString::new(m.params.as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module params"))?;
-    // SAFETY: finit_module takes an fd, a NUL-terminated string and flags;
-    // both stay alive across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            f.as_raw_fd(),
-            params.as_ptr(),
-            0 as libc::c_int,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EEXIST) {
-        Ok(())
-    } else {
-        Err(e)
+    match rustix::system::finit_module(&f, &params, 0) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -4,6 +4,8 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 
+use rustix::mount::MountFlags;
+
 use super::InitError;
 
 pub(super) fn cstr(s: &str) -> CString {
@@ -15,47 +17,30 @@ pub(super) fn mount(
     source: &str,
     target: &str,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: &str,
 ) -> io::Result<()> {
     let _ = fs::create_dir_all(target);
-    let (s, t, f, d) = (cstr(source), cstr(target), cstr(fstype), cstr(data));
-    // SAFETY: all pointers are NUL-terminated strings alive for the call.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            f.as_ptr(),
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                d.as_ptr().cast()
-            },
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let d = cstr(data);
+    let data = (!data.is_empty()).then_some(d.as_c_str());
+    Ok(rustix::mount::mount(source, target, fstype, flags, data)?)
 }
 
 pub(super) fn mount_api_filesystems() -> Result<(), InitError> {
-    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    let table: [(&str, &str, &str, libc::c_ulong, &str); 6] = [
-        ("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, ""),
-        ("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, ""),
-        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+    let (nosuid, nodev, noexec) = (MountFlags::NOSUID, MountFlags::NODEV, MountFlags::NOEXEC);
+    let table: [(&str, &str, &str, MountFlags, &str); 6] = [
+        ("proc", "/proc", "proc", nosuid | nodev | noexec, ""),
+        ("sysfs", "/sys", "sysfs", nosuid | nodev | noexec, ""),
+        ("devtmpfs", "/dev", "devtmpfs", nosuid, "mode=0755"),
         (
             "devpts",
             "/dev/pts",
             "devpts",
-            libc::MS_NOSUID | libc::MS_NOEXEC,
+            nosuid | noexec,
             "gid=5,mode=620,ptmxmode=000",
         ),
-        ("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755"),
-        ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", nosuid | nodev, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", nosuid | nodev, "mode=1777"),
     ];
     for (source, target, fstype, flags, data) in table {
         match mount(source, target, fstype, flags, data) {

@@ -3,8 +3,11 @@
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::cmdline::{prefix_to_mask, BootParams};
 use super::mounts::cstr;
@@ -42,19 +45,21 @@ fn sockaddr_v4(a: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-struct Ctl(libc::c_int);
+struct Ctl(OwnedFd);
 
 impl Ctl {
     fn open() -> Result<Ctl, InitError> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(InitError::Sys {
-                what: "socket(AF_INET)",
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(Ctl(fd))
+        rustix::net::socket_with(
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map(Ctl)
+        .map_err(|e| InitError::Sys {
+            what: "socket(AF_INET)",
+            source: e.into(),
+        })
     }
 
     fn ifreq(name: &str) -> libc::ifreq {
@@ -79,7 +84,7 @@ impl Ctl {
     ) -> Result<(), InitError> {
         // SAFETY: arg points to the struct the request expects (ifreq or
         // rtentry), valid for the duration of the call.
-        let rc = unsafe { libc::ioctl(self.0, req, arg as *mut T) };
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg as *mut T) };
         if rc < 0 {
             return Err(InitError::Net {
                 name: name.to_string(),
@@ -125,13 +130,6 @@ impl Ctl {
             rt_irtt: 0,
         };
         self.ioctl(libc::SIOCADDRT, &mut rt, name, "add default route")
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        // SAFETY: we own the fd.
-        unsafe { libc::close(self.0) };
     }
 }
 
@@ -234,10 +232,8 @@ pub(super) fn setup_network(p: &NetPlan) -> Result<(), InitError> {
 }
 
 pub(super) fn set_hostname(name: &str) {
-    // SAFETY: pointer and length describe the name's bytes.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc != 0 {
-        say!("sethostname {name}: {}", io::Error::last_os_error());
+    if let Err(e) = rustix::system::sethostname(name.as_bytes()) {
+        say!("sethostname {name}: {}", io::Error::from(e));
     }
 }
 

@@ -4,6 +4,8 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use rustix::process::WaitOptions;
+
 use super::DEFAULT_DATA_LABEL;
 
 /// Prints why the appliance cannot run and keeps the console usable: a
@@ -40,12 +42,6 @@ pub fn rescue(msg: &str) -> ! {
         } else {
             std::thread::sleep(Duration::from_secs(60));
         }
-        loop {
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer.
-            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
-                break;
-            }
-        }
+        while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
     }
 }

@@ -7,6 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustix::mount::MountFlags;
+
 use super::cmdline::BootParams;
 use super::mounts::mount;
 use super::{file_err, InitError, BUILTIN_CONFIG, BUILTIN_KEY, DATA_DIR, STATE_DIR};
@@ -135,7 +137,7 @@ pub(super) fn setup_storage(p: &BootParams) -> Result<Storage, InitError> {
         return in_ram(&format!("no partition labelled {label}"));
     };
     let dev_s = dev.display().to_string();
-    if let Err(e) = mount(&dev_s, DATA_DIR, kind.name(), libc::MS_NOATIME, "") {
+    if let Err(e) = mount(&dev_s, DATA_DIR, kind.name(), MountFlags::NOATIME, "") {
         // A damaged data partition must not keep the node down: it comes up
         // with the factory config, and the console says why.
         return in_ram(&format!(
@@ -161,7 +163,7 @@ pub(super) fn setup_storage(p: &BootParams) -> Result<Storage, InitError> {
         &state.display().to_string(),
         STATE_DIR,
         "",
-        libc::MS_BIND,
+        MountFlags::BIND,
         "",
     )
     .map_err(|source| InitError::Mount {

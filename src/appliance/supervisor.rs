@@ -5,7 +5,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::mounts::cstr;
+use rustix::mount::UnmountFlags;
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use rustix::system::RebootCommand;
+
 use super::{InitError, DATA_DIR, STATE_DIR};
 
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
@@ -27,37 +30,30 @@ enum Halt {
 }
 
 /// Stops the daemon, unmounts the data partition and ends the machine.
-fn shutdown(daemon: Option<libc::pid_t>, how: Halt) -> ! {
+fn shutdown(daemon: Option<Pid>, how: Halt) -> ! {
     say!("shutting down ({how:?})");
     if let Some(pid) = daemon {
-        // SAFETY: signalling and reaping our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = rustix::process::kill_process(pid, Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid || r < 0 {
-                break;
+            match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                _ => break,
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // SAFETY: kill(-1) from PID 1 reaches every other process; then plain
-    // sync/umount/reboot calls with static strings.
-    unsafe {
-        libc::kill(-1, libc::SIGKILL);
-        libc::sync();
-        for target in [STATE_DIR, DATA_DIR] {
-            let t = cstr(target);
-            libc::umount2(t.as_ptr(), libc::MNT_DETACH);
-        }
-        libc::sync();
-        libc::reboot(match how {
-            Halt::Reboot => libc::RB_AUTOBOOT,
-            Halt::PowerOff => libc::RB_POWER_OFF,
-        });
+    // SAFETY: kill(-1) from PID 1 reaches every other process (rustix has
+    // no call for it).
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    rustix::fs::sync();
+    for target in [STATE_DIR, DATA_DIR] {
+        let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
     }
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(match how {
+        Halt::Reboot => RebootCommand::Restart,
+        Halt::PowerOff => RebootCommand::PowerOff,
+    });
     // reboot(2) only returns on error; PID 1 must not exit.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -130,7 +126,7 @@ struct Service {
     /// None: the daemon, which is this binary returning from `boot` in a
     /// forked child. Some: a program to exec.
     argv: Option<Vec<String>>,
-    pid: Option<libc::pid_t>,
+    pid: Option<Pid>,
     restart: Restart,
 }
 
@@ -144,13 +140,13 @@ impl Service {
         }
     }
 
-    fn exited(&mut self, status: libc::c_int) {
-        let how = if libc::WIFEXITED(status) {
-            format!("exited with status {}", libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
+    fn exited(&mut self, status: WaitStatus) {
+        let how = if let Some(code) = status.exit_status() {
+            format!("exited with status {code}")
+        } else if let Some(sig) = status.terminating_signal() {
+            format!("killed by signal {sig}")
         } else {
-            format!("ended ({status:#x})")
+            format!("ended ({:#x})", status.as_raw())
         };
         let wait = self.restart.exited(Instant::now());
         say!("{} {how}; restarting in {}s", self.name, wait.as_secs());
@@ -190,12 +186,10 @@ pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
     let set = signal_set(&handled);
     // SAFETY: an all-zero sigset_t is a valid out-value for sigprocmask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: blocking signals so sigtimedwait can collect them; Ctrl-Alt-Del
-    // then arrives as SIGINT instead of an immediate reboot.
-    unsafe {
-        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
-        libc::reboot(libc::RB_DISABLE_CAD);
-    }
+    // SAFETY: blocking signals so sigtimedwait can collect them.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) };
+    // Ctrl-Alt-Del then arrives as SIGINT instead of an immediate reboot.
+    let _ = rustix::system::reboot(RebootCommand::CadOff);
     let mut services = vec![Service::new("daemon", None)];
     services.extend(extra_services());
     loop {
@@ -208,7 +202,7 @@ pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
                 Some(argv) => std::process::Command::new(&argv[0])
                     .args(&argv[1..])
                     .spawn()
-                    .map(|c| c.id() as libc::pid_t),
+                    .map(|c| Pid::from_child(&c)),
                 None => {
                     // SAFETY: PID 1 is single-threaded (boot starts no
                     // threads), so the child may run arbitrary code.
@@ -218,11 +212,8 @@ pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
                         unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
                         return Ok(config);
                     }
-                    if pid < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(pid)
-                    }
+                    // A failed fork's -1 becomes None (0 returned above).
+                    Pid::from_raw(pid.max(0)).ok_or_else(io::Error::last_os_error)
                 }
             };
             match started {
@@ -253,20 +244,13 @@ pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
             libc::SIGHUP => {
                 if let Some(pid) = daemon {
                     say!("reload: passing SIGHUP to the daemon");
-                    // SAFETY: signalling our own child.
-                    unsafe { libc::kill(pid, libc::SIGHUP) };
+                    let _ = rustix::process::kill_process(pid, Signal::HUP);
                 }
             }
             _ => {}
         }
         // Reap everything: orphans re-parented to us and our services.
-        loop {
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
-            }
+        while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
             if let Some(svc) = services.iter_mut().find(|s| s.pid == Some(pid)) {
                 svc.exited(status);
             }

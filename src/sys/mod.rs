@@ -18,6 +18,8 @@ pub mod tun;
 
 use std::net::Ipv4Addr;
 
+use rustix::process::Resource;
+
 /// Raises the soft limit on open descriptors to the hard one (at most
 /// 2^20, the kernel's default `nr_open`) and returns it. A proxy service
 /// holds a client and a backend socket per connection, up to 10,000
@@ -25,23 +27,16 @@ use std::net::Ipv4Addr;
 /// shells start a process with; the hard limit is usually much higher
 /// (systemd: 524288).
 pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit struct for RLIMIT_NOFILE.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let mut lim = rustix::process::getrlimit(Resource::Nofile);
+    // None is unlimited (RLIM_INFINITY).
+    let cur = lim.current.unwrap_or(u64::MAX);
+    let want = lim.maximum.unwrap_or(u64::MAX).min(1 << 20);
+    if cur < want {
+        lim.current = Some(want);
+        rustix::process::setrlimit(Resource::Nofile, lim)?;
+        return Ok(want);
     }
-    let want = lim.rlim_max.min(1 << 20);
-    if lim.rlim_cur < want {
-        lim.rlim_cur = want;
-        // SAFETY: as above; only the soft limit changes, within the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_cur)
+    Ok(cur)
 }
 
 /// `duet realserver up|down`: what a plain real server of the Ultra Monkey

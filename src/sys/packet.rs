@@ -19,8 +19,12 @@
 //! in its queue. Reusing the slot would then rewrite data already delivered.
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{addr_of, addr_of_mut};
 use std::sync::atomic::Ordering;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -106,10 +110,11 @@ impl PacketSocket {
         attach(&s.fd, &filter)?;
         // The kernel takes these in this order only: the version and the
         // vnet header are refused once a ring exists.
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)?;
+        let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &v2)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
-        setsockopt(raw, libc::SOL_PACKET, PACKET_COPY_THRESH, &1i32)?;
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, &1i32)?;
         setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RX_QUEUE_BYTES)?;
         s.ring = Some(RxRing::setup(raw)?);
         bind(&s.fd, proto, ifindex)?;
@@ -167,47 +172,34 @@ impl PacketSocket {
     /// Waits up to `timeout_ms` for frames or a poke on `wake` (an eventfd,
     /// drained here).
     pub fn wait(&self, wake: RawFd, timeout_ms: i32) -> io::Result<()> {
-        let poll = |fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // poll(2) skips a negative descriptor: no ARP socket, no entry.
-        let arp = self.arp.as_ref().map_or(-1, |a| a.as_raw_fd());
-        let mut p = [poll(wake), poll(self.fd.as_raw_fd()), poll(arp)];
-        // SAFETY: three valid pollfds.
-        let n = unsafe { libc::poll(p.as_mut_ptr(), 3, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            };
+        // SAFETY: the caller keeps its eventfd open across the call.
+        let wake = unsafe { BorrowedFd::borrow_raw(wake) };
+        let arp = self.arp.as_ref().map_or(self.fd.as_fd(), |a| a.as_fd());
+        let mut p =
+            [wake, self.fd.as_fd(), arp].map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
+        // Without an ARP socket the third entry is left out.
+        let n = if self.arp.is_some() { 3 } else { 2 };
+        // Negative waits for ever, as poll(2)'s timeout does.
+        let timeout = (timeout_ms >= 0).then(|| Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        });
+        match rustix::event::poll(&mut p[..n], timeout.as_ref()) {
+            Ok(_) => {}
+            Err(Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
-        for q in &p[1..] {
-            if q.revents & libc::POLLERR != 0 {
+        for q in &p[1..n] {
+            if q.revents().contains(PollFlags::ERR) {
                 // The link went down (ENETDOWN): reading the error clears
                 // it, or every later poll would return at once and spin.
-                let mut err: libc::c_int = 0;
-                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                // SAFETY: SO_ERROR writes one int into err.
-                unsafe {
-                    libc::getsockopt(
-                        q.fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(),
-                        &mut len,
-                    )
-                };
-                log::debug!("packet socket: {}", io::Error::from_raw_os_error(err));
+                if let Ok(Err(e)) = rustix::net::sockopt::socket_error(q) {
+                    log::debug!("packet socket: {}", io::Error::from(e));
+                }
             }
         }
-        if p[0].revents & libc::POLLIN != 0 {
-            let mut v = 0u64;
-            // SAFETY: an eventfd read takes exactly 8 bytes into v.
-            unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
+        if p[0].revents().contains(PollFlags::IN) {
+            let _ = rustix::io::read(wake, &mut [0u8; 8]);
         }
         Ok(())
     }
@@ -415,20 +407,6 @@ const RX_QUEUE_BYTES: i32 = 8 << 20;
 /// Largest frame that can come through the queue, plus its virtio header.
 pub const SLOT_LEN: usize = VNET_HDR_LEN + 14 + 65535 + 64;
 
-const PACKET_COPY_THRESH: libc::c_int = 7;
-const TPACKET_V2: libc::c_int = 1;
-// Offsets in `struct tpacket2_hdr` (linux/if_packet.h).
-const PKT_STATUS: usize = 0;
-const PKT_LEN: usize = 4;
-const PKT_SNAPLEN: usize = 8;
-const PKT_MAC: usize = 12;
-const PKT_VLAN_TCI: usize = 24;
-/// `TP_STATUS_VLAN_VALID`: the frame carried an 802.1Q tag, which the
-/// driver (veth, most NICs) took off the bytes into `tp_vlan_tci`.
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-/// `sizeof(struct tpacket2_hdr)`: a frame never starts inside it.
-const PKT_HDR: usize = 32;
-
 /// A TPACKET_V2 receive ring mapped from the packet socket. The mapping
 /// keeps the socket's file alive by itself, so the ring may be moved away
 /// from its `PacketSocket` (it still needs it to read queued frames).
@@ -503,10 +481,16 @@ impl RxRing {
         unsafe { self.map.add(i * RX_FRAME_SIZE) }
     }
 
+    /// Every slot starts with its header, aligned: the mapping is
+    /// page-aligned and slots are `RX_FRAME_SIZE` apart.
+    fn hdr(&self, i: usize) -> *mut libc::tpacket2_hdr {
+        self.frame_ptr(i).cast()
+    }
+
     fn status(&self, i: usize) -> u32 {
-        // SAFETY: the status word starts frame i, 4-byte aligned; the kernel
-        // writes it concurrently, hence the volatile read.
-        let s = unsafe { std::ptr::read_volatile(self.frame_ptr(i).add(PKT_STATUS).cast::<u32>()) };
+        // SAFETY: the status word of frame i's header; the kernel writes it
+        // concurrently, hence the volatile read.
+        let s = unsafe { std::ptr::read_volatile(addr_of!((*self.hdr(i)).tp_status)) };
         // The frame the kernel wrote before flipping the status is visible
         // after this fence.
         std::sync::atomic::fence(Ordering::Acquire);
@@ -528,16 +512,19 @@ impl RxRing {
             return None;
         }
         self.next = (i + 1) % RX_FRAME_NR;
-        let f = self.slot_bytes(i);
-        let rd = |at: usize| u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        let len = rd(PKT_LEN) as usize;
-        let snaplen = rd(PKT_SNAPLEN) as usize;
-        let mac = usize::from(u16::from_ne_bytes([f[PKT_MAC], f[PKT_MAC + 1]]));
+        // SAFETY: frame i is ours (TP_STATUS_USER), and the fence in
+        // `status` made the kernel's header writes visible.
+        let h = unsafe { self.hdr(i).read() };
+        let len = h.tp_len as usize;
+        let snaplen = h.tp_snaplen as usize;
+        let mac = usize::from(h.tp_mac);
         let queued = status & libc::TP_STATUS_COPY != 0;
         // VLAN id 0 only carries a priority: the frame belongs to the
-        // untagged LAN, as the kernel's own receive path treats it.
-        let vid = u16::from_ne_bytes([f[PKT_VLAN_TCI], f[PKT_VLAN_TCI + 1]]) & 0x0fff;
-        let kind = if status & TP_STATUS_VLAN_VALID != 0 && vid != 0 {
+        // untagged LAN, as the kernel's own receive path treats it. The
+        // driver (veth, most NICs) took the tag off the bytes into
+        // `tp_vlan_tci`.
+        let vid = h.tp_vlan_tci & 0x0fff;
+        let kind = if status & libc::TP_STATUS_VLAN_VALID != 0 && vid != 0 {
             SlotKind::Tagged { queued }
         } else if queued {
             SlotKind::Queued
@@ -547,7 +534,9 @@ impl RxRing {
             SlotKind::InRing
         };
         let start = mac.wrapping_sub(VNET_HDR_LEN);
-        let in_bounds = mac >= PKT_HDR + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
+        // A frame never starts inside the header.
+        let in_bounds =
+            mac >= size_of::<libc::tpacket2_hdr>() + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
         Some(match (kind, in_bounds) {
             (SlotKind::InRing, false) => RxSlot {
                 index: i,
@@ -590,14 +579,12 @@ impl RxRing {
 
     /// Hands a slot back to the kernel.
     pub fn release(&mut self, s: &RxSlot) {
-        let p = self.frame_ptr(s.index);
+        let h = self.hdr(s.index);
         // Everything read from (or written to) the frame happens before the
         // kernel may refill it.
         std::sync::atomic::fence(Ordering::Release);
         // SAFETY: the status word of a frame we own.
-        unsafe {
-            std::ptr::write_volatile(p.add(PKT_STATUS).cast::<u32>(), libc::TP_STATUS_KERNEL)
-        };
+        unsafe { std::ptr::write_volatile(addr_of_mut!((*h).tp_status), libc::TP_STATUS_KERNEL) };
     }
 }
 
@@ -638,11 +625,12 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<bool> {
         cmd: u32,
         data: u32,
     }
-    // SAFETY: plain socket(2) for ioctls only.
-    let raw =
-        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
     let call = |cmd: u32, data: u32| -> io::Result<u32> {
         let mut v = EthtoolValue { cmd, data };
         // SAFETY: zeroed ifreq is valid; name copied with a terminating NUL.

@@ -2,8 +2,10 @@
 //! must not direct. One thread sends ICMP echoes on a raw socket and records
 //! when each target last answered; the control loop reads one atomic.
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, Ipv4Slice};
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::net::sockopt::Timeout;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,19 +55,12 @@ impl Drop for Pinger {
 
 /// A raw ICMP socket whose reads wait at most `recv_timeout`.
 pub fn open_socket(recv_timeout: Duration) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        Some(rustix::net::ipproto::ICMP),
+    )?;
     set_recv_timeout(&fd, recv_timeout);
     Ok(fd)
 }
@@ -73,20 +68,7 @@ pub fn open_socket(recv_timeout: Duration) -> std::io::Result<OwnedFd> {
 /// Bounds the next reads of `fd` (at least 1 ms: zero would mean forever).
 pub fn set_recv_timeout(fd: &OwnedFd, timeout: Duration) {
     let timeout = timeout.max(Duration::from_millis(1));
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    // SAFETY: tv is a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    let _ = rustix::net::sockopt::set_socket_timeout(fd, Timeout::Recv, Some(timeout));
 }
 
 fn run(
@@ -112,10 +94,10 @@ fn run(
                 send_echo(&fd, *t, id, seq);
             }
         }
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n > 0 && is_reply_from(&buf[..n as usize], &targets, id) {
-            last_reply = Some(Instant::now());
+        if let Ok((n, _)) = rustix::net::recv(&fd, &mut buf, RecvFlags::empty()) {
+            if n > 0 && is_reply_from(&buf[..n], &targets, id) {
+                last_reply = Some(Instant::now());
+            }
         }
         let now = Instant::now();
         let verdict = match last_reply {
@@ -144,23 +126,9 @@ pub fn send_echo(fd: &OwnedFd, to: Ipv4Addr, id: u16, seq: u16) {
     let mut pkt = Vec::with_capacity(32);
     pkt.extend_from_slice(&h.to_bytes());
     pkt.extend_from_slice(&payload);
-    // SAFETY: zeroed sockaddr_in is valid; fields set below.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as u16;
-    sa.sin_addr.s_addr = u32::from(to).to_be();
-    // SAFETY: pkt and sa are valid for the lengths passed.
-    let r = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            libc::MSG_DONTWAIT,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if r < 0 {
-        log::debug!("ping {to}: {}", std::io::Error::last_os_error());
+    let sa = SocketAddrV4::new(to, 0);
+    if let Err(e) = rustix::net::sendto(fd, &pkt, SendFlags::DONTWAIT, &sa) {
+        log::debug!("ping {to}: {}", std::io::Error::from(e));
     }
 }
 

@@ -1,9 +1,11 @@
 //! The TUN device (`duet0`) through which the director hands packets for its
 //! own backend to its own stack. `IFF_VNET_HDR` + `TUNSETOFFLOAD` let GSO
 //! super-frames and partial checksums in whole (DESIGN.md section 9).
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::zeroed;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags};
 
 use super::packet::VNET_HDR_LEN;
 
@@ -14,14 +16,8 @@ pub struct Tun {
 
 impl Tun {
     pub fn open(name: &str) -> io::Result<Tun> {
-        let path = c"/dev/net/tun";
-        // SAFETY: path is a valid C string.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let flags = OFlags::RDWR | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(c"/dev/net/tun", flags, Mode::empty())?;
         // SAFETY: zeroed ifreq is valid.
         let mut ifr: libc::ifreq = unsafe { zeroed() };
         for (d, s) in ifr
@@ -54,22 +50,7 @@ impl Tun {
     /// Writes one IP packet behind its virtio header (already adjusted for
     /// the removed Ethernet header).
     pub fn write(&self, vnet: &[u8], ip: &[u8]) -> io::Result<()> {
-        let iov = [
-            libc::iovec {
-                iov_base: vnet.as_ptr() as *mut _,
-                iov_len: vnet.len(),
-            },
-            libc::iovec {
-                iov_base: ip.as_ptr() as *mut _,
-                iov_len: ip.len(),
-            },
-        ];
-        // SAFETY: two iovecs over live slices.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        rustix::io::writev(&self.fd, &[IoSlice::new(vnet), IoSlice::new(ip)])?;
+        Ok(())
     }
 }

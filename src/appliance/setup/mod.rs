@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::rand::GetRandomFlags;
+
 use crate::config::{self, Config};
 use crate::status::{Reply, ServerConfig, Site, StatusServer};
 
@@ -48,16 +51,11 @@ pub fn random_hex(n: usize) -> io::Result<String> {
     let mut buf = vec![0u8; n];
     let mut got = 0;
     while got < n {
-        // SAFETY: the pointer and length describe the unfilled tail of buf.
-        let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::rand::getrandom(&mut buf[got..], GetRandomFlags::empty()) {
+            Ok(r) => got += r,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        got += r as usize;
     }
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
