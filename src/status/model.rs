@@ -175,12 +175,5 @@ pub struct SyncStats {
     pub rejected: u64,
 }
 
-/// One line of the event log (role changes, health transitions, admin actions).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct EventRecord {
-    /// Unix time in milliseconds.
-    pub ts_ms: u64,
-    pub kind: String,
-    pub message: String,
-}
+/// One line of the event log, as the store keeps it.
+pub use crate::store::EventRecord;

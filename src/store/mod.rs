@@ -27,7 +27,6 @@
 //! Writes return errors for the caller to log; reads of a failing store
 //! return empty values and log. Nothing here panics.
 
-use crate::status::model::EventRecord;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +34,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One line of the event log (role changes, health transitions, admin actions).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct EventRecord {
+    /// Unix time in milliseconds.
+    pub ts_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
 
 /// Store layout version, kept in `meta/format`.
 pub const FORMAT: u64 = 1;

@@ -21,26 +21,8 @@ use super::pool::{build_snapshot, Inputs};
 use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
 use crate::dataplane::{self, Control, Shared};
 
-pub const TUN_NAME: &str = "duet0";
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("{0}")]
-    Config(String),
-    /// The LAN interface went away under the running daemon.
-    #[error("{0}")]
-    LinkGone(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-}
-
-pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
-    let what = what.into();
-    move |source| DaemonError::Io { what, source }
-}
+pub use super::error::{io, DaemonError};
+use super::tun::TUN_NAME;
 
 pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);

@@ -7,7 +7,8 @@
 //! and need exactly that address. The values found before the first run
 //! are kept in the store, so the exit of the adopting run restores those,
 //! not the ones the crashed run had set.
-use super::daemon::{io, DaemonError, TUN_NAME};
+use super::error::{io, DaemonError};
+use super::tun::TUN_NAME;
 use super::{netlink, packet, sysctl};
 use crate::config::Config;
 use crate::store::Store;

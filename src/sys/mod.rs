@@ -4,6 +4,7 @@ mod checks;
 mod control;
 mod ctl;
 pub mod daemon;
+mod error;
 mod host;
 mod localconns;
 pub mod neigh;

@@ -9,6 +9,10 @@ use rustix::fs::{Mode, OFlags};
 
 use super::packet::VNET_HDR_LEN;
 
+/// The device that carries the director's own flows into its stack
+/// (userspace engine).
+pub const TUN_NAME: &str = "duet0";
+
 pub struct Tun {
     fd: OwnedFd,
     pub name: String,

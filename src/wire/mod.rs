@@ -4,4 +4,5 @@ pub mod civil;
 pub mod envelope;
 pub mod frame;
 pub mod heartbeat;
+pub mod state;
 pub mod sync;

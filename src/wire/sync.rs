@@ -43,13 +43,13 @@
 //!
 //! Lifetimes travel as milliseconds remaining at the time of sending
 //! (instants do not cross machines); `state` is
-//! [`TcpState::as_u8`](crate::forward::TcpState::as_u8); proto is 6 or 17.
+//! [`TcpState::as_u8`]; proto is 6 or 17.
 //! A sender keeps each datagram within [`MAX_DATAGRAM`]; see
 //! [`Batch::fits`].
 use std::net::Ipv4Addr;
 
 use super::envelope::{self, be_u16, be_u32, be_u64, EnvelopeError, Keys, HEADER_LEN, MAC_LEN};
-use crate::forward::TcpState;
+use super::state::TcpState;
 
 pub use super::envelope::VERSION;
 /// Message type byte of a sync message.
