@@ -22,6 +22,32 @@ fn curl(c: &Cluster, args: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Starts `duet setup` for node `i` (listening on its address) and reads
+/// the setup code it prints.
+fn start_setup(c: &Cluster, i: usize) -> (std::process::Child, String) {
+    let n = &c.nodes[i];
+    let mut setup = Command::new("ip")
+        .args(["netns", "exec", &n.ns, duet_bin(), "setup", "-c"])
+        .arg(n.dir.join("duet.toml"))
+        .args(["--listen", &format!("{}:8080", n.addr)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(setup.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let code = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(code.len(), 8, "no setup code in {first:?}");
+    (setup, code)
+}
+
 #[test]
 fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
     let opts = Opts {
@@ -52,25 +78,7 @@ fn factory_key_is_refused_and_setup_page_sets_up_a_pair() {
     let config = std::fs::read_to_string(d1.join("duet.toml")).unwrap();
     std::fs::remove_file(d1.join("key")).unwrap();
     let _ = std::fs::remove_file(d1.join("token"));
-    let mut setup = Command::new("ip")
-        .args(["netns", "exec", &c.nodes[0].ns, duet_bin(), "setup", "-c"])
-        .arg(d1.join("duet.toml"))
-        .args(["--listen", "198.18.0.1:8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(setup.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let code = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(code.len(), 8, "no setup code in {first:?}");
+    let (mut setup, code) = start_setup(&c, 0);
     let base = "http://198.18.0.1:8080";
     let deadline = Instant::now() + Duration::from_secs(30);
     let form = loop {
@@ -210,25 +218,7 @@ fn second_box_pairs_by_code_and_a_wrong_code_or_third_box_fails() {
     for f in ["key", "token", "duet.toml"] {
         let _ = std::fs::remove_file(d2.join(f));
     }
-    let mut setup = Command::new("ip")
-        .args(["netns", "exec", &c.nodes[1].ns, duet_bin(), "setup", "-c"])
-        .arg(d2.join("duet.toml"))
-        .args(["--listen", "198.18.0.2:8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(setup.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let setup_code = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(setup_code.len(), 8, "no setup code in {first:?}");
+    let (mut setup, setup_code) = start_setup(&c, 1);
     let joiner = "http://198.18.0.2:8080";
     let sponsor = "http://198.18.0.1:8080";
     let deadline = Instant::now() + Duration::from_secs(30);

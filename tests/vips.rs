@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VIP2: &str = "198.18.0.101";
 const VMAC: &str = "00:00:5e:00:01:07";
@@ -51,17 +51,6 @@ fn reload(c: &Cluster, o: &Opts, vips: &str) {
     write_configs(c, o, vips);
     for i in 0..2 {
         c.signal(i, "HUP");
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -692,3 +692,16 @@ pub fn json_of(c: Child) -> Value {
         )
     })
 }
+
+/// Polls `f` every 100 ms until it gives a value; fails naming `what` after
+/// `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
