@@ -136,7 +136,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                     "proxy: idle connection to {} closed before answering; resending on a new one",
                     up.addr
                 );
-                match connect(up.addr, svc).await {
+                match connect(up.addr, ctx).await {
                     Ok(s) => {
                         up = Upstream {
                             addr: up.addr,
@@ -230,7 +230,7 @@ async fn obtain(
             });
         }
     }
-    let first = match connect(addr, svc).await {
+    let first = match connect(addr, ctx).await {
         Ok(s) => return Some(fresh(addr, s)),
         Err(e) => e,
     };
@@ -241,7 +241,7 @@ async fn obtain(
     // Nothing reached the backend: an idempotent request may go to
     // another one, once.
     let second = lock(&ctx.st.picker).pick_other(pool, ctx.peer, addr)?;
-    match connect(second, svc).await {
+    match connect(second, ctx).await {
         Ok(s) => Some(fresh(second, s)),
         Err(e) => {
             log::warn!("proxy: backend {second}: {e}");
@@ -265,7 +265,7 @@ async fn still_open(s: &TcpStream) -> bool {
     future::poll_once(s.peek(&mut b)).await.is_none()
 }
 
-async fn connect(addr: SocketAddrV4, svc: &ProxyService) -> std::io::Result<TcpStream> {
+async fn connect(addr: SocketAddrV4, ctx: &Ctx<'_>) -> std::io::Result<TcpStream> {
     let connect = async {
         let s = TcpStream::connect(addr).await?;
         // As for clients: a head and its body are separate writes.
@@ -273,7 +273,7 @@ async fn connect(addr: SocketAddrV4, svc: &ProxyService) -> std::io::Result<TcpS
         Ok(s)
     };
     future::or(connect, async {
-        smol::Timer::after(svc.opts.connect_timeout).await;
+        ctx.st.clock.sleep(ctx.svc.opts.connect_timeout).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "connect timed out",
@@ -393,7 +393,7 @@ async fn respond(
     };
     let timer = async {
         let _ = sent.recv().await;
-        smol::Timer::after(timeout).await;
+        ctx.st.clock.sleep(timeout).await;
         Err(NoHead::Timeout)
     };
     let resp: Response = match future::or(heads, timer).await {

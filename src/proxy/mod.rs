@@ -7,6 +7,7 @@
 //! (already a dependency): the proxy only rewrites heads and tracks where
 //! bodies end (`frame`), so it never buffers a body.
 mod access;
+mod clock;
 mod exchange;
 mod frame;
 mod head;

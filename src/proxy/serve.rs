@@ -15,6 +15,7 @@ use smol::io::AsyncReadExt;
 use smol::{future, Executor};
 
 use super::access::{self, Sinks};
+use super::clock::Clock;
 use super::exchange::{exchange, Ctx};
 use super::idle::IdlePool;
 use super::stream::{send, Reader};
@@ -44,6 +45,8 @@ pub struct State {
     wind_down: Mutex<(Option<Sender<()>>, Receiver<()>)>,
     /// Runs every connection, on as many threads as there are CPUs.
     ex: Arc<Executor<'static>>,
+    /// The requests' timeouts.
+    pub clock: Arc<Clock>,
 }
 
 impl State {
@@ -113,7 +116,9 @@ pub fn spawn(
                 logs: Sinks::default(),
                 wind_down: Mutex::new(wind_down_signal()),
                 ex: ex.clone(),
+                clock: Arc::new(Clock::default()),
             });
+            ex.spawn(st.clock.clone().run()).detach();
             smol::block_on(ex.run(async {
                 supervise(st.clone()).await;
                 drain(&st, stop_drain).await;
@@ -238,7 +243,7 @@ fn admit(conn: TcpStream, peer: SocketAddr, at: SocketAddrV4, st: &Arc<State>) {
             if let Err(e) = handle(conn.clone(), peer, at, &st2).await {
                 log::debug!("proxy: {peer}: {e}");
             }
-            close_gently(&conn).await;
+            close_gently(&conn, &st2).await;
             st2.open.fetch_sub(1, Ordering::AcqRel);
         })
         .detach();
@@ -260,7 +265,7 @@ async fn handle(
         if !first && !wait_next(&mut rd, svc, st).await {
             return Ok(());
         }
-        let req = match read_head(&mut rd, peer, svc).await {
+        let req = match read_head(&mut rd, peer, svc, st).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(status) => {
@@ -293,7 +298,7 @@ async fn handle(
 /// destroy the last response before the client read it (a pipelined
 /// request, the body of a refused one): end the sending side first and
 /// read what still comes, briefly.
-async fn close_gently(conn: &TcpStream) {
+async fn close_gently(conn: &TcpStream, st: &State) {
     let _ = conn.shutdown(std::net::Shutdown::Write);
     let drain = async {
         let mut b = [0u8; 4096];
@@ -305,10 +310,7 @@ async fn close_gently(conn: &TcpStream) {
             }
         }
     };
-    future::or(drain, async {
-        smol::Timer::after(LINGER).await;
-    })
-    .await;
+    future::or(drain, st.clock.sleep(LINGER)).await;
 }
 
 /// Between requests: whether another one starts on this connection
@@ -331,7 +333,7 @@ async fn wait_next(rd: &mut Reader, svc: &ProxyService, st: &State) -> bool {
         false
     };
     let timeout = async {
-        smol::Timer::after(svc.opts.client_idle_timeout).await;
+        st.clock.sleep(svc.opts.client_idle_timeout).await;
         false
     };
     future::or(more, future::or(idle, timeout)).await
@@ -344,6 +346,7 @@ async fn read_head(
     rd: &mut Reader,
     peer: SocketAddrV4,
     svc: &ProxyService,
+    st: &State,
 ) -> Result<Option<Rewritten>, u16> {
     let cookie = svc.opts.sticky.then(|| sticky::cookie_name(svc.port));
     let rules = HeadRules {
@@ -375,7 +378,7 @@ async fn read_head(
         }
     };
     future::or(read, async {
-        smol::Timer::after(svc.opts.client_header_timeout).await;
+        st.clock.sleep(svc.opts.client_header_timeout).await;
         Err(408)
     })
     .await
