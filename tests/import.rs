@@ -356,3 +356,58 @@ fn perlbal_pair_imports_to_a_proxy_service_check_config_accepts() {
     }
     accepted(&scratch("perlbal"), &out);
 }
+
+/// A Perlbal selector (the vhosts plugin) becomes one proxy service whose
+/// routes are its virtual hosts; the reverse proxies behind it are not
+/// services of their own.
+#[test]
+fn perlbal_vhost_selector_imports_to_routes_check_config_accepts() {
+    let o = duet()
+        .arg("import-perlbal")
+        .arg(fixture("perlbal-vhosts.conf"))
+        .arg(fixture("ha-perlbal.cf"))
+        .arg(fixture("haresources"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "import-perlbal failed: {}",
+        text(&o.stderr)
+    );
+    let (out, warnings) = (text(&o.stdout), text(&o.stderr));
+    eprintln!("{warnings}");
+    let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
+    assert_eq!(at(&v, "service").as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(at(&v, "service.0.port").as_integer(), Some(80));
+    let list = |path: &str| -> Vec<String> {
+        at(&v, path)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().to_string())
+            .collect()
+    };
+    // `VHOST * = www`: other hosts go to www's pool.
+    assert_eq!(
+        list("service.0.backends"),
+        ["192.168.0.102:80", "192.168.0.103:80"]
+    );
+    assert_eq!(s(&v, "service.0.route.0.host"), "www.example.com");
+    assert_eq!(s(&v, "service.0.route.1.host"), "api.example.com");
+    assert_eq!(
+        list("service.0.route.1.backends"),
+        ["192.168.0.110:8080", "192.168.0.111:8080"]
+    );
+    assert_eq!(
+        s(&v, "service.0.check.kind"),
+        "http",
+        "www's verify_backend"
+    );
+    assert!(
+        warnings.contains("*.example.com: a route names one host exactly"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("LOAD"), "{warnings}");
+    assert!(!warnings.contains("plugins"), "{warnings}");
+    accepted(&scratch("vhosts"), &out);
+}

@@ -16,6 +16,13 @@
 //!   fails it gets no request, which is what verification buys.
 //! - Perlbal's `persist_client` and `persist_backend` default to off and
 //!   duet's to on, so both are always written out.
+//! - A `selector` with `VHOST host = service` lines (the vhosts plugin)
+//!   becomes one proxy service on its listen address with a
+//!   `[[service.route]]` per host; `VHOST *` (or else the first host's
+//!   service) takes other hosts and gives the service its settings. The
+//!   reverse proxies it names, when they listen nowhere themselves, are
+//!   not services of their own. Wildcard hosts (`*.example.com`) are
+//!   warned: a route names one host.
 //! - Nodes come from ha.cf as for `import-ldirectord`; the node haresources
 //!   names first (its preferred owner of the VIP) gets the higher priority.
 use std::collections::BTreeSet;
@@ -74,6 +81,8 @@ struct Service {
     persist_client_idle_timeout_s: Option<u64>,
     trusted: Vec<Ipv4Addr>,
     enabled: bool,
+    /// A selector's `VHOST host = service` lines: (line, host, service).
+    vhosts: Vec<(usize, String, String)>,
 }
 
 #[derive(Default)]
@@ -174,6 +183,7 @@ fn parse_perlbal(text: &str, w: &mut Warnings) -> Perlbal {
                     format_args!("{} of unknown service {:?}; ignored", words[0], arg(1)),
                 ),
             },
+            "load" if arg(1).eq_ignore_ascii_case("vhosts") => {}
             "load" => w.unsupported(
                 PERLBAL,
                 no,
@@ -193,17 +203,51 @@ fn parse_perlbal(text: &str, w: &mut Warnings) -> Perlbal {
                 "HEADER",
                 "duet sets X-Forwarded-For/-Proto/-Host itself and rewrites no other header",
             ),
-            "vhost" => w.unsupported(
-                PERLBAL,
-                no,
-                "VHOST",
-                "write a [[service.route]] (host = …, backends = […]) for each virtual host",
-            ),
+            "vhost" => vhost_command(&mut pb, last, line, no, w),
             "xs" => w.unsupported(PERLBAL, no, "XS", "duet has no Perl extensions to enable"),
             _ => w.unsupported(PERLBAL, no, words[0], "unknown command"),
         }
     }
     pb
+}
+
+/// `VHOST [selector] host = service` (the vhosts plugin): the selector is
+/// the service named, or the one created last.
+fn vhost_command(pb: &mut Perlbal, last: Last, line: &str, no: usize, w: &mut Warnings) {
+    let rest = line[5..].trim();
+    let parsed = rest.split_once('=').and_then(|(left, target)| {
+        let target = target.trim();
+        let left: Vec<&str> = left.split_whitespace().collect();
+        let (selector, host) = match left.as_slice() {
+            [host] => (None, *host),
+            [sel, host] => (Some(*sel), *host),
+            _ => return None,
+        };
+        (!target.is_empty() && !target.contains(' ')).then_some((selector, host, target))
+    });
+    let Some((selector, host, target)) = parsed else {
+        w.at(
+            PERLBAL,
+            no,
+            "cannot parse VHOST: expected VHOST [service] host = service; ignored",
+        );
+        return;
+    };
+    let i = match (selector, last) {
+        (Some(name), _) => pb.services.iter().position(|s| s.name == name),
+        (None, Last::Service(i)) => Some(i),
+        (None, _) => None,
+    };
+    match i {
+        Some(i) => pb.services[i]
+            .vhosts
+            .push((no, host.to_ascii_lowercase(), target.to_string())),
+        None => w.at(
+            PERLBAL,
+            no,
+            "VHOST names no selector service (CREATE SERVICE first); ignored",
+        ),
+    }
 }
 
 /// `POOL name ADD|REMOVE ip[:port]`.
@@ -366,6 +410,8 @@ fn service_setting(s: &mut Service, key: &str, value: &str, no: usize, w: &mut W
                  bodies if wanted)",
         ),
         "upload_status_listeners" => w.unsupported(PERLBAL, no, key, "no upload status reports"),
+        // Virtual hosts become the service's routes.
+        "plugins" if value.eq_ignore_ascii_case("vhosts") => {}
         "plugins" => w.unsupported(PERLBAL, no, key, "Perlbal plugins have no duet equivalent"),
         "docroot"
         | "dirindexing"
@@ -539,13 +585,119 @@ struct Kept<'a> {
     vip: Ipv4Addr,
     port: u16,
     members: &'a [SocketAddrV4],
+    /// A selector's virtual hosts: (host, members); `svc` is then the
+    /// service its other hosts go to.
+    routes: Vec<(String, &'a [SocketAddrV4])>,
+    selector: Option<&'a Service>,
+}
+
+/// What one enabled service turns into, before its VIPs are known.
+struct Candidate<'a> {
+    svc: &'a Service,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+    members: &'a [SocketAddrV4],
+    routes: Vec<(String, &'a [SocketAddrV4])>,
+    selector: Option<&'a Service>,
+}
+
+/// A reverse proxy's pool members, or why it has none.
+fn pool_of<'a>(pb: &'a Perlbal, s: &Service) -> Result<&'a [SocketAddrV4], (usize, String)> {
+    let Some((line, pool)) = &s.pool else {
+        return Err((s.line, format!("service {} has no pool", s.name)));
+    };
+    pb.pools
+        .iter()
+        .find(|p| &p.name == pool)
+        .map(|p| p.members.as_slice())
+        .ok_or((*line, format!("pool {pool} does not exist")))
+}
+
+/// A selector (the vhosts plugin) as one proxy service with a route per
+/// virtual host; `*` (or, without it, the first host's service) takes the
+/// rest.
+fn selector<'a>(pb: &'a Perlbal, sel: &'a Service, w: &mut Warnings) -> Option<Candidate<'a>> {
+    let mut routes = Vec::new();
+    let mut default: Option<&Service> = None;
+    let mut first: Option<&Service> = None;
+    for (no, host, target) in &sel.vhosts {
+        let Some(t) = pb.services.iter().find(|s| {
+            &s.name == target && s.role.as_ref().is_some_and(|(_, r)| r == "reverse_proxy")
+        }) else {
+            w.at(
+                PERLBAL,
+                *no,
+                format_args!("VHOST {host}: {target} is not a reverse_proxy service; ignored"),
+            );
+            continue;
+        };
+        let members = match pool_of(pb, t) {
+            Ok(m) => m,
+            Err((l, why)) => {
+                w.at(PERLBAL, l, format_args!("{why}; VHOST {host} ignored"));
+                continue;
+            }
+        };
+        if host == "*" {
+            default = Some(t);
+        } else if host.contains('*') {
+            w.unsupported(
+                PERLBAL,
+                *no,
+                "VHOST",
+                &format!("{host}: a route names one host exactly (no wildcards); skipped"),
+            );
+        } else {
+            first.get_or_insert(t);
+            routes.push((host.clone(), members));
+        }
+    }
+    let Some(svc) = default.or(first) else {
+        w.at(
+            PERLBAL,
+            sel.line,
+            format_args!("selector {} has no usable VHOST; skipped", sel.name),
+        );
+        return None;
+    };
+    if default.is_none() {
+        w.at(
+            PERLBAL,
+            sel.line,
+            format_args!(
+                "selector {} has no VHOST * = …: other hosts go to {}'s pool",
+                sel.name, svc.name
+            ),
+        );
+    }
+    let (ip, port) = sel.listen.map_or((None, 80), |(_, ip, port)| (ip, port));
+    Some(Candidate {
+        svc,
+        ip,
+        port,
+        members: pool_of(pb, svc).ok()?,
+        routes,
+        selector: Some(sel),
+    })
 }
 
 fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnings) -> String {
-    // Which services become proxy services.
-    let mut candidates: Vec<(&Service, Option<Ipv4Addr>, u16, &[SocketAddrV4])> = Vec::new();
+    // Which services become proxy services. A reverse proxy that only a
+    // selector's VHOST reaches (it listens nowhere itself) is served
+    // through that selector.
+    let behind_selector: BTreeSet<&str> = pb
+        .services
+        .iter()
+        .filter(|s| s.enabled && s.role.as_ref().is_some_and(|(_, r)| r == "selector"))
+        .flat_map(|s| s.vhosts.iter().map(|(_, _, t)| t.as_str()))
+        .collect();
+    let mut candidates: Vec<Candidate> = Vec::new();
     for s in &pb.services {
         let role = s.role.as_ref().map_or("", |(_, r)| r.as_str());
+        if role == "selector" && s.enabled {
+            candidates.extend(selector(pb, s, w));
+            continue;
+        }
         if role != "reverse_proxy" {
             let why = match role {
                 "" => "it has no role".to_string(),
@@ -553,7 +705,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
                     page and admin API (cluster.status_listen)"
                     .to_string(),
                 "web_server" => "duet serves no files".to_string(),
-                "selector" => "write a [[service.route]] per virtual host instead".to_string(),
+                "selector" => "it is never ENABLEd".to_string(),
                 other => format!("role {other:?} is not available"),
             };
             let line = s.role.as_ref().map_or(s.line, |(l, _)| *l);
@@ -565,6 +717,9 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
             );
             continue;
         }
+        if s.listen.is_none() && behind_selector.contains(s.name.as_str()) {
+            continue;
+        }
         if !s.enabled {
             w.at(
                 PERLBAL,
@@ -573,21 +728,16 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
             );
             continue;
         }
-        let Some((pool_line, pool)) = &s.pool else {
-            w.at(
-                PERLBAL,
-                s.line,
-                format_args!("service {} has no pool; skipped", s.name),
-            );
-            continue;
-        };
-        let Some(pool) = pb.pools.iter().find(|p| &p.name == pool) else {
-            w.at(
-                PERLBAL,
-                *pool_line,
-                format_args!("pool {pool} does not exist; service {} skipped", s.name),
-            );
-            continue;
+        let members = match pool_of(pb, s) {
+            Ok(m) => m,
+            Err((line, why)) => {
+                w.at(
+                    PERLBAL,
+                    line,
+                    format_args!("{why}; service {} skipped", s.name),
+                );
+                continue;
+            }
         };
         let (ip, port) = match s.listen {
             Some((_, ip, port)) => (ip, port),
@@ -600,7 +750,14 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
                 (None, 80)
             }
         };
-        candidates.push((s, ip, port, &pool.members));
+        candidates.push(Candidate {
+            svc: s,
+            ip,
+            port,
+            members,
+            routes: Vec::new(),
+            selector: None,
+        });
     }
 
     // Every address a service names and every address heartbeat moves is a
@@ -613,7 +770,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
         .unwrap_or_default();
     for a in candidates
         .iter()
-        .filter_map(|(_, ip, _, _)| *ip)
+        .filter_map(|c| c.ip)
         .chain(moved.iter().copied())
     {
         if !vips.contains(&a) {
@@ -634,9 +791,11 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
     };
     let mut kept: Vec<Kept> = Vec::new();
     let mut ports = BTreeSet::new();
-    for (svc, ip, port, members) in candidates {
-        let line = svc.listen.map_or(svc.line, |(l, _, _)| l);
-        let on: Vec<Ipv4Addr> = match ip {
+    for c in candidates {
+        let named = c.selector.unwrap_or(c.svc);
+        let (svc, port) = (c.svc, c.port);
+        let line = named.listen.map_or(named.line, |(l, _, _)| l);
+        let on: Vec<Ipv4Addr> = match c.ip {
             Some(a) => vec![a],
             None => {
                 let list: Vec<String> = everywhere.iter().map(|v| v.to_string()).collect();
@@ -645,7 +804,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
                     line,
                     format_args!(
                         "service {} listens on every address; duet accepts on the VIP {} only",
-                        svc.name,
+                        named.name,
                         list.join(", ")
                     ),
                 );
@@ -657,7 +816,7 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
                 w.at(
                     PERLBAL,
                     line,
-                    format_args!("second service on {vip}:{port} ({}) skipped", svc.name),
+                    format_args!("second service on {vip}:{port} ({}) skipped", named.name),
                 );
                 continue;
             }
@@ -665,7 +824,9 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
                 svc,
                 vip,
                 port,
-                members,
+                members: c.members,
+                routes: c.routes.clone(),
+                selector: c.selector,
             });
         }
     }
@@ -768,7 +929,18 @@ fn write_service(
             format_args!("pool of service {} has no usable member", s.name),
         );
     }
-    let _ = writeln!(out, "# Perlbal service {}", s.name);
+    match k.selector {
+        Some(sel) => {
+            let _ = writeln!(
+                out,
+                "# Perlbal selector {} (vhosts); other hosts go to service {}",
+                sel.name, s.name
+            );
+        }
+        None => {
+            let _ = writeln!(out, "# Perlbal service {}", s.name);
+        }
+    }
     let _ = writeln!(out, "[[service]]");
     if vips.len() > 1 {
         let _ = writeln!(out, "vip = {}", q(&k.vip.to_string()));
@@ -820,6 +992,34 @@ fn write_service(
         let _ = writeln!(out, "timeout = \"1s\"");
         let _ = writeln!(out, "rise = 1");
         let _ = writeln!(out, "fall = 1");
+    }
+    for (host, members) in &k.routes {
+        // Nodes serve a proxy only as serve_local members of the service.
+        let backends: Vec<String> = members
+            .iter()
+            .filter(|m| !nodes.contains(m.ip()) && !vips.contains(m.ip()))
+            .map(|m| q(&m.to_string()))
+            .collect();
+        if backends.len() < members.len() {
+            w.at(
+                PERLBAL,
+                line,
+                format_args!(
+                    "VHOST {host}: pool members on a node or the VIP are left out of its route"
+                ),
+            );
+        }
+        if backends.is_empty() {
+            w.at(
+                PERLBAL,
+                line,
+                format_args!("VHOST {host}: no usable member; the route is left out"),
+            );
+            continue;
+        }
+        let _ = writeln!(out, "\n[[service.route]]");
+        let _ = writeln!(out, "host = {}", q(host));
+        let _ = writeln!(out, "backends = [{}]", backends.join(", "));
     }
     let _ = writeln!(out);
 }
@@ -905,7 +1105,7 @@ mod tests {
     #[test]
     fn what_cannot_be_carried_over_is_named_with_its_line() {
         let conf = "\
-LOAD vhosts
+LOAD stats
 CREATE POOL p
 SET nodefile = /etc/perlbal/nodes
 POOL p ADD web1.example:80
