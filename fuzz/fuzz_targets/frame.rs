@@ -46,6 +46,7 @@ fn snapshot(sel: u8) -> Snapshot {
         Ipv4Addr::BROADCAST
     };
     let svc = |proto, port| ServiceSnap {
+        vip: VIP,
         proto,
         port,
         scheduler: sched,
@@ -59,6 +60,7 @@ fn snapshot(sel: u8) -> Snapshot {
         ],
     };
     Snapshot {
+        vips: vec![VIP],
         generation: 1,
         services: vec![svc(6, 80), svc(17, 5353)],
         proxy: Vec::new(),

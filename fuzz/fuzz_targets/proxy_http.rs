@@ -49,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Some(r)) = parse_response(data, opts & 16 != 0) {
         assert!(r.consumed <= data.len());
-        assert!(r.client_head(opts & 32 != 0, Some("duet_80=x")).ends_with(b"\r\n\r\n"));
+        assert!(r
+            .client_head(opts & 32 != 0, Some("duet_80=x"))
+            .ends_with(b"\r\n\r\n"));
     }
     for f in [Framing::Chunked, Framing::Length(u64::from(opts) * 3)] {
         let whole = framed(f, data, data.len());

@@ -81,6 +81,7 @@ fn structured(u: &mut Unstructured) -> Result<SyncMessage> {
             for _ in 0..np {
                 persists.push(PersistRecord {
                     proto: proto(u)?,
+                    vip: if u.ratio(7, 8)? { VIP } else { addr(u)? },
                     port: if u.arbitrary()? { 80 } else { u.arbitrary()? },
                     client: addr(u)?,
                     backend: addr(u)?,
@@ -118,6 +119,7 @@ fn entries(u: &mut Unstructured, now: Instant) -> Result<(Vec<ConnEntry>, Vec<Pe
     let mut persists = Vec::new();
     for _ in 0..u.int_in_range(0..=8usize)? {
         persists.push(PersistEntry {
+            vip: VIP,
             proto: proto(u)?,
             port: 80,
             client: Ipv4Addr::from(u.arbitrary::<u32>()?),
@@ -153,6 +155,7 @@ fn standby_engine() -> Engine {
         fallback: false,
     };
     let svc = |proto| ServiceSnap {
+        vip: VIP,
         proto,
         port: 80,
         scheduler: Scheduler::Rr,
@@ -162,6 +165,7 @@ fn standby_engine() -> Engine {
     };
     let snap = Snapshot {
         generation: 1,
+        vips: vec![VIP],
         services: vec![svc(6), svc(17)],
         proxy: Vec::new(),
     };
