@@ -78,10 +78,15 @@ fn sighup_adds_a_backend_without_breaking_connections_or_the_election() {
     c.signal(1 - d, "HUP");
     let (ok, said) = reload_cli(&c, d);
     assert!(ok && said.contains("reloading"), "duet reload: {said}");
+    // Its check (rise 1) must pass before it takes its share: on a loaded
+    // box the count below can be over before the first probe is.
     wait_for(
-        "real1 in the director's status",
+        "real1 healthy in the director's status",
         Duration::from_secs(5),
-        || c.backend(d, "real1"),
+        || {
+            c.backend(d, "real1")
+                .filter(|b| b["healthy"] == true && b["weight"].as_u64() == Some(2))
+        },
     );
     let v = c.client(&format!("count http://{VIP}/ 120"));
     eprintln!("after reload: {v}");
