@@ -42,6 +42,24 @@ fn import(ld: &str, ha: &str) -> (String, String) {
     (text(&o.stdout), text(&o.stderr))
 }
 
+/// Runs `import-perlbal` on a fixture with the pair's ha.cf and
+/// haresources; returns (toml text, warnings text).
+fn import_perlbal(conf: &str) -> (String, String) {
+    let o = duet()
+        .arg("import-perlbal")
+        .arg(fixture(conf))
+        .arg(fixture("ha-perlbal.cf"))
+        .arg(fixture("haresources"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "import-perlbal failed: {}",
+        text(&o.stderr)
+    );
+    (text(&o.stdout), text(&o.stderr))
+}
+
 fn check_config(path: &Path) -> Output {
     duet()
         .arg("check-config")
@@ -303,19 +321,7 @@ fn every_sample_service_imports_to_its_own_check_kind() {
 /// proxy service on the VIP that `duet check-config` accepts.
 #[test]
 fn perlbal_pair_imports_to_a_proxy_service_check_config_accepts() {
-    let o = duet()
-        .arg("import-perlbal")
-        .arg(fixture("perlbal.conf"))
-        .arg(fixture("ha-perlbal.cf"))
-        .arg(fixture("haresources"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "import-perlbal failed: {}",
-        text(&o.stderr)
-    );
-    let (out, warnings) = (text(&o.stdout), text(&o.stderr));
+    let (out, warnings) = import_perlbal("perlbal.conf");
     eprintln!("{warnings}");
     let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
 
@@ -362,19 +368,7 @@ fn perlbal_pair_imports_to_a_proxy_service_check_config_accepts() {
 /// services of their own.
 #[test]
 fn perlbal_vhost_selector_imports_to_routes_check_config_accepts() {
-    let o = duet()
-        .arg("import-perlbal")
-        .arg(fixture("perlbal-vhosts.conf"))
-        .arg(fixture("ha-perlbal.cf"))
-        .arg(fixture("haresources"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "import-perlbal failed: {}",
-        text(&o.stderr)
-    );
-    let (out, warnings) = (text(&o.stdout), text(&o.stderr));
+    let (out, warnings) = import_perlbal("perlbal-vhosts.conf");
     eprintln!("{warnings}");
     let v: toml::Value = toml::from_str(&out).expect("importer output is not TOML");
     assert_eq!(at(&v, "service").as_array().map(Vec::len), Some(1), "{out}");
