@@ -155,6 +155,22 @@ impl VipList {
     }
 }
 
+fn v4(a: &IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(v) => Some(*v),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// `a, b, c`: VIPs as logs and events list them.
+pub fn list_addrs(addrs: &[Ipv4Addr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// At most this many VIPs in one pair (the eBPF engine's VIP map).
 pub const MAX_VIPS: usize = 64;
 
@@ -765,23 +781,27 @@ impl Config {
             .get_ref()
             .all()
             .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(v) => Some(*v),
-                IpAddr::V6(_) => None,
-            })
+            .filter_map(v4)
             .collect()
+    }
+
+    /// The cluster's own VIP, which names it in heartbeats.
+    pub fn first_vip(&self) -> Ipv4Addr {
+        self.cluster
+            .vip
+            .get_ref()
+            .all()
+            .iter()
+            .find_map(v4)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     /// The VIP a service listens on: its `vip`, or the first.
     pub fn vip_of(&self, s: &Service) -> Ipv4Addr {
-        match s.vip.as_ref().map(|v| *v.get_ref()) {
-            Some(IpAddr::V4(v)) => v,
-            _ => self
-                .vips()
-                .first()
-                .copied()
-                .unwrap_or(Ipv4Addr::UNSPECIFIED),
-        }
+        s.vip
+            .as_ref()
+            .and_then(|v| v4(v.get_ref()))
+            .unwrap_or_else(|| self.first_vip())
     }
 
     /// Reads, parses and validates; `base` resolves relative paths (the config's directory).
@@ -808,7 +828,7 @@ impl Config {
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         // VIPs after the first may come and go; the first names the cluster.
-        if self.vips().first() != new.vips().first() || !self.cluster.same_but_vips(&new.cluster) {
+        if self.first_vip() != new.first_vip() || !self.cluster.same_but_vips(&new.cluster) {
             out.push("[cluster]");
         }
         if self.heartbeat != new.heartbeat {

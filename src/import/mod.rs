@@ -1450,13 +1450,10 @@ not a directive
             .collect();
         // 198.18.0.101 (line 13) is a second VIP of the pair.
         assert_eq!(ports, [80, 53, 80, 8080]);
-        let vips: Vec<&str> = get(&v, "cluster.vip")
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|a| a.as_str())
-            .collect();
-        assert_eq!(vips, ["198.18.0.100", "198.18.0.101"]);
+        assert_eq!(
+            *get(&v, "cluster.vip"),
+            Value::from(vec!["198.18.0.100", "198.18.0.101"])
+        );
         assert_eq!(s(&v, "service.2.vip"), "198.18.0.101");
         assert_eq!(s(&v, "service.0.vip"), "198.18.0.100");
         assert_eq!(s(&v, "service.0.check.kind"), "exec");

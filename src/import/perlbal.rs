@@ -1157,13 +1157,10 @@ bogus line
         }
         // Service other on 198.18.0.101 is a second VIP of the pair.
         assert_eq!(v["service"].as_array().map(Vec::len), Some(2));
-        let vips: Vec<&str> = v["cluster"]["vip"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|a| a.as_str())
-            .collect();
-        assert_eq!(vips, ["198.18.0.100", "198.18.0.101"]);
+        assert_eq!(
+            v["cluster"]["vip"],
+            Value::from(vec!["198.18.0.100", "198.18.0.101"])
+        );
         assert_eq!(v["service"][0]["vip"].as_str(), Some("198.18.0.100"));
         assert_eq!(v["service"][1]["vip"].as_str(), Some("198.18.0.101"));
         assert_eq!(v["service"][0]["persist_client"].as_bool(), Some(false));

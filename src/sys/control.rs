@@ -501,13 +501,11 @@ impl<'h> ControlLoop<'h> {
             if let Err(e) = self.p.host.set_vips(&new_vips) {
                 log::error!("reload: VIPs on lo: {e}");
             }
-            let list = |v: &[Ipv4Addr]| {
-                v.iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let msg = format!("VIPs {} -> {}", list(&old_vips), list(&new_vips));
+            let msg = format!(
+                "VIPs {} -> {}",
+                config::list_addrs(&old_vips),
+                config::list_addrs(&new_vips)
+            );
             log::info!("reload: {msg}");
             self.p.ctl.event("config", &msg);
         }

@@ -462,11 +462,7 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         node: st.node.clone(),
         role: st.role.to_string(),
         term: st.term,
-        vip: cfg
-            .vips()
-            .first()
-            .map(|v| v.to_string())
-            .unwrap_or_default(),
+        vip: cfg.first_vip().to_string(),
         vips: cfg.vips().iter().map(|v| v.to_string()).collect(),
         vip_holder,
         priority: st.priority,

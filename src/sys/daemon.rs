@@ -121,10 +121,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let me = &cfg.nodes[me_idx];
     let my_addr = *me.address.get_ref();
     let vips = cfg.vips();
-    let cluster = cluster_id(
-        vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED),
-        *cfg.cluster.vrid.get_ref(),
-    );
+    let cluster = cluster_id(cfg.first_vip(), *cfg.cluster.vrid.get_ref());
 
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
@@ -323,10 +320,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         "node {} ({my_addr}) priority {} starting; VIP {} on {} via {}",
         me.name.get_ref(),
         me.priority,
-        vips.iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::config::list_addrs(&vips),
         cfg.cluster.interface,
         dataplane::fmt_mac(&vmac)
     );

@@ -17,18 +17,14 @@ use std::net::Ipv4Addr;
 /// Host changes made at start, undone at exit.
 pub struct HostSetup {
     sysctls: sysctl::Saved,
-    /// The first VIP names the record of the sysctls in the store.
+    /// The VIPs now on lo.
     vips: Vec<Ipv4Addr>,
     iface: String,
     gro_was_on: Option<bool>,
     undone: bool,
+    /// The store keeps one record of the sysctls a run changed, under the
+    /// cluster's own (first) VIP, which a reload cannot change.
     record_key: String,
-}
-
-/// The store keeps one record of the sysctls a run changed, under the
-/// cluster's own (first) VIP.
-fn record_key(vips: &[Ipv4Addr]) -> String {
-    vips.first().map(|v| v.to_string()).unwrap_or_default()
 }
 
 impl HostSetup {
@@ -41,7 +37,8 @@ impl HostSetup {
     ) -> Result<HostSetup, DaemonError> {
         let vips = cfg.vips();
         let iface = cfg.cluster.interface.clone();
-        let earlier = store.and_then(|s| s.host_changes(&record_key(&vips)));
+        let record_key = cfg.first_vip().to_string();
+        let earlier = store.and_then(|s| s.host_changes(&record_key));
         for vip in vips.iter().filter(|v| local.contains(v)) {
             log::info!(
                 "VIP {vip} is already on lo: adopting it and the connections it carries{}",
@@ -58,11 +55,10 @@ impl HostSetup {
             iface: iface.clone(),
             gro_was_on: None,
             undone: false,
-            record_key: String::new(),
+            record_key,
         };
         // ARP settings first, so the kernel never answers for the VIP once it is on lo.
         sysctl::arp_settings(&mut h.sysctls, &iface).map_err(io("setting ARP sysctls"))?;
-        h.record_key = record_key(&vips);
         h.record(store);
         h.set_vips(&vips).map_err(io("adding the VIP to lo"))?;
         match packet::set_gro(&iface, false) {

@@ -46,14 +46,14 @@ pub fn realserver(action: &str, vips: &[Ipv4Addr], iface: &str) -> Result<(), St
     if action == "up" {
         let mut saved = sysctl::Saved::default();
         sysctl::arp_settings(&mut saved, iface).map_err(|e| format!("ARP sysctls: {e}"))?;
-    }
-    for &vip in vips {
-        if action == "up" {
+        for &vip in vips {
             netlink::add_addr("lo", vip, 32).map_err(|e| format!("adding {vip}/32 to lo: {e}"))?;
             println!(
                 "real server ready: {vip}/32 on lo, arp_ignore=1 arp_announce=2 on all,{iface}"
             );
-        } else {
+        }
+    } else {
+        for &vip in vips {
             netlink::del_addr("lo", vip, 32)
                 .map_err(|e| format!("removing {vip}/32 from lo: {e}"))?;
             println!("{vip}/32 removed from lo (ARP sysctls left as they are)");

@@ -10,9 +10,10 @@ use std::net::Ipv4Addr;
 /// keys stored before there were several VIPs), `vip:port` on another.
 pub fn service_tag(cfg: &Config, svc: &config::Service) -> String {
     let (vip, port) = (cfg.vip_of(svc), *svc.port.get_ref());
-    match cfg.vips().first() {
-        Some(first) if *first != vip => format!("{vip}:{port}"),
-        _ => port.to_string(),
+    if vip == cfg.first_vip() {
+        port.to_string()
+    } else {
+        format!("{vip}:{port}")
     }
 }
 
