@@ -249,14 +249,16 @@ impl Site for SetupSite {
 }
 
 impl SetupSite {
-    /// The form's fields, or None when the body is over the limit.
-    fn fields(rq: &mut tiny_http::Request) -> Option<std::collections::HashMap<String, String>> {
+    /// The form's fields (of the first `MAX_BODY` bytes), and whether the
+    /// body was over that limit.
+    fn fields(rq: &mut tiny_http::Request) -> (std::collections::HashMap<String, String>, bool) {
         let mut body = Vec::new();
         let _ = rq
             .as_reader()
             .take(page::MAX_BODY as u64 + 1)
             .read_to_end(&mut body);
-        (body.len() <= page::MAX_BODY).then(|| page::parse_form(&String::from_utf8_lossy(&body)))
+        let too_large = body.len() > page::MAX_BODY;
+        (page::parse_form(&String::from_utf8_lossy(&body)), too_large)
     }
 
     /// A wrong setup code costs a second, one guess at a time: 10^8 codes
@@ -277,9 +279,10 @@ impl SetupSite {
     }
 
     fn join(&self, rq: &mut tiny_http::Request) -> Reply {
-        let Some(f) = Self::fields(rq) else {
+        let (f, too_large) = Self::fields(rq);
+        if too_large {
             return html(413, page::form("", "", &["form too large".into()]));
-        };
+        }
         let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
         if !page::code_matches(&self.code, field("code")) {
             self.wrong_code();
@@ -303,10 +306,14 @@ impl SetupSite {
     }
 
     fn submit(&self, rq: &mut tiny_http::Request) -> Reply {
-        let Some(f) = Self::fields(rq) else {
-            return html(413, page::form("", "", &["form too large".into()]));
-        };
+        let (f, too_large) = Self::fields(rq);
         let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+        if too_large {
+            return html(
+                413,
+                page::form("", field("node"), &["form too large".into()]),
+            );
+        }
         if !page::code_matches(&self.code, field("code")) {
             self.wrong_code();
             return html(
