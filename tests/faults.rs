@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -112,8 +112,9 @@ fn offloads_off(c: &Cluster) {
 
 /// Splices netem.py between node `i`'s bridge port and the bridge: every
 /// frame to and from that node is lost with probability `loss` and delayed
-/// by `delay_ms` ± `jitter_ms`.
-fn impair(c: &mut Cluster, i: usize, loss: f64, delay_ms: u32, jitter_ms: u32) {
+/// by `delay_ms` ± `jitter_ms`. Returns the file in which the relay keeps
+/// its own worst lateness (see [`relay_stall_ms`]).
+fn impair(c: &mut Cluster, i: usize, loss: f64, delay_ms: u32, jitter_ms: u32) -> PathBuf {
     offloads_off(c);
     let lan = c.lan.clone();
     let port = format!("vn{}", i + 1);
@@ -128,6 +129,7 @@ fn impair(c: &mut Cluster, i: usize, loss: f64, delay_ms: u32, jitter_ms: u32) {
     ));
     // Raised priority: on a loaded 2-core box a starved relay would add
     // delay of its own to what the test asks for.
+    let stall = c.dir.join(format!("relay{}.stall", i + 1));
     let child = Command::new("nice")
         .args(["-n", "-10", "ip", "netns", "exec", &lan, "python3"])
         .arg(support("netem.py"))
@@ -142,25 +144,40 @@ fn impair(c: &mut Cluster, i: usize, loss: f64, delay_ms: u32, jitter_ms: u32) {
             &jitter_ms.to_string(),
             "--seed",
             &(i + 1).to_string(),
+            "--stall-file",
         ])
+        .arg(&stall)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("netem.py");
     c.adopt(child);
     std::thread::sleep(Duration::from_millis(300));
+    stall
+}
+
+/// The relay's lateness episodes so far, in ms: a relay starved that long
+/// was a link that went silent, which no heartbeat timing can ride out.
+fn relay_stalls(file: &Path) -> Vec<f64> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// Starts both nodes behind the impairment and watches role changes for
 /// `secs`; returns (role transitions of both nodes after the first
-/// election, takeovers among them).
+/// election, takeovers among them, the client's load figures, the relay's
+/// worst lateness in ms during the watch).
 fn observe_under_impairment(
     loss: f64,
     delay_ms: u32,
     jitter_ms: u32,
     secs: u64,
 ) -> (Vec<String>, usize, Value) {
-    observe_with_heartbeat(loss, delay_ms, jitter_ms, secs, "")
+    let (changes, t, load, _) = observe_with_heartbeat(loss, delay_ms, jitter_ms, secs, "");
+    (changes, t, load)
 }
 
 /// As [`observe_under_impairment`], with extra `[heartbeat]` keys.
@@ -170,19 +187,20 @@ fn observe_with_heartbeat(
     jitter_ms: u32,
     secs: u64,
     heartbeat: &str,
-) -> (Vec<String>, usize, Value) {
+) -> (Vec<String>, usize, Value, f64) {
     let _alone = alone();
     let mut c = Cluster::new(Opts {
         start: false,
         heartbeat: heartbeat.into(),
         ..Opts::default()
     });
-    impair(&mut c, 0, loss, delay_ms, jitter_ms);
+    let stall = impair(&mut c, 0, loss, delay_ms, jitter_ms);
     c.start_duet(0);
     c.start_duet(1);
     c.wait_one_director(Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
     let base: Vec<usize> = (0..2).map(|i| role_lines(&c, i).len()).collect();
+    let stalls_before = relay_stalls(&stall).len();
     let load = py_bg(
         &c.client,
         "load.py",
@@ -198,8 +216,12 @@ fn observe_with_heartbeat(
     if !changes.is_empty() {
         c.dump_logs();
     }
+    let stalled = relay_stalls(&stall)
+        .into_iter()
+        .skip(stalls_before)
+        .fold(0.0, f64::max);
     c.wait_one_director(Duration::from_secs(10));
-    (changes, t, load)
+    (changes, t, load, stalled)
 }
 
 #[test]
@@ -221,16 +243,30 @@ fn loss_20_percent_no_flapping() {
 #[test]
 fn fast_heartbeat_holds_at_20_percent_loss_and_10ms_jitter() {
     const FAST: &str = "interval = \"20ms\"\ndead_after = \"100ms\"";
+    // A relay stalled for most of dead_after silenced the link itself; such
+    // a window proves nothing either way, so it is watched again (and said).
+    const SILENT_LINK_MS: f64 = 80.0;
     for (loss, delay, jitter) in [(0.2, 0, 0), (0.0, 10, 10)] {
-        let (changes, _, load) = observe_with_heartbeat(loss, delay, jitter, 20, FAST);
-        eprintln!(
-            "20ms/100ms heartbeat, loss {loss}, delay {delay} ± {jitter} ms, 20 s: {} role changes; \
-             client {} ok {} failed",
-            changes.len(),
-            load["ok"],
-            load["failed"]
-        );
-        assert!(changes.is_empty(), "flapping: {changes:#?}");
+        for attempt in 1..=3 {
+            let (changes, _, load, stall) = observe_with_heartbeat(loss, delay, jitter, 20, FAST);
+            eprintln!(
+                "20ms/100ms heartbeat, loss {loss}, delay {delay} ± {jitter} ms, 20 s: {} role \
+                 changes; client {} ok {} failed; relay worst lateness {stall:.0} ms",
+                changes.len(),
+                load["ok"],
+                load["failed"]
+            );
+            if changes.is_empty() {
+                break;
+            }
+            assert!(
+                stall >= SILENT_LINK_MS && attempt < 3,
+                "flapping (relay worst lateness {stall:.0} ms, attempt {attempt}): {changes:#?}"
+            );
+            eprintln!(
+                "WARNING: the relay itself stalled {stall:.0} ms (starved of CPU): watching again"
+            );
+        }
     }
 }
 

@@ -343,6 +343,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     };
 
     let link_index = link.index;
+    favour_control_thread();
     let (el, fatal) = ControlLoop::new(Parts {
         host: &mut *host,
         cfg: cfg.clone(),
@@ -409,4 +410,19 @@ fn random_u64() -> u64 {
 
 fn cluster_id(vip: Ipv4Addr, vrid: u8) -> u32 {
     u32::from(vip) ^ (u32::from(vrid) << 24)
+}
+
+/// Nice value of the thread that sends and hears heartbeats.
+const CONTROL_NICE: i32 = -10;
+
+/// The peer declares us dead after `dead_after` of silence (100 ms at the
+/// tightest), so a busy box must not hold our heartbeats back; corosync
+/// runs real-time for the same reason. Only this thread is raised: the
+/// data plane and the status server keep their normal share.
+fn favour_control_thread() {
+    let tid = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(tid), CONTROL_NICE) {
+        Ok(()) => log::debug!("control thread at nice {CONTROL_NICE}"),
+        Err(e) => log::info!("control thread keeps its priority (nice {CONTROL_NICE}: {e})"),
+    }
 }

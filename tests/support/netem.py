@@ -14,6 +14,12 @@ left to offload (TP_STATUS_CSUMNOTREADY) get it completed here, or the far
 end would drop them. Segmentation offloads must be off on the hosts whose
 traffic crosses the relay (the harness does that). Runs until killed;
 SIGTERM/SIGINT print a JSON summary on stdout.
+
+With --stall-file F the relay appends to F a line for each time it ran
+more than 20 ms late (took a frame from its socket that long after the
+kernel received it, sent one after its due time, or woke from its wait), with the lateness in ms; one line per episode and each worse one. A test can tell
+a relay that was starved of CPU (a link that went silent for that long)
+from a fault of the node under test.
 """
 import argparse, heapq, json, random, select, signal, socket, struct, sys, time
 
@@ -22,6 +28,7 @@ SOL_PACKET = 263
 PACKET_AUXDATA = 8
 TP_STATUS_CSUMNOTREADY = 1 << 3
 PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35  # also SCM_TIMESTAMPNS; Python names neither
 
 
 def csum(data):
@@ -63,6 +70,7 @@ def fix_l4_checksum(frame):
 def open_if(name):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     s.bind((name, 0))
     s.setblocking(False)
     return s
@@ -76,7 +84,20 @@ def main():
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stall-file")
     args = ap.parse_args()
+    episode = [0.0, 0.0]  # when the last line was written, its lateness
+
+    def late_by(seconds):
+        ms = seconds * 1000.0
+        if not args.stall_file or ms <= 20.0:
+            return
+        t = time.monotonic()
+        if t - episode[0] > 0.2 or ms > episode[1]:
+            episode[:] = [t, ms]
+            with open(args.stall_file, "a") as f:
+                f.write("%.1f\n" % ms)
+
     rng = random.Random(args.seed)
     socks = {args.a: open_if(args.a), args.b: open_if(args.b)}
     other = {args.a: socks[args.b], args.b: socks[args.a]}
@@ -101,11 +122,12 @@ def main():
             ready, _, _ = select.select(list(socks.values()), [], [], timeout)
         except InterruptedError:
             continue
+        late_by(time.monotonic() - now - timeout)
         for s in ready:
             name = fds[s.fileno()]
             while True:
                 try:
-                    data, anc, _flags, addr = s.recvmsg(65536, socket.CMSG_SPACE(64))
+                    data, anc, _flags, addr = s.recvmsg(65536, socket.CMSG_SPACE(64) + socket.CMSG_SPACE(16))
                 except BlockingIOError:
                     break
                 except InterruptedError:
@@ -113,6 +135,9 @@ def main():
                 if addr[2] == PACKET_OUTGOING:
                     continue
                 for lvl, typ, cdata in anc:
+                    if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= 16:
+                        sec, nsec = struct.unpack("qq", cdata[:16])
+                        late_by(time.time() - (sec + nsec / 1e9))
                     if lvl == SOL_PACKET and typ == PACKET_AUXDATA and len(cdata) >= 4:
                         status = struct.unpack("I", cdata[:4])[0]
                         if status & TP_STATUS_CSUMNOTREADY:
@@ -126,7 +151,8 @@ def main():
                 heapq.heappush(pending, (time.monotonic() + max(0.0, d) / 1000.0, seq, other[name], data))
         now = time.monotonic()
         while pending and pending[0][0] <= now:
-            _, _, out, data = heapq.heappop(pending)
+            due, _, out, data = heapq.heappop(pending)
+            late_by(now - due)
             try:
                 out.send(data)
                 stats["relayed"] += 1
