@@ -13,7 +13,7 @@ pub mod ebpf;
 mod thread;
 
 pub use thread::{
-    fmt_mac, spawn, Control, DpStats, Params, Shared, SyncExchange, SyncStatus, ECHO_RATE,
+    fmt_mac, spawn, Control, DpStats, Params, Report, Shared, SyncExchange, SyncStatus, ECHO_RATE,
 };
 
 /// The engine that runs, for status and metrics.

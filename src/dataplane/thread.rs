@@ -35,9 +35,9 @@ const SYNC_MAX: usize = 8192;
 /// kernel, which does not rate-limit echo replies, so an ICMP flood must
 /// not turn into as many of both.
 pub const ECHO_RATE: u32 = 1000;
-/// Flood events waiting for the control plane (it takes them every few
-/// hundred milliseconds; the engine emits at most one pair a minute).
-const EVENTS_MAX: usize = 16;
+/// Reports waiting for the control loop (it takes them at once; the engine
+/// emits at most a pair of flood events a minute).
+const REPORTS_MAX: usize = 16;
 /// eBPF engine: how often the lease is renewed and the kernel's flows are
 /// walked, and how many flows of each map one walk visits (a full table of
 /// 262,144 takes ~6 s, well inside the shortest timeout of a flow the
@@ -122,17 +122,29 @@ pub struct Shared {
     wake: OwnedFd,
     control: Mutex<Control>,
     active: AtomicBool,
-    /// Set when the successor's gratuitous ARP was seen while stepping down.
-    successor_announced: AtomicBool,
     stop: AtomicBool,
     pub stats: Mutex<DpStats>,
     pub sync: Mutex<SyncExchange>,
     pub sync_status: Mutex<SyncStatus>,
-    /// Flood events from the engine, for the control plane's event log.
-    events: Mutex<Vec<FloodEvent>>,
     /// Director: everything taken from the engine so far is acknowledged by
     /// the standby (gates a planned switchover).
-    pub sync_caught_up: AtomicBool,
+    sync_caught_up: AtomicBool,
+    reports: (
+        smol::channel::Sender<Report>,
+        smol::channel::Receiver<Report>,
+    ),
+}
+
+/// What the data plane and the sync thread tell the control loop, which
+/// sleeps until one of these (or its other inputs) arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The successor's gratuitous ARP was seen while stepping down.
+    SuccessorAnnounced,
+    /// The standby acknowledged everything sent so far.
+    SyncCaughtUp,
+    /// For the control plane's event log.
+    Flood(FloodEvent),
 }
 
 impl Shared {
@@ -148,14 +160,13 @@ impl Shared {
             wake,
             version: AtomicU64::new(1),
             active: AtomicBool::new(control.holding.forwards()),
-            successor_announced: AtomicBool::new(false),
             control: Mutex::new(control),
             stop: AtomicBool::new(false),
             stats: Mutex::new(DpStats::default()),
             sync: Mutex::new(SyncExchange::default()),
             sync_status: Mutex::new(SyncStatus::default()),
-            events: Mutex::new(Vec::new()),
             sync_caught_up: AtomicBool::new(false),
+            reports: smol::channel::bounded(REPORTS_MAX),
         }))
     }
 
@@ -179,10 +190,35 @@ impl Shared {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Whether the data plane saw the successor announce a VIP since the
-    /// last call (while stepping down).
-    pub fn take_successor_announced(&self) -> bool {
-        self.successor_announced.swap(false, Ordering::AcqRel)
+    /// Queues a report for the control loop. The queue is bounded: a
+    /// report that finds it full is dropped (flood events come at most a
+    /// pair a minute, the others once per handover).
+    pub fn report(&self, r: Report) {
+        let _ = self.reports.0.try_send(r);
+    }
+
+    /// Where the control loop waits for reports.
+    pub fn reports(&self) -> smol::channel::Receiver<Report> {
+        self.reports.1.clone()
+    }
+
+    /// Sync thread, director: whether the standby has acknowledged all
+    /// sent so far; reported when that becomes true.
+    pub fn set_sync_caught_up(&self, caught_up: bool) {
+        let was = self.sync_caught_up.swap(caught_up, Ordering::AcqRel);
+        if caught_up && !was {
+            self.report(Report::SyncCaughtUp);
+        }
+    }
+
+    /// A handover starts waiting for the standby: the next confirmation
+    /// must be a fresh one.
+    pub fn reset_sync_caught_up(&self) {
+        self.sync_caught_up.store(false, Ordering::Release);
+    }
+
+    pub fn sync_caught_up(&self) -> bool {
+        self.sync_caught_up.load(Ordering::Acquire)
     }
 
     pub fn stop(&self) {
@@ -198,11 +234,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Flood events since the last call, oldest first.
-    pub fn take_events(&self) -> Vec<FloodEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn stats(&self) -> DpStats {
@@ -663,10 +694,7 @@ impl Plane {
     fn pass_events(&mut self) {
         while let Some(ev) = self.engine.poll_event() {
             log::warn!("{}", ev.message);
-            let mut q = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() < EVENTS_MAX {
-                q.push(ev);
-            }
+            self.shared.report(Report::Flood(ev));
         }
     }
 
@@ -898,9 +926,7 @@ impl Plane {
             ArpAction::Ignore => {}
             ArpAction::SuccessorAnnounced => {
                 log::info!("step-down: the successor announced the VIP");
-                self.shared
-                    .successor_announced
-                    .store(true, Ordering::Release);
+                self.shared.report(Report::SuccessorAnnounced);
             }
             ArpAction::Conflict { vip, garp, warn } => {
                 self.stats.vip_conflicts += 1;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::ctl::{store_warn, Ctl};
+use super::inbox::Input;
 use super::pool::{backend_defs, check_spec, health_key, service_tag};
 
 /// A running monitor, and whether its verdicts still count.
@@ -74,7 +75,7 @@ impl Checks {
                     .up = t.up;
                 st.dirty = true;
                 drop(st);
-                c.wake.store(true, Ordering::Release);
+                c.inbox.send(Input::Changed);
             }),
         );
         Some(Checks { monitor, retired })

@@ -2,24 +2,34 @@
 //! keeps the data plane's backend snapshot in step with health, drains,
 //! peers and neighbour MACs. Handovers (SIGTERM, planned failover) and the
 //! make-before-break step-down live here too.
+//!
+//! The loop sleeps until a heartbeat datagram, a signal, an [`Input`] from
+//! another thread, a data-plane [`Report`] or the machines' next deadline.
+//! The chores kept on a period (link check, neighbour MACs and health
+//! details, the drain set's resend, chart samples) run on the turns those
+//! make; the heartbeat's own send timer alone brings one at least every
+//! `interval`, so they never need a wake-up of their own.
 use crate::config::{self, Config};
 use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
 use crate::wire::admin::{self, AdminState};
 use crate::wire::envelope::Keys;
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
+use async_signal::{Signal, Signals};
+use smol::channel::Receiver;
+use smol::stream::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
 use super::host::HostSetup;
+use super::inbox::Input;
 use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
-use super::{localconns, neigh, ping, signals};
-use crate::dataplane::Shared;
+use super::{localconns, neigh};
+use crate::dataplane::{Report, Shared};
 use crate::handover::{Action, Handover, Holding, Planned};
 
 /// The drain set goes to the peer on every change and at this period, so a
@@ -35,8 +45,9 @@ const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(5);
 /// How often the LAN interface's presence and carrier are checked.
 const LINK_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
-/// Longest sleep between two turns, so signals and admin requests are seen promptly.
-const MAX_WAIT: Duration = Duration::from_millis(50);
+/// While a MAC the data plane needs is unknown, how often the neighbour
+/// table is read again.
+const MISSING_MAC_PERIOD: Duration = Duration::from_millis(100);
 
 /// Everything the loop needs that lives longer than it.
 pub struct Parts<'h> {
@@ -53,7 +64,6 @@ pub struct Parts<'h> {
     pub peers: Vec<Ipv4Addr>,
     pub cluster_id: u32,
     pub checks: Option<Checks>,
-    pub pinger: Option<ping::Pinger>,
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
     /// The LAN interface's index at start: the packet socket is bound to it.
     pub link_index: u32,
@@ -73,9 +83,20 @@ struct Leaving {
     counted_at: Instant,
 }
 
+/// What ended a wait.
+enum Wake {
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Input(Input),
+    Report(Report),
+    Signal(Signal),
+    Deadline,
+}
+
 pub struct ControlLoop<'h> {
     p: Parts<'h>,
-    ping_state: u8,
+    /// Stop signals received: the first starts a graceful leave, a second
+    /// one cuts its drain short.
+    stops: u32,
     /// Addresses whose MAC the data plane needs (peers, real servers, fallback).
     wanted_macs: Vec<Ipv4Addr>,
     last_refresh: Option<Instant>,
@@ -97,7 +118,7 @@ impl<'h> ControlLoop<'h> {
         let wanted_macs = wanted_macs(&p.cfg, &p.peers, p.me);
         ControlLoop {
             p,
-            ping_state: ping::UNKNOWN,
+            stops: 0,
             wanted_macs,
             last_refresh: None,
             generation: 1,
@@ -114,28 +135,59 @@ impl<'h> ControlLoop<'h> {
     /// Runs until SIGTERM/SIGINT has been handled and the health checks
     /// have stopped; returns the election for its final term, and why it
     /// had to stop if it was not asked to.
-    pub fn run(mut self, udp: &async_net::UdpSocket, hb_port: u16) -> (Election, Option<String>) {
+    pub fn run(
+        mut self,
+        udp: &async_net::UdpSocket,
+        hb_port: u16,
+        inputs: Receiver<Input>,
+        mut signals: Signals,
+    ) -> (Election, Option<String>) {
+        use smol::future::{or, pending};
         let mut buf = vec![0u8; 2048];
+        let reports = self.p.shared.reports();
         smol::block_on(async {
             loop {
                 let now = Instant::now();
                 if !self.before_wait(now) {
                     break;
                 }
-                let mut deadline = self.p.election.poll_timeout().min(now + MAX_WAIT);
-                if let Some(t) = self.handover.poll_timeout() {
-                    deadline = deadline.min(t);
-                }
-                let got = smol::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
+                let deadline = self.deadline();
+                let datagram = async { Wake::Datagram(udp.recv_from(&mut buf).await) };
+                // A closed channel or an ended stream never wakes the loop.
+                let input = async {
+                    match inputs.recv().await {
+                        Ok(i) => Wake::Input(i),
+                        Err(_) => pending().await,
+                    }
+                };
+                let report = async {
+                    match reports.recv().await {
+                        Ok(r) => Wake::Report(r),
+                        Err(_) => pending().await,
+                    }
+                };
+                let signal = async {
+                    loop {
+                        match signals.next().await {
+                            Some(Ok(s)) => break Wake::Signal(s),
+                            Some(Err(e)) => log::warn!("signal: {e}"),
+                            None => pending().await,
+                        }
+                    }
+                };
+                let timer = async {
                     smol::Timer::at(deadline).await;
-                    None
-                })
-                .await;
+                    Wake::Deadline
+                };
+                let wake = or(or(datagram, signal), or(or(input, report), timer)).await;
                 let now = Instant::now();
-                match got {
-                    Some(Ok((n, from))) => self.on_datagram(now, &buf[..n], from),
-                    Some(Err(e)) => log::warn!("heartbeat receive: {e}"),
-                    None => {}
+                match wake {
+                    Wake::Datagram(Ok((n, from))) => self.on_datagram(now, &buf[..n], from),
+                    Wake::Datagram(Err(e)) => log::warn!("heartbeat receive: {e}"),
+                    Wake::Input(i) => self.on_input(now, i),
+                    Wake::Report(r) => self.on_report(r),
+                    Wake::Signal(s) => self.on_signal(s),
+                    Wake::Deadline => {}
                 }
                 self.after_wait(now);
                 for (dst, bytes) in self.outbox.drain(..) {
@@ -151,34 +203,69 @@ impl<'h> ControlLoop<'h> {
         (self.p.election, self.fatal)
     }
 
-    /// Work before waiting for a datagram; false when it is time to exit.
+    /// The earliest time the machines need a turn: the election's and the
+    /// handover's timers, and while leaving or missing a MAC their retries.
+    fn deadline(&self) -> Instant {
+        let mut d = self.p.election.poll_timeout();
+        if let Some(t) = self.handover.poll_timeout() {
+            d = d.min(t);
+        }
+        if let Some(l) = &self.leaving {
+            d = d.min(l.counted_at + LOCAL_COUNT_PERIOD);
+        }
+        if self.missing_mac() {
+            if let Some(t) = self.last_refresh {
+                d = d.min(t + MISSING_MAC_PERIOD);
+            }
+        }
+        d
+    }
+
+    fn on_signal(&mut self, s: Signal) {
+        match s {
+            // Refusals are logged and recorded by `reload` itself; a good
+            // config comes back as an input.
+            Signal::Hup => {
+                let _ = self.p.ctl.reload();
+            }
+            _ => self.stops += 1,
+        }
+    }
+
+    fn on_input(&mut self, now: Instant, i: Input) {
+        match i {
+            Input::Config(new) => self.apply_config(new),
+            Input::Failover => {
+                if !self.handover.planned() {
+                    self.begin_handover(Planned::Failover, now);
+                }
+            }
+            // The turn rebuilds the snapshot and sends the drain set.
+            Input::Changed => {}
+            Input::Ping(ok) => self.p.election.set_ping_ok(now, ok),
+        }
+    }
+
+    fn on_report(&mut self, r: Report) {
+        match r {
+            Report::SuccessorAnnounced => self.handover.handle_successor_announced(),
+            // `progress_handover` reads the confirmation itself.
+            Report::SyncCaughtUp => {}
+            Report::Flood(ev) => self.p.ctl.event("flood", &ev.message),
+        }
+    }
+
+    /// Work before waiting; false when it is time to exit.
     fn before_wait(&mut self, now: Instant) -> bool {
-        if signals::stop_requests() > 0 && self.leaving.is_none() && !self.handover.planned() {
+        if self.stops > 0 && self.leaving.is_none() && !self.handover.planned() {
             self.begin_handover(Planned::Leave, now);
         }
         self.progress_handover(now);
         if !self.progress_leave(now) || !self.watch_link(now) {
             return false;
         }
-        self.poll_ping(now);
-        if signals::take_reload() {
-            // Refusals are logged and recorded by `reload` itself.
-            let _ = self.p.ctl.reload();
-        }
-        if let Some(new) = self.p.ctl.take_pending_config() {
-            self.apply_config(new);
-        }
-        if self.p.ctl.wake.swap(false, Ordering::AcqRel) {
-            let req = std::mem::take(&mut self.p.ctl.lock().failover_requested);
-            if req && !self.handover.planned() {
-                self.begin_handover(Planned::Failover, now);
-            }
-        }
         self.refresh(now);
         self.p.ctl.sample_history();
-        for ev in self.p.shared.take_events() {
-            self.p.ctl.event("flood", &ev.message);
-        }
         let (up, total, own_ok) = health_summary(&self.p.ctl, &self.p.cfg, self.p.me);
         self.p.election.set_health_summary(up, total);
         {
@@ -207,7 +294,7 @@ impl<'h> ControlLoop<'h> {
             && el.peers().iter().any(|p| p.alive)
             && self.p.shared.stats().connections > 0;
         if wait {
-            self.p.shared.sync_caught_up.store(false, Ordering::Release);
+            self.p.shared.reset_sync_caught_up();
             log::info!("handover: waiting for the standby to confirm the connection table");
         }
         let sent = self.p.shared.sync_status().position;
@@ -218,14 +305,9 @@ impl<'h> ControlLoop<'h> {
     /// it decides.
     fn progress_handover(&mut self, now: Instant) {
         if let Some(sent) = self.handover.awaited_sync() {
-            if self.p.shared.sync_caught_up.load(Ordering::Acquire)
-                || self.p.election.peer_synced_to(sent)
-            {
+            if self.p.shared.sync_caught_up() || self.p.election.peer_synced_to(sent) {
                 self.handover.handle_synced(now);
             }
-        }
-        if self.p.shared.take_successor_announced() {
-            self.handover.handle_successor_announced();
         }
         self.handover.handle_timeout(now);
         while let Some(a) = self.handover.poll_action() {
@@ -266,7 +348,7 @@ impl<'h> ControlLoop<'h> {
                 self.leaving = Some(Leaving {
                     departure,
                     since: now,
-                    signals_seen: signals::stop_requests(),
+                    signals_seen: self.stops,
                     last_report: now,
                     last_count: count,
                     count,
@@ -346,7 +428,7 @@ impl<'h> ControlLoop<'h> {
         let Some(l) = self.leaving.as_ref() else {
             return true;
         };
-        let forced = signals::stop_requests() > l.signals_seen;
+        let forced = self.stops > l.signals_seen;
         let stale = now.duration_since(l.counted_at) >= LOCAL_COUNT_PERIOD;
         let fresh = (stale || forced).then(|| self.local_connections());
         let Some(l) = self.leaving.as_mut() else {
@@ -394,24 +476,18 @@ impl<'h> ControlLoop<'h> {
         }
     }
 
-    fn poll_ping(&mut self, now: Instant) {
-        let Some(p) = &self.p.pinger else { return };
-        let v = p.state.load(Ordering::Acquire);
-        if v != self.ping_state && v != ping::UNKNOWN {
-            self.p.election.set_ping_ok(now, v == ping::REACHABLE);
-        }
-        self.ping_state = v;
+    fn missing_mac(&self) -> bool {
+        self.wanted_macs
+            .iter()
+            .any(|a| !self.p.macs.contains_key(a))
     }
 
-    /// Neighbour MACs and health details: fast while a MAC is missing, then
-    /// once a second.
+    /// Neighbour MACs and health details (verdicts arrive at once, as an
+    /// input; latencies and counts are for the page): fast while a MAC is
+    /// missing, then once a second.
     fn refresh(&mut self, now: Instant) {
-        let missing = self
-            .wanted_macs
-            .iter()
-            .any(|a| !self.p.macs.contains_key(a));
-        let period = if missing {
-            Duration::from_millis(100)
+        let period = if self.missing_mac() {
+            MISSING_MAC_PERIOD
         } else {
             Duration::from_secs(1)
         };

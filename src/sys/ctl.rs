@@ -10,11 +10,11 @@ use crate::store::{now_ms, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::inbox::{Input, Notify};
 use super::pool::{backend_defs, health_key, is_healthy, no_new_flows, service_tag};
 use crate::dataplane::Shared;
 
@@ -35,7 +35,6 @@ pub struct State {
     pub announce_admin: bool,
     pub health: BTreeMap<String, health::HealthState>,
     pub started: Instant,
-    pub failover_requested: bool,
     /// Set whenever something that shapes the backend snapshot changed.
     pub dirty: bool,
 }
@@ -47,9 +46,8 @@ pub struct Ctl {
     /// Replaced as a whole on reload; readers take the current one.
     cfg: Mutex<Arc<Config>>,
     config_path: PathBuf,
-    /// A checked configuration the control loop has yet to take over.
-    pending_config: Mutex<Option<Arc<Config>>>,
-    pub wake: AtomicBool,
+    /// Tells the control loop what changed here.
+    pub inbox: Notify,
     /// Connection rates per service over the last 10 minutes, for the page.
     history: Mutex<History>,
     /// The pairing code on offer for the other box, if any.
@@ -67,6 +65,7 @@ impl Ctl {
         shared: Arc<Shared>,
         cfg: Arc<Config>,
         config_path: PathBuf,
+        inbox: Notify,
     ) -> Ctl {
         Ctl {
             state: Mutex::new(state),
@@ -74,8 +73,7 @@ impl Ctl {
             shared,
             cfg: Mutex::new(cfg),
             config_path,
-            pending_config: Mutex::new(None),
-            wake: AtomicBool::new(false),
+            inbox,
             history: Mutex::new(History::new(HISTORY_STEP_MS, HISTORY_WINDOW_MS)),
             pairing: Mutex::new(crate::pair::Sponsor::default()),
         }
@@ -160,20 +158,8 @@ impl Ctl {
             );
         }
         let summary = format!("reloading {path}: {} services", new.services.len());
-        *self
-            .pending_config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(new));
-        self.wake.store(true, Ordering::Release);
+        self.inbox.send(Input::Config(Arc::new(new)));
         Ok(summary)
-    }
-
-    /// The configuration `reload` queued, if any.
-    pub fn take_pending_config(&self) -> Option<Arc<Config>> {
-        self.pending_config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -225,7 +211,7 @@ impl Ctl {
         st.dirty = true;
         st.announce_admin = true;
         drop(st);
-        self.wake.store(true, Ordering::Release);
+        self.inbox.send(Input::Changed);
         let verb = if drained { "drained" } else { "undrained" };
         log::info!("admin: backend {name} {verb}");
         self.event("admin", &format!("backend {name} {verb}"));
@@ -273,12 +259,11 @@ impl Admin for Ctl {
         Ctl::reload(self)
     }
     fn failover(&self) -> Result<String, String> {
-        let mut st = self.lock();
-        if st.role != Role::Director {
-            return Err(format!("this node is {}, not the director", st.role));
+        let role = self.lock().role;
+        if role != Role::Director {
+            return Err(format!("this node is {role}, not the director"));
         }
-        st.failover_requested = true;
-        self.wake.store(true, Ordering::Release);
+        self.inbox.send(Input::Failover);
         Ok("failover requested".into())
     }
     fn pair_offer(&self) -> Result<String, String> {

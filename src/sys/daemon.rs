@@ -18,8 +18,9 @@ use super::control::{ControlLoop, Parts};
 use super::ctl::{store_warn, Ctl, State};
 use super::host::HostSetup;
 use super::pool::{build_snapshot, Inputs};
-use super::{neigh, netlink, packet, ping, signals, syncer, tun::Tun};
+use super::{inbox, neigh, netlink, packet, ping, syncer, tun::Tun};
 use crate::dataplane::{self, Control, Shared};
+use async_signal::Signal;
 
 pub use super::error::{io, DaemonError};
 use super::tun::TUN_NAME;
@@ -73,7 +74,10 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
         );
     }
 
-    signals::install();
+    // Before anything that takes time: a stop signal from now on waits in
+    // this queue for the control loop instead of killing the process.
+    let signals = async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .map_err(io("installing signal handlers"))?;
     let mut host = HostSetup::apply(&cfg, &local, store.as_ref())?;
     let result = run_inner(
         &cfg,
@@ -85,6 +89,7 @@ pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(
             vmac,
             link,
             store,
+            signals,
         },
         &mut host,
     );
@@ -103,6 +108,7 @@ struct Start {
     vmac: [u8; 6],
     link: netlink::Link,
     store: Option<Store>,
+    signals: async_signal::Signals,
 }
 
 fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<(), DaemonError> {
@@ -114,6 +120,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         vmac,
         link,
         store,
+        signals,
     } = start;
     let drains = store.as_ref().map(|s| s.drains()).unwrap_or_default();
     let drains_version = store.as_ref().map_or(0, |s| s.drains_version());
@@ -184,7 +191,6 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         announce_admin: true,
         health: BTreeMap::new(),
         started: Instant::now(),
-        failover_requested: false,
         dirty: true,
     };
     let macs = neigh::read(&cfg.cluster.interface);
@@ -263,12 +269,14 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         None => None,
     };
 
+    let (notify, inputs) = inbox::channel();
     let ctl = Arc::new(Ctl::new(
         state,
         store,
         shared.clone(),
         cfg.clone(),
         config_path,
+        notify.clone(),
     ));
 
     // Health checks: both nodes run them, so a new director starts warm.
@@ -325,7 +333,8 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         dataplane::fmt_mac(&vmac)
     );
 
-    let pinger = if cfg.heartbeat.ping.is_empty() {
+    // Runs until dropped after the loop; its verdicts come as inputs.
+    let _pinger = if cfg.heartbeat.ping.is_empty() {
         None
     } else {
         let hb = &cfg.heartbeat;
@@ -333,6 +342,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             hb.ping.clone(),
             hb.interval.get_ref().0,
             hb.dead_after.get_ref().0 / 2,
+            notify,
         ) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -356,11 +366,10 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         peers,
         cluster_id: cluster,
         checks,
-        pinger,
         macs,
         link_index,
     })
-    .run(&udp, hb_port);
+    .run(&udp, hb_port, inputs, signals);
 
     shared.update(|c| c.holding = crate::handover::Holding::No);
     shared.stop();

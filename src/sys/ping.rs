@@ -1,21 +1,19 @@
 //! Ping nodes (heartbeat's `ipfail`): a node that cannot reach any of them
 //! must not direct. One thread sends ICMP echoes on a raw socket and records
-//! when each target last answered; the control loop reads one atomic.
+//! when each target last answered; the control loop hears each change of
+//! the verdict.
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, Ipv4Slice};
 use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const UNKNOWN: u8 = 0;
-pub const REACHABLE: u8 = 1;
-pub const UNREACHABLE: u8 = 2;
+use super::inbox::{Input, Notify};
 
 pub struct Pinger {
-    pub state: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -28,16 +26,15 @@ impl Pinger {
         targets: Vec<Ipv4Addr>,
         period: Duration,
         lost_after: Duration,
+        notify: Notify,
     ) -> std::io::Result<Pinger> {
         let fd = open_socket(Duration::from_millis(50))?;
-        let state = Arc::new(AtomicU8::new(UNKNOWN));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (state.clone(), stop.clone());
+        let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("duet-ping".into())
-            .spawn(move || run(fd, targets, period, lost_after, s, st))?;
+            .spawn(move || run(fd, targets, period, lost_after, notify, st))?;
         Ok(Pinger {
-            state,
             stop,
             thread: Some(thread),
         })
@@ -76,7 +73,7 @@ fn run(
     targets: Vec<Ipv4Addr>,
     period: Duration,
     lost_after: Duration,
-    state: Arc<AtomicU8>,
+    notify: Notify,
     stop: Arc<AtomicBool>,
 ) {
     let id = (std::process::id() & 0xffff) as u16;
@@ -85,6 +82,8 @@ fn run(
     let mut seq: u16 = 0;
     let mut next_send = start;
     let mut buf = [0u8; 1500];
+    // None until the first `lost_after` has passed or a target answered.
+    let mut reachable: Option<bool> = None;
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= next_send {
@@ -101,18 +100,15 @@ fn run(
         }
         let now = Instant::now();
         let verdict = match last_reply {
-            Some(t) if now.duration_since(t) < lost_after => REACHABLE,
-            _ if now.duration_since(start) < lost_after => UNKNOWN,
-            _ => UNREACHABLE,
+            Some(t) if now.duration_since(t) < lost_after => Some(true),
+            _ if now.duration_since(start) < lost_after => None,
+            _ => Some(false),
         };
-        let old = state.swap(verdict, Ordering::AcqRel);
-        if old != verdict && verdict != UNKNOWN {
-            let what = if verdict == REACHABLE {
-                "reachable"
-            } else {
-                "unreachable"
-            };
+        if let Some(ok) = verdict.filter(|v| reachable != Some(*v)) {
+            reachable = Some(ok);
+            let what = if ok { "reachable" } else { "unreachable" };
             log::info!("ping nodes {targets:?} {what}");
+            notify.send(Input::Ping(ok));
         }
     }
 }

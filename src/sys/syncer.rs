@@ -6,7 +6,6 @@ use crate::sync::{self, Installs, Receiver, Sender};
 use crate::wire::envelope::Keys;
 use crate::wire::sync::{SyncMessage, MAX_DATAGRAM};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -124,9 +123,7 @@ fn run(p: Params, sock: UdpSocket, shared: Arc<Shared>) {
             let (entries, age) = sender.lag(now);
             st.lag_entries = entries;
             st.lag_ms = age.map(|d| d.as_millis() as u64);
-            shared
-                .sync_caught_up
-                .store(sender.caught_up(), Ordering::Release);
+            shared.set_sync_caught_up(sender.caught_up());
         } else {
             st.lag_entries = 0;
             st.lag_ms = None;
