@@ -13,11 +13,12 @@ use super::{probe, CheckSpec, Checker, Transition};
 /// Checks never run back to back faster than this, whatever the config says.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// One backend to watch.
+/// One backend to watch, known to the caller as `K` (its text form names
+/// the checker in logs and thread names).
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Target<K> {
     /// Key used in callbacks and snapshots (unique per monitor).
-    pub name: String,
+    pub key: K,
     pub addr: Ipv4Addr,
     pub spec: CheckSpec,
     /// The state restored from the store, if any.
@@ -39,7 +40,7 @@ pub struct HealthState {
     pub failures: u64,
 }
 
-type OnChange = Arc<dyn Fn(&str, &Transition) + Send + Sync>;
+pub type OnChange<K> = Arc<dyn Fn(&K, &Transition) + Send + Sync>;
 
 #[derive(Default)]
 struct StopSignal {
@@ -78,19 +79,19 @@ impl StopSignal {
 }
 
 /// Runs the health checks of a set of backends until stopped.
-pub struct Monitor {
+pub struct Monitor<K> {
     stop: Arc<StopSignal>,
-    states: Arc<Vec<(String, Mutex<HealthState>)>>,
+    states: Arc<Vec<(K, Mutex<HealthState>)>>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Monitor {
+impl<K: Clone + std::fmt::Display + Send + Sync + 'static> Monitor<K> {
     /// Starts one checking thread per target; the first check of each runs
     /// at once. `on_change` is called from those threads on every
     /// transition, after the snapshot is updated.
-    pub fn start(targets: Vec<Target>, on_change: OnChange) -> Monitor {
+    pub fn start(targets: Vec<Target<K>>, on_change: OnChange<K>) -> Monitor<K> {
         let stop = Arc::new(StopSignal::default());
-        let states: Arc<Vec<(String, Mutex<HealthState>)>> = Arc::new(
+        let states: Arc<Vec<(K, Mutex<HealthState>)>> = Arc::new(
             targets
                 .iter()
                 .map(|t| {
@@ -101,14 +102,14 @@ impl Monitor {
                         checks: 0,
                         failures: 0,
                     };
-                    (t.name.clone(), Mutex::new(state))
+                    (t.key.clone(), Mutex::new(state))
                 })
                 .collect(),
         );
         let mut threads = Vec::with_capacity(targets.len());
         for (index, target) in targets.into_iter().enumerate() {
             let (stop, states, on_change) = (stop.clone(), states.clone(), on_change.clone());
-            let name = target.name.clone();
+            let name = target.key.to_string();
             let spawned = std::thread::Builder::new()
                 .name(format!("health-{name}"))
                 .spawn(move || run(target, index, &stop, &states, &*on_change));
@@ -127,12 +128,12 @@ impl Monitor {
     }
 
     /// A snapshot of every backend's state, in the order of the targets.
-    pub fn states(&self) -> Vec<(String, HealthState)> {
+    pub fn states(&self) -> Vec<(K, HealthState)> {
         self.states
             .iter()
-            .map(|(name, s)| {
+            .map(|(key, s)| {
                 let s = s.lock().unwrap_or_else(PoisonError::into_inner);
-                (name.clone(), s.clone())
+                (key.clone(), s.clone())
             })
             .collect()
     }
@@ -163,19 +164,20 @@ fn describe(known: bool, up: bool) -> &'static str {
     }
 }
 
-fn run(
-    target: Target,
+fn run<K: std::fmt::Display>(
+    target: Target<K>,
     index: usize,
     stop: &StopSignal,
-    states: &[(String, Mutex<HealthState>)],
-    on_change: &(dyn Fn(&str, &Transition) + Send + Sync),
+    states: &[(K, Mutex<HealthState>)],
+    on_change: &(dyn Fn(&K, &Transition) + Send + Sync),
 ) {
     let Target {
-        name,
+        key,
         addr,
         spec,
         initial_up,
     } = target;
+    let name = key.to_string();
     let socket = SocketAddr::new(spec.address.unwrap_or(addr).into(), spec.port);
     let interval = spec.interval.max(MIN_INTERVAL);
     let mut checker = Checker::new(spec.rise, spec.fall, initial_up);
@@ -215,7 +217,7 @@ fn run(
                 "health: {name} ({socket}) {before} -> {after}: {}",
                 t.reason
             );
-            on_change(&name, &t);
+            on_change(&key, &t);
         }
         // Fixed rate; a check that overran its slot is followed at once
         // rather than by a burst of catch-up checks.
@@ -249,10 +251,10 @@ mod tests {
 
     type Events = mpsc::Receiver<(String, bool, String, Instant)>;
 
-    fn recorder() -> (OnChange, Events) {
+    fn recorder() -> (OnChange<String>, Events) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let cb: OnChange = Arc::new(move |name: &str, t: &Transition| {
+        let cb: OnChange<String> = Arc::new(move |name: &String, t: &Transition| {
             let _ =
                 tx.lock()
                     .unwrap()
@@ -268,13 +270,13 @@ mod tests {
         let (interval, fall) = (50, 3);
         let targets = vec![
             Target {
-                name: "web1".into(),
+                key: "web1".to_string(),
                 addr: Ipv4Addr::LOCALHOST,
                 spec: spec(CheckKind::Tcp, good_port, interval, 2, fall),
                 initial_up: Some(true),
             },
             Target {
-                name: "web2".into(),
+                key: "web2".to_string(),
                 addr: Ipv4Addr::LOCALHOST,
                 spec: spec(CheckKind::Tcp, refused_port(), interval, 2, fall),
                 initial_up: Some(true),
@@ -311,13 +313,13 @@ mod tests {
         let good = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let targets = vec![
             Target {
-                name: "web1".into(),
+                key: "web1".to_string(),
                 addr: Ipv4Addr::LOCALHOST,
                 spec: spec(CheckKind::Tcp, good.local_addr().unwrap().port(), 30, 2, 2),
                 initial_up: None,
             },
             Target {
-                name: "web2".into(),
+                key: "web2".to_string(),
                 addr: Ipv4Addr::LOCALHOST,
                 spec: spec(CheckKind::Tcp, refused_port(), 5_000, 2, 2),
                 initial_up: None,
@@ -337,7 +339,7 @@ mod tests {
     #[test]
     fn a_hanging_check_does_not_delay_other_backends() {
         let slow = Target {
-            name: "slow".into(),
+            key: "slow".to_string(),
             addr: Ipv4Addr::LOCALHOST,
             spec: CheckSpec {
                 timeout: Duration::from_millis(1500),
@@ -354,7 +356,7 @@ mod tests {
             initial_up: Some(true),
         };
         let fast = Target {
-            name: "fast".into(),
+            key: "fast".to_string(),
             addr: Ipv4Addr::LOCALHOST,
             spec: spec(CheckKind::Tcp, refused_port(), 50, 1, 1),
             initial_up: Some(true),
@@ -375,7 +377,7 @@ mod tests {
     #[test]
     fn stop_does_not_wait_for_the_interval() {
         let targets = vec![Target {
-            name: "idle".into(),
+            key: "idle".to_string(),
             addr: Ipv4Addr::LOCALHOST,
             spec: spec(CheckKind::None, 80, 60_000, 1, 1),
             initial_up: None,

@@ -9,18 +9,19 @@ use std::sync::Arc;
 
 use super::ctl::{store_warn, Ctl};
 use super::inbox::Input;
-use super::pool::{backend_defs, check_spec, health_key, service_tag};
+use super::pool::{backend_defs, check_spec, HealthKey, ServiceId};
 
 /// A running monitor, and whether its verdicts still count.
 pub struct Checks {
-    monitor: Monitor,
+    monitor: Monitor<HealthKey>,
     retired: Arc<AtomicBool>,
 }
 
 impl Checks {
     /// One checker per checked backend of every service; `initial` holds
     /// verdicts known from before (the store, or the monitor this one
-    /// replaces) so a backend keeps its state instead of rising anew.
+    /// replaces), by the keys' text form as the store keeps them, so a
+    /// backend keeps its state instead of rising anew.
     pub fn start(
         cfg: &Config,
         me: Ipv4Addr,
@@ -31,12 +32,15 @@ impl Checks {
         for svc in &cfg.services {
             let port = *svc.port.get_ref();
             let Some(check) = &svc.check else { continue };
-            let tag = service_tag(cfg, svc);
+            let service = ServiceId::of(cfg, svc);
             for d in backend_defs(cfg, svc, me) {
-                let k = health_key(&tag, &d.name);
+                let key = HealthKey {
+                    service,
+                    backend: d.name,
+                };
                 targets.push(Target {
-                    initial_up: initial.get(&k).copied(),
-                    name: k,
+                    initial_up: initial.get(&key.to_string()).copied(),
+                    key,
                     addr: d.addr,
                     spec: check_spec(check, port),
                 });
@@ -49,22 +53,22 @@ impl Checks {
         let (c, gone) = (ctl.clone(), retired.clone());
         let monitor = Monitor::start(
             targets,
-            Arc::new(move |name: &str, t: &Transition| {
+            Arc::new(move |key: &HealthKey, t: &Transition| {
                 // A probe of a replaced monitor may still finish: its
                 // verdict would overwrite the new monitor's.
                 if gone.load(Ordering::Acquire) {
                     return;
                 }
                 let state = if t.up { "up" } else { "down" };
-                c.event("health", &format!("{name} {state}: {}", t.reason));
+                c.event("health", &format!("{key} {state}: {}", t.reason));
                 if let Some(s) = &c.store {
-                    store_warn("health state", s.set_health(name, t.up));
+                    store_warn("health state", s.set_health(&key.to_string(), t.up));
                 }
                 // The snapshot is rebuilt from `health`: the verdict goes in
                 // now, the details (latency, counts) with the next refresh.
                 let mut st = c.lock();
                 st.health
-                    .entry(name.to_string())
+                    .entry(key.clone())
                     .or_insert_with(|| HealthState {
                         up: t.up,
                         last_latency_ms: None,
@@ -81,7 +85,7 @@ impl Checks {
         Some(Checks { monitor, retired })
     }
 
-    pub fn states(&self) -> Vec<(String, HealthState)> {
+    pub fn states(&self) -> Vec<(HealthKey, HealthState)> {
         self.monitor.states()
     }
 

@@ -27,7 +27,7 @@ use super::checks::Checks;
 use super::ctl::{handle_event, health_summary, Ctl};
 use super::host::HostSetup;
 use super::inbox::Input;
-use super::pool::{backend_defs, build_snapshot, no_new_flows, Inputs};
+use super::pool::{backend_defs, build_snapshot, no_new_flows, HealthKey, Inputs};
 use super::{localconns, neigh};
 use crate::dataplane::{Report, Shared};
 use crate::handover::{Action, Handover, Holding, Planned};
@@ -552,13 +552,16 @@ impl<'h> ControlLoop<'h> {
         // Checks start anew; each backend keeps its verdict meanwhile.
         let known: BTreeMap<String, bool> = {
             let st = self.p.ctl.lock();
-            st.health.iter().map(|(k, h)| (k.clone(), h.up)).collect()
+            st.health
+                .iter()
+                .map(|(k, h)| (k.to_string(), h.up))
+                .collect()
         };
         let checks = Checks::start(&new, self.p.me, &self.p.ctl, &known);
         if let Some(old) = std::mem::replace(&mut self.p.checks, checks) {
             old.retire();
         }
-        let live: BTreeSet<String> = self
+        let live: BTreeSet<HealthKey> = self
             .p
             .checks
             .as_ref()

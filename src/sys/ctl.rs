@@ -2,7 +2,6 @@
 //! admin actions change, under one short-held lock.
 use crate::config::{self, Config};
 use crate::election::{self, Event, Role};
-use crate::health;
 use crate::status::history::History;
 use crate::status::model::*;
 use crate::status::server::Admin;
@@ -15,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::inbox::{Input, Notify};
-use super::pool::{backend_defs, health_key, is_healthy, no_new_flows, service_tag};
+use super::pool::{backend_defs, is_healthy, no_new_flows, HealthKey, HealthMap, ServiceId};
 use crate::dataplane::Shared;
 
 /// Everything the status server and admin actions read or change, owned by
@@ -33,7 +32,7 @@ pub struct State {
     pub drains_version: u64,
     /// Our drains changed: tell the peer now rather than at the next refresh.
     pub announce_admin: bool,
-    pub health: BTreeMap<String, health::HealthState>,
+    pub health: HealthMap,
     pub started: Instant,
     /// Set whenever something that shapes the backend snapshot changed.
     pub dirty: bool,
@@ -377,10 +376,13 @@ pub fn report(ctl: &Ctl) -> StatusReport {
         let port = *svc.port.get_ref();
         let vip_addr = cfg.vip_of(svc);
         let vip = vip_addr.to_string();
-        let tag = service_tag(&cfg, svc);
+        let id = ServiceId::of(&cfg, svc);
         for d in backend_defs(&cfg, svc, my_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)) {
-            let h = st.health.get(&health_key(&tag, &d.name));
-            let standing = d.standing(&tag, &st.health, &st.drains, no_new.contains(&d.addr));
+            let h = st.health.get(&HealthKey {
+                service: id,
+                backend: d.name.clone(),
+            });
+            let standing = d.standing(id, &st.health, &st.drains, no_new.contains(&d.addr));
             let c = counters
                 .get(&(vip_addr, d.addr))
                 .cloned()
@@ -514,10 +516,10 @@ pub fn health_summary(ctl: &Ctl, cfg: &Config, me: Ipv4Addr) -> (u16, u16, bool)
     let st = ctl.lock();
     let (mut up, mut total, mut own_ok) = (0u16, 0u16, true);
     for svc in &cfg.services {
-        let tag = service_tag(cfg, svc);
+        let id = ServiceId::of(cfg, svc);
         for d in backend_defs(cfg, svc, me) {
             total = total.saturating_add(1);
-            if is_healthy(&st.health, &tag, &d.name) {
+            if is_healthy(&st.health, id, &d.name) {
                 up = up.saturating_add(1);
             } else if d.local {
                 own_ok = false;

@@ -1,25 +1,66 @@
 //! The configured backends of each service as the data plane should see them
 //! now: configuration plus health plus drains, turned into a `Snapshot`.
-use crate::config::{self, BannerProtocol, CheckKindName, Config, DnsRcode, DnsTransport, DnsType};
+use crate::config::{
+    self, BannerProtocol, CheckKindName, Config, DnsRcode, DnsTransport, DnsType, Protocol,
+};
 use crate::forward::{BackendSnap, Scheduler, ServiceSnap, Snapshot};
 use crate::health::{CheckKind, CheckSpec, DnsQuery, HealthState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::Ipv4Addr;
 
-/// What names a service in health keys: its port on the first VIP (the
-/// keys stored before there were several VIPs), `vip:port` on another.
-pub fn service_tag(cfg: &Config, svc: &config::Service) -> String {
-    let (vip, port) = (cfg.vip_of(svc), *svc.port.get_ref());
-    if vip == cfg.first_vip() {
-        port.to_string()
-    } else {
-        format!("{vip}:{port}")
+/// The service a health verdict belongs to: a TCP and a UDP service on
+/// one port (DNS) check their backends apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    /// None on the first VIP.
+    vip: Option<Ipv4Addr>,
+    port: u16,
+    protocol: Protocol,
+}
+
+impl ServiceId {
+    pub fn of(cfg: &Config, svc: &config::Service) -> ServiceId {
+        let vip = cfg.vip_of(svc);
+        ServiceId {
+            vip: (vip != cfg.first_vip()).then_some(vip),
+            port: *svc.port.get_ref(),
+            protocol: svc.protocol,
+        }
     }
 }
 
-pub fn health_key(service: &str, name: &str) -> String {
-    format!("{service}/{name}")
+/// `[vip:]port[/udp]`: a TCP service on the first VIP is named as in a
+/// one-VIP cluster, so the verdicts stored before several VIPs stay valid.
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(vip) = self.vip {
+            write!(f, "{vip}:")?;
+        }
+        write!(f, "{}", self.port)?;
+        if self.protocol != Protocol::Tcp {
+            write!(f, "/{}", self.protocol.name())?;
+        }
+        Ok(())
+    }
 }
+
+/// Which backend of which service a verdict is about; its text form
+/// (`service/backend`) names it in logs, events and the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HealthKey {
+    pub service: ServiceId,
+    pub backend: String,
+}
+
+impl fmt::Display for HealthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.backend)
+    }
+}
+
+/// Health verdicts by backend of a service.
+pub type HealthMap = BTreeMap<HealthKey, HealthState>;
 
 /// One backend of one service as configured, before health and drains.
 pub struct BackendDef {
@@ -78,8 +119,8 @@ pub struct Standing {
 impl BackendDef {
     pub fn standing(
         &self,
-        service: &str,
-        health: &BTreeMap<String, HealthState>,
+        service: ServiceId,
+        health: &HealthMap,
         drains: &BTreeSet<String>,
         no_new_flows: bool,
     ) -> Standing {
@@ -98,8 +139,12 @@ impl BackendDef {
 }
 
 /// A backend never checked (no check configured, or none yet) counts as up.
-pub fn is_healthy(health: &BTreeMap<String, HealthState>, service: &str, name: &str) -> bool {
-    health.get(&health_key(service, name)).is_none_or(|h| h.up)
+pub fn is_healthy(health: &HealthMap, service: ServiceId, name: &str) -> bool {
+    let key = HealthKey {
+        service,
+        backend: name.to_string(),
+    };
+    health.get(&key).is_none_or(|h| h.up)
 }
 
 /// What the snapshot is made of, besides the configuration.
@@ -107,7 +152,7 @@ pub struct Inputs<'a> {
     pub me: Ipv4Addr,
     pub own_mac: [u8; 6],
     pub macs: &'a HashMap<Ipv4Addr, [u8; 6]>,
-    pub health: &'a BTreeMap<String, HealthState>,
+    pub health: &'a HealthMap,
     pub drains: &'a BTreeSet<String>,
     /// Nodes that keep their established flows but get no new ones (see
     /// [`no_new_flows`]).
@@ -149,11 +194,11 @@ pub fn build_snapshot(cfg: &Config, inp: &Inputs, generation: u64) -> Snapshot {
     for svc in &cfg.services {
         let port = *svc.port.get_ref();
         let vip = cfg.vip_of(svc);
-        let tag = service_tag(cfg, svc);
+        let id = ServiceId::of(cfg, svc);
         let quiescent = svc.check.as_ref().is_none_or(|c| c.quiescent);
         let mut backends = Vec::new();
         for d in backend_defs(cfg, svc, me) {
-            let st = d.standing(&tag, health, drains, no_new_flows.contains(&d.addr));
+            let st = d.standing(id, health, drains, no_new_flows.contains(&d.addr));
             let mac = if d.local {
                 Some(own_mac)
             } else {
@@ -361,6 +406,52 @@ weight = 3
         }
     }
 
+    fn tcp(port: u16) -> ServiceId {
+        ServiceId {
+            vip: None,
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn key(service: ServiceId, backend: &str) -> HealthKey {
+        HealthKey {
+            service,
+            backend: backend.into(),
+        }
+    }
+
+    #[test]
+    fn health_keys_name_vip_port_and_protocol() {
+        let other: Ipv4Addr = "198.18.0.101".parse().unwrap();
+        let udp = ServiceId {
+            protocol: Protocol::Udp,
+            ..tcp(53)
+        };
+        let cases = [
+            (tcp(80), "80/web1"),
+            (udp, "53/udp/web1"),
+            (
+                ServiceId {
+                    vip: Some(other),
+                    ..tcp(443)
+                },
+                "198.18.0.101:443/web1",
+            ),
+            (
+                ServiceId {
+                    vip: Some(other),
+                    ..udp
+                },
+                "198.18.0.101:53/udp/web1",
+            ),
+        ];
+        for (service, text) in cases {
+            assert_eq!(key(service, "web1").to_string(), text);
+        }
+        assert_ne!(key(tcp(53), "web1"), key(udp, "web1"));
+    }
+
     fn def(weight: u32) -> BackendDef {
         BackendDef {
             name: "web2".into(),
@@ -384,21 +475,28 @@ weight = 3
         for (i, (verdict, drained, no_new, want)) in cases.into_iter().enumerate() {
             let mut health = BTreeMap::new();
             if let Some(up) = verdict {
-                health.insert(health_key("80", "web2"), state(up));
+                health.insert(key(tcp(80), "web2"), state(up));
             }
             let drains: BTreeSet<String> =
                 drained.then(|| "web2".to_string()).into_iter().collect();
-            let st = def(3).standing("80", &health, &drains, no_new);
+            let st = def(3).standing(tcp(80), &health, &drains, no_new);
             assert_eq!((st.healthy, st.weight), want, "case {i}");
             assert_eq!(st.drained, drained, "case {i}");
         }
-        // A verdict is per service port: another port's says nothing.
-        let health = BTreeMap::from([(health_key("443", "web2"), state(false))]);
-        assert!(
-            def(3)
-                .standing("80", &health, &BTreeSet::new(), false)
-                .healthy
-        );
+        // A verdict is per service: another port's, or the UDP service's
+        // on the same port, says nothing.
+        let udp80 = ServiceId {
+            protocol: Protocol::Udp,
+            ..tcp(80)
+        };
+        for other in [tcp(443), udp80] {
+            let health = BTreeMap::from([(key(other, "web2"), state(false))]);
+            assert!(
+                def(3)
+                    .standing(tcp(80), &health, &BTreeSet::new(), false)
+                    .healthy
+            );
+        }
     }
 
     fn peer(alive: bool, role: Role) -> PeerInfo {
@@ -468,7 +566,7 @@ weight = 3
 
     fn inputs<'a>(
         macs: &'a HashMap<Ipv4Addr, [u8; 6]>,
-        health: &'a BTreeMap<String, HealthState>,
+        health: &'a HealthMap,
         drains: &'a BTreeSet<String>,
         no_new: &'a BTreeSet<Ipv4Addr>,
     ) -> Inputs<'a> {
@@ -504,7 +602,7 @@ check = { kind = "http", quiescent = false }
 "#,
         );
         let macs = HashMap::from([(PEER, PEER_MAC), (REAL, [2, 0, 0, 0, 0, 0x20])]);
-        let health = BTreeMap::from([(health_key("80", "real"), state(false))]);
+        let health = BTreeMap::from([(key(tcp(80), "real"), state(false))]);
         let (drains, no_new) = (BTreeSet::new(), BTreeSet::new());
         let snap = build_snapshot(&cfg, &inputs(&macs, &health, &drains, &no_new), 7);
         assert_eq!(snap.generation, 7);
@@ -533,7 +631,7 @@ port = 80
 check = { kind = "http", quiescent = true }
 "#,
         );
-        let health = BTreeMap::from([(health_key("80", "web1"), state(false))]);
+        let health = BTreeMap::from([(key(tcp(80), "web1"), state(false))]);
         let drains = BTreeSet::new();
         let no_new = BTreeSet::from([PEER]);
         // The peer's MAC is not known yet: it cannot be reached.
