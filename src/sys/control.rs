@@ -779,3 +779,7 @@ fn warn_rejected(from: SocketAddr, why: &str) {
         log::warn!("rejected heartbeat from {from}: {why}");
     }
 }
+
+#[cfg(test)]
+#[path = "control_tests.rs"]
+mod tests;

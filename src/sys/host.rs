@@ -28,6 +28,20 @@ pub struct HostSetup {
 }
 
 impl HostSetup {
+    /// Nothing changed and nothing to undo: for the control loop's tests,
+    /// which never reach the host.
+    #[cfg(test)]
+    pub fn untouched(cfg: &Config) -> HostSetup {
+        HostSetup {
+            sysctls: sysctl::Saved::default(),
+            vips: cfg.vips(),
+            iface: cfg.cluster.interface.clone(),
+            gro_was_on: None,
+            undone: true,
+            record_key: cfg.first_vip().to_string(),
+        }
+    }
+
     /// `local` is every address the host had at start (VIPs among them
     /// when a previous run left them on lo).
     pub fn apply(
