@@ -88,26 +88,7 @@ fn node(cfg: &Arc<Config>, dir: &std::path::Path, idx: usize, now: Instant) -> N
         },
         now,
     );
-    let state = State {
-        node: cfg.nodes[idx].name.get_ref().clone(),
-        priority,
-        effective_priority: priority,
-        role: Role::Starting,
-        term: 0,
-        peers: Vec::new(),
-        peer_names: cfg
-            .nodes
-            .iter()
-            .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
-            .collect(),
-        counters: Default::default(),
-        drains: BTreeSet::new(),
-        drains_version: 0,
-        announce_admin: true,
-        health: BTreeMap::new(),
-        started: now,
-        dirty: true,
-    };
+    let state = State::starting(cfg, idx, BTreeSet::new(), 0, now);
     let shared = Shared::new(Control {
         holding: Holding::No,
         snapshot: Arc::new(crate::forward::Snapshot::default()),

@@ -38,6 +38,40 @@ pub struct State {
     pub dirty: bool,
 }
 
+impl State {
+    /// Node `me_idx` of `cfg` at start: no peer heard yet, the drains the
+    /// store kept, and everything to announce and build.
+    pub fn starting(
+        cfg: &Config,
+        me_idx: usize,
+        drains: BTreeSet<String>,
+        drains_version: u64,
+        now: Instant,
+    ) -> State {
+        let me = &cfg.nodes[me_idx];
+        State {
+            node: me.name.get_ref().clone(),
+            priority: me.priority,
+            effective_priority: me.priority,
+            role: Role::Starting,
+            term: 0,
+            peers: Vec::new(),
+            peer_names: cfg
+                .nodes
+                .iter()
+                .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
+                .collect(),
+            counters: Default::default(),
+            drains,
+            drains_version,
+            announce_admin: true,
+            health: BTreeMap::new(),
+            started: now,
+            dirty: true,
+        }
+    }
+}
+
 pub struct Ctl {
     pub state: Mutex<State>,
     pub store: Option<Store>,

@@ -2,12 +2,12 @@
 //! the status server, then drives the election over UDP until told to stop,
 //! and puts the host back as it found it.
 use crate::config::{self, Config};
-use crate::election::{self, Election, Role};
+use crate::election::{self, Election};
 use crate::status::server::{ServerConfig, StatusServer};
 use crate::store::Store;
 use crate::wire::envelope::Keys;
 use crate::wire::frame::virtual_mac;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -173,26 +173,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let sock =
         packet::PacketSocket::open(link.index, vmac, at).map_err(io("opening packet socket"))?;
 
-    let state = State {
-        node: me.name.get_ref().clone(),
-        priority: me.priority,
-        effective_priority: me.priority,
-        role: Role::Starting,
-        term: 0,
-        peers: Vec::new(),
-        peer_names: cfg
-            .nodes
-            .iter()
-            .map(|n| (*n.address.get_ref(), n.name.get_ref().clone()))
-            .collect(),
-        counters: Default::default(),
-        drains,
-        drains_version,
-        announce_admin: true,
-        health: BTreeMap::new(),
-        started: Instant::now(),
-        dirty: true,
-    };
+    let state = State::starting(cfg, me_idx, drains, drains_version, Instant::now());
     let macs = neigh::read(&cfg.cluster.interface);
     let silent: BTreeSet<Ipv4Addr> = peers_of(cfg, my_addr).into_iter().collect();
     let snapshot = Arc::new(build_snapshot(
