@@ -8,9 +8,9 @@ use crate::election::Params;
 use crate::forward::FloodEvent;
 use crate::store::Store;
 use std::collections::VecDeque;
-use std::path::PathBuf;
 
 use super::super::ctl::State;
+use super::super::fixture::{Dir, CONFIG};
 use super::super::inbox::{self, Notify};
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -33,38 +33,7 @@ struct Pair {
     now: Instant,
     /// Datagrams in flight: (to, from, bytes).
     wire: VecDeque<(Ipv4Addr, Ipv4Addr, Vec<u8>)>,
-    dir: PathBuf,
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn config(dir: &std::path::Path) -> Arc<Config> {
-    std::fs::write(dir.join("key"), "0123456789abcdef0123\n").unwrap();
-    let text = r#"
-[cluster]
-vip = "198.18.0.100"
-interface = "lo"
-vrid = 1
-key_file = "key"
-
-[[node]]
-name = "web1"
-address = "198.18.0.1"
-priority = 150
-[[node]]
-name = "web2"
-address = "198.18.0.2"
-priority = 100
-
-[[service]]
-port = 80
-serve_local = true
-"#;
-    Arc::new(Config::parse(text, dir).unwrap_or_else(|p| panic!("{p:?}")))
+    _dir: Dir,
 }
 
 fn node(cfg: &Arc<Config>, dir: &std::path::Path, idx: usize, now: Instant) -> Node {
@@ -136,16 +105,18 @@ fn node(cfg: &Arc<Config>, dir: &std::path::Path, idx: usize, now: Instant) -> N
 
 impl Pair {
     fn new() -> Pair {
-        let dir = std::env::temp_dir().join(format!("duet-control-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = config(&dir);
+        let dir = Dir::new(CONFIG);
+        let cfg = dir.config();
         let now = Instant::now();
-        let nodes = [node(&cfg, &dir, 0, now), node(&cfg, &dir, 1, now)];
+        let nodes = [
+            node(&cfg, dir.path(), 0, now),
+            node(&cfg, dir.path(), 1, now),
+        ];
         Pair {
             nodes,
             now,
             wire: VecDeque::new(),
-            dir,
+            _dir: dir,
         }
     }
 

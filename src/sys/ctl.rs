@@ -603,3 +603,203 @@ pub fn handle_event(ctl: &Ctl, shared: &Shared, ev: Event) -> Option<(Role, Role
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{Dir, CONFIG};
+    use super::super::inbox;
+    use super::*;
+    use crate::dataplane::Control;
+    use crate::election::Reason;
+    use crate::status::server::Admin;
+    use smol::channel::Receiver;
+
+    struct Fixture {
+        ctl: Ctl,
+        inputs: Receiver<Input>,
+        dir: Dir,
+    }
+
+    /// web1 of the shared two-node config, with a store.
+    fn fixture() -> Fixture {
+        let dir = Dir::new(CONFIG);
+        let cfg = dir.config();
+        let shared = Shared::new(Control {
+            holding: Default::default(),
+            snapshot: Default::default(),
+            announce: 0,
+        })
+        .unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let (notify, inputs) = inbox::channel();
+        let state = State::starting(&cfg, 0, BTreeSet::new(), 0, Instant::now());
+        let ctl = Ctl::new(state, Some(store), shared, cfg, dir.config_path(), notify);
+        Fixture { ctl, inputs, dir }
+    }
+
+    /// Oldest first.
+    fn events(ctl: &Ctl, kind: &str) -> Vec<String> {
+        let store = ctl.store.as_ref().unwrap();
+        let mut out: Vec<String> = store
+            .events(100)
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.message)
+            .collect();
+        out.reverse();
+        out
+    }
+
+    #[test]
+    fn failover_only_on_the_director() {
+        let f = fixture();
+        let e = Admin::failover(&f.ctl).unwrap_err();
+        assert_eq!(e, "this node is starting, not the director");
+        assert!(f.inputs.try_recv().is_err());
+        f.ctl.lock().role = Role::Director;
+        Admin::failover(&f.ctl).unwrap();
+        assert!(matches!(f.inputs.try_recv(), Ok(Input::Failover)));
+    }
+
+    #[test]
+    fn drains_are_stored_versioned_and_announced() {
+        let f = fixture();
+        assert_eq!(
+            f.ctl.set_drain("nope", true).unwrap_err(),
+            "no backend named \"nope\""
+        );
+        f.ctl.lock().announce_admin = false;
+        f.ctl.set_drain("web2", true).unwrap();
+        let v1 = f.ctl.lock().drains_version;
+        f.ctl.set_drain("web2", false).unwrap();
+        f.ctl.set_drain("web1", true).unwrap();
+        let st = f.ctl.lock();
+        // Versions grow even within one millisecond: the peer keeps the
+        // newest set by them.
+        assert!(st.drains_version >= v1 + 2);
+        assert_eq!(st.drains, BTreeSet::from(["web1".to_string()]));
+        assert!(st.announce_admin && st.dirty);
+        drop(st);
+        let store = f.ctl.store.as_ref().unwrap();
+        assert_eq!(store.drains(), BTreeSet::from(["web1".to_string()]));
+        assert!(matches!(f.inputs.try_recv(), Ok(Input::Changed)));
+        assert_eq!(
+            events(&f.ctl, "admin"),
+            [
+                "backend web2 drained",
+                "backend web2 undrained",
+                "backend web1 drained"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_peers_drains_are_taken_when_newer() {
+        let f = fixture();
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        f.ctl.adopt_drains("web2", set(&["web1"]), 10);
+        assert_eq!(f.ctl.lock().drains, set(&["web1"]));
+        // Older or the same version: ours stands.
+        f.ctl.adopt_drains("web2", set(&[]), 10);
+        f.ctl.adopt_drains("web2", set(&["web2"]), 9);
+        assert_eq!(f.ctl.lock().drains, set(&["web1"]));
+        // The same set under a newer version: taken, no new event.
+        f.ctl.adopt_drains("web2", set(&["web1"]), 11);
+        assert_eq!(f.ctl.lock().drains_version, 11);
+        assert_eq!(events(&f.ctl, "admin"), ["drains {\"web1\"} from web2"]);
+        assert_eq!(f.ctl.store.as_ref().unwrap().drains_version(), 11);
+    }
+
+    #[test]
+    fn reload_queues_a_good_config_and_refuses_the_rest() {
+        let f = fixture();
+        let path = f.dir.config_path();
+        // Unchanged: queued for the loop.
+        assert!(f.ctl.reload().unwrap().contains("1 services"));
+        assert!(matches!(f.inputs.try_recv(), Ok(Input::Config(_))));
+        // Broken: nothing queued, the reason returned and recorded.
+        std::fs::write(&path, "[cluster\n").unwrap();
+        assert!(f.ctl.reload().is_err());
+        assert!(f.inputs.try_recv().is_err());
+        // A change that takes a restart.
+        std::fs::write(&path, CONFIG.replace("vrid = 1", "vrid = 2")).unwrap();
+        let e = f.ctl.reload().unwrap_err();
+        assert!(e.contains("[cluster] changed"), "{e}");
+        assert!(f.inputs.try_recv().is_err());
+        let ev = events(&f.ctl, "config");
+        assert!(ev[0].starts_with("reload of ") && ev[0].ends_with("failed; nothing changed"));
+        assert_eq!(ev[1], "reload refused: [cluster] changed; restart to apply");
+    }
+
+    #[test]
+    fn health_summary_counts_and_flags_our_own_service() {
+        let f = fixture();
+        let cfg = f.ctl.config();
+        let me = Ipv4Addr::new(198, 18, 0, 1);
+        assert_eq!(health_summary(&f.ctl, &cfg, me), (2, 2, true));
+        let id = ServiceId::of(&cfg, &cfg.services[0]);
+        let down = crate::health::HealthState {
+            up: false,
+            last_latency_ms: None,
+            last_reason: Some("refused".into()),
+            checks: 1,
+            failures: 1,
+        };
+        let key = |b: &str| HealthKey {
+            service: id,
+            backend: b.into(),
+        };
+        f.ctl.lock().health.insert(key("web2"), down.clone());
+        assert_eq!(health_summary(&f.ctl, &cfg, me), (1, 2, true));
+        f.ctl.lock().health.insert(key("web1"), down);
+        assert_eq!(health_summary(&f.ctl, &cfg, me), (0, 2, false));
+    }
+
+    #[test]
+    fn no_pairing_code_while_the_peer_is_up() {
+        let f = fixture();
+        let mut peer = crate::election::PeerInfo {
+            addr: Ipv4Addr::new(198, 18, 0, 2),
+            role: Role::Standby,
+            alive: true,
+            last_heard: None,
+            priority: 100,
+            effective_priority: 100,
+            term: 1,
+            sync_pos: 0,
+            boot_id: 1,
+            backends_up: 0,
+            backends_total: 0,
+            key: None,
+        };
+        f.ctl.lock().peers = vec![peer.clone()];
+        let e = Admin::pair_offer(&f.ctl).unwrap_err();
+        assert!(e.starts_with("the pair is complete"), "{e}");
+        peer.alive = false;
+        f.ctl.lock().peers = vec![peer];
+        assert!(Admin::pair_offer(&f.ctl)
+            .unwrap()
+            .starts_with("pairing code "));
+    }
+
+    #[test]
+    fn role_changes_are_recorded_and_handed_back() {
+        let f = fixture();
+        let ev = Event::RoleChanged {
+            from: Role::Starting,
+            to: Role::Director,
+            term: 3,
+            reason: Reason::NoDirectorHeard,
+        };
+        let got = handle_event(&f.ctl, &f.ctl.shared, ev);
+        assert_eq!(got, Some((Role::Starting, Role::Director)));
+        let store = f.ctl.store.as_ref().unwrap();
+        assert_eq!(store.last_role(), Some(("director".to_string(), 3)));
+        let peer = Ipv4Addr::new(198, 18, 0, 2);
+        assert_eq!(
+            handle_event(&f.ctl, &f.ctl.shared, Event::PeerUp { peer }),
+            None
+        );
+        assert_eq!(events(&f.ctl, "peer"), ["web2 (198.18.0.2) up"]);
+    }
+}

@@ -5,6 +5,8 @@ mod control;
 mod ctl;
 pub mod daemon;
 mod error;
+#[cfg(test)]
+mod fixture;
 mod host;
 mod inbox;
 mod localconns;
