@@ -1,5 +1,6 @@
 //! The data plane: one interface the control plane drives (`Shared`,
-//! `Control`, `spawn`), engines behind it. The userspace engine (an
+//! `Control`, `spawn`), engines behind it, and the devices they use (the
+//! packet socket and its ring, the TUN device). The userspace engine (an
 //! AF_PACKET ring, in thread.rs) handles every frame itself; the eBPF one
 //! adds a tc program that forwards established flows, and schedules new
 //! ones by tables the Rust engine builds, in kernel; user space's socket
@@ -10,7 +11,9 @@ use crate::config::EngineChoice;
 mod announce;
 mod drop;
 pub mod ebpf;
+pub mod packet;
 mod thread;
+pub mod tun;
 
 pub use thread::{
     fmt_mac, spawn, Control, DpStats, Params, Report, Shared, SyncExchange, SyncStatus, ECHO_RATE,

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::sys::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
-use crate::sys::tun::Tun;
+use super::packet::{self, PacketSocket, RxRing, RxSlot, SlotKind, SLOT_LEN, VNET_HDR_LEN};
+use super::tun::Tun;
 
 /// Frames handed to one `sendmmsg`.
 const BATCH: usize = 64;

@@ -33,6 +33,7 @@
 //! encoding, so `receive` is matched against the plain body. The status must
 //! equal `expect_status` when one is configured, else be 2xx or 3xx.
 pub mod checker;
+pub mod icmp;
 pub mod monitor;
 pub mod probe;
 

@@ -18,12 +18,13 @@ use super::control::{ControlLoop, Parts};
 use super::ctl::{store_warn, Ctl, State};
 use super::host::HostSetup;
 use super::pool::{build_snapshot, Inputs};
-use super::{inbox, neigh, netlink, packet, ping, syncer, tun::Tun};
+use super::{inbox, neigh, netlink, ping, syncer};
+use crate::dataplane::packet;
+use crate::dataplane::tun::{Tun, TUN_NAME};
 use crate::dataplane::{self, Control, Shared};
 use async_signal::Signal;
 
 pub use super::error::{io, DaemonError};
-use super::tun::TUN_NAME;
 
 pub fn run(cfg: Config, config_path: &Path, node_name: Option<&str>) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);

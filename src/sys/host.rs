@@ -8,9 +8,10 @@
 //! are kept in the store, so the exit of the adopting run restores those,
 //! not the ones the crashed run had set.
 use super::error::{io, DaemonError};
-use super::tun::TUN_NAME;
-use super::{netlink, packet, sysctl};
+use super::{netlink, sysctl};
 use crate::config::Config;
+use crate::dataplane::packet;
+use crate::dataplane::tun::TUN_NAME;
 use crate::store::Store;
 use std::net::Ipv4Addr;
 

@@ -12,12 +12,10 @@ mod inbox;
 mod localconns;
 pub mod neigh;
 pub mod netlink;
-pub mod packet;
 pub mod ping;
 mod pool;
 pub mod syncer;
 pub mod sysctl;
-pub mod tun;
 
 use std::net::Ipv4Addr;
 
