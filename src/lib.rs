@@ -10,6 +10,7 @@ pub mod election;
 pub mod forward;
 pub mod handover;
 pub mod health;
+pub mod http_head;
 pub mod import;
 pub mod pair;
 pub mod proxy;

@@ -96,7 +96,7 @@ fn set_timeouts(stream: &TcpStream, deadline: Instant) -> Result<(), String> {
 
 /// Splits a complete HTTP/1.x response into status code and body.
 fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
-    let head = super::response::parse_head(buf)?.ok_or("no end of headers")?;
+    let head = crate::http_head::parse_head(buf)?.ok_or("no end of headers")?;
     if head.transfer_encoding {
         return Err("chunked responses are not supported".into());
     }

@@ -12,7 +12,6 @@ mod metrics;
 pub mod model;
 mod page;
 pub mod render;
-pub(crate) mod response;
 pub mod server;
 
 pub use model::{

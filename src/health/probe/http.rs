@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{connect, io_failure, remaining};
 use crate::health::Failure;
-use crate::status::response::{self, Head};
+use crate::http_head::{self as response, Head};
 
 /// Bodies are read up to this size; `receive` must appear within it.
 const MAX_RESPONSE: usize = 1 << 20;

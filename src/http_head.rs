@@ -1,5 +1,5 @@
 //! HTTP/1.x response heads, parsed by httparse: the one response parser of
-//! the CLI client ([`super::client`]) and the HTTP health probe.
+//! the CLI client (`crate::status::client`) and the HTTP health probe.
 
 /// Headers kept per response; a response with more is refused.
 const MAX_HEADERS: usize = 64;
