@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::forward::{BackendSnap, Engine, Scheduler, ServiceSnap, Snapshot, Timeouts};
+use crate::wire::envelope::EnvelopeError;
 use crate::wire::frame::{TCP_ACK, TCP_FIN, TCP_SYN};
 use crate::wire::sync::SyncWireError;
 
@@ -504,7 +505,10 @@ fn forged_batches_are_rejected() {
     // A genuine batch cut short.
     let cut = p.captured[0][..p.captured[0].len() - 1].to_vec();
     p.standby_deliver(&cut);
-    assert_eq!(p.rejected, vec![SyncWireError::BadMac; 3]);
+    assert_eq!(
+        p.rejected,
+        vec![SyncWireError::Envelope(EnvelopeError::BadMac); 3]
+    );
     assert_eq!(conn_table(&p.standby, p.now), before);
     assert_eq!(p.rx().position(), (stream_id, applied));
 }

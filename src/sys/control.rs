@@ -13,7 +13,7 @@ use crate::config::{self, Config};
 use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
 use crate::wire::admin::{self, AdminState};
-use crate::wire::envelope::Keys;
+use crate::wire::envelope::{EnvelopeError, Keys};
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
 use async_signal::{Signal, Signals};
 use smol::channel::Receiver;
@@ -640,7 +640,7 @@ impl<'h> ControlLoop<'h> {
                 Ok(()) => self.p.election.note_peer_key(msg.node, slot),
                 Err(d) => log::debug!("heartbeat from {from} dropped: {d:?}"),
             },
-            Err(HeartbeatError::BadType(admin::MSG_TYPE)) => {
+            Err(HeartbeatError::Envelope(EnvelopeError::BadType(admin::MSG_TYPE))) => {
                 match AdminState::parse_with(bytes, &keys) {
                     Ok(a)
                         if a.cluster_id == self.p.cluster_id && self.p.peers.contains(&a.node) =>

@@ -38,25 +38,13 @@ pub enum AdminError {
     /// Shorter than header and MAC, or a name runs past the end.
     #[error("truncated admin message")]
     Truncated,
-    /// The HMAC does not match: wrong key or tampered bytes.
-    #[error("bad MAC")]
-    BadMac,
-    /// Magic, version, type or length fields are not what this build writes.
-    #[error("malformed admin message header")]
-    BadHeader,
-    /// More names than allowed, an empty or over-long name, or non-UTF-8.
+    /// Not an authentic duet message of the admin type.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// More names than allowed, an empty or over-long name, non-UTF-8, or
+    /// bytes after the list.
     #[error("malformed drain list")]
     BadDrains,
-}
-
-impl From<EnvelopeError> for AdminError {
-    fn from(e: EnvelopeError) -> Self {
-        match e {
-            EnvelopeError::Truncated { .. } => AdminError::Truncated,
-            EnvelopeError::BadMac => AdminError::BadMac,
-            _ => AdminError::BadHeader,
-        }
-    }
 }
 
 impl AdminState {
@@ -111,7 +99,7 @@ impl AdminState {
             at += 1 + len;
         }
         if at != msg.len() {
-            return Err(AdminError::BadHeader);
+            return Err(AdminError::BadDrains);
         }
         Ok(AdminState {
             cluster_id: be_u32(&msg[8..12]),
@@ -184,13 +172,13 @@ mod tests {
             c[i / 8] ^= 1 << (i % 8);
             assert_eq!(
                 AdminState::parse(&c, KEY),
-                Err(AdminError::BadMac),
+                Err(AdminError::Envelope(EnvelopeError::BadMac)),
                 "bit {i}"
             );
         }
         assert_eq!(
             AdminState::parse(&b, b"another key of sixteen"),
-            Err(AdminError::BadMac)
+            Err(AdminError::Envelope(EnvelopeError::BadMac))
         );
     }
 

@@ -25,14 +25,29 @@ pub const HEADER_LEN: usize = 8;
 
 pub(crate) type HmacSha256 = Hmac<Sha256>;
 
-/// Why a datagram is not an acceptable message of the expected type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a datagram is not an acceptable message of the expected type; the
+/// heartbeat, sync and admin errors each carry it as they find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
+    /// Shorter than a header plus a MAC: cannot even be authenticated.
+    #[error("truncated: {len} bytes")]
     Truncated { len: usize },
+    /// The MAC does not match: wrong key, corruption, truncation or forgery.
+    /// Nothing else in the datagram was looked at.
+    #[error("bad MAC (wrong key, corrupted or forged)")]
     BadMac,
+    /// Authenticated, but does not start with `DUET`.
+    #[error("bad magic")]
     BadMagic,
+    /// Authenticated duet message of a version this build does not speak.
+    #[error("unsupported version {0}")]
     BadVersion(u8),
+    /// Authenticated duet message of another type (e.g. a sync message
+    /// sent to the heartbeat port).
+    #[error("unexpected message type {0}")]
     BadType(u8),
+    /// The header's body length disagrees with the datagram.
+    #[error("bad body length {declared} (datagram holds {actual})")]
     BadLength { declared: usize, actual: usize },
 }
 

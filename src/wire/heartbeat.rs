@@ -33,7 +33,7 @@
 //! The MAC is always the last 32 bytes of the datagram and covers everything
 //! before it. [`HeartbeatRepr::parse`] checks it before it looks at any other
 //! field, so a sender without the key can only ever cause
-//! [`HeartbeatError::Truncated`] or [`HeartbeatError::BadMac`], and every
+//! [`EnvelopeError::Truncated`] or [`EnvelopeError::BadMac`], and every
 //! other error (version, type, role, ...) is known to come from a keyed peer,
 //! which makes it worth reporting to an operator as a real misconfiguration.
 use std::net::Ipv4Addr;
@@ -107,23 +107,9 @@ impl WireRole {
 /// Why a datagram is not an acceptable heartbeat.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeartbeatError {
-    /// Shorter than a header plus a MAC: cannot even be authenticated.
-    #[error("truncated: {len} bytes")]
-    Truncated { len: usize },
-    /// The MAC does not match: wrong key, corruption, truncation or forgery.
-    /// Nothing else in the datagram was looked at.
-    #[error("bad MAC (wrong key, corrupted or forged)")]
-    BadMac,
-    /// Authenticated, but does not start with `DUET`.
-    #[error("bad magic")]
-    BadMagic,
-    /// Authenticated duet message of a version this build does not speak.
-    #[error("unsupported version {0}")]
-    BadVersion(u8),
-    /// Authenticated duet message that is not a heartbeat (e.g. a sync
-    /// message sent to the heartbeat port).
-    #[error("not a heartbeat: message type {0}")]
-    BadType(u8),
+    /// Not an authentic duet message of the heartbeat type.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
     /// A heartbeat of the first releases' layout (no challenge and echo):
     /// the peer runs an older duet.
     #[error("heartbeat without challenge/echo fields from an older duet: upgrade both nodes")]
@@ -165,21 +151,6 @@ pub struct HeartbeatRepr {
     pub challenge: u64,
     /// The last challenge the sender received from the receiver; 0 = none.
     pub echo: u64,
-}
-
-impl From<EnvelopeError> for HeartbeatError {
-    fn from(e: EnvelopeError) -> Self {
-        match e {
-            EnvelopeError::Truncated { len } => HeartbeatError::Truncated { len },
-            EnvelopeError::BadMac => HeartbeatError::BadMac,
-            EnvelopeError::BadMagic => HeartbeatError::BadMagic,
-            EnvelopeError::BadVersion(v) => HeartbeatError::BadVersion(v),
-            EnvelopeError::BadType(t) => HeartbeatError::BadType(t),
-            EnvelopeError::BadLength { declared, actual } => {
-                HeartbeatError::BadLength { declared, actual }
-            }
-        }
-    }
 }
 
 impl HeartbeatRepr {
@@ -357,7 +328,7 @@ mod tests {
         let other = Keys::new(b"neither of them".to_vec(), None);
         assert_eq!(
             HeartbeatRepr::parse_with(&out, &other),
-            Err(HeartbeatError::BadMac)
+            Err(HeartbeatError::Envelope(EnvelopeError::BadMac))
         );
     }
 
@@ -391,9 +362,16 @@ mod tests {
         for len in 0..out.len() {
             let err = HeartbeatRepr::parse(&out[..len], KEY).unwrap_err();
             if len < HEADER_LEN + MAC_LEN {
-                assert_eq!(err, HeartbeatError::Truncated { len });
+                assert_eq!(
+                    err,
+                    HeartbeatError::Envelope(EnvelopeError::Truncated { len })
+                );
             } else {
-                assert_eq!(err, HeartbeatError::BadMac, "len {len}");
+                assert_eq!(
+                    err,
+                    HeartbeatError::Envelope(EnvelopeError::BadMac),
+                    "len {len}"
+                );
             }
         }
     }
@@ -403,7 +381,10 @@ mod tests {
         let mut out = Vec::new();
         repr().emit(KEY, &mut out);
         out.push(0);
-        assert_eq!(HeartbeatRepr::parse(&out, KEY), Err(HeartbeatError::BadMac));
+        assert_eq!(
+            HeartbeatRepr::parse(&out, KEY),
+            Err(HeartbeatError::Envelope(EnvelopeError::BadMac))
+        );
     }
 
     #[test]
@@ -416,7 +397,7 @@ mod tests {
                 bad[byte] ^= 1 << bit;
                 assert_eq!(
                     HeartbeatRepr::parse(&bad, KEY),
-                    Err(HeartbeatError::BadMac),
+                    Err(HeartbeatError::Envelope(EnvelopeError::BadMac)),
                     "byte {byte} bit {bit}"
                 );
             }
@@ -427,11 +408,17 @@ mod tests {
     fn wrong_key_is_bad_mac() {
         let mut out = Vec::new();
         repr().emit(b"another key entirely", &mut out);
-        assert_eq!(HeartbeatRepr::parse(&out, KEY), Err(HeartbeatError::BadMac));
+        assert_eq!(
+            HeartbeatRepr::parse(&out, KEY),
+            Err(HeartbeatError::Envelope(EnvelopeError::BadMac))
+        );
         // An empty key is a valid HMAC key but still not the cluster key.
         let mut out = Vec::new();
         repr().emit(b"", &mut out);
-        assert_eq!(HeartbeatRepr::parse(&out, KEY), Err(HeartbeatError::BadMac));
+        assert_eq!(
+            HeartbeatRepr::parse(&out, KEY),
+            Err(HeartbeatError::Envelope(EnvelopeError::BadMac))
+        );
     }
 
     #[test]
@@ -439,25 +426,25 @@ mod tests {
         let bytes = tampered_and_resigned(|b| b[field::VERSION] = 2);
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
-            Err(HeartbeatError::BadVersion(2))
+            Err(HeartbeatError::Envelope(EnvelopeError::BadVersion(2)))
         );
         let bytes = tampered_and_resigned(|b| b[0] = b'X');
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
-            Err(HeartbeatError::BadMagic)
+            Err(HeartbeatError::Envelope(EnvelopeError::BadMagic))
         );
         let bytes = tampered_and_resigned(|b| b[field::MSG_TYPE] = 2);
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
-            Err(HeartbeatError::BadType(2))
+            Err(HeartbeatError::Envelope(EnvelopeError::BadType(2)))
         );
         let bytes = tampered_and_resigned(|b| b[7] = 0x41);
         assert_eq!(
             HeartbeatRepr::parse(&bytes, KEY),
-            Err(HeartbeatError::BadLength {
+            Err(HeartbeatError::Envelope(EnvelopeError::BadLength {
                 declared: 65,
                 actual: 64
-            })
+            }))
         );
         // A longer body with a matching length field is still not this layout.
         let bytes = tampered_and_resigned(|b| {

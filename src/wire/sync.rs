@@ -92,23 +92,9 @@ mod field {
 /// Why a datagram is not an acceptable sync message.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SyncWireError {
-    /// Shorter than a header plus a MAC: cannot even be authenticated.
-    #[error("truncated: {len} bytes")]
-    Truncated { len: usize },
-    /// The MAC does not match: wrong key, corruption, truncation or forgery.
-    /// Nothing else in the datagram was looked at.
-    #[error("bad MAC (wrong key, corrupted or forged)")]
-    BadMac,
-    /// Authenticated, but does not start with `DUET`.
-    #[error("bad magic")]
-    BadMagic,
-    /// Authenticated duet message of a version this build does not speak.
-    #[error("unsupported version {0}")]
-    BadVersion(u8),
-    /// Authenticated duet message that is not a sync message (e.g. a
-    /// heartbeat sent to the sync port).
-    #[error("not a sync message: message type {0}")]
-    BadType(u8),
+    /// Not an authentic duet message of the sync type.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
     /// Unknown kind byte.
     #[error("unknown sync message kind {0}")]
     BadKind(u8),
@@ -208,21 +194,6 @@ pub enum SyncMessage {
     Hello(Hello),
     Batch(Batch),
     Ack(Ack),
-}
-
-impl From<EnvelopeError> for SyncWireError {
-    fn from(e: EnvelopeError) -> Self {
-        match e {
-            EnvelopeError::Truncated { len } => SyncWireError::Truncated { len },
-            EnvelopeError::BadMac => SyncWireError::BadMac,
-            EnvelopeError::BadMagic => SyncWireError::BadMagic,
-            EnvelopeError::BadVersion(v) => SyncWireError::BadVersion(v),
-            EnvelopeError::BadType(t) => SyncWireError::BadType(t),
-            EnvelopeError::BadLength { declared, actual } => {
-                SyncWireError::BadLength { declared, actual }
-            }
-        }
-    }
 }
 
 fn valid_proto(p: u8) -> bool {
@@ -588,14 +559,24 @@ mod tests {
             for len in 0..out.len() {
                 let err = SyncMessage::parse(&out[..len], KEY).unwrap_err();
                 if len < HEADER_LEN + MAC_LEN {
-                    assert_eq!(err, SyncWireError::Truncated { len });
+                    assert_eq!(
+                        err,
+                        SyncWireError::Envelope(EnvelopeError::Truncated { len })
+                    );
                 } else {
-                    assert_eq!(err, SyncWireError::BadMac, "len {len}");
+                    assert_eq!(
+                        err,
+                        SyncWireError::Envelope(EnvelopeError::BadMac),
+                        "len {len}"
+                    );
                 }
             }
             let mut longer = out.clone();
             longer.push(0);
-            assert_eq!(SyncMessage::parse(&longer, KEY), Err(SyncWireError::BadMac));
+            assert_eq!(
+                SyncMessage::parse(&longer, KEY),
+                Err(SyncWireError::Envelope(EnvelopeError::BadMac))
+            );
         }
     }
 
@@ -609,7 +590,7 @@ mod tests {
                     bad[byte] ^= 1 << bit;
                     assert_eq!(
                         SyncMessage::parse(&bad, KEY),
-                        Err(SyncWireError::BadMac),
+                        Err(SyncWireError::Envelope(EnvelopeError::BadMac)),
                         "byte {byte} bit {bit}"
                     );
                 }
@@ -625,7 +606,7 @@ mod tests {
         let gone = Keys::new(b"the new key, 16 bytes+".to_vec(), None);
         assert_eq!(
             SyncMessage::parse_with(&out, &gone),
-            Err(SyncWireError::BadMac)
+            Err(SyncWireError::Envelope(EnvelopeError::BadMac))
         );
     }
 
@@ -633,7 +614,10 @@ mod tests {
     fn wrong_key_and_heartbeat_key_domain() {
         let mut out = Vec::new();
         SyncMessage::Batch(batch()).emit(b"another key entirely", &mut out);
-        assert_eq!(SyncMessage::parse(&out, KEY), Err(SyncWireError::BadMac));
+        assert_eq!(
+            SyncMessage::parse(&out, KEY),
+            Err(SyncWireError::Envelope(EnvelopeError::BadMac))
+        );
         // A keyed heartbeat is authentic but not a sync message.
         let hb = crate::wire::heartbeat::HeartbeatRepr {
             cluster_id: 1,
@@ -654,7 +638,7 @@ mod tests {
         hb.emit(KEY, &mut out);
         assert_eq!(
             SyncMessage::parse(&out, KEY),
-            Err(SyncWireError::BadType(1))
+            Err(SyncWireError::Envelope(EnvelopeError::BadType(1)))
         );
     }
 
@@ -663,11 +647,11 @@ mod tests {
         let p = |b: Vec<u8>| SyncMessage::parse(&b, KEY);
         assert_eq!(
             p(resigned(&ACK_FIXTURE, |b| b[0] = b'X')),
-            Err(SyncWireError::BadMagic)
+            Err(SyncWireError::Envelope(EnvelopeError::BadMagic))
         );
         assert_eq!(
             p(resigned(&ACK_FIXTURE, |b| b[4] = 2)),
-            Err(SyncWireError::BadVersion(2))
+            Err(SyncWireError::Envelope(EnvelopeError::BadVersion(2)))
         );
         assert_eq!(
             p(resigned(&ACK_FIXTURE, |b| b[8] = 9)),
@@ -675,10 +659,10 @@ mod tests {
         );
         assert_eq!(
             p(resigned(&ACK_FIXTURE, |b| b[7] = 21)),
-            Err(SyncWireError::BadLength {
+            Err(SyncWireError::Envelope(EnvelopeError::BadLength {
                 declared: 21,
                 actual: 20
-            })
+            }))
         );
         // An ack-sized body labelled hello.
         assert_eq!(
