@@ -12,6 +12,7 @@ pub mod handover;
 pub mod health;
 pub mod http_head;
 pub mod import;
+pub mod log_limit;
 pub mod pair;
 pub mod proxy;
 pub mod status;

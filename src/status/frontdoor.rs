@@ -6,7 +6,8 @@
 //! tiny_http on a Unix socket; tiny_http's answer goes back with
 //! `Connection: close` added.
 
-use super::server::{text, with, Backend, Limits, LogLimiter, Reply, PEER_HEADER};
+use super::server::{text, with, Backend, Limits, Reply, PEER_HEADER};
+use crate::log_limit::LogLimiter;
 use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, LocalExecutor, Timer};

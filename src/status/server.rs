@@ -45,6 +45,7 @@
 use super::frontdoor;
 use super::model::StatusReport;
 use super::render::{self, View};
+use crate::log_limit::LogLimiter;
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
@@ -56,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// What the daemon exposes to the status server. Called from worker
@@ -500,36 +501,6 @@ fn pair_exchange(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Re
         Err(e) => {
             log::warn!("status: {peer}: pairing exchange refused: {e}");
             text(400, format!("{e}\n"))
-        }
-    }
-}
-
-/// At most one warning a second for rejected admin requests (and failed
-/// accepts), so a client hammering the API cannot flood the log; the rest go
-/// to debug and are counted in the next warning.
-#[derive(Default)]
-pub(crate) struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub(crate) fn warn(&mut self, msg: &str) {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                log::debug!("{msg}");
-            }
-            _ => {
-                if self.suppressed > 0 {
-                    log::warn!("{msg} ({} similar suppressed)", self.suppressed);
-                } else {
-                    log::warn!("{msg}");
-                }
-                self.last = Some(now);
-                self.suppressed = 0;
-            }
         }
     }
 }

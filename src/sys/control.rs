@@ -12,6 +12,7 @@
 use crate::config::{self, Config};
 use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
+use crate::log_limit::LogLimiter;
 use crate::wire::admin::{self, AdminState};
 use crate::wire::envelope::{EnvelopeError, Keys};
 use crate::wire::heartbeat::{HeartbeatError, HeartbeatRepr};
@@ -756,30 +757,16 @@ fn wanted_macs(cfg: &Config, peers: &[Ipv4Addr], me: Ipv4Addr) -> Vec<Ipv4Addr> 
     out
 }
 
-/// Rejected control datagrams are logged at warn at most once a second in
-/// all (with the number suppressed meanwhile), so forged traffic from many
-/// sources cannot flood the log; each one is counted in the election's
-/// counters anyway.
+/// Rejected control datagrams are counted in the election's counters; the
+/// log gets at most one warning a second of them in all, whatever their
+/// sources.
 fn warn_rejected(from: SocketAddr, why: &str) {
-    static STATE: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
-    let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    if st
-        .0
-        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-    {
-        st.1 += 1;
-        return;
-    }
-    let suppressed = std::mem::take(&mut st.1);
-    st.0 = Some(now);
-    if suppressed > 0 {
-        log::warn!("rejected heartbeat from {from}: {why} ({suppressed} more rejected since the last report)");
-    } else {
-        log::warn!("rejected heartbeat from {from}: {why}");
-    }
+    static REJECTED: Mutex<LogLimiter> = Mutex::new(LogLimiter::new());
+    REJECTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .warn(&format!("rejected heartbeat from {from}: {why}"));
 }
-
 #[cfg(test)]
 #[path = "control_tests.rs"]
 mod tests;
