@@ -17,12 +17,13 @@
 //!   198.18.0.1 and 198.18.0.2.
 //! - A service whose real servers include both nodes gets
 //!   `serve_local = true`; the remaining real servers become `backends`.
+mod out;
 mod perlbal;
 
 pub use perlbal::import_perlbal;
 
+use out::duration;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 /// The produced config and what the operator must review.
@@ -699,18 +700,6 @@ fn parse_ha(text: &str, w: &mut Warnings) -> Ha {
 
 // ---------------------------------------------------------------- output
 
-fn q(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn duration(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("\"{}s\"", ms / 1000)
-    } else {
-        format!("\"{ms}ms\"")
-    }
-}
-
 /// Quotes `s` for /bin/sh.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -722,8 +711,8 @@ struct Check {
     receive: Option<String>,
     host: Option<String>,
     command: Option<String>,
-    /// Further `key = value` lines, the value already TOML.
-    extra: Vec<(&'static str, String)>,
+    /// Keys of this check kind only.
+    extra: BTreeMap<&'static str, String>,
 }
 
 fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
@@ -742,7 +731,7 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
         receive: None,
         host: None,
         command: None,
-        extra: Vec::new(),
+        extra: BTreeMap::new(),
     };
     let web = |kind| Check {
         request: Some(s.request.clone().unwrap_or_else(|| "/".into())),
@@ -754,7 +743,7 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
         "http" => web("http"),
         "https" => web("https"),
         "smtp" | "pop" | "imap" | "ftp" | "nntp" => Check {
-            extra: vec![("protocol", q(&service))],
+            extra: BTreeMap::from([("protocol", service)]),
             ..plain("banner")
         },
         "mysql" => plain("mysql"),
@@ -762,16 +751,17 @@ fn check_of(v: &Virtual, w: &mut Warnings) -> Check {
         "dns" => {
             // ldirectord resolves `request` and looks for `receive` among
             // the answers.
-            let mut extra = vec![("name", q(s.request.as_deref().unwrap_or(".")))];
+            let mut extra =
+                BTreeMap::from([("name", s.request.as_deref().unwrap_or(".").to_string())]);
             if let Some(addr) = s
                 .receive
                 .as_deref()
                 .and_then(|r| r.parse::<std::net::IpAddr>().ok())
             {
-                extra.push(("expect_address", q(&addr.to_string())));
+                extra.insert("expect_address", addr.to_string());
             }
             if matches!(&s.protocol, Some((_, p)) if p == "tcp") {
-                extra.push(("transport", q("tcp")));
+                extra.insert("transport", "tcp".to_string());
             }
             Check {
                 extra,
@@ -922,7 +912,7 @@ fn nodes_of(
 
 /// `[cluster]`, the part both importers write the same way. `interface`:
 /// the one heartbeat runs on, when the inputs name it.
-fn write_cluster(out: &mut String, vips: &[Ipv4Addr], interface: Option<String>, w: &mut Warnings) {
+fn cluster_of(vips: &[Ipv4Addr], interface: Option<String>, w: &mut Warnings) -> out::Cluster {
     let interface = match interface {
         Some(i) => i,
         None => {
@@ -937,37 +927,12 @@ fn write_cluster(out: &mut String, vips: &[Ipv4Addr], interface: Option<String>,
         "key_file: heartbeat's authkeys is not imported; write a shared secret of at \
         least 16 bytes to /etc/duet/key on both nodes",
     );
-    let _ = writeln!(out, "[cluster]");
-    let quoted: Vec<String> = vips.iter().map(|v| q(&v.to_string())).collect();
-    match quoted.as_slice() {
-        [one] => {
-            let _ = writeln!(out, "vip = {one}");
-        }
-        many => {
-            let _ = writeln!(out, "vip = [{}]", many.join(", "));
-        }
-    }
-    let _ = writeln!(out, "interface = {}", q(&interface));
-    let _ = writeln!(out, "vrid = 1");
-    let _ = writeln!(out, "key_file = \"/etc/duet/key\"");
-    let _ = writeln!(out, "status_listen = \"0.0.0.0:8080\"");
-    let _ = writeln!(out, "state_dir = \"/var/lib/duet\"\n");
+    out::Cluster::new(vips, interface)
 }
 
 /// `[heartbeat]` from ha.cf's timings, auto_failback and ping nodes.
-fn write_heartbeat(out: &mut String, ha: Option<&Ha>, w: &mut Warnings) {
-    let _ = writeln!(out, "[heartbeat]");
+fn heartbeat_of(ha: Option<&Ha>, w: &mut Warnings) -> out::Heartbeat {
     let hb = |ms: Option<u64>, default: &str| ms.map_or_else(|| default.to_string(), duration);
-    let _ = writeln!(
-        out,
-        "interval = {}",
-        hb(ha.and_then(|h| h.keepalive_ms), "\"100ms\"")
-    );
-    let _ = writeln!(
-        out,
-        "dead_after = {}",
-        hb(ha.and_then(|h| h.deadtime_ms), "\"1s\"")
-    );
     let preempt = match ha.map(|h| h.auto_failback) {
         Some(Some(b)) => b,
         Some(None) => {
@@ -978,11 +943,14 @@ fn write_heartbeat(out: &mut String, ha: Option<&Ha>, w: &mut Warnings) {
         }
         None => false,
     };
-    let _ = writeln!(out, "preempt = {preempt}");
-    let pings: Vec<String> = ha
-        .map(|h| h.ping.iter().map(|p| q(&p.to_string())).collect())
-        .unwrap_or_default();
-    let _ = writeln!(out, "ping = [{}]\n", pings.join(", "));
+    out::Heartbeat {
+        interval: hb(ha.and_then(|h| h.keepalive_ms), "100ms"),
+        dead_after: hb(ha.and_then(|h| h.deadtime_ms), "1s"),
+        preempt,
+        ping: ha
+            .map(|h| h.ping.iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default(),
+    }
 }
 
 fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
@@ -1019,13 +987,13 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
     }
     let (names, addrs) = nodes_of(ha, &first_reals, w);
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Imported from ldirectord.cf{} by `duet import-ldirectord`.",
-        if ha.is_some() { " and ha.cf" } else { "" }
-    );
-    let _ = writeln!(out, "# Review the warnings printed with it before use.\n");
+    let header = vec![
+        format!(
+            "Imported from ldirectord.cf{} by `duet import-ldirectord`.",
+            if ha.is_some() { " and ha.cf" } else { "" }
+        ),
+        "Review the warnings printed with it before use.".to_string(),
+    ];
 
     if vips.is_empty() {
         w.general(
@@ -1034,13 +1002,10 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
         );
         vips.push(Ipv4Addr::new(198, 18, 0, 100));
     }
-    write_cluster(&mut out, &vips, ha.and_then(|h| h.interface.clone()), w);
+    let cluster = cluster_of(&vips, ha.and_then(|h| h.interface.clone()), w);
 
+    let mut nodes = Vec::new();
     for (i, (name, addr)) in names.iter().zip(&addrs).enumerate() {
-        let _ = writeln!(out, "[[node]]");
-        let _ = writeln!(out, "name = {}", q(name));
-        let _ = writeln!(out, "address = {}", q(&addr.to_string()));
-        let _ = writeln!(out, "priority = {}", if i == 0 { 150 } else { 100 });
         // A node's weight as a real server; duet has one per node, so the
         // first virtual that gives one sets it.
         let weights: Vec<u32> = virtuals
@@ -1048,7 +1013,6 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
             .filter_map(|v| v.weights.get(addr).copied())
             .collect();
         if let Some(first) = weights.first() {
-            let _ = writeln!(out, "weight = {first}");
             if weights.iter().any(|x| x != first) {
                 w.at(
                     LDIRECTORD,
@@ -1059,23 +1023,32 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
                 );
             }
         }
-        let _ = writeln!(out);
+        nodes.push(out::Node {
+            name: name.clone(),
+            address: addr.to_string(),
+            priority: if i == 0 { 150 } else { 100 },
+            weight: weights.first().copied(),
+        });
     }
 
-    write_heartbeat(&mut out, ha, w);
+    let heartbeat = heartbeat_of(ha, w);
+    let mut services = Vec::new();
 
     let node_set: BTreeSet<Ipv4Addr> = addrs.iter().copied().collect();
     for v in virtuals {
         let s = &v.settings;
         let reals: BTreeSet<Ipv4Addr> = v.reals.iter().copied().collect();
         let serve_local = node_set.is_subset(&reals);
-        let backends: Vec<String> = v
+        let backends: Vec<out::Backend> = v
             .reals
             .iter()
             .filter(|a| !(serve_local && node_set.contains(a)))
             .map(|a| match v.weights.get(a) {
-                Some(wt) => format!("{{ address = {}, weight = {wt} }}", q(&a.to_string())),
-                None => q(&a.to_string()),
+                Some(wt) => out::Backend::Weighted {
+                    address: a.to_string(),
+                    weight: *wt,
+                },
+                None => out::Backend::Plain(a.to_string()),
             })
             .collect();
         if !serve_local && reals.iter().any(|a| node_set.contains(a)) {
@@ -1116,29 +1089,7 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
                 .unwrap_or(DEFAULT_NEGOTIATE_TIMEOUT_MS),
         };
 
-        let _ = writeln!(
-            out,
-            "# ldirectord.cf line {}: virtual={}:{}",
-            v.line, v.vip, v.port
-        );
-        let _ = writeln!(out, "[[service]]");
-        if vips.len() > 1 {
-            let _ = writeln!(out, "vip = {}", q(&v.vip.to_string()));
-        }
-        let _ = writeln!(out, "port = {}", v.port);
-        let _ = writeln!(out, "protocol = {}", q(&protocol));
-        let _ = writeln!(out, "scheduler = {}", q(&scheduler_of(v, w)));
-        if let Some(p) = s.persistent_s {
-            let _ = writeln!(out, "persistence = {}", duration(p.saturating_mul(1000)));
-            if let Some(m) = s.netmask.filter(|m| *m != Ipv4Addr::BROADCAST) {
-                let _ = writeln!(out, "persistence_netmask = {}", q(&m.to_string()));
-            }
-        }
-        let _ = writeln!(out, "serve_local = {serve_local}");
-        if !backends.is_empty() {
-            let _ = writeln!(out, "backends = [{}]", backends.join(", "));
-        }
-        if let Some((no, fb)) = &s.fallback {
+        let fallback = s.fallback.as_ref().and_then(|(no, fb)| {
             // "127.0.0.1:80 gate": the forwarding method does not apply.
             let addr = fb.split_whitespace().next().unwrap_or("");
             let with_port = if addr.contains(':') {
@@ -1147,51 +1098,71 @@ fn render(ld: &Ldirectord, ha: Option<&Ha>, w: &mut Warnings) -> String {
                 format!("{addr}:{}", v.port)
             };
             match with_port.parse::<std::net::SocketAddrV4>() {
-                Ok(sa) => {
-                    let _ = writeln!(out, "fallback = {}", q(&sa.to_string()));
+                Ok(sa) => Some(sa.to_string()),
+                Err(_) => {
+                    w.unsupported(
+                        LDIRECTORD,
+                        *no,
+                        "fallback",
+                        &format!("{addr:?} is not an IPv4 address and port"),
+                    );
+                    None
                 }
-                Err(_) => w.unsupported(
-                    LDIRECTORD,
-                    *no,
-                    "fallback",
-                    &format!("{addr:?} is not an IPv4 address and port"),
-                ),
             }
-        }
-        let _ = writeln!(out, "\n[service.check]");
-        let _ = writeln!(out, "kind = {}", q(check.kind));
-        if let Some(r) = &check.request {
-            let path = if r.starts_with('/') {
-                r.clone()
+        });
+        let request = check.request.map(|r| {
+            if r.starts_with('/') {
+                r
             } else {
                 format!("/{r}")
-            };
-            let _ = writeln!(out, "request = {}", q(&path));
-        }
-        if let Some(r) = &check.receive {
-            let _ = writeln!(out, "receive = {}", q(r));
-        }
-        if let Some(h) = &check.host {
-            let _ = writeln!(out, "host = {}", q(h));
-        }
-        if let Some(c) = &check.command {
-            let _ = writeln!(out, "command = {}", q(c));
-        }
-        for (key, value) in &check.extra {
-            let _ = writeln!(out, "{key} = {value}");
-        }
-        if let Some(p) = s.checkport {
-            let _ = writeln!(out, "port = {p}");
-        }
-        let _ = writeln!(out, "interval = {}", duration(interval));
-        let _ = writeln!(out, "timeout = {}", duration(timeout));
-        // ldirectord adds a server on its first good check and removes it
-        // after failurecount bad ones.
-        let _ = writeln!(out, "rise = 1");
-        let _ = writeln!(out, "fall = {}", s.failurecount.unwrap_or(1));
-        let _ = writeln!(out, "quiescent = {}\n", s.quiescent.unwrap_or(true));
+            }
+        });
+        let persistence = s.persistent_s.map(|p| duration(p.saturating_mul(1000)));
+        let service = out::Service {
+            vip: (vips.len() > 1).then(|| v.vip.to_string()),
+            port: v.port,
+            protocol: Some(protocol),
+            scheduler: scheduler_of(v, w),
+            persistence_netmask: s
+                .netmask
+                .filter(|m| persistence.is_some() && *m != Ipv4Addr::BROADCAST)
+                .map(|m| m.to_string()),
+            persistence,
+            serve_local,
+            backends: (!backends.is_empty()).then_some(backends),
+            fallback,
+            check: Some(out::Check {
+                kind: check.kind,
+                request,
+                receive: check.receive,
+                host: check.host,
+                command: check.command,
+                extra: check.extra,
+                port: s.checkport,
+                interval: duration(interval),
+                timeout: duration(timeout),
+                // ldirectord adds a server on its first good check and
+                // removes it after failurecount bad ones.
+                rise: 1,
+                fall: s.failurecount.unwrap_or(1),
+                quiescent: Some(s.quiescent.unwrap_or(true)),
+            }),
+            ..out::Service::default()
+        };
+        let comment = format!(
+            "ldirectord.cf line {}: virtual={}:{}",
+            v.line, v.vip, v.port
+        );
+        services.push((comment, service));
     }
-    out
+    out::Document {
+        header,
+        cluster,
+        nodes,
+        heartbeat,
+        services,
+    }
+    .render()
 }
 
 #[cfg(test)]

@@ -26,13 +26,10 @@
 //! - Nodes come from ha.cf as for `import-ldirectord`; the node haresources
 //!   names first (its preferred owner of the VIP) gets the higher priority.
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::{
-    duration, nodes_of, parse_ha, parse_yes_no, q, write_cluster, write_heartbeat, Ha, Imported,
-    Warnings,
-};
+use super::out::{self, duration};
+use super::{cluster_of, heartbeat_of, nodes_of, parse_ha, parse_yes_no, Ha, Imported, Warnings};
 
 const PERLBAL: &str = "perlbal.conf";
 const HARESOURCES: &str = "haresources";
@@ -852,46 +849,53 @@ fn render(pb: &Perlbal, ha: Option<&Ha>, res: Option<&Resources>, w: &mut Warnin
         }
     }
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Imported from perlbal.conf{}{} by `duet import-perlbal`.",
-        if ha.is_some() { ", ha.cf" } else { "" },
-        if res.is_some() { ", haresources" } else { "" }
-    );
-    let _ = writeln!(out, "# Review the warnings printed with it before use.\n");
+    let header = vec![
+        format!(
+            "Imported from perlbal.conf{}{} by `duet import-perlbal`.",
+            if ha.is_some() { ", ha.cf" } else { "" },
+            if res.is_some() { ", haresources" } else { "" }
+        ),
+        "Review the warnings printed with it before use.".to_string(),
+    ];
     let interface = ha
         .and_then(|h| h.interface.clone())
         .or_else(|| res.and_then(|r| r.interface.clone()));
-    write_cluster(&mut out, &vips, interface, w);
-    for i in order {
-        let _ = writeln!(out, "[[node]]");
-        let _ = writeln!(out, "name = {}", q(&names[i]));
-        let _ = writeln!(out, "address = {}", q(&addrs[i].to_string()));
-        let _ = writeln!(
-            out,
-            "priority = {}\n",
-            if i == order[0] { 150 } else { 100 }
-        );
-    }
-    write_heartbeat(&mut out, ha, w);
+    let cluster = cluster_of(&vips, interface, w);
+    let nodes = order
+        .iter()
+        .map(|&i| out::Node {
+            name: names[i].clone(),
+            address: addrs[i].to_string(),
+            priority: if i == order[0] { 150 } else { 100 },
+            weight: None,
+        })
+        .collect();
+    let heartbeat = heartbeat_of(ha, w);
 
     if kept.is_empty() {
         w.general("no enabled reverse_proxy service with a pool: the config has no service");
     }
-    for k in &kept {
-        write_service(&mut out, k, &addrs, &vips, w);
+    let services = kept
+        .iter()
+        .map(|k| service_of(k, &addrs, &vips, w))
+        .collect();
+    out::Document {
+        header,
+        cluster,
+        nodes,
+        heartbeat,
+        services,
     }
-    out
+    .render()
 }
 
-fn write_service(
-    out: &mut String,
+/// One proxy service, and the comment that says where it came from.
+fn service_of(
     k: &Kept,
     nodes: &[Ipv4Addr],
     vips: &[Ipv4Addr],
     w: &mut Warnings,
-) {
+) -> (String, out::Service) {
     let s = k.svc;
     let line = s.pool.as_ref().map_or(s.line, |(l, _)| *l);
     // A node in its own pool serves through serve_local, which reaches
@@ -916,11 +920,11 @@ fn write_service(
             );
         }
     }
-    let backends: Vec<String> = k
+    let backends: Vec<out::Backend> = k
         .members
         .iter()
         .filter(|m| !on_nodes.contains(m))
-        .map(|m| q(&m.to_string()))
+        .map(|m| out::Backend::Plain(m.to_string()))
         .collect();
     if backends.is_empty() && !serve_local {
         w.at(
@@ -929,76 +933,55 @@ fn write_service(
             format_args!("pool of service {} has no usable member", s.name),
         );
     }
-    match k.selector {
-        Some(sel) => {
-            let _ = writeln!(
-                out,
-                "# Perlbal selector {} (vhosts); other hosts go to service {}",
-                sel.name, s.name
-            );
-        }
-        None => {
-            let _ = writeln!(out, "# Perlbal service {}", s.name);
-        }
-    }
-    let _ = writeln!(out, "[[service]]");
-    if vips.len() > 1 {
-        let _ = writeln!(out, "vip = {}", q(&k.vip.to_string()));
-    }
-    let _ = writeln!(out, "port = {}", k.port);
-    let _ = writeln!(out, "mode = \"proxy\"");
-    let _ = writeln!(out, "scheduler = \"rr\"");
-    let _ = writeln!(out, "serve_local = {serve_local}");
-    let _ = writeln!(out, "backends = [{}]", backends.join(", "));
-    let _ = writeln!(out, "persist_client = {}", s.persist_client);
-    let _ = writeln!(out, "persist_backend = {}", s.persist_backend);
-    if let Some(n) = s.backend_persist_cache.filter(|_| s.persist_backend) {
-        let _ = writeln!(out, "backend_idle_max = {n}");
-    }
-    if let Some(t) = s.persist_client_idle_timeout_s.or(s.idle_timeout_s) {
-        let _ = writeln!(out, "client_idle_timeout = {}", duration(t * 1000));
-    }
-    if !s.trusted.is_empty() {
-        let list: Vec<String> = s.trusted.iter().map(|a| q(&a.to_string())).collect();
-        let _ = writeln!(out, "trusted_proxies = [{}]", list.join(", "));
-    }
-    if s.verify_backend {
+    let comment = match k.selector {
+        Some(sel) => format!(
+            "Perlbal selector {} (vhosts); other hosts go to service {}",
+            sel.name, s.name
+        ),
+        None => format!("Perlbal service {}", s.name),
+    };
+    let check = s.verify_backend.then(|| {
         let ports: BTreeSet<u16> = k.members.iter().map(|m| m.port()).collect();
-        let _ = writeln!(out, "\n[service.check]");
-        let _ = writeln!(out, "kind = \"http\"");
         // OPTIONS * (Perlbal's default) has no path a GET can ask for.
         let path = match s.verify_backend_path.as_deref() {
             Some(p) if p.starts_with('/') => p,
             _ => "/",
         };
-        let _ = writeln!(out, "request = {}", q(path));
-        match ports.iter().next() {
-            Some(p) if ports.len() == 1 && *p != k.port => {
-                let _ = writeln!(out, "port = {p}");
+        let port = match ports.iter().next() {
+            Some(p) if ports.len() == 1 && *p != k.port => Some(*p),
+            _ if ports.len() > 1 => {
+                w.at(
+                    PERLBAL,
+                    line,
+                    format_args!(
+                        "pool members of service {} listen on different ports; the check \
+                         probes port {} (set check.port, or split the service)",
+                        s.name, k.port
+                    ),
+                );
+                None
             }
-            _ if ports.len() > 1 => w.at(
-                PERLBAL,
-                line,
-                format_args!(
-                    "pool members of service {} listen on different ports; the check probes \
-                     port {} (set check.port, or split the service)",
-                    s.name, k.port
-                ),
-            ),
-            _ => {}
-        }
+            _ => None,
+        };
         // Perlbal verifies before every new connection: react at once.
-        let _ = writeln!(out, "interval = \"1s\"");
-        let _ = writeln!(out, "timeout = \"1s\"");
-        let _ = writeln!(out, "rise = 1");
-        let _ = writeln!(out, "fall = 1");
-    }
+        out::Check {
+            kind: "http",
+            request: Some(path.to_string()),
+            port,
+            interval: "1s".into(),
+            timeout: "1s".into(),
+            rise: 1,
+            fall: 1,
+            ..out::Check::default()
+        }
+    });
+    let mut route = Vec::new();
     for (host, members) in &k.routes {
         // Nodes serve a proxy only as serve_local members of the service.
         let backends: Vec<String> = members
             .iter()
             .filter(|m| !nodes.contains(m.ip()) && !vips.contains(m.ip()))
-            .map(|m| q(&m.to_string()))
+            .map(|m| m.to_string())
             .collect();
         if backends.len() < members.len() {
             w.at(
@@ -1017,11 +1000,32 @@ fn write_service(
             );
             continue;
         }
-        let _ = writeln!(out, "\n[[service.route]]");
-        let _ = writeln!(out, "host = {}", q(host));
-        let _ = writeln!(out, "backends = [{}]", backends.join(", "));
+        route.push(out::Route {
+            host: host.clone(),
+            backends,
+        });
     }
-    let _ = writeln!(out);
+    let service = out::Service {
+        vip: (vips.len() > 1).then(|| k.vip.to_string()),
+        port: k.port,
+        mode: Some("proxy"),
+        scheduler: "rr".into(),
+        serve_local,
+        backends: Some(backends),
+        persist_client: Some(s.persist_client),
+        persist_backend: Some(s.persist_backend),
+        backend_idle_max: s.backend_persist_cache.filter(|_| s.persist_backend),
+        client_idle_timeout: s
+            .persist_client_idle_timeout_s
+            .or(s.idle_timeout_s)
+            .map(|t| duration(t * 1000)),
+        trusted_proxies: (!s.trusted.is_empty())
+            .then(|| s.trusted.iter().map(|a| a.to_string()).collect()),
+        check,
+        route,
+        ..out::Service::default()
+    };
+    (comment, service)
 }
 
 #[cfg(test)]
