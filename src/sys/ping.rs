@@ -80,16 +80,58 @@ fn run(
             }
         }
         let now = Instant::now();
-        let verdict = match last_reply {
-            Some(t) if now.duration_since(t) < lost_after => Some(true),
-            _ if now.duration_since(start) < lost_after => None,
-            _ => Some(false),
-        };
-        if let Some(ok) = verdict.filter(|v| reachable != Some(*v)) {
+        if let Some(ok) =
+            verdict(now, start, last_reply, lost_after).filter(|v| reachable != Some(*v))
+        {
             reachable = Some(ok);
             let what = if ok { "reachable" } else { "unreachable" };
             log::info!("ping nodes {targets:?} {what}");
             notify.send(Input::Ping(ok));
+        }
+    }
+}
+
+/// Reachable while some target answered within `lost_after`; unreachable
+/// once none has for that long; unknown (None) before the first
+/// `lost_after` since `start` has passed without an answer.
+fn verdict(
+    now: Instant,
+    start: Instant,
+    last_reply: Option<Instant>,
+    lost_after: Duration,
+) -> Option<bool> {
+    match last_reply {
+        Some(t) if now.duration_since(t) < lost_after => Some(true),
+        _ if now.duration_since(start) < lost_after => None,
+        _ => Some(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_over_time() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let lost = Duration::from_millis(500);
+        // (now, last reply) → verdict
+        let cases = [
+            (0, None, None),
+            (499, None, None),
+            (500, None, Some(false)),
+            (100, Some(50), Some(true)),
+            (549, Some(50), Some(true)),
+            (550, Some(50), Some(false)),
+            (2000, Some(1800), Some(true)),
+        ];
+        for (now, reply, want) in cases {
+            assert_eq!(
+                verdict(ms(now), t0, reply.map(ms), lost),
+                want,
+                "at {now} ms, last reply {reply:?}"
+            );
         }
     }
 }
