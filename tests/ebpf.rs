@@ -86,10 +86,14 @@ fn netlink_filter_fails_safe_and_is_removed_at_start() {
     let ns = c.nodes[d].ns.clone();
     assert_eq!(tcx_programs(&c, &ns), 0);
     assert_eq!(netlink_filters(&c, &ns), 1, "a netlink filter");
-    let s = c.status(d).unwrap();
-    assert!(
-        s["dataplane"]["kernel_packets"].as_u64().unwrap_or(0) > 0,
-        "the netlink-attached program forwards: {s}"
+    // The data plane publishes its figures a few times a second.
+    poll(
+        "the netlink-attached program forwards",
+        Duration::from_secs(3),
+        || {
+            c.status(d)
+                .is_some_and(|s| s["dataplane"]["kernel_packets"].as_u64().unwrap_or(0) > 0)
+        },
     );
     // kill -9: the filter stays (as on a 6.1 kernel) ...
     c.kill9(d);
