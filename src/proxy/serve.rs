@@ -130,28 +130,18 @@ pub fn spawn(
 async fn supervise(st: Arc<State>) {
     let mut listening: HashMap<SocketAddrV4, (TcpListener, smol::Task<()>)> = HashMap::new();
     while !st.shared.stopping() {
-        let wanted: Vec<SocketAddrV4> = if st.shared.is_active() {
-            st.shared.snapshot().proxy.iter().map(|s| s.at()).collect()
-        } else {
-            Vec::new()
-        };
+        let wanted: Vec<SocketAddrV4> = st.shared.snapshot().proxy.iter().map(|s| s.at()).collect();
+        let open: Vec<SocketAddrV4> = listening.keys().copied().collect();
+        let (gone, new) = listener_changes(st.shared.is_active(), &wanted, &open);
         // Dropping a task stops accepting; connections already accepted
         // run on to their end, those still in the listener's queue too
         // (closing it would reset them).
-        let gone: Vec<SocketAddrV4> = listening
-            .keys()
-            .filter(|p| !wanted.contains(p))
-            .copied()
-            .collect();
         for at in gone {
             if let Some((l, task)) = listening.remove(&at) {
                 close_listener(at, l, task, &st).await;
             }
         }
-        for at in wanted {
-            if listening.contains_key(&at) {
-                continue;
-            }
+        for at in new {
             match TcpListener::bind(SocketAddr::V4(at)).await {
                 Ok(l) => {
                     log::info!("proxy: accepting on {at}");
@@ -181,6 +171,28 @@ async fn supervise(st: Arc<State>) {
     for (at, (l, task)) in listening.drain() {
         close_listener(at, l, task, &st).await;
     }
+}
+
+/// Which listeners to close and which to open: only a node that forwards
+/// accepts on the VIPs, on exactly the proxy services' addresses.
+fn listener_changes(
+    active: bool,
+    wanted: &[SocketAddrV4],
+    open: &[SocketAddrV4],
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+    let wanted: &[SocketAddrV4] = if active { wanted } else { &[] };
+    let gone = open
+        .iter()
+        .filter(|a| !wanted.contains(a))
+        .copied()
+        .collect();
+    let mut new: Vec<SocketAddrV4> = Vec::new();
+    for a in wanted {
+        if !open.contains(a) && !new.contains(a) {
+            new.push(*a);
+        }
+    }
+    (gone, new)
 }
 
 fn wind_down_signal() -> (Option<Sender<()>>, Receiver<()>) {
@@ -401,4 +413,40 @@ pub async fn answer(client: &TcpStream, status: u16) -> std::io::Result<()> {
         body.len()
     );
     send(client, resp.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_follow_the_role_and_the_services() {
+        let a: SocketAddrV4 = "198.18.0.100:80".parse().unwrap();
+        let b: SocketAddrV4 = "198.18.0.100:8080".parse().unwrap();
+        let c: SocketAddrV4 = "198.18.0.101:80".parse().unwrap();
+        type Case<'a> = (
+            bool,
+            &'a [SocketAddrV4],
+            &'a [SocketAddrV4],
+            (&'a [SocketAddrV4], &'a [SocketAddrV4]),
+        );
+        // (forwarding, services, open now) → (close, open)
+        let cases: [Case; 5] = [
+            (true, &[a, b], &[], (&[], &[a, b])),
+            (true, &[a, b], &[a], (&[], &[b])),
+            // A reload took b away and added a VIP's service.
+            (true, &[a, c], &[a, b], (&[b], &[c])),
+            // A node that does not forward accepts on nothing.
+            (false, &[a, b], &[a, b], (&[a, b], &[])),
+            (false, &[a], &[], (&[], &[])),
+        ];
+        for (i, (active, wanted, open, (gone, new))) in cases.into_iter().enumerate() {
+            let got = listener_changes(active, wanted, open);
+            assert_eq!(
+                (got.0.as_slice(), got.1.as_slice()),
+                (gone, new),
+                "case {i}"
+            );
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! The chores kept on a period (link check, neighbour MACs and health
 //! details, the drain set's resend, chart samples) run on the turns those
 //! make; the heartbeat's own send timer alone brings one at least every
-//! `interval`, so they never need a wake-up of their own.
+//! `interval`, so they never need a wake-up of their own. The kernel's
+//! notices about the LAN interface bring its check forward.
 use crate::config::{self, Config};
 use crate::election::leave::{Departure, Exit, Step};
 use crate::election::{self, Election, Role};
@@ -43,8 +44,11 @@ const LOCAL_COUNT_PERIOD: Duration = Duration::from_millis(100);
 /// While draining, how often the count of open local connections is logged.
 const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(5);
 
-/// How often the LAN interface's presence and carrier are checked.
+/// How often the LAN interface's presence and carrier are checked, and how
+/// soon after the last check a kernel notice about it is followed (a burst
+/// of notices makes one check).
 const LINK_CHECK_PERIOD: Duration = Duration::from_secs(1);
+const LINK_NOTICE_DELAY: Duration = Duration::from_millis(20);
 
 /// While a MAC the data plane needs is unknown, how often the neighbour
 /// table is read again.
@@ -90,6 +94,7 @@ enum Wake {
     Input(Input),
     Report(Report),
     Signal(Signal),
+    LinkNotice,
     Deadline,
 }
 
@@ -107,6 +112,8 @@ pub struct ControlLoop<'h> {
     leaving: Option<Leaving>,
     last_admin_sent: Option<Instant>,
     last_link_check: Option<Instant>,
+    /// The kernel said something about the LAN interface since that check.
+    link_notice: bool,
     carrier: bool,
     /// Why the loop must end with an error (the LAN interface is gone).
     fatal: Option<String>,
@@ -127,6 +134,7 @@ impl<'h> ControlLoop<'h> {
             leaving: None,
             last_admin_sent: None,
             last_link_check: None,
+            link_notice: false,
             carrier: true,
             fatal: None,
             outbox: Vec::new(),
@@ -146,6 +154,10 @@ impl<'h> ControlLoop<'h> {
         use smol::future::{or, pending};
         let mut buf = vec![0u8; 2048];
         let reports = self.p.shared.reports();
+        // Without notices the periodic check still finds every change.
+        let mut notices = super::netlink::LinkNotices::subscribe(self.p.link_index)
+            .map_err(|e| log::warn!("link notices: {e}; checking the link once a second"))
+            .ok();
         smol::block_on(async {
             loop {
                 let now = Instant::now();
@@ -176,11 +188,22 @@ impl<'h> ControlLoop<'h> {
                         }
                     }
                 };
+                let notice = async {
+                    match notices.as_mut() {
+                        Some(n) => n.next().await,
+                        None => pending().await,
+                    }
+                    Wake::LinkNotice
+                };
                 let timer = async {
                     smol::Timer::at(deadline).await;
                     Wake::Deadline
                 };
-                let wake = or(or(datagram, signal), or(or(input, report), timer)).await;
+                let wake = or(
+                    or(datagram, signal),
+                    or(or(input, report), or(notice, timer)),
+                )
+                .await;
                 let now = Instant::now();
                 match wake {
                     Wake::Datagram(Ok((n, from))) => self.on_datagram(now, &buf[..n], from),
@@ -188,6 +211,7 @@ impl<'h> ControlLoop<'h> {
                     Wake::Input(i) => self.on_input(now, i),
                     Wake::Report(r) => self.on_report(r),
                     Wake::Signal(s) => self.on_signal(s),
+                    Wake::LinkNotice => self.link_notice = true,
                     Wake::Deadline => {}
                 }
                 self.after_wait(now);
@@ -217,6 +241,11 @@ impl<'h> ControlLoop<'h> {
         if self.missing_mac() {
             if let Some(t) = self.last_refresh {
                 d = d.min(t + MISSING_MAC_PERIOD);
+            }
+        }
+        if self.link_notice {
+            if let Some(t) = self.last_link_check {
+                d = d.min(t + LINK_NOTICE_DELAY);
             }
         }
         d
@@ -374,13 +403,19 @@ impl<'h> ControlLoop<'h> {
     /// is not, since the packet socket is bound to the old one: the loop
     /// ends and duet exits non-zero for its supervisor to restart it.
     fn watch_link(&mut self, now: Instant) -> bool {
+        let wait = if self.link_notice {
+            LINK_NOTICE_DELAY
+        } else {
+            LINK_CHECK_PERIOD
+        };
         if self
             .last_link_check
-            .is_some_and(|t| now.duration_since(t) < LINK_CHECK_PERIOD)
+            .is_some_and(|t| now.duration_since(t) < wait)
         {
             return true;
         }
         self.last_link_check = Some(now);
+        self.link_notice = false;
         let iface = &self.p.cfg.cluster.interface;
         let link = match super::netlink::link(iface) {
             Ok(l) if l.index == self.p.link_index => l,

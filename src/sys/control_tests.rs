@@ -313,4 +313,12 @@ fn the_wait_ends_at_the_machines_deadlines() {
     n.lp.p.macs.clear();
     n.lp.last_refresh = Some(p.now);
     assert!(n.lp.deadline() <= p.now + MISSING_MAC_PERIOD);
+    // A notice about the link: it is looked at within LINK_NOTICE_DELAY,
+    // not at the next periodic check.
+    n.lp.last_link_check = Some(p.now);
+    n.lp.link_notice = true;
+    assert!(n.lp.deadline() <= p.now + LINK_NOTICE_DELAY);
+    assert!(n.lp.watch_link(p.now + LINK_NOTICE_DELAY));
+    assert!(!n.lp.link_notice);
+    assert_eq!(n.lp.last_link_check, Some(p.now + LINK_NOTICE_DELAY));
 }

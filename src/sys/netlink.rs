@@ -1,9 +1,12 @@
 //! Addresses and links through rtnetlink, driven on smol (no tokio).
 //! Each call opens a short-lived connection: these run at start, at exit
-//! and on role changes, never on the packet path.
-use futures_util::stream::TryStreamExt;
+//! and on role changes, never on the packet path. [`LinkNotices`] keeps
+//! one open for the kernel's link notices.
+use futures_util::stream::{Stream, StreamExt, TryStreamExt};
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -120,5 +123,44 @@ pub fn del_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
             Ok(())
         }
         other => other,
+    }
+}
+
+/// The kernel's notices about one link (RTMGRP_LINK: carrier, up or
+/// down, deletion), so the control loop looks at the LAN interface when
+/// it changes rather than only on its periodic check. The connection runs
+/// on smol's executor for as long as this lives.
+pub struct LinkNotices {
+    _connection: smol::Task<()>,
+    notices: std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>,
+}
+
+impl LinkNotices {
+    pub fn subscribe(index: u32) -> io::Result<LinkNotices> {
+        use rtnetlink::sys::{AsyncSocket, SocketAddr};
+        let (mut conn, _, messages) =
+            rtnetlink::new_connection_with_socket::<rtnetlink::sys::SmolSocket>()?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
+        let notices = messages.filter_map(move |(m, _)| async move {
+            match m.payload {
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l),
+                ) if l.header.index == index => Some(()),
+                _ => None,
+            }
+        });
+        Ok(LinkNotices {
+            _connection: smol::spawn(conn),
+            notices: Box::pin(notices),
+        })
+    }
+
+    /// The next notice; never, once the subscription is gone.
+    pub async fn next(&mut self) {
+        if self.notices.next().await.is_none() {
+            smol::future::pending::<()>().await;
+        }
     }
 }
