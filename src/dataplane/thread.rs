@@ -241,6 +241,34 @@ impl Shared {
     }
 }
 
+/// What a new `Control` changes for the data plane, against what it runs
+/// with now.
+#[derive(Debug, PartialEq, Eq)]
+struct Delta {
+    /// Another snapshot: the engine (and the kernel's tables) take it.
+    snapshot: bool,
+    /// ... naming other VIPs: the announcer and the kernel's VIP map too.
+    vips: bool,
+    /// Forwarding starts (join the virtual MAC, turn the kernel on) or
+    /// stops.
+    active: Option<bool>,
+    /// A fresh burst of gratuitous ARPs was asked for.
+    announce_again: bool,
+}
+
+impl Delta {
+    fn between(running: &Arc<Snapshot>, active: bool, announce_seen: u64, c: &Control) -> Delta {
+        let snapshot = !Arc::ptr_eq(&c.snapshot, running);
+        let forwards = c.holding.forwards();
+        Delta {
+            snapshot,
+            vips: snapshot && c.snapshot.vips != running.vips,
+            active: (forwards != active).then_some(forwards),
+            announce_again: c.announce != announce_seen,
+        }
+    }
+}
+
 pub struct Params {
     pub vmac: Mac,
     pub own_mac: Mac,
@@ -749,8 +777,9 @@ impl Plane {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if !Arc::ptr_eq(&c.snapshot, self.engine.snapshot()) {
-            if c.snapshot.vips != self.engine.snapshot().vips {
+        let d = Delta::between(self.engine.snapshot(), self.active, self.announce_seen, &c);
+        if d.snapshot {
+            if d.vips {
                 self.announcer.set_vips(now, c.snapshot.vips.clone());
                 if let Some(k) = &mut self.kernel {
                     if let Err(e) = k.set_vips(&c.snapshot.vips) {
@@ -765,8 +794,7 @@ impl Plane {
                 }
             }
         }
-        let active = c.holding.forwards();
-        if active != self.active {
+        if let Some(active) = d.active {
             let r = if active {
                 self.sock.join(self.p.vmac)
             } else {
@@ -783,7 +811,7 @@ impl Plane {
             self.active = active;
         }
         self.announcer.set_holding(now, c.holding);
-        if c.announce != self.announce_seen {
+        if d.announce_again {
             self.announce_seen = c.announce;
             self.announcer.announce_again(now);
         }
@@ -953,4 +981,87 @@ pub fn fmt_mac(m: &Mac) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn what_a_control_change_changes() {
+        let one = Arc::new(Snapshot {
+            vips: vec![Ipv4Addr::new(198, 18, 0, 100)],
+            ..Snapshot::default()
+        });
+        let same_vips = Arc::new(Snapshot {
+            generation: 2,
+            ..(*one).clone()
+        });
+        let two_vips = Arc::new(Snapshot {
+            vips: vec![
+                Ipv4Addr::new(198, 18, 0, 100),
+                Ipv4Addr::new(198, 18, 0, 101),
+            ],
+            ..(*one).clone()
+        });
+        let control = |snapshot: &Arc<Snapshot>, holding, announce| Control {
+            holding,
+            snapshot: snapshot.clone(),
+            announce,
+        };
+        // (control, running active) → delta
+        let cases = [
+            (
+                control(&one, Holding::No, 0),
+                false,
+                (false, false, None, false),
+            ),
+            (
+                control(&one, Holding::Directing, 0),
+                false,
+                (false, false, Some(true), false),
+            ),
+            (
+                control(&one, Holding::Directing, 0),
+                true,
+                (false, false, None, false),
+            ),
+            // Stepping down still forwards; only No stops it.
+            (
+                control(&one, Holding::SteppingDown, 0),
+                true,
+                (false, false, None, false),
+            ),
+            (
+                control(&one, Holding::No, 0),
+                true,
+                (false, false, Some(false), false),
+            ),
+            (
+                control(&same_vips, Holding::No, 0),
+                false,
+                (true, false, None, false),
+            ),
+            (
+                control(&two_vips, Holding::No, 0),
+                false,
+                (true, true, None, false),
+            ),
+            (
+                control(&one, Holding::Directing, 1),
+                true,
+                (false, false, None, true),
+            ),
+        ];
+        for (i, (c, active, (snapshot, vips, act, again))) in cases.into_iter().enumerate() {
+            let want = Delta {
+                snapshot,
+                vips,
+                active: act,
+                announce_again: again,
+            };
+            assert_eq!(Delta::between(&one, active, 0, &c), want, "case {i}");
+        }
+    }
 }
