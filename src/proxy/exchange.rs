@@ -52,6 +52,26 @@ enum Attempt {
     },
 }
 
+/// After a failed attempt: send the request again on a fresh connection,
+/// tell the client `code`, or close on it (part of a response went out).
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Resend,
+    Answer(u16),
+    Close,
+}
+
+/// A kept-alive connection the backend closed before a byte of answer is
+/// the one failure worth a second try, and only for a request that can be
+/// sent twice: idempotent, with nothing consumed beyond its head.
+fn after_failure(answer: Option<u16>, silent: bool, reused: bool, resendable: bool) -> Next {
+    match answer {
+        _ if silent && reused && resendable => Next::Resend,
+        Some(code) => Next::Answer(code),
+        None => Next::Close,
+    }
+}
+
 /// Serves `req`; whether the client connection carries another request.
 pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io::Result<bool> {
     rd.consume(req.consumed);
@@ -131,49 +151,53 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                 tunnel(rd, &mut up.rd, ctx.client).await?;
                 return Ok(false);
             }
-            Attempt::Failed { silent: true, .. } if reused && resendable => {
-                log::debug!(
+            Attempt::Failed {
+                answer,
+                silent,
+                status,
+            } => match after_failure(answer, silent, reused, resendable) {
+                Next::Resend => {
+                    log::debug!(
                     "proxy: idle connection to {} closed before answering; resending on a new one",
                     up.addr
                 );
-                match connect(up.addr, ctx).await {
-                    Ok(s) => {
-                        up = Upstream {
-                            addr: up.addr,
-                            rd: Reader::new(s),
-                            reused: false,
+                    match connect(up.addr, ctx).await {
+                        Ok(s) => {
+                            up = Upstream {
+                                addr: up.addr,
+                                rd: Reader::new(s),
+                                reused: false,
+                            }
+                        }
+                        Err(e) => {
+                            log::warn!("proxy: backend {}: {e}", up.addr);
+                            return refuse(ctx, &req, 502).await;
                         }
                     }
-                    Err(e) => {
-                        log::warn!("proxy: backend {}: {e}", up.addr);
-                        return refuse(ctx, &req, 502).await;
+                }
+                Next::Answer(code) => {
+                    if code == 504 {
+                        log::warn!(
+                            "proxy: backend {} sent no response within {:?}",
+                            up.addr,
+                            svc.opts.response_timeout
+                        );
                     }
+                    return refuse(ctx, &req, code).await;
                 }
-            }
-            Attempt::Failed {
-                answer: Some(code), ..
-            } => {
-                if code == 504 {
-                    log::warn!(
-                        "proxy: backend {} sent no response within {:?}",
-                        up.addr,
-                        svc.opts.response_timeout
+                Next::Close => {
+                    ctx.st.log_request(
+                        svc,
+                        ctx.peer,
+                        LogFields {
+                            req: Some(&req),
+                            status,
+                            bytes: 0,
+                        },
                     );
+                    return Ok(false);
                 }
-                return refuse(ctx, &req, code).await;
-            }
-            Attempt::Failed { status, .. } => {
-                ctx.st.log_request(
-                    svc,
-                    ctx.peer,
-                    LogFields {
-                        req: Some(&req),
-                        status,
-                        bytes: 0,
-                    },
-                );
-                return Ok(false);
-            }
+            },
         }
     }
 }
@@ -485,4 +509,30 @@ async fn relay(client: TcpStream, upstream: TcpStream) -> std::io::Result<()> {
         future::pending().await
     };
     future::or(down, up).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_silent_kept_connection_is_tried_again() {
+        // (answer, silent, reused, resendable) → next
+        let cases = [
+            ((Some(502), true, true, true), Next::Resend),
+            ((Some(502), true, false, true), Next::Answer(502)),
+            ((Some(502), true, true, false), Next::Answer(502)),
+            ((Some(502), false, true, true), Next::Answer(502)),
+            ((Some(504), false, false, true), Next::Answer(504)),
+            ((None, false, true, true), Next::Close),
+            ((None, true, true, true), Next::Resend),
+        ];
+        for ((answer, silent, reused, resendable), want) in cases {
+            assert_eq!(
+                after_failure(answer, silent, reused, resendable),
+                want,
+                "{answer:?} silent {silent} reused {reused} resendable {resendable}"
+            );
+        }
+    }
 }
