@@ -36,16 +36,24 @@ pub fn select(
     p: &ebpf::Params,
     ifname: &str,
 ) -> Result<Option<ebpf::Kernel>, ebpf::Error> {
-    if choice == EngineChoice::Userspace {
-        log::info!("data plane: userspace engine (configured)");
-        return Ok(None);
-    }
-    let attach = || -> Result<ebpf::Kernel, ebpf::Error> {
+    choose(choice, ifname, || {
         let mut k = ebpf::Kernel::load(p)?;
         // Not forwarding until the data plane turns it on.
         k.attach_tc(ifname)?;
         Ok(k)
-    };
+    })
+}
+
+/// The rule of [`select`], whatever loading the program does.
+fn choose<K, E: std::fmt::Display>(
+    choice: EngineChoice,
+    ifname: &str,
+    attach: impl FnOnce() -> Result<K, E>,
+) -> Result<Option<K>, E> {
+    if choice == EngineChoice::Userspace {
+        log::info!("data plane: userspace engine (configured)");
+        return Ok(None);
+    }
     match attach() {
         Ok(k) => {
             log::info!("data plane: eBPF engine on {ifname}");
@@ -56,5 +64,32 @@ pub fn select(
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_chosen() {
+        let loads = || Ok::<_, String>("kernel");
+        let fails = || Err::<&str, _>("no BPF here".to_string());
+        assert_eq!(
+            choose(EngineChoice::Auto, "eth0", loads),
+            Ok(Some("kernel"))
+        );
+        assert_eq!(choose(EngineChoice::Auto, "eth0", fails), Ok(None));
+        assert_eq!(
+            choose(EngineChoice::Ebpf, "eth0", loads),
+            Ok(Some("kernel"))
+        );
+        assert_eq!(
+            choose(EngineChoice::Ebpf, "eth0", fails),
+            Err("no BPF here".to_string())
+        );
+        // Configured userspace never tries to load the program.
+        let never = || -> Result<&str, String> { panic!("loaded") };
+        assert_eq!(choose(EngineChoice::Userspace, "eth0", never), Ok(None));
     }
 }
