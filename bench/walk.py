@@ -15,6 +15,7 @@ Environment: DUET_BIN (default target/release/duet), WALK_TCP (200000),
 WALK_UDP (0), WALK_SECONDS (10), WALK_EXPIRE=1 (then wait for the closed
 flows' FIN_WAIT timeout and check the kernel's maps empty out),
 WALK_PERF=1 (a perf profile of the thread after the measured window),
+WALK_REPEAT (measured windows with full maps, default 1),
 WALK_OUT (a JSON file for the result). Prints one JSON line.
 """
 import json
@@ -37,6 +38,7 @@ EXPIRE = os.environ.get("WALK_EXPIRE") == "1"
 PERF = os.environ.get("WALK_PERF") == "1" and shutil.which("perf") is not None
 TCP_PORT = 9001  # a TCP service whose backends have no listener
 NPORTS = 1000
+REPEAT = int(os.environ.get("WALK_REPEAT", "1"))
 
 run.SKIP |= {"proxy"}
 _conf = run.duet_conf
@@ -141,8 +143,16 @@ def main():
                 break
             last = n
         res["full"] = window(t, director, pid, tid, "full maps")
+        for n in range(1, REPEAT):
+            res[f"full{n}"] = window(t, director, pid, tid, f"full maps, again ({n})")
         ms = res["full"]["dataplane_schedstat_ms_per_s"] - res["empty"]["dataplane_schedstat_ms_per_s"]
         res["walk_ms_per_s"] = round(ms, 2)
+        # The director's own account of its passes (debug level:
+        # BENCH_RUST_LOG=info,duet::dataplane::ebpf=debug).
+        log = (t.node_dir(director) / "duet.log").read_text(errors="replace").splitlines()
+        res["passes"] = [ln.split("eBPF walk: ")[1] for ln in log if "eBPF walk: a pass over the TCP" in ln][-3:]
+        if res["passes"]:
+            run.log(f"last passes: {res['passes']}")
         if PERF:
             data = work / "perf.data"
             run.sh(f"perf record -F 2999 -g -t {tid} -o {data} -- sleep 5", check=False)
