@@ -154,7 +154,7 @@ def main():
         if res["passes"]:
             run.log(f"last passes: {res['passes']}")
         if PERF:
-            data = work / "perf.data"
+            data = Path(os.environ.get("WALK_PERF_DATA", work / "perf.data"))
             run.sh(f"perf record -F 2999 -g -t {tid} -o {data} -- sleep 5", check=False)
             rep = run.sh(f"perf report -i {data} --no-children --percent-limit 1 --stdio "
                          f"-g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40", check=False)

@@ -443,39 +443,14 @@ impl Plane {
             tcp.max(t.established.entries + t.embryonic.entries),
             udp.max(t.udp.entries),
         ];
-        let engine = &mut self.engine;
-        let extra = &mut self.kernel_extra;
         for (proto, flows) in [FlowKey::TCP, FlowKey::UDP].into_iter().zip(flows) {
-            k.walk(proto, walk_budget(flows), |key, act| {
-                let t = act.target;
-                // Only a flow the engine holds there, or one the kernel
-                // scheduled itself and the engine takes in now: `decide` on
-                // a flow it lost would schedule it afresh.
-                let held = engine
-                    .lookup(now, &key)
-                    .is_some_and(|e| e.backend == t.backend);
-                let adopted = !held
-                    && act.kernel_scheduled
-                    && act.packets > 0
-                    && engine.adopt(now, &key, t.backend, true);
-                if !held && !adopted {
-                    return false;
-                }
-                if act.packets == 0 {
-                    return true;
-                }
-                // The FIN or RST the kernel forwarded moves the flow to
-                // FIN_WAIT or CLOSE here, as if this node had seen it.
-                let flags = if proto == FlowKey::TCP {
-                    TCP_ACK | act.tcp_flags
-                } else {
-                    0
-                };
-                let v = engine.decide(now, &key, flags, act.bytes as usize);
-                let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
-                *extra.entry((key.dst, t.backend)).or_default() += act.packets - 1;
-                keep
-            });
+            let mut tend = Tend {
+                engine: &mut self.engine,
+                extra: &mut self.kernel_extra,
+                now,
+                proto,
+            };
+            k.walk_with(proto, walk_budget(flows), &mut tend);
         }
     }
 
@@ -945,6 +920,52 @@ impl Plane {
                 self.send_control_frame(&reply);
             }
         }
+    }
+}
+
+/// One walk of a kernel map, through the engine (see `Plane::tend_kernel`).
+struct Tend<'a> {
+    engine: &'a mut Engine,
+    extra: &'a mut BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
+    now: Instant,
+    proto: u8,
+}
+
+impl ebpf::Visit for Tend<'_> {
+    fn ahead(&mut self, key: &FlowKey, near: bool) {
+        self.engine.prefetch(key, near);
+    }
+
+    fn visit(&mut self, key: FlowKey, act: ebpf::Activity) -> bool {
+        let (engine, now) = (&mut *self.engine, self.now);
+        let t = act.target;
+        // Only a flow the engine holds there, or one the kernel
+        // scheduled itself and the engine takes in now: `decide` on
+        // a flow it lost would schedule it afresh.
+        let held = engine
+            .lookup(now, &key)
+            .is_some_and(|e| e.backend == t.backend);
+        let adopted = !held
+            && act.kernel_scheduled
+            && act.packets > 0
+            && engine.adopt(now, &key, t.backend, true);
+        if !held && !adopted {
+            return false;
+        }
+        if act.packets == 0 {
+            return true;
+        }
+        // The FIN or RST the kernel forwarded moves the flow to
+        // FIN_WAIT or CLOSE here, as if this node had seen it.
+        let flags = if self.proto == FlowKey::TCP {
+            TCP_ACK | act.tcp_flags
+        } else {
+            0
+        };
+        let v = engine.decide(now, &key, flags, act.bytes as usize);
+        let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
+        *self.extra.entry((key.dst, t.backend)).or_default() += act.packets - 1;
+        keep
     }
 }
 
