@@ -285,9 +285,11 @@ pub struct Kernel {
     /// that read them: the kernel's only grow (user space cannot reset them
     /// without racing the program), so activity is the difference. One
     /// per map, so the end of a pass sweeps only its own map's flows (a
-    /// small map's pass ends every walk); each with room for its map full
-    /// twice over: flows the kernel dropped by itself stay remembered
-    /// until the end of their map's pass.
+    /// small map's pass ends every walk). Flows the kernel dropped by
+    /// itself stay remembered until the end of their map's pass, so each
+    /// has room for its map full and more: twice over for the confirmed
+    /// TCP map (the kernel deletes one only for a SYN on its ports), four
+    /// times for the UDP LRU (a whole map's worth of evictions a pass).
     seen: [BoundedMap<RawKey, Seen>; 2],
     /// Slots of `seen` to forget at the end of a pass.
     stale: Vec<u32>,
@@ -375,7 +377,7 @@ impl Kernel {
             counting: [0, 0],
             seen: [
                 BoundedMap::new(2 * p.max_connections.max(1) as usize),
-                BoundedMap::new(2 * UDP_FLOWS as usize),
+                BoundedMap::new(4 * UDP_FLOWS as usize),
             ],
             stale: Vec::new(),
             round: [0, 0],
@@ -673,10 +675,13 @@ impl Kernel {
                 // Updated in place: one lookup a visit.
                 match at.and_then(|j| self.seen[slot].at_mut(j)) {
                     Some((_, s)) => *s = seen,
-                    // Full (cannot be: room for both maps twice over):
-                    // the flow's next visit counts all it ever forwarded.
+                    // Full (more churn in one pass than the room
+                    // allows): the flow's next visit counts all it ever
+                    // forwarded again.
                     None => {
-                        let _ = self.seen[slot].insert(cur, seen);
+                        if self.seen[slot].insert(cur, seen).is_none() {
+                            log::debug!("eBPF walk: no room to remember {:?}", cur.flow());
+                        }
                     }
                 }
             } else {
