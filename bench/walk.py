@@ -14,7 +14,8 @@ An idle window with empty maps comes first.
 Environment: DUET_BIN (default target/release/duet), WALK_TCP (200000),
 WALK_UDP (0), WALK_SECONDS (10), WALK_EXPIRE=1 (then wait for the closed
 flows' FIN_WAIT timeout and check the kernel's maps empty out),
-WALK_PERF=1 (a perf profile of the thread after the measured window),
+WALK_PERF=1 (a perf profile of the thread after the measured window, kept in
+WALK_PERF_DATA if set),
 WALK_REPEAT (measured windows with full maps, default 1),
 WALK_OUT (a JSON file for the result). Prints one JSON line.
 """
