@@ -39,11 +39,27 @@ pub const ECHO_RATE: u32 = 1000;
 /// emits at most a pair of flood events a minute).
 const REPORTS_MAX: usize = 16;
 /// eBPF engine: how often the lease is renewed and the kernel's flows are
-/// walked, and how many flows of each map one walk visits (a full table of
-/// 262,144 takes ~6 s, well inside the shortest timeout of a flow the
-/// kernel holds).
+/// walked, and how many flows of each map one walk visits: enough that a
+/// full pass over the map takes about KERNEL_PASS walks (~5.8 s: the loop
+/// wakes every 20 ms at most, so a walk comes every 100-110 ms; well
+/// inside the shortest timeout of a flow the kernel holds, 10 s in CLOSE or
+/// for UDP under pressure), at most KERNEL_WALK (a full table of 262,144
+/// takes ~6.8 s), and at least KERNEL_WALK_MIN (a small table is still
+/// walked whole several times a second). Visiting a flow costs about a
+/// microsecond, memory-bound: a small table walked whole ten times a
+/// second, or a large one faster than its timeouts need, spends that for
+/// nothing.
 const KERNEL_PERIOD: Duration = Duration::from_millis(100);
+const KERNEL_PASS: usize = 55;
 const KERNEL_WALK: usize = 4096;
+const KERNEL_WALK_MIN: usize = 256;
+
+/// Flows of a map one walk visits when it holds about `flows`.
+fn walk_budget(flows: usize) -> usize {
+    flows
+        .div_ceil(KERNEL_PASS)
+        .clamp(KERNEL_WALK_MIN, KERNEL_WALK)
+}
 
 /// What the control plane tells the data plane.
 #[derive(Clone)]
@@ -476,39 +492,24 @@ impl Plane {
                 log::warn!("renewing the eBPF lease: {e}");
             }
         }
-        let engine = &mut self.engine;
-        let extra = &mut self.kernel_extra;
-        for proto in [FlowKey::TCP, FlowKey::UDP] {
-            k.walk(proto, KERNEL_WALK, |key, act| {
-                let t = act.target;
-                // Only a flow the engine holds there, or one the kernel
-                // scheduled itself and the engine takes in now: `decide` on
-                // a flow it lost would schedule it afresh.
-                let held = engine
-                    .lookup(now, &key)
-                    .is_some_and(|e| e.backend == t.backend);
-                let adopted = !held
-                    && act.kernel_scheduled
-                    && act.packets > 0
-                    && engine.adopt(now, &key, t.backend, true);
-                if !held && !adopted {
-                    return false;
-                }
-                if act.packets == 0 {
-                    return true;
-                }
-                // The FIN or RST the kernel forwarded moves the flow to
-                // FIN_WAIT or CLOSE here, as if this node had seen it.
-                let flags = if proto == FlowKey::TCP {
-                    TCP_ACK | act.tcp_flags
-                } else {
-                    0
-                };
-                let v = engine.decide(now, &key, flags, act.bytes as usize);
-                let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
-                *extra.entry((key.dst, t.backend)).or_default() += act.packets - 1;
-                keep
-            });
+        // The size of each map: as its last full pass counted it, or as
+        // the engine's table says if that is more (it holds every flow
+        // the kernel does, bar kernel-scheduled ones not adopted yet, and
+        // is up to date while the map grows).
+        let (tcp, udp) = k.len();
+        let t = self.engine.table_stats();
+        let flows = [
+            tcp.max(t.established.entries + t.embryonic.entries),
+            udp.max(t.udp.entries),
+        ];
+        for (proto, flows) in [FlowKey::TCP, FlowKey::UDP].into_iter().zip(flows) {
+            let mut tend = Tend {
+                engine: &mut self.engine,
+                extra: &mut self.kernel_extra,
+                now,
+                proto,
+            };
+            k.walk_with(proto, walk_budget(flows), &mut tend);
         }
     }
 
@@ -976,6 +977,52 @@ impl Plane {
     }
 }
 
+/// One walk of a kernel map, through the engine (see `Plane::tend_kernel`).
+struct Tend<'a> {
+    engine: &'a mut Engine,
+    extra: &'a mut BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
+    now: Instant,
+    proto: u8,
+}
+
+impl ebpf::Visit for Tend<'_> {
+    fn ahead(&mut self, key: &FlowKey, near: bool) {
+        self.engine.prefetch(key, near);
+    }
+
+    fn visit(&mut self, key: FlowKey, act: ebpf::Activity) -> bool {
+        let (engine, now) = (&mut *self.engine, self.now);
+        let t = act.target;
+        // Only a flow the engine holds there, or one the kernel
+        // scheduled itself and the engine takes in now: `decide` on
+        // a flow it lost would schedule it afresh.
+        let held = engine
+            .lookup(now, &key)
+            .is_some_and(|e| e.backend == t.backend);
+        let adopted = !held
+            && act.kernel_scheduled
+            && act.packets > 0
+            && engine.adopt(now, &key, t.backend, true);
+        if !held && !adopted {
+            return false;
+        }
+        if act.packets == 0 {
+            return true;
+        }
+        // The FIN or RST the kernel forwarded moves the flow to
+        // FIN_WAIT or CLOSE here, as if this node had seen it.
+        let flags = if self.proto == FlowKey::TCP {
+            TCP_ACK | act.tcp_flags
+        } else {
+            0
+        };
+        let v = engine.decide(now, &key, flags, act.bytes as usize);
+        let keep = matches!(v, Verdict::Forward { addr, .. } if addr == t.backend);
+        *self.extra.entry((key.dst, t.backend)).or_default() += act.packets - 1;
+        keep
+    }
+}
+
 pub fn fmt_mac(m: &Mac) -> String {
     format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -1063,5 +1110,20 @@ mod tests {
             };
             assert_eq!(Delta::between(&one, active, 0, &c), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_full_walk_pass_takes_under_six_seconds() {
+        let pass = |flows: usize| flows.div_ceil(walk_budget(flows)) as u32 * KERNEL_PERIOD;
+        // Small tables: walked whole every time, or in a few walks.
+        assert_eq!(walk_budget(0), KERNEL_WALK_MIN);
+        assert_eq!(pass(100), KERNEL_PERIOD);
+        assert_eq!(pass(1000), 4 * KERNEL_PERIOD);
+        // Larger ones: 55 walks a pass (~5.8 s), up to the cap.
+        for flows in [20_000, 65_536, 200_000, 225_280] {
+            assert_eq!(pass(flows), 55 * KERNEL_PERIOD, "{flows}");
+        }
+        assert_eq!(walk_budget(262_144), KERNEL_WALK);
+        assert_eq!(walk_budget(usize::MAX), KERNEL_WALK);
     }
 }

@@ -110,8 +110,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use self::conntable::Lru;
 pub use self::conntable::TcpState;
-use self::conntable::{BoundedMap, Lru};
+pub(crate) use self::conntable::{BoundedMap, Key as TableKey};
 use self::flood::Guard;
 pub use self::flood::{FloodEvent, TokenBucket};
 use self::sched::{Load, SchedState};
@@ -1601,6 +1602,18 @@ impl Engine {
                 expires: c.expires,
             })
             .collect()
+    }
+
+    /// Starts fetching what [`Engine::lookup`] of `key` will read, for a
+    /// caller that knows its next keys (the eBPF engine's walk): `near`
+    /// false the table's index, `near` true (a few keys later, once that
+    /// has arrived) the entry. A hint only: nothing changes.
+    pub fn prefetch(&self, key: &FlowKey, near: bool) {
+        if near {
+            self.conns.prefetch_slot(key);
+        } else {
+            self.conns.prefetch_index(key);
+        }
     }
 
     /// One entry by key, for incremental sync after a packet changed it.

@@ -2,12 +2,11 @@
 //! embedded here), attaches it to the LAN interface, and reads and writes its maps. What goes into the maps, and when, is
 //! decided by the data-plane thread (src/dataplane/thread.rs) from the Rust
 //! engine's verdicts: this file knows nothing about scheduling.
-use crate::forward::{maglev, HashTable, MAX_DEAL};
+use crate::forward::{maglev, BoundedMap, HashTable, TableKey, MAX_DEAL};
 use crate::wire::frame::{FlowKey, Mac};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
@@ -23,10 +22,15 @@ const TC_PROG: &str = "duet_tc";
 /// UDP flows in the kernel: a separate LRU map (evicting one only sends its
 /// packets back to user space), sized apart from the confirmed TCP flows.
 const UDP_FLOWS: u32 = 65536;
+/// The walk looks a flow's remembered counters up (and has its caller
+/// look the flow up) this many flows ahead, in two steps: the tables'
+/// index first, their entry once that has arrived.
+const AHEAD: usize = 8;
+const AHEAD_NEAR: usize = 4;
 
 /// `struct flow_key` in duet.bpf.c.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct RawKey {
     saddr: [u8; 4],
     daddr: [u8; 4],
@@ -140,6 +144,23 @@ impl RawKey {
             dst: Ipv4Addr::from(self.daddr),
             dport: u16::from_be_bytes(self.dport),
         }
+    }
+
+    /// The key's 13 meaningful bytes (the padding is always zero).
+    fn bytes(&self) -> [u8; 13] {
+        let mut b = [0u8; 13];
+        b[0..4].copy_from_slice(&self.saddr);
+        b[4..8].copy_from_slice(&self.daddr);
+        b[8..10].copy_from_slice(&self.sport);
+        b[10..12].copy_from_slice(&self.dport);
+        b[12] = self.proto;
+        b
+    }
+}
+
+impl TableKey for RawKey {
+    fn hash_with(&self, seed: u64) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(&self.bytes(), seed)
     }
 }
 
@@ -262,9 +283,20 @@ pub struct Kernel {
     counting: [usize; 2],
     /// Counters and flags as last read, per flow, with the walk round
     /// that read them: the kernel's only grow (user space cannot reset them
-    /// without racing the program), so activity is the difference.
-    seen: HashMap<RawKey, Seen>,
+    /// without racing the program), so activity is the difference. One
+    /// per map, so the end of a pass sweeps only its own map's flows (a
+    /// small map's pass ends every walk). Flows the kernel dropped by
+    /// itself stay remembered until the end of their map's pass, so each
+    /// has room for its map full and more: twice over for the confirmed
+    /// TCP map (the kernel deletes one only for a SYN on its ports), four
+    /// times for the UDP LRU (a whole map's worth of evictions a pass).
+    seen: [BoundedMap<RawKey, Seen>; 2],
+    /// Slots of `seen` to forget at the end of a pass.
+    stale: Vec<u32>,
     round: [u32; 2],
+    /// When the pass under way over each map started, and its walks.
+    pass_start: [u64; 2],
+    pass_walks: [u32; 2],
 }
 
 impl Kernel {
@@ -343,8 +375,14 @@ impl Kernel {
             batch_vals: Vec::new(),
             flows: [0, 0],
             counting: [0, 0],
-            seen: HashMap::new(),
+            seen: [
+                BoundedMap::new(2 * p.max_connections.max(1) as usize),
+                BoundedMap::new(4 * UDP_FLOWS as usize),
+            ],
+            stale: Vec::new(),
             round: [0, 0],
+            pass_start: [0, 0],
+            pass_walks: [0, 0],
         };
         k.write_control()?;
         Ok(k)
@@ -516,16 +554,22 @@ impl Kernel {
     /// Takes `key` away from the kernel; its next frame goes to user space.
     pub fn remove(&mut self, key: &FlowKey) {
         let k = RawKey::new(key);
-        if let Some((_, m)) = self.map_for(key.proto) {
+        let mut slot = None;
+        if let Some((s, m)) = self.map_for(key.proto) {
             // ENOENT: not installed, or already gone.
             let _ = sys::delete(fd(m), &k);
+            slot = Some(s);
         }
         let pending = match key.proto {
             FlowKey::TCP => &self.embryonic,
             _ => &self.udp_new,
         };
         let _ = sys::delete(fd(pending), &k);
-        self.seen.remove(&k);
+        if let Some(seen) = slot.map(|s| &mut self.seen[s]) {
+            if let Some(i) = seen.find(&k) {
+                seen.remove_at(i);
+            }
+        }
     }
 
     /// The kernel's view of `key`, if installed (confirmed or embryonic):
@@ -557,8 +601,20 @@ impl Kernel {
         &mut self,
         proto: u8,
         budget: usize,
-        mut f: impl FnMut(FlowKey, Activity) -> bool,
+        f: impl FnMut(FlowKey, Activity) -> bool,
     ) -> usize {
+        struct Plain<F>(F);
+        impl<F: FnMut(FlowKey, Activity) -> bool> Visit for Plain<F> {
+            fn visit(&mut self, key: FlowKey, act: Activity) -> bool {
+                (self.0)(key, act)
+            }
+        }
+        self.walk_with(proto, budget, &mut Plain(f))
+    }
+
+    /// [`Kernel::walk`], telling `v` of the flows it will visit next
+    /// ([`Visit::ahead`]) so its own lookups of them overlap.
+    pub fn walk_with(&mut self, proto: u8, budget: usize, v: &mut impl Visit) -> usize {
         let Some((slot, m)) = self.map_for(proto) else {
             return 0;
         };
@@ -588,35 +644,78 @@ impl Kernel {
             }
         };
         for i in 0..got {
-            let (cur, v) = (self.batch_keys[i], self.batch_vals[i]);
+            // The walk is memory-bound (the tables dwarf the caches): the
+            // lookups of the next flows start now.
+            if i + AHEAD < got {
+                let k = &self.batch_keys[i + AHEAD];
+                self.seen[slot].prefetch_index(k);
+                v.ahead(&k.flow(), false);
+            }
+            if i + AHEAD_NEAR < got {
+                let k = &self.batch_keys[i + AHEAD_NEAR];
+                self.seen[slot].prefetch_slot(k);
+                v.ahead(&k.flow(), true);
+            }
+            let (cur, val) = (self.batch_keys[i], self.batch_vals[i]);
+            let at = self.seen[slot].find(&cur);
             // Counters below the remembered ones: the flow was deleted (a
             // SYN on its ports) and installed afresh since the last visit.
-            let before = self
-                .seen
-                .get(&cur)
-                .copied()
-                .filter(|s| s.packets <= v.packets && s.bytes <= v.bytes)
+            let before = at
+                .and_then(|j| self.seen[slot].at(j))
+                .map(|(_, s)| *s)
+                .filter(|s| s.packets <= val.packets && s.bytes <= val.bytes)
                 .unwrap_or_default();
-            if f(cur.flow(), activity(&v, before, now, true)) {
+            if v.visit(cur.flow(), activity(&val, before, now, true)) {
                 let seen = Seen {
-                    packets: v.packets,
-                    bytes: v.bytes,
-                    tcp_flags: v.tcp_flags,
+                    packets: val.packets,
+                    bytes: val.bytes,
+                    tcp_flags: val.tcp_flags,
                     round,
                 };
-                self.seen.insert(cur, seen);
+                // Updated in place: one lookup a visit.
+                match at.and_then(|j| self.seen[slot].at_mut(j)) {
+                    Some((_, s)) => *s = seen,
+                    // Full (more churn in one pass than the room
+                    // allows): the flow's next visit counts all it ever
+                    // forwarded again.
+                    None => {
+                        if self.seen[slot].insert(cur, seen).is_none() {
+                            log::debug!("eBPF walk: no room to remember {:?}", cur.flow());
+                        }
+                    }
+                }
             } else {
                 let _ = sys::delete(fd, &cur);
-                self.seen.remove(&cur);
+                if let Some(j) = at {
+                    self.seen[slot].remove_at(j);
+                }
             }
         }
         self.counting[slot] += got;
+        self.pass_walks[slot] += 1;
         if next.is_none() {
+            log::debug!(
+                "eBPF walk: a pass over the {} map: {} flows in {} walks, {} ms",
+                if slot == 0 { "TCP" } else { "UDP" },
+                self.counting[slot],
+                self.pass_walks[slot],
+                now.saturating_sub(self.pass_start[slot]) / 1_000_000
+            );
+            self.pass_start[slot] = now;
+            self.pass_walks[slot] = 0;
             // The end: the next walk starts over, and flows the kernel
             // dropped by itself (LRU) stop being remembered.
             self.round[slot] = round.wrapping_add(1);
-            self.seen
-                .retain(|k, s| k.proto != proto || s.round == round);
+            self.stale.clear();
+            let seen = &mut self.seen[slot];
+            self.stale.extend(
+                seen.iter()
+                    .filter(|(_, (_, s))| s.round != round)
+                    .map(|(j, _)| j),
+            );
+            for &j in &self.stale {
+                seen.remove_at(j);
+            }
             self.flows[slot] = std::mem::take(&mut self.counting[slot]);
         }
         self.cursor[slot] = next;
@@ -675,6 +774,17 @@ impl Kernel {
             f(key.flow(), Ipv4Addr::new(b[0], b[1], b[2], b[3]), b[4] != 0);
         }
     }
+}
+
+/// What [`Kernel::walk_with`] asks of its caller.
+pub trait Visit {
+    /// A flow the walk visits a few flows from now, twice: `near` false,
+    /// then `near` true closer to its visit (for a two-step prefetch of
+    /// the caller's own lookup). A hint only.
+    fn ahead(&mut self, _key: &FlowKey, _near: bool) {}
+    /// What the kernel forwarded of `key` since its previous visit;
+    /// returns whether the flow stays in the kernel.
+    fn visit(&mut self, key: FlowKey, act: Activity) -> bool;
 }
 
 /// What the walk last read of one flow.
