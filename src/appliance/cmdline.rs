@@ -110,16 +110,6 @@ impl BootParams {
     }
 }
 
-/// Netmask for a prefix length.
-pub fn prefix_to_mask(len: u8) -> Ipv4Addr {
-    let bits = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
-    Ipv4Addr::from(bits)
-}
-
 /// `duet.node=` from the running kernel's command line, for `--node`.
 pub fn cmdline_node() -> Option<String> {
     let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
@@ -167,13 +157,5 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn masks() {
-        assert_eq!(prefix_to_mask(0), Ipv4Addr::new(0, 0, 0, 0));
-        assert_eq!(prefix_to_mask(24), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(prefix_to_mask(15), Ipv4Addr::new(255, 254, 0, 0));
-        assert_eq!(prefix_to_mask(32), Ipv4Addr::new(255, 255, 255, 255));
     }
 }

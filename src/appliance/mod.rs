@@ -73,7 +73,7 @@ use net::{set_hostname, setup_network};
 use storage::setup_storage;
 use supervisor::supervise;
 
-pub use cmdline::{cmdline_node, prefix_to_mask, BootParams};
+pub use cmdline::{cmdline_node, BootParams};
 pub use fnmatch::glob_match;
 pub use modules::{parse_module_list, ModuleBlock, ModuleLine};
 pub use net::{plan_network, NetPlan, CONFIG_PREFIX};

@@ -1,135 +1,21 @@
-//! The LAN interface, configured with plain ioctls (no netlink, no resolver).
+//! The LAN interface, configured through rtnetlink (no resolver, no
+//! helper programs: PID 1 has none).
 
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
-
-use super::cmdline::{prefix_to_mask, BootParams};
-use super::mounts::cstr;
+use super::cmdline::BootParams;
 use super::InitError;
+use crate::sys::netlink;
 
-/// Linux `struct rtentry` (route ioctls); the libc crate has it for musl only.
-#[repr(C)]
-struct RtEntry {
-    rt_pad1: libc::c_ulong,
-    rt_dst: libc::sockaddr,
-    rt_gateway: libc::sockaddr,
-    rt_genmask: libc::sockaddr,
-    rt_flags: libc::c_ushort,
-    rt_pad2: libc::c_short,
-    rt_pad3: libc::c_ulong,
-    rt_pad4: *mut libc::c_void,
-    rt_metric: libc::c_short,
-    rt_dev: *mut libc::c_char,
-    rt_mtu: libc::c_ulong,
-    rt_window: libc::c_ulong,
-    rt_irtt: libc::c_ushort,
-}
-
-fn sockaddr_v4(a: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(a).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; this is
-    // the cast every C caller of these ioctls does.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-struct Ctl(OwnedFd);
-
-impl Ctl {
-    fn open() -> Result<Ctl, InitError> {
-        rustix::net::socket_with(
-            AddressFamily::INET,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map(Ctl)
-        .map_err(|e| InitError::Sys {
-            what: "socket(AF_INET)",
-            source: e.into(),
-        })
-    }
-
-    fn ifreq(name: &str) -> libc::ifreq {
-        // SAFETY: ifreq is plain old data; all-zero is a valid value.
-        let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in r
-            .ifr_name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *dst = src as libc::c_char;
-        }
-        r
-    }
-
-    fn ioctl<T>(
-        &self,
-        req: libc::c_ulong,
-        arg: &mut T,
-        name: &str,
-        what: &'static str,
-    ) -> Result<(), InitError> {
-        // SAFETY: arg points to the struct the request expects (ifreq or
-        // rtentry), valid for the duration of the call.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg as *mut T) };
-        if rc < 0 {
-            return Err(InitError::Net {
-                name: name.to_string(),
-                what,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-
-    fn up(&self, name: &str) -> Result<(), InitError> {
-        let mut r = Self::ifreq(name);
-        self.ioctl(libc::SIOCGIFFLAGS, &mut r, name, "get flags")?;
-        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-        unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        self.ioctl(libc::SIOCSIFFLAGS, &mut r, name, "set up")
-    }
-
-    fn set_addr(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), InitError> {
-        let mut r = Self::ifreq(name);
-        r.ifr_ifru.ifru_addr = sockaddr_v4(addr);
-        self.ioctl(libc::SIOCSIFADDR, &mut r, name, "set address")?;
-        let mut r = Self::ifreq(name);
-        r.ifr_ifru.ifru_netmask = sockaddr_v4(prefix_to_mask(prefix));
-        self.ioctl(libc::SIOCSIFNETMASK, &mut r, name, "set netmask")
-    }
-
-    fn default_route(&self, name: &str, gw: Ipv4Addr) -> Result<(), InitError> {
-        let mut dev = cstr(name).into_bytes_with_nul();
-        let mut rt = RtEntry {
-            rt_pad1: 0,
-            rt_dst: sockaddr_v4(Ipv4Addr::UNSPECIFIED),
-            rt_gateway: sockaddr_v4(gw),
-            rt_genmask: sockaddr_v4(Ipv4Addr::UNSPECIFIED),
-            rt_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
-            rt_pad2: 0,
-            rt_pad3: 0,
-            rt_pad4: std::ptr::null_mut(),
-            rt_metric: 0,
-            rt_dev: dev.as_mut_ptr().cast(),
-            rt_mtu: 0,
-            rt_window: 0,
-            rt_irtt: 0,
-        };
-        self.ioctl(libc::SIOCADDRT, &mut rt, name, "add default route")
+fn net_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> InitError + 'a {
+    move |source| InitError::Net {
+        name: name.to_string(),
+        what,
+        source,
     }
 }
 
@@ -193,8 +79,7 @@ pub fn plan_network(p: &BootParams, config: &str, node: Option<&str>) -> Result<
 }
 
 pub(super) fn setup_network(p: &NetPlan) -> Result<(), InitError> {
-    let ctl = Ctl::open()?;
-    ctl.up("lo")?;
+    netlink::set_up("lo").map_err(net_err("lo", "set up"))?;
     let sys = Path::new("/sys/class/net").join(&p.iface);
     // Driver probing can finish after finit_module returns (deferred or
     // asynchronous probe); give the interface a few seconds to appear.
@@ -213,11 +98,11 @@ pub(super) fn setup_network(p: &NetPlan) -> Result<(), InitError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Some((addr, len)) = p.ip {
-        ctl.set_addr(&p.iface, addr, len)?;
+        netlink::add_addr(&p.iface, addr, len).map_err(net_err(&p.iface, "set address"))?;
     }
-    ctl.up(&p.iface)?;
+    netlink::set_up(&p.iface).map_err(net_err(&p.iface, "set up"))?;
     if let Some(gw) = p.gateway {
-        ctl.default_route(&p.iface, gw)?;
+        netlink::add_default_route(&p.iface, gw).map_err(net_err(&p.iface, "add default route"))?;
     }
     let mac = fs::read_to_string(sys.join("address")).unwrap_or_default();
     match p.ip {

@@ -7,7 +7,7 @@ use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, RouteMessageBuilder};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -122,6 +122,21 @@ pub fn del_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
         {
             Ok(())
         }
+        other => other,
+    }
+}
+
+/// Adds the default route through `gateway` on `ifname`; one already
+/// there is fine.
+pub fn add_default_route(ifname: &str, gateway: Ipv4Addr) -> io::Result<()> {
+    let l = link(ifname)?;
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .output_interface(l.index)
+        .gateway(gateway)
+        .build();
+    let r = with_handle(async move |h| h.route().add(msg).execute().await);
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other,
     }
 }
