@@ -1,30 +1,66 @@
-//! Addresses and links through rtnetlink, driven on smol (no tokio).
-//! Each call opens a short-lived connection: these run at start, at exit
-//! and on role changes, never on the packet path. [`LinkNotices`] keeps
-//! one open for the kernel's link notices.
-use futures_util::stream::{Stream, StreamExt, TryStreamExt};
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+//! Addresses and links through rtnetlink. Requests go over a blocking
+//! socket, one short-lived socket per call: they run at start, at exit
+//! and on role changes, never on the packet path, and they start no
+//! thread, so the appliance's PID 1 stays single-threaded and can fork
+//! safely after configuring its network. [`LinkNotices`] keeps an async
+//! connection open, on smol, for the kernel's link notices.
+use futures_util::stream::{Stream, StreamExt};
+use rtnetlink::packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T, rtnetlink::Error>) -> io::Result<T> {
-    let (conn, handle, _) = rtnetlink::new_connection_with_socket::<rtnetlink::sys::SmolSocket>()?;
-    smol::block_on(async move {
-        let task = smol::spawn(conn);
-        let r = f(handle).await;
-        drop(task);
-        r.map_err(to_io)
-    })
+const CHANGE: u16 = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+
+/// Sends one request and collects the kernel's answers up to its ack
+/// (`NLM_F_ACK`) or the end of a dump (`NLM_F_DUMP`).
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+    req.header.flags = NLM_F_REQUEST | flags;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::Error(_) => return Ok(out),
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                _ => {}
+            }
+            // Messages are padded to 4 bytes; a zero length would loop.
+            let len = (m.header.length as usize + 3) & !3;
+            if len == 0 || len > rest.len() {
+                break;
+            }
+            rest = &rest[len..];
+        }
+    }
 }
 
-fn to_io(e: rtnetlink::Error) -> io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io(),
-        other => io::Error::other(other.to_string()),
+/// `r`, with the one error that means the change is already made.
+fn unless(r: io::Result<Vec<RouteNetlinkMessage>>, already: &[i32]) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error().is_some_and(|c| already.contains(&c)) => Ok(()),
+        other => other.map(drop),
     }
 }
 
@@ -36,94 +72,89 @@ pub struct Link {
 }
 
 pub fn link(name: &str) -> io::Result<Link> {
-    let name = name.to_string();
-    with_handle(async move |h| {
-        let mut links = h.link().get().match_name(name).execute();
-        let msg = links
-            .try_next()
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?;
-        let mut mac = [0u8; 6];
-        let mut carrier = false;
-        for a in &msg.attributes {
-            match a {
-                LinkAttribute::Address(m) if m.len() == 6 => mac.copy_from_slice(m),
-                LinkAttribute::Carrier(c) => carrier = *c != 0,
-                _ => {}
-            }
-        }
-        Ok(Link {
-            index: msg.header.index,
-            mac,
-            carrier,
+    let mut q = LinkMessage::default();
+    q.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let answers = request(RouteNetlinkMessage::GetLink(q), NLM_F_ACK)?;
+    let msg = answers
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
         })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link {name}")))?;
+    let mut mac = [0u8; 6];
+    let mut carrier = false;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::Address(m) if m.len() == 6 => mac.copy_from_slice(m),
+            LinkAttribute::Carrier(c) => carrier = *c != 0,
+            _ => {}
+        }
+    }
+    Ok(Link {
+        index: msg.header.index,
+        mac,
+        carrier,
     })
 }
 
 pub fn set_up(name: &str) -> io::Result<()> {
     let l = link(name)?;
-    with_handle(async move |h| {
-        h.link()
-            .set(LinkUnspec::new_with_index(l.index).up().build())
-            .execute()
-            .await
-    })
+    let msg = LinkUnspec::new_with_index(l.index).up().build();
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK).map(drop)
 }
 
 /// Every IPv4 address configured on this host.
 pub fn local_ipv4() -> io::Result<Vec<Ipv4Addr>> {
-    with_handle(async move |h| {
-        let mut out = Vec::new();
-        let mut addrs = h.address().get().execute();
-        while let Some(m) = addrs.try_next().await? {
-            for a in &m.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(v4))
-                | AddressAttribute::Address(IpAddr::V4(v4)) = a
-                {
-                    if !out.contains(v4) {
-                        out.push(*v4);
-                    }
+    let dump = request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_DUMP,
+    )?;
+    let mut out = Vec::new();
+    for m in &dump {
+        let RouteNetlinkMessage::NewAddress(m) = m else {
+            continue;
+        };
+        for a in &m.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(v4))
+            | AddressAttribute::Address(IpAddr::V4(v4)) = a
+            {
+                if !out.contains(v4) {
+                    out.push(*v4);
                 }
             }
         }
-        Ok(out)
-    })
+    }
+    Ok(out)
+}
+
+fn address(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<AddressMessage> {
+    let l = link(ifname)?;
+    Ok(AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(l.index)
+        .address(addr, prefix)
+        .build())
 }
 
 /// Adds `addr/prefix` to `ifname`; an address already present is fine.
 pub fn add_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
-    let l = link(ifname)?;
-    let r = with_handle(async move |h| {
-        h.address()
-            .add(l.index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-    });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        other => other,
-    }
+    let msg = address(ifname, addr, prefix)?;
+    unless(
+        request(RouteNetlinkMessage::NewAddress(msg), CHANGE),
+        &[libc::EEXIST],
+    )
 }
 
 /// Removes `addr/prefix` from `ifname`; an address already gone is fine.
 pub fn del_addr(ifname: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
-    let l = link(ifname)?;
-    let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(l.index)
-        .address(addr, prefix)
-        .build();
-    let r = with_handle(async move |h| h.address().del(msg).execute().await);
-    match r {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)
-            ) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
+    let msg = match address(ifname, addr, prefix) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+        other => other?,
+    };
+    unless(
+        request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK),
+        &[libc::EADDRNOTAVAIL, libc::ENODEV],
+    )
 }
 
 /// Adds the default route through `gateway` on `ifname`; one already
@@ -134,11 +165,10 @@ pub fn add_default_route(ifname: &str, gateway: Ipv4Addr) -> io::Result<()> {
         .output_interface(l.index)
         .gateway(gateway)
         .build();
-    let r = with_handle(async move |h| h.route().add(msg).execute().await);
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        other => other,
-    }
+    unless(
+        request(RouteNetlinkMessage::NewRoute(msg), CHANGE),
+        &[libc::EEXIST],
+    )
 }
 
 /// The kernel's notices about one link (RTMGRP_LINK: carrier, up or
