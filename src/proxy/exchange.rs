@@ -165,7 +165,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                         Ok(s) => {
                             up = Upstream {
                                 addr: up.addr,
-                                rd: Reader::new(s),
+                                rd: Reader::upstream(s),
                                 reused: false,
                             }
                         }
@@ -249,7 +249,7 @@ async fn obtain(
         if still_open(&s).await {
             return Some(Upstream {
                 addr,
-                rd: Reader::new(s),
+                rd: Reader::upstream(s),
                 reused: true,
             });
         }
@@ -277,7 +277,7 @@ async fn obtain(
 fn fresh(addr: SocketAddrV4, s: TcpStream) -> Upstream {
     Upstream {
         addr,
-        rd: Reader::new(s),
+        rd: Reader::upstream(s),
         reused: false,
     }
 }

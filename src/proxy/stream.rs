@@ -1,8 +1,11 @@
 //! A buffered read side that gives back what it read past a message (the
 //! next pipelined request, or the start of a body), and the body relay
 //! that forwards exactly one framed body from it.
+use std::sync::Arc;
+
 use async_net::TcpStream;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::Async;
 
 use super::frame::{Body, FrameError};
 
@@ -12,16 +15,37 @@ const HEAD_CHUNK: usize = 4 * 1024;
 
 pub struct Reader {
     pub stream: TcpStream,
+    /// The same socket, for waiting on readiness without a read.
+    io: Arc<Async<std::net::TcpStream>>,
     buf: Vec<u8>,
     pos: usize,
+    /// The socket had no more to give at the last read (it filled less
+    /// than asked): the next read waits for readiness first instead of
+    /// failing with EAGAIN, then arming the poller, then reading again.
+    /// That is two syscalls of the three saved on each keep-alive wait.
+    drained: bool,
 }
 
 impl Reader {
+    /// A connection whose peer may already have sent something (an
+    /// accepted client).
     pub fn new(stream: TcpStream) -> Reader {
+        Reader::with(stream, false)
+    }
+
+    /// A backend connection about to get a request: nothing can come
+    /// before it is sent.
+    pub fn upstream(stream: TcpStream) -> Reader {
+        Reader::with(stream, true)
+    }
+
+    fn with(stream: TcpStream, drained: bool) -> Reader {
         Reader {
+            io: stream.clone().into(),
             stream,
             buf: Vec::new(),
             pos: 0,
+            drained,
         }
     }
 
@@ -58,10 +82,15 @@ impl Reader {
         if self.buf.is_empty() && self.buf.capacity() > n {
             self.buf = Vec::new();
         }
+        if self.drained {
+            self.io.readable().await?;
+        }
         let len = self.buf.len();
         self.buf.resize(len + n, 0);
         let r = self.stream.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + r.as_ref().map_or(0, |got| *got));
+        let got = r.as_ref().map_or(0, |got| *got);
+        self.buf.truncate(len + got);
+        self.drained = got < n;
         r
     }
 }
