@@ -333,7 +333,7 @@ async fn attempt(
     let max_body = ctx.svc.opts.max_body;
     let upload = async {
         let mut body = Body::new(req.body);
-        let r = relay_body(rd, &up_w, &mut body, max_body, &[]).await;
+        let r = relay_body(rd, &up_w, &mut body, max_body, Vec::new()).await;
         if let Err(e) = &r {
             log::debug!("proxy: {}: request body to {}: {e}", ctx.peer, up_w_addr);
         }
@@ -460,7 +460,7 @@ async fn respond(
     answered.store(true, Relaxed);
     let head = resp.client_head(keep_client, cookie);
     let mut body = Body::new(resp.body);
-    match relay_body(upr, ctx.client, &mut body, None, &head).await {
+    match relay_body(upr, ctx.client, &mut body, None, head).await {
         Ok(bytes) => Attempt::Done {
             status: resp.status,
             bytes,

@@ -124,14 +124,14 @@ pub async fn relay_body(
     dst: &TcpStream,
     body: &mut Body,
     limit: Option<u64>,
-    lead: &[u8],
+    lead: Vec<u8>,
 ) -> Result<u64, RelayError> {
     let mut dst = dst.clone();
     let mut sent = 0u64;
     // The head goes out in one write with the body bytes already read (a
     // small response then takes one segment and one syscall, not two), or
     // alone before waiting for more, so a slow body never holds it back.
-    let mut lead = (!lead.is_empty()).then(|| lead.to_vec());
+    let mut lead = (!lead.is_empty()).then_some(lead);
     loop {
         if !src.data().is_empty() && !body.done() {
             let n = body.advance(src.data()).map_err(RelayError::Frame)?;
