@@ -16,32 +16,19 @@ use toml::Spanned;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+/// Beyond this a deadline computed from now could overflow `Instant`.
+const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+
 impl Dur {
+    /// humantime's syntax: "100ms", "10s", "1m 30s", "2h".
     pub fn parse(s: &str) -> Result<Dur, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: expected e.g. \"100ms\", \"10s\""))?;
-        let scale = match unit.trim() {
-            "ms" => 1e-3,
-            "s" | "" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            u => {
-                return Err(format!(
-                    "bad duration unit {u:?} in {s:?} (use ms, s, m, h)"
-                ))
-            }
-        };
-        let secs = n * scale;
-        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-            return Err(format!("duration {s:?} out of range"));
-        }
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("bad duration {s:?}: {e} (e.g. \"100ms\", \"10s\", \"1m\")"))?;
+        Dur::bounded(d).ok_or_else(|| format!("duration {s:?} out of range"))
+    }
+
+    fn bounded(d: Duration) -> Option<Dur> {
+        (d <= MAX_DURATION).then_some(Dur(d))
     }
 }
 
@@ -55,7 +42,8 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match Raw::deserialize(d)? {
             Raw::Text(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
-            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::Secs(n) => Dur::bounded(Duration::from_secs(n))
+                .ok_or_else(|| serde::de::Error::custom(format!("duration {n} s out of range"))),
         }
     }
 }
@@ -1581,11 +1569,14 @@ check = { kind = "http", request = "/ldirector.html", receive = "Test Page", int
 
     #[test]
     fn durations() {
-        assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Dur::parse("1500ms").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Dur::parse("1m 30s").unwrap().0, Duration::from_secs(90));
         assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
         assert!(Dur::parse("ms").is_err());
         assert!(Dur::parse("-1s").is_err());
         assert!(Dur::parse("1e400s").is_err());
+        assert!(Dur::parse("100000000000s").is_err());
+        assert!(Dur::parse("10 parsecs").is_err());
     }
 
     #[test]
