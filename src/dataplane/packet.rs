@@ -955,6 +955,76 @@ mod tests {
         }
     }
 
+    /// A ring over anonymous memory, in which the test plays the kernel.
+    fn fake_ring() -> RxRing {
+        let map_len = RX_FRAME_NR * RX_FRAME_SIZE;
+        // SAFETY: a fresh private mapping, unmapped by the ring's drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        RxRing {
+            map: map.cast(),
+            map_len,
+            next: 0,
+        }
+    }
+
+    /// Hands slot `i` to user space holding `bytes` (virtio header and
+    /// frame) at the usual offset.
+    fn hand_over(ring: &mut RxRing, i: usize, bytes: &[u8]) {
+        const MAC: usize = 76;
+        let slot = ring.frame_ptr(i);
+        // SAFETY: slot i lies inside the mapping, and the frame fits in it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                slot.add(MAC - VNET_HDR_LEN),
+                bytes.len(),
+            );
+            let h = ring.hdr(i);
+            (*h).tp_len = (bytes.len() - VNET_HDR_LEN) as u32;
+            (*h).tp_snaplen = (*h).tp_len;
+            (*h).tp_mac = MAC as u16;
+            (*h).tp_vlan_tci = 0;
+            (*h).tp_status = libc::TP_STATUS_USER;
+        }
+    }
+
+    #[test]
+    fn the_ring_is_walked_in_order_and_handed_back() {
+        let mut ring = fake_ring();
+        assert!(!ring.ready());
+        assert!(ring.take().is_none());
+        let bytes: Vec<u8> = (0..70).collect();
+        hand_over(&mut ring, 0, &bytes);
+        assert!(ring.ready());
+        let s = ring.take().unwrap();
+        assert_eq!((s.index, s.kind), (0, SlotKind::InRing));
+        assert_eq!(ring.frame(&s), &bytes[..]);
+        ring.frame_mut(&s)[VNET_HDR_LEN] = 0xff;
+        assert_eq!(ring.frame(&s)[VNET_HDR_LEN], 0xff);
+        // Taken, slot 0 is not offered again; slot 1 is not ready.
+        assert!(ring.take().is_none());
+        ring.release(&s);
+        assert_eq!(ring.status(0), libc::TP_STATUS_KERNEL);
+        // The walk wraps from the last slot to the first.
+        ring.next = RX_FRAME_NR - 1;
+        hand_over(&mut ring, RX_FRAME_NR - 1, &bytes);
+        hand_over(&mut ring, 0, &bytes);
+        let last = ring.take().unwrap();
+        let first = ring.take().unwrap();
+        assert_eq!((last.index, first.index), (RX_FRAME_NR - 1, 0));
+        assert_eq!(ring.next, 1);
+    }
+
     #[test]
     fn interface_names_fit_ifreq() {
         let bytes = |n: [libc::c_char; libc::IFNAMSIZ]| n.map(|c| c as u8);
