@@ -179,12 +179,7 @@ impl PacketSocket {
             [wake, self.fd.as_fd(), arp].map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
         // Without an ARP socket the third entry is left out.
         let n = if self.arp.is_some() { 3 } else { 2 };
-        // Negative waits for ever, as poll(2)'s timeout does.
-        let timeout = (timeout_ms >= 0).then(|| Timespec {
-            tv_sec: i64::from(timeout_ms / 1000),
-            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
-        });
-        match rustix::event::poll(&mut p[..n], timeout.as_ref()) {
+        match rustix::event::poll(&mut p[..n], poll_timeout(timeout_ms).as_ref()) {
             Ok(_) => {}
             Err(Errno::INTR) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -214,6 +209,14 @@ impl PacketSocket {
     pub fn send_arp(&self, frames: &[&[u8]]) -> io::Result<usize> {
         send_mmsg(self.arp.as_ref().unwrap_or(&self.fd), frames)
     }
+}
+
+/// Negative waits for ever, as poll(2)'s timeout does.
+fn poll_timeout(timeout_ms: i32) -> Option<Timespec> {
+    (timeout_ms >= 0).then(|| Timespec {
+        tv_sec: i64::from(timeout_ms / 1000),
+        tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+    })
 }
 
 fn raw_socket(proto: u16) -> io::Result<OwnedFd> {
@@ -257,13 +260,18 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
         )
     };
     if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
-            _ => Err(e),
-        };
+        return nothing_queued(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// A non-blocking read that found nothing, or was interrupted, read no
+/// frame; any other error is the socket's.
+fn nothing_queued(e: io::Error) -> io::Result<usize> {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+        _ => Err(e),
+    }
 }
 
 // Classic BPF, as the kernel runs a packet socket's filter: the frame from
@@ -359,8 +367,7 @@ fn send_mmsg(fd: &OwnedFd, frames: &[&[u8]]) -> io::Result<usize> {
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
         }
-        let mut off = 0;
-        while off < chunk.len() {
+        sent += send_each(chunk.len(), |off| {
             // SAFETY: headers [off..len) point at live iovecs over borrowed slices.
             let n = unsafe {
                 libc::sendmmsg(
@@ -371,19 +378,32 @@ fn send_mmsg(fd: &OwnedFd, frames: &[&[u8]]) -> io::Result<usize> {
                 )
             };
             if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    // A full queue or an oversized frame loses that frame only.
-                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EMSGSIZE) => {
-                        off += 1;
-                        continue;
-                    }
-                    _ => return Err(e),
-                }
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
             }
-            off += n as usize;
-            sent += n as usize;
+        })?;
+    }
+    Ok(sent)
+}
+
+/// Sends frames `0..count` through `send`, which sends those from `off` on
+/// and says how many went; returns how many went in all.
+fn send_each(count: usize, mut send: impl FnMut(usize) -> io::Result<usize>) -> io::Result<usize> {
+    let mut sent = 0;
+    let mut off = 0;
+    while off < count {
+        match send(off) {
+            Ok(n) => {
+                off += n;
+                sent += n;
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                // A full queue or an oversized frame loses that frame only.
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EMSGSIZE) => off += 1,
+                _ => return Err(e),
+            },
         }
     }
     Ok(sent)
@@ -443,6 +463,64 @@ pub enum SlotKind {
     /// driver): duet serves the untagged LAN only. `queued` says whether
     /// its bytes wait in the socket queue and must be read away.
     Tagged { queued: bool },
+}
+
+/// The fields of a slot's `tpacket2_hdr` that say what the slot holds.
+#[derive(Clone, Copy, Debug)]
+struct SlotHeader {
+    len: u32,
+    snaplen: u32,
+    /// Offset of the Ethernet header in the slot.
+    mac: u16,
+    vlan_tci: u16,
+}
+
+impl RxSlot {
+    /// What slot `index`, handed over with `status`, holds: the kernel's
+    /// offsets are trusted only as far as they stay inside the slot.
+    fn of(index: usize, status: u32, h: SlotHeader) -> RxSlot {
+        let len = h.len as usize;
+        let snaplen = h.snaplen as usize;
+        let mac = usize::from(h.mac);
+        let queued = status & libc::TP_STATUS_COPY != 0;
+        // VLAN id 0 only carries a priority: the frame belongs to the
+        // untagged LAN, as the kernel's own receive path treats it. The
+        // driver (veth, most NICs) took the tag off the bytes into
+        // `tp_vlan_tci`.
+        let vid = h.vlan_tci & 0x0fff;
+        let kind = if status & libc::TP_STATUS_VLAN_VALID != 0 && vid != 0 {
+            SlotKind::Tagged { queued }
+        } else if queued {
+            SlotKind::Queued
+        } else if snaplen < len {
+            SlotKind::Truncated
+        } else {
+            SlotKind::InRing
+        };
+        // A frame never starts inside the header.
+        let in_bounds =
+            mac >= size_of::<libc::tpacket2_hdr>() + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
+        match (kind, in_bounds) {
+            (SlotKind::InRing, false) => RxSlot {
+                index,
+                start: 0,
+                len: 0,
+                kind: SlotKind::Truncated,
+            },
+            (SlotKind::InRing, true) => RxSlot {
+                index,
+                start: mac - VNET_HDR_LEN,
+                len: VNET_HDR_LEN + snaplen,
+                kind,
+            },
+            _ => RxSlot {
+                index,
+                start: 0,
+                len: 0,
+                kind,
+            },
+        }
+    }
 }
 
 impl RxRing {
@@ -515,48 +593,16 @@ impl RxRing {
         // SAFETY: frame i is ours (TP_STATUS_USER), and the fence in
         // `status` made the kernel's header writes visible.
         let h = unsafe { self.hdr(i).read() };
-        let len = h.tp_len as usize;
-        let snaplen = h.tp_snaplen as usize;
-        let mac = usize::from(h.tp_mac);
-        let queued = status & libc::TP_STATUS_COPY != 0;
-        // VLAN id 0 only carries a priority: the frame belongs to the
-        // untagged LAN, as the kernel's own receive path treats it. The
-        // driver (veth, most NICs) took the tag off the bytes into
-        // `tp_vlan_tci`.
-        let vid = h.tp_vlan_tci & 0x0fff;
-        let kind = if status & libc::TP_STATUS_VLAN_VALID != 0 && vid != 0 {
-            SlotKind::Tagged { queued }
-        } else if queued {
-            SlotKind::Queued
-        } else if snaplen < len {
-            SlotKind::Truncated
-        } else {
-            SlotKind::InRing
-        };
-        let start = mac.wrapping_sub(VNET_HDR_LEN);
-        // A frame never starts inside the header.
-        let in_bounds =
-            mac >= size_of::<libc::tpacket2_hdr>() + VNET_HDR_LEN && mac + snaplen <= RX_FRAME_SIZE;
-        Some(match (kind, in_bounds) {
-            (SlotKind::InRing, false) => RxSlot {
-                index: i,
-                start: 0,
-                len: 0,
-                kind: SlotKind::Truncated,
+        Some(RxSlot::of(
+            i,
+            status,
+            SlotHeader {
+                len: h.tp_len,
+                snaplen: h.tp_snaplen,
+                mac: h.tp_mac,
+                vlan_tci: h.tp_vlan_tci,
             },
-            (SlotKind::InRing, true) => RxSlot {
-                index: i,
-                start,
-                len: VNET_HDR_LEN + snaplen,
-                kind,
-            },
-            _ => RxSlot {
-                index: i,
-                start: 0,
-                len: 0,
-                kind,
-            },
-        })
+        ))
     }
 
     fn slot_bytes(&self, i: usize) -> &[u8] {
@@ -614,6 +660,15 @@ pub fn ring_drops(sock: &PacketSocket) -> io::Result<u64> {
     Ok(u64::from(st.tp_drops))
 }
 
+/// `ifname` as `ifreq` holds it: cut to fit with its terminating NUL.
+fn if_name(ifname: &str) -> [libc::c_char; libc::IFNAMSIZ] {
+    let mut name = [0; libc::IFNAMSIZ];
+    for (d, s) in name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+        *d = s as libc::c_char;
+    }
+    name
+}
+
 /// Turns generic receive offload off on `ifname` (the director forwards what
 /// it receives; GRO would only merge frames it must pass on unchanged).
 /// Returns the previous setting so it can be restored.
@@ -635,13 +690,7 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<bool> {
         let mut v = EthtoolValue { cmd, data };
         // SAFETY: zeroed ifreq is valid; name copied with a terminating NUL.
         let mut ifr: libc::ifreq = unsafe { zeroed() };
-        for (d, s) in ifr
-            .ifr_name
-            .iter_mut()
-            .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s as libc::c_char;
-        }
+        ifr.ifr_name = if_name(ifname);
         ifr.ifr_ifru.ifru_data = (&mut v as *mut EthtoolValue).cast();
         // SAFETY: ifr points at v for the duration of the call.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL as _, &mut ifr) })?;
@@ -652,4 +701,345 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<bool> {
         call(ETHTOOL_SGRO, on as u32)?;
     }
     Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    const VMAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
+    const OWN_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    /// The LAN interface's index.
+    const LAN: u32 = 3;
+    const PACKET_HOST: u32 = 0;
+    const PACKET_BROADCAST: u32 = 1;
+    const ETH_P_IPV6: u16 = 0x86dd;
+
+    /// What a socket filter sees of a frame.
+    struct Skb {
+        frame: Vec<u8>,
+        ifindex: u32,
+        pkttype: u32,
+    }
+
+    fn skb(dst: [u8; 6], ethertype: u16, ifindex: u32, pkttype: u32) -> Skb {
+        let mut frame = dst.to_vec();
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 9]);
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(&[0u8; 28]);
+        Skb {
+            frame,
+            ifindex,
+            pkttype,
+        }
+    }
+
+    /// Runs `prog` as the kernel runs a socket filter, for the instructions
+    /// the filters here use: a load past the frame's end drops it, as in
+    /// the kernel; an instruction the kernel's checker would refuse (an
+    /// unknown one, a jump out of the program) is an error.
+    fn run(prog: &[libc::sock_filter], skb: &Skb) -> Result<u32, String> {
+        let mut a = 0u32;
+        let mut pc = 0;
+        loop {
+            let i = prog.get(pc).ok_or(format!("jump to {pc}, past the end"))?;
+            pc += 1;
+            match i.code {
+                LD_W_ABS | LD_H_ABS if i.k >= SKF_AD_OFF => {
+                    a = match i.k - SKF_AD_OFF {
+                        SKF_AD_PKTTYPE => skb.pkttype,
+                        SKF_AD_IFINDEX => skb.ifindex,
+                        x => return Err(format!("ancillary field {x}")),
+                    }
+                }
+                LD_W_ABS | LD_H_ABS => {
+                    let size = if i.code == LD_W_ABS { 4 } else { 2 };
+                    let k = i.k as usize;
+                    let Some(b) = skb.frame.get(k..k + size) else {
+                        return Ok(0);
+                    };
+                    a = b.iter().fold(0, |a, &b| a << 8 | u32::from(b));
+                }
+                JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                RET_K => return Ok(i.k),
+                c => return Err(format!("instruction {c:#x}")),
+            }
+        }
+    }
+
+    #[test]
+    fn filters_keep_what_each_socket_is_for() {
+        let vmac_other_vrid = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x08];
+        let vmac_other_oui = [0x01, 0x00, 0x5e, 0x00, 0x01, 0x07];
+        let mut runt = skb(VMAC, ETH_P_IP, LAN, PACKET_OTHERHOST);
+        runt.frame.truncate(5);
+        let mut no_type = skb(BROADCAST, ETH_P_ARP, LAN, PACKET_BROADCAST);
+        no_type.frame.truncate(12);
+        let all = all_filter(VMAC);
+        let ip = vmac_filter(VMAC);
+        let arp = arp_filter(VMAC, LAN);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &[libc::sock_filter], Skb, bool)> = vec![
+            ("all: ARP broadcast", &all, skb(BROADCAST, ETH_P_ARP, LAN, PACKET_BROADCAST), true),
+            ("all: ARP reply to our own MAC", &all, skb(OWN_MAC, ETH_P_ARP, LAN, PACKET_HOST), true),
+            ("all: IPv4 to the virtual MAC", &all, skb(VMAC, ETH_P_IP, LAN, PACKET_OTHERHOST), true),
+            ("all: IPv6 to the virtual MAC (classified later)", &all, skb(VMAC, ETH_P_IPV6, LAN, PACKET_OTHERHOST), true),
+            ("all: IPv4 to our own MAC", &all, skb(OWN_MAC, ETH_P_IP, LAN, PACKET_HOST), false),
+            ("all: IPv4 broadcast", &all, skb(BROADCAST, ETH_P_IP, LAN, PACKET_BROADCAST), false),
+            ("all: another VRID's virtual MAC", &all, skb(vmac_other_vrid, ETH_P_IP, LAN, PACKET_OTHERHOST), false),
+            ("all: first octet differs", &all, skb(vmac_other_oui, ETH_P_IP, LAN, PACKET_OTHERHOST), false),
+            ("all: runt frame", &all, runt, false),
+            ("all: no ethertype", &all, no_type, false),
+            ("ip: IPv4 to the virtual MAC", &ip, skb(VMAC, ETH_P_IP, LAN, PACKET_OTHERHOST), true),
+            ("ip: IPv4 to our own MAC (the tc program's local path)", &ip, skb(OWN_MAC, ETH_P_IP, LAN, PACKET_HOST), false),
+            ("ip: another VRID's virtual MAC", &ip, skb(vmac_other_vrid, ETH_P_IP, LAN, PACKET_OTHERHOST), false),
+            ("arp: broadcast request", &arp, skb(BROADCAST, ETH_P_ARP, LAN, PACKET_BROADCAST), true),
+            ("arp: reply to our own MAC", &arp, skb(OWN_MAC, ETH_P_ARP, LAN, PACKET_HOST), true),
+            ("arp: to the virtual MAC", &arp, skb(VMAC, ETH_P_ARP, LAN, PACKET_OTHERHOST), true),
+            ("arp: other host (a VLAN id with no device)", &arp, skb([0x02, 0, 0, 0, 0, 5], ETH_P_ARP, LAN, PACKET_OTHERHOST), false),
+            ("arp: another VRID's virtual MAC", &arp, skb(vmac_other_vrid, ETH_P_ARP, LAN, PACKET_OTHERHOST), false),
+            ("arp: broadcast on a VLAN device", &arp, skb(BROADCAST, ETH_P_ARP, LAN + 1, PACKET_BROADCAST), false),
+            ("arp: to the virtual MAC on a VLAN device", &arp, skb(VMAC, ETH_P_ARP, LAN + 1, PACKET_OTHERHOST), false),
+        ];
+        for (what, prog, skb, keep) in cases {
+            let r = run(prog, &skb).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(r != 0, keep, "{what}");
+            if keep {
+                assert_eq!(r, KEEP, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn filters_are_programs_the_kernel_accepts() {
+        // The kernel's checker refuses a jump out of the program and a
+        // program that can fall off its end.
+        for (what, prog) in [
+            ("all", all_filter(VMAC)),
+            ("ip", vmac_filter(VMAC)),
+            ("arp", arp_filter(VMAC, LAN)),
+        ] {
+            assert!(u16::try_from(prog.len()).is_ok(), "{what}");
+            assert_eq!(prog.last().map(|i| i.code), Some(RET_K), "{what}");
+            for (at, i) in prog.iter().enumerate() {
+                if i.code == JEQ_K {
+                    for off in [i.jt, i.jf] {
+                        assert!(at + 1 + usize::from(off) < prog.len(), "{what}: {at}");
+                    }
+                }
+            }
+        }
+        // What a kept frame is cut to: every frame whole.
+        assert!(KEEP as usize >= SLOT_LEN);
+    }
+
+    fn hdr(len: u32, snaplen: u32, mac: u16, vlan_tci: u16) -> SlotHeader {
+        SlotHeader {
+            len,
+            snaplen,
+            mac,
+            vlan_tci,
+        }
+    }
+
+    #[test]
+    fn slots_say_what_they_hold() {
+        const USER: u32 = libc::TP_STATUS_USER;
+        const COPY: u32 = libc::TP_STATUS_COPY;
+        const VLAN: u32 = libc::TP_STATUS_VLAN_VALID;
+        // Where the kernel puts a frame behind a TPACKET_V2 header, its
+        // sockaddr_ll and a virtio header.
+        const MAC: u16 = 76;
+        let first = (size_of::<libc::tpacket2_hdr>() + VNET_HDR_LEN) as u16;
+        let fits = RX_FRAME_SIZE as u32 - u32::from(MAC);
+        let in_ring = |start: usize, len: usize| (SlotKind::InRing, start, len);
+        let empty = |kind| (kind, 0, 0);
+        #[rustfmt::skip]
+        let cases = [
+            ("in the ring", USER, hdr(60, 60, MAC, 0), in_ring(66, 70)),
+            ("fills the slot", USER, hdr(fits, fits, MAC, 0), in_ring(66, RX_FRAME_SIZE - 66)),
+            ("right behind the header", USER, hdr(60, 60, first, 0), in_ring(usize::from(first) - VNET_HDR_LEN, 70)),
+            ("in the queue", USER | COPY, hdr(9014, 1900, MAC, 0), empty(SlotKind::Queued)),
+            ("cut short", USER, hdr(1600, 1500, MAC, 0), empty(SlotKind::Truncated)),
+            ("VLAN 5", USER | VLAN, hdr(60, 60, MAC, 5), empty(SlotKind::Tagged { queued: false })),
+            ("VLAN 5 in the queue", USER | VLAN | COPY, hdr(9014, 1900, MAC, 0x2005), empty(SlotKind::Tagged { queued: true })),
+            ("VLAN 4095", USER | VLAN, hdr(60, 60, MAC, 0x0fff), empty(SlotKind::Tagged { queued: false })),
+            ("priority tag only (VLAN 0)", USER | VLAN, hdr(60, 60, MAC, 0xa000), in_ring(66, 70)),
+            ("priority tag only, in the queue", USER | VLAN | COPY, hdr(9014, 1900, MAC, 0xa000), empty(SlotKind::Queued)),
+            ("a tag not marked valid", USER, hdr(60, 60, MAC, 5), in_ring(66, 70)),
+            ("starts inside the header", USER, hdr(60, 60, first - 1, 0), empty(SlotKind::Truncated)),
+            ("at offset 0", USER, hdr(60, 60, 0, 0), empty(SlotKind::Truncated)),
+            ("one byte past the slot", USER, hdr(fits + 1, fits + 1, MAC, 0), empty(SlotKind::Truncated)),
+            ("offsets far past the slot", USER, hdr(u32::MAX, u32::MAX, u16::MAX, 0), empty(SlotKind::Truncated)),
+        ];
+        for (what, status, h, (kind, start, len)) in cases {
+            let s = RxSlot::of(7, status, h);
+            assert_eq!(
+                (s.index, s.kind, s.start, s.len),
+                (7, kind, start, len),
+                "{what}"
+            );
+            // `frame` slices this range of the slot, behind the slot's header.
+            if len > 0 {
+                assert!(start >= size_of::<libc::tpacket2_hdr>(), "{what}");
+                assert!(start + len <= RX_FRAME_SIZE, "{what}");
+            }
+        }
+    }
+
+    /// `send_each` over a scripted `sendmmsg`: (frames, results, how many
+    /// went or the error, the offsets each call started at).
+    #[test]
+    fn send_loses_only_the_frame_that_failed() {
+        use libc::{EAGAIN, EINTR, EMSGSIZE, ENETDOWN, ENOBUFS};
+        type Script = Vec<Result<usize, i32>>;
+        type Case = (&'static str, usize, Script, Result<usize, i32>, Vec<usize>);
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("nothing to send", 0, vec![], Ok(0), vec![]),
+            ("all at once", 5, vec![Ok(5)], Ok(5), vec![0]),
+            ("in parts", 5, vec![Ok(2), Ok(3)], Ok(5), vec![0, 2]),
+            ("interrupted: tried again", 3, vec![Err(EINTR), Ok(3)], Ok(3), vec![0, 0]),
+            ("full queue loses one", 3, vec![Ok(1), Err(EAGAIN), Ok(1)], Ok(2), vec![0, 1, 2]),
+            ("no buffers loses one", 2, vec![Err(ENOBUFS), Ok(1)], Ok(1), vec![0, 1]),
+            ("oversized last frame", 3, vec![Ok(2), Err(EMSGSIZE)], Ok(2), vec![0, 2]),
+            ("every frame oversized", 2, vec![Err(EMSGSIZE), Err(EMSGSIZE)], Ok(0), vec![0, 1]),
+            ("link down ends the batch", 4, vec![Ok(1), Err(ENETDOWN)], Err(ENETDOWN), vec![0, 1]),
+        ];
+        for (what, count, script, want, offsets) in cases {
+            let mut script = VecDeque::from(script);
+            let mut calls = Vec::new();
+            let got = send_each(count, |off| {
+                calls.push(off);
+                let r = script
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("{what}: extra call"));
+                r.map_err(io::Error::from_raw_os_error)
+            });
+            assert_eq!(got.map_err(|e| e.raw_os_error().unwrap()), want, "{what}");
+            assert_eq!(calls, offsets, "{what}");
+            assert!(script.is_empty(), "{what}: calls left");
+        }
+    }
+
+    #[test]
+    fn receive_errors_that_mean_no_frame() {
+        for (errno, frame) in [
+            (libc::EAGAIN, true),
+            (libc::EINTR, true),
+            (libc::ENETDOWN, false),
+            (libc::EBADF, false),
+        ] {
+            match nothing_queued(io::Error::from_raw_os_error(errno)) {
+                Ok(n) => assert!(frame && n == 0, "errno {errno}"),
+                Err(e) => assert!(!frame && e.raw_os_error() == Some(errno), "errno {errno}"),
+            }
+        }
+    }
+
+    #[test]
+    fn poll_timeouts() {
+        for (ms, want) in [
+            (-1, None),
+            (i32::MIN, None),
+            (0, Some((0, 0))),
+            (999, Some((0, 999_000_000))),
+            (1000, Some((1, 0))),
+            (2500, Some((2, 500_000_000))),
+            (i32::MAX, Some((2_147_483, 647_000_000))),
+        ] {
+            let got = poll_timeout(ms).map(|t| (t.tv_sec, t.tv_nsec));
+            assert_eq!(got, want, "{ms} ms");
+        }
+    }
+
+    /// A ring over anonymous memory, in which the test plays the kernel.
+    fn fake_ring() -> RxRing {
+        let map_len = RX_FRAME_NR * RX_FRAME_SIZE;
+        // SAFETY: a fresh private mapping, unmapped by the ring's drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        RxRing {
+            map: map.cast(),
+            map_len,
+            next: 0,
+        }
+    }
+
+    /// Hands slot `i` to user space holding `bytes` (virtio header and
+    /// frame) at the usual offset.
+    fn hand_over(ring: &mut RxRing, i: usize, bytes: &[u8]) {
+        const MAC: usize = 76;
+        let slot = ring.frame_ptr(i);
+        // SAFETY: slot i lies inside the mapping, and the frame fits in it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                slot.add(MAC - VNET_HDR_LEN),
+                bytes.len(),
+            );
+            let h = ring.hdr(i);
+            (*h).tp_len = (bytes.len() - VNET_HDR_LEN) as u32;
+            (*h).tp_snaplen = (*h).tp_len;
+            (*h).tp_mac = MAC as u16;
+            (*h).tp_vlan_tci = 0;
+            (*h).tp_status = libc::TP_STATUS_USER;
+        }
+    }
+
+    #[test]
+    fn the_ring_is_walked_in_order_and_handed_back() {
+        let mut ring = fake_ring();
+        assert!(!ring.ready());
+        assert!(ring.take().is_none());
+        let bytes: Vec<u8> = (0..70).collect();
+        hand_over(&mut ring, 0, &bytes);
+        assert!(ring.ready());
+        let s = ring.take().unwrap();
+        assert_eq!((s.index, s.kind), (0, SlotKind::InRing));
+        assert_eq!(ring.frame(&s), &bytes[..]);
+        ring.frame_mut(&s)[VNET_HDR_LEN] = 0xff;
+        assert_eq!(ring.frame(&s)[VNET_HDR_LEN], 0xff);
+        // Taken, slot 0 is not offered again; slot 1 is not ready.
+        assert!(ring.take().is_none());
+        ring.release(&s);
+        assert_eq!(ring.status(0), libc::TP_STATUS_KERNEL);
+        // The walk wraps from the last slot to the first.
+        ring.next = RX_FRAME_NR - 1;
+        hand_over(&mut ring, RX_FRAME_NR - 1, &bytes);
+        hand_over(&mut ring, 0, &bytes);
+        let last = ring.take().unwrap();
+        let first = ring.take().unwrap();
+        assert_eq!((last.index, first.index), (RX_FRAME_NR - 1, 0));
+        assert_eq!(ring.next, 1);
+    }
+
+    #[test]
+    fn interface_names_fit_ifreq() {
+        let bytes = |n: [libc::c_char; libc::IFNAMSIZ]| n.map(|c| c as u8);
+        let mut eth0 = [0u8; libc::IFNAMSIZ];
+        eth0[..4].copy_from_slice(b"eth0");
+        let mut longest = [0u8; libc::IFNAMSIZ];
+        longest[..15].copy_from_slice(b"abcdefghijklmno");
+        for (name, want) in [
+            ("", [0u8; libc::IFNAMSIZ]),
+            ("eth0", eth0),
+            ("abcdefghijklmno", longest),
+            // Too long for the kernel: cut, still terminated.
+            ("abcdefghijklmnopqrst", longest),
+        ] {
+            assert_eq!(bytes(if_name(name)), want, "{name}");
+        }
+    }
 }

@@ -158,3 +158,32 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons the status page and the event log show.
+    #[test]
+    fn failure_reasons() {
+        let cases = [
+            (Failure::Timeout, "timeout"),
+            (Failure::Refused, "connection refused"),
+            (Failure::WrongStatus(503), "HTTP status 503"),
+            (Failure::BodyMismatch, "receive string not found"),
+            (
+                Failure::BadResponse("no status line".into()),
+                "bad response: no status line",
+            ),
+            (Failure::Exit(0), "exit status 0"),
+            (Failure::Exit(137), "exit status 137"),
+            (
+                Failure::Io("network unreachable".into()),
+                "I/O error: network unreachable",
+            ),
+        ];
+        for (failure, text) in cases {
+            assert_eq!(failure.to_string(), text, "{failure:?}");
+        }
+    }
+}

@@ -177,3 +177,104 @@ pub struct SyncStats {
 
 /// One line of the event log, as the store keeps it.
 pub use crate::store::EventRecord;
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::sample_report;
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn contract_fields_keep_their_names() {
+        let v = serde_json::to_value(sample_report()).unwrap();
+        let (peer, backend) = (&v["peers"][0], &v["backends"][0]);
+        #[rustfmt::skip]
+        let cases: [(&str, &Value, Value); 13] = [
+            ("node", &v["node"], json!("web1")),
+            ("role", &v["role"], json!("director")),
+            ("term", &v["term"], json!(7)),
+            ("vip", &v["vip"], json!("198.18.0.100")),
+            ("peers[].node", &peer["node"], json!("web2")),
+            ("peers[].role", &peer["role"], json!("standby")),
+            ("peers[].last_heard_ms", &peer["last_heard_ms"], json!(80)),
+            ("backends[].name", &backend["name"], json!(sample_report().backends[0].name)),
+            ("backends[].address", &backend["address"], json!(sample_report().backends[0].address)),
+            ("backends[].healthy", &backend["healthy"], json!(sample_report().backends[0].healthy)),
+            ("backends[].weight", &backend["weight"], json!(sample_report().backends[0].weight)),
+            ("backends[].drained", &backend["drained"], json!(sample_report().backends[0].drained)),
+            ("backends[].active_connections", &backend["active_connections"], json!(sample_report().backends[0].active_connections)),
+        ];
+        for (field, got, want) in cases {
+            assert_eq!(got, &want, "{field}");
+        }
+        assert!(backend["total_connections"].is_u64());
+        assert!(ROLES.contains(&v["role"].as_str().unwrap()));
+    }
+
+    #[test]
+    fn reports_of_other_versions_parse() {
+        let older_or_newer = json!({
+            "node": "web2",
+            "role": "standby",
+            "added_later": {"any": "thing"},
+            "peers": [{"node": "web1", "last_heard_ms": null, "added_later": 1}],
+            "backends": [{"name": "db", "healthy": true}],
+            "dataplane": {"drops": {"no_backend": 3}},
+        });
+        let r: StatusReport = serde_json::from_value(older_or_newer).unwrap();
+        assert_eq!(
+            (r.node.as_str(), r.role.as_str(), r.term),
+            ("web2", "standby", 0)
+        );
+        assert_eq!(r.peers[0].node, "web1");
+        assert_eq!(r.peers[0].last_heard_ms, None);
+        assert_eq!(r.peers[0].key, None);
+        assert_eq!(r.backends[0].name, "db");
+        assert!(r.backends[0].healthy);
+        assert_eq!(r.backends[0].weight, 0);
+        assert_eq!(r.dataplane.drops.get("no_backend"), Some(&3));
+        assert_eq!(r.sync, SyncStats::default());
+        let empty: StatusReport = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, StatusReport::default());
+    }
+
+    #[test]
+    fn wrong_types_are_an_error() {
+        for bad in [
+            r#"{"term": "seven"}"#,
+            r#"{"peers": {"node": "web2"}}"#,
+            r#"{"backends": [{"healthy": "yes"}]}"#,
+            r#"{"term": -1}"#,
+            "",
+        ] {
+            assert!(serde_json::from_str::<StatusReport>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_part_defaults_on_its_own() {
+        // Each part of an older report may lack fields a newer one reads.
+        let with = |f: fn(&mut StatusReport)| {
+            let mut r = StatusReport::default();
+            f(&mut r);
+            r
+        };
+        #[rustfmt::skip]
+        let cases: [(&str, StatusReport); 8] = [
+            ("{}", StatusReport::default()),
+            (r#"{"peers": [{}]}"#, with(|r| r.peers = vec![PeerStatus::default()])),
+            (r#"{"backends": [{}]}"#, with(|r| r.backends = vec![BackendStatus::default()])),
+            (r#"{"heartbeat": {}}"#, StatusReport::default()),
+            (r#"{"events": [{}]}"#, with(|r| r.events = vec![EventRecord::default()])),
+            (r#"{"dataplane": {"tables": {"udp": {}}}}"#,
+                with(|r| { r.dataplane.tables.insert("udp".into(), TablePart::default()); })),
+            (r#"{"sync": {"lag_ms": null}}"#, StatusReport::default()),
+            (r#"{"vip_holder": null, "history": {}}"#, StatusReport::default()),
+        ];
+        for (text, want) in cases {
+            let got: StatusReport =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(got, want, "{text}");
+        }
+    }
+}

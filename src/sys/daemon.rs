@@ -131,38 +131,19 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     let vips = cfg.vips();
     let cluster = cluster_id(cfg.first_vip(), *cfg.cluster.vrid.get_ref());
 
-    for svc in &cfg.services {
-        let port = *svc.port.get_ref();
-        if let Some((addr, Some(fport))) = svc
-            .fallback
-            .as_ref()
-            .and_then(|f| config::parse_fallback(f.get_ref()).ok())
-        {
-            if fport != port {
-                log::warn!(
-                    "service {port}: fallback {addr}:{fport} — direct routing keeps the \
-                     destination port, so the fallback server must answer on port {port} \
-                     (as IPVS does in gate mode)"
-                );
-            }
-        }
+    for (port, addr, fport) in fallback_port_mismatches(cfg) {
+        log::warn!(
+            "service {port}: fallback {addr}:{fport} — direct routing keeps the \
+             destination port, so the fallback server must answer on port {port} \
+             (as IPVS does in gate mode)"
+        );
     }
     let tun = Tun::open(TUN_NAME).map_err(io("creating TUN device duet0"))?;
     netlink::set_up(TUN_NAME).map_err(io("bringing duet0 up"))?;
     host.local_path(store.as_ref())?;
     let kernel = crate::dataplane::select(
         cfg.cluster.engine,
-        &crate::dataplane::ebpf::Params {
-            ifindex: link.index,
-            vmac,
-            own_mac: link.mac,
-            max_connections: u32::try_from(cfg.cluster.max_connections).unwrap_or(u32::MAX),
-            // Fail-safe for a filter that outlives a killed duet: it stops
-            // forwarding within half the time a peer takes to take over.
-            lease: cfg.heartbeat.dead_after.get_ref().0 / 2,
-            new_flow_budget: cfg.cluster.new_flow_budget,
-            echo_rate: dataplane::ECHO_RATE,
-        },
+        &kernel_params(cfg, &link, vmac),
         &cfg.cluster.interface,
     )
     .map_err(|e| DaemonError::Config(format!("cluster.engine = \"ebpf\": {e}")))?;
@@ -224,16 +205,7 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
         None
     };
 
-    // Peers accept a boot of ours only after a challenge (see
-    // `crate::election`), so the boot id need only differ from every earlier
-    // one: the store's boot counter (opened, incremented and flushed above)
-    // in the high half, for the logs and so that sync stream ids normally
-    // grow, and 32 random bits, so that a counter that went back with a
-    // wiped store does not repeat an id; fully random without a store. The
-    // wall clock plays no part.
-    let boot_id = store.as_ref().map_or_else(random_u64, |s| {
-        s.boot_count().wrapping_shl(32) | (random_u64() & 0xffff_ffff)
-    });
+    let boot_id = boot_id(store.as_ref().map(Store::boot_count), random_u64());
     log::debug!("boot id {boot_id}");
     let sync_thread = match peers_of(cfg, my_addr).first() {
         Some(peer) => Some(
@@ -378,6 +350,48 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
     }
 }
 
+/// Services whose fallback server is given a port of its own, which direct
+/// routing cannot honour: (service port, fallback address, its port).
+fn fallback_port_mismatches(cfg: &Config) -> Vec<(u16, Ipv4Addr, u16)> {
+    cfg.services
+        .iter()
+        .filter_map(|svc| {
+            let port = *svc.port.get_ref();
+            let f = svc.fallback.as_ref()?;
+            match config::parse_fallback(f.get_ref()) {
+                Ok((addr, Some(fport))) if fport != port => Some((port, addr, fport)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// What the eBPF engine is loaded with.
+fn kernel_params(cfg: &Config, link: &netlink::Link, vmac: [u8; 6]) -> dataplane::ebpf::Params {
+    dataplane::ebpf::Params {
+        ifindex: link.index,
+        vmac,
+        own_mac: link.mac,
+        max_connections: u32::try_from(cfg.cluster.max_connections).unwrap_or(u32::MAX),
+        // Fail-safe for a filter that outlives a killed duet: it stops
+        // forwarding within half the time a peer takes to take over.
+        lease: cfg.heartbeat.dead_after.get_ref().0 / 2,
+        new_flow_budget: cfg.cluster.new_flow_budget,
+        echo_rate: dataplane::ECHO_RATE,
+    }
+}
+
+/// Peers accept a boot of ours only after a challenge (see
+/// `crate::election`), so the boot id need only differ from every earlier
+/// one: the store's boot counter (opened, incremented and flushed before)
+/// in the high half, for the logs and so that sync stream ids normally
+/// grow, and 32 bits of `random`, so that a counter that went back with a
+/// wiped store does not repeat an id; all of `random` without a store. The
+/// wall clock plays no part.
+fn boot_id(boot_count: Option<u64>, random: u64) -> u64 {
+    boot_count.map_or(random, |n| n.wrapping_shl(32) | (random & 0xffff_ffff))
+}
+
 fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {
     cfg.nodes
         .iter()
@@ -415,5 +429,98 @@ fn favour_control_thread() {
     match rustix::process::setpriority_process(Some(tid), CONTROL_NICE) {
         Ok(()) => log::debug!("control thread at nice {CONTROL_NICE}"),
         Err(e) => log::info!("control thread keeps its priority (nice {CONTROL_NICE}: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{Dir, CONFIG};
+    use super::*;
+    use std::time::Duration;
+
+    const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn config(extra: &str) -> Arc<Config> {
+        Dir::new(&format!("{CONFIG}{extra}")).config()
+    }
+
+    #[test]
+    fn fallbacks_on_another_port_are_named() {
+        let cfg = config(
+            r#"
+[[service]]
+port = 443
+fallback = "198.18.0.9:8443"
+[[service]]
+port = 8080
+fallback = "198.18.0.9:8080"
+[[service]]
+port = 25
+fallback = "198.18.0.9"
+"#,
+        );
+        assert_eq!(
+            fallback_port_mismatches(&cfg),
+            vec![(443, Ipv4Addr::new(198, 18, 0, 9), 8443)]
+        );
+        assert_eq!(fallback_port_mismatches(&config("")), vec![]);
+    }
+
+    #[test]
+    fn kernel_lease_is_half_the_takeover_time() {
+        let link = netlink::Link {
+            index: 4,
+            mac: [2, 0, 0, 0, 0, 1],
+            carrier: true,
+        };
+        let vmac = virtual_mac(1);
+        let cfg = config("[heartbeat]\ninterval = \"100ms\"\ndead_after = \"900ms\"\n");
+        let p = kernel_params(&cfg, &link, vmac);
+        assert_eq!(p.lease, Duration::from_millis(450));
+        assert_eq!((p.ifindex, p.vmac, p.own_mac), (4, vmac, link.mac));
+        assert_eq!(p.max_connections as usize, cfg.cluster.max_connections);
+        // A table larger than a BPF map can be is the largest map.
+        let mut huge = Arc::try_unwrap(config("")).unwrap();
+        huge.cluster.max_connections = usize::MAX;
+        assert_eq!(kernel_params(&huge, &link, vmac).max_connections, u32::MAX);
+    }
+
+    #[test]
+    fn boot_ids() {
+        #[rustfmt::skip]
+        let cases = [
+            ("no store: all random", None, 0xdead_beef_1234_5678, 0xdead_beef_1234_5678),
+            ("boot 1", Some(1), 0xdead_beef_1234_5678, 0x0000_0001_1234_5678),
+            ("boot 7, random low half", Some(7), 0x0000_0000_ffff_ffff, 0x0000_0007_ffff_ffff),
+            ("counter past 32 bits keeps its low half", Some(0x1_0000_0002), 0, 0x0000_0002_0000_0000),
+        ];
+        for (what, count, random, want) in cases {
+            assert_eq!(boot_id(count, random), want, "{what}");
+        }
+        // A wiped store counts from 1 again; the random half still tells
+        // the boots apart.
+        assert_ne!(boot_id(Some(1), 1), boot_id(Some(1), 2));
+    }
+
+    #[test]
+    fn peers_are_the_other_nodes() {
+        let cfg = config("");
+        assert_eq!(peers_of(&cfg, A), vec![B]);
+        assert_eq!(peers_of(&cfg, B), vec![A]);
+        // An address that is no node's: every node is a peer.
+        assert_eq!(peers_of(&cfg, Ipv4Addr::new(198, 18, 0, 3)), vec![A, B]);
+    }
+
+    #[test]
+    fn cluster_ids_differ_by_vip_and_vrid() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        assert_eq!(cluster_id(vip, 0), u32::from(vip));
+        assert_eq!(cluster_id(vip, 1), 0xc612_0064 ^ 0x0100_0000);
+        assert_ne!(cluster_id(vip, 1), cluster_id(vip, 2));
+        assert_ne!(
+            cluster_id(vip, 1),
+            cluster_id(Ipv4Addr::new(198, 18, 0, 101), 1)
+        );
     }
 }

@@ -34,3 +34,41 @@ pub fn channel() -> (Notify, smol::channel::Receiver<Input>) {
     let (tx, rx) = smol::channel::unbounded();
     (Notify(tx), rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(i: &Input) -> String {
+        match i {
+            Input::Config(_) => "config".into(),
+            Input::Failover => "failover".into(),
+            Input::Changed => "changed".into(),
+            Input::Ping(up) => format!("ping {up}"),
+        }
+    }
+
+    #[test]
+    fn inputs_arrive_in_order_from_every_sender() {
+        let (notify, rx) = channel();
+        let other = notify.clone();
+        notify.send(Input::Changed);
+        other.send(Input::Ping(false));
+        notify.send(Input::Failover);
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|i| name(&i))
+            .collect();
+        assert_eq!(got, ["changed", "ping false", "failover"]);
+    }
+
+    #[test]
+    fn sending_after_the_loop_ended_is_harmless() {
+        let (notify, rx) = channel();
+        drop(rx);
+        assert!(notify.0.is_closed());
+        // Neither an error to handle nor a panic.
+        notify.send(Input::Changed);
+        notify.clone().send(Input::Ping(true));
+        assert!(notify.0.is_closed());
+    }
+}

@@ -2,40 +2,58 @@
 use std::io;
 use std::path::PathBuf;
 
-fn path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
-}
-
-pub fn read(key: &str) -> io::Result<String> {
-    Ok(std::fs::read_to_string(path(key))?.trim().to_string())
-}
-
-pub fn write(key: &str, value: &str) -> io::Result<()> {
-    std::fs::write(path(key), value)
-}
-
 /// Sysctls changed by this process, with their previous values.
-#[derive(Default)]
 pub struct Saved {
+    /// Where the knobs are: /proc/sys, or a directory of files in tests.
+    root: PathBuf,
     entries: Vec<(String, String)>,
+}
+
+impl Default for Saved {
+    fn default() -> Saved {
+        Saved::from_entries(Vec::new())
+    }
 }
 
 impl Saved {
     /// Starts from changes an earlier run made and did not undo: their
     /// recorded values are the ones to put back, not what is there now.
     pub fn from_entries(entries: Vec<(String, String)>) -> Saved {
-        Saved { entries }
+        Saved {
+            root: PathBuf::from("/proc/sys"),
+            entries,
+        }
+    }
+
+    #[cfg(test)]
+    fn under(root: &std::path::Path, entries: Vec<(String, String)>) -> Saved {
+        Saved {
+            root: root.to_path_buf(),
+            entries,
+        }
     }
 
     pub fn entries(&self) -> &[(String, String)] {
         &self.entries
     }
 
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key.replace('.', "/"))
+    }
+
+    fn read(&self, key: &str) -> io::Result<String> {
+        Ok(std::fs::read_to_string(self.path(key))?.trim().to_string())
+    }
+
+    fn write(&self, key: &str, value: &str) -> io::Result<()> {
+        std::fs::write(self.path(key), value)
+    }
+
     /// Sets `key` to `value`, remembering the old value the first time.
     pub fn set(&mut self, key: &str, value: &str) -> io::Result<()> {
-        let old = read(key)?;
+        let old = self.read(key)?;
         if old != value {
-            write(key, value)?;
+            self.write(key, value)?;
             if !self.entries.iter().any(|(k, _)| k == key) {
                 self.entries.push((key.to_string(), old));
             }
@@ -45,8 +63,8 @@ impl Saved {
 
     /// Puts every changed key back, newest first.
     pub fn restore(&mut self) {
-        for (k, v) in self.entries.drain(..).rev() {
-            if let Err(e) = write(&k, &v) {
+        for (k, v) in std::mem::take(&mut self.entries).into_iter().rev() {
+            if let Err(e) = self.write(&k, &v) {
                 log::warn!("restoring sysctl {k}={v}: {e}");
             }
         }
@@ -63,4 +81,120 @@ pub fn arp_settings(saved: &mut Saved, iface: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::Dir;
+    use super::*;
+
+    const IGNORE: &str = "net.ipv4.conf.all.arp_ignore";
+    const ANNOUNCE: &str = "net.ipv4.conf.all.arp_announce";
+
+    /// A /proc/sys of files, each key at its value.
+    fn knobs(keys: &[(&str, &str)]) -> Dir {
+        let d = Dir::new("");
+        for (k, v) in keys {
+            let p = d.path().join(k.replace('.', "/"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("{v}\n")).unwrap();
+        }
+        d
+    }
+
+    fn value(d: &Dir, key: &str) -> String {
+        let p = d.path().join(key.replace('.', "/"));
+        std::fs::read_to_string(p).unwrap().trim().to_string()
+    }
+
+    fn entries(s: &Saved) -> Vec<(&str, &str)> {
+        s.entries()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_first_old_value_is_the_one_kept() {
+        let d = knobs(&[(IGNORE, "0"), (ANNOUNCE, "2")]);
+        let mut s = Saved::under(d.path(), Vec::new());
+        s.set(IGNORE, "1").unwrap();
+        s.set(IGNORE, "2").unwrap();
+        // Already as wanted (the file's newline aside): nothing to undo.
+        s.set(ANNOUNCE, "2").unwrap();
+        assert_eq!(
+            (value(&d, IGNORE), value(&d, ANNOUNCE)),
+            ("2".into(), "2".into())
+        );
+        assert_eq!(entries(&s), [(IGNORE, "0")]);
+        s.restore();
+        assert_eq!(value(&d, IGNORE), "0");
+        assert!(s.entries().is_empty());
+        // A second restore has nothing left to put back.
+        std::fs::write(d.path().join(IGNORE.replace('.', "/")), "1").unwrap();
+        s.restore();
+        assert_eq!(value(&d, IGNORE), "1");
+    }
+
+    #[test]
+    fn an_earlier_runs_values_are_put_back() {
+        // The earlier run set 1 over 0 and died: 1 is there now.
+        let d = knobs(&[(IGNORE, "1")]);
+        let mut s = Saved::under(d.path(), vec![(IGNORE.into(), "0".into())]);
+        s.set(IGNORE, "1").unwrap();
+        s.set(IGNORE, "3").unwrap();
+        assert_eq!(entries(&s), [(IGNORE, "0")]);
+        s.restore();
+        assert_eq!(value(&d, IGNORE), "0");
+    }
+
+    #[test]
+    fn a_missing_knob_is_an_error_and_not_remembered() {
+        let d = knobs(&[(IGNORE, "0")]);
+        let mut s = Saved::under(d.path(), Vec::new());
+        let e = s.set("net.ipv4.conf.nosuch.arp_ignore", "1").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(s.entries().is_empty());
+    }
+
+    #[test]
+    fn restore_goes_on_past_a_knob_that_is_gone() {
+        let d = knobs(&[(IGNORE, "1"), (ANNOUNCE, "2")]);
+        let mut s = Saved::under(
+            d.path(),
+            vec![
+                (IGNORE.into(), "0".into()),
+                ("net.ipv4.conf.gone0.arp_ignore".into(), "0".into()),
+                (ANNOUNCE.into(), "0".into()),
+            ],
+        );
+        s.restore();
+        assert_eq!(
+            (value(&d, IGNORE), value(&d, ANNOUNCE)),
+            ("0".into(), "0".into())
+        );
+        assert!(s.entries().is_empty());
+    }
+
+    #[test]
+    fn arp_settings_cover_all_and_the_interface() {
+        let keys = [
+            (IGNORE, "0"),
+            (ANNOUNCE, "0"),
+            ("net.ipv4.conf.eth0.arp_ignore", "1"),
+            ("net.ipv4.conf.eth0.arp_announce", "0"),
+        ];
+        let d = knobs(&keys);
+        let mut s = Saved::under(d.path(), Vec::new());
+        arp_settings(&mut s, "eth0").unwrap();
+        let want = [("1", true), ("2", true), ("1", false), ("2", true)];
+        let mut changed = Vec::new();
+        for ((k, old), (v, was_changed)) in keys.iter().zip(want) {
+            assert_eq!(value(&d, k), v, "{k}");
+            if was_changed {
+                changed.push((*k, *old));
+            }
+        }
+        assert_eq!(entries(&s), changed);
+    }
 }

@@ -60,3 +60,36 @@ impl TcpState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers are on the wire between nodes of different versions:
+    /// they never change.
+    const ALL: [(TcpState, u8, &str); 6] = [
+        (TcpState::SynRecv, 1, "SYN_RECV"),
+        (TcpState::Established, 2, "ESTABLISHED"),
+        (TcpState::FinWait, 3, "FIN_WAIT"),
+        (TcpState::TimeWait, 4, "TIME_WAIT"),
+        (TcpState::Close, 5, "CLOSE"),
+        (TcpState::Udp, 6, "UDP"),
+    ];
+
+    #[test]
+    fn numbers_and_names() {
+        for (state, n, name) in ALL {
+            assert_eq!(state.as_u8(), n, "{name}");
+            assert_eq!(TcpState::from_u8(n), Some(state), "{name}");
+            assert_eq!(state.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn unknown_numbers_are_refused() {
+        for v in 0..=u8::MAX {
+            let known = ALL.iter().find(|(_, n, _)| *n == v).map(|(s, _, _)| *s);
+            assert_eq!(TcpState::from_u8(v), known, "{v}");
+        }
+    }
+}
