@@ -88,7 +88,7 @@ impl HostSetup {
         // LAN: reverse-path filtering must not drop them.
         for dev in ["all", TUN_NAME] {
             self.sysctls
-                .set(&format!("net.ipv4.conf.{dev}.rp_filter"), "0")
+                .set(&sysctl::conf_key(dev, "rp_filter"), "0")
                 .map_err(io("setting rp_filter"))?;
         }
         self.record(store);

@@ -38,7 +38,7 @@ impl Saved {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key.replace('.', "/"))
+        self.root.join(key_path(key))
     }
 
     fn read(&self, key: &str) -> io::Result<String> {
@@ -71,13 +71,29 @@ impl Saved {
     }
 }
 
+/// Keys with a `/` are paths already (a device name keeps its dots);
+/// dotted keys are what earlier versions recorded.
+fn key_path(key: &str) -> PathBuf {
+    if key.contains('/') {
+        PathBuf::from(key)
+    } else {
+        PathBuf::from(key.replace('.', "/"))
+    }
+}
+
+/// `net/ipv4/conf/DEV/KNOB`, in sysctl(8)'s slash form: a VLAN device
+/// such as `eth0.100` would split in the dotted one.
+pub fn conf_key(dev: &str, knob: &str) -> String {
+    format!("net/ipv4/conf/{dev}/{knob}")
+}
+
 /// The real-server ARP settings of DESIGN.md section 2 for `iface`.
 pub const ARP_KEYS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
 
 pub fn arp_settings(saved: &mut Saved, iface: &str) -> io::Result<()> {
     for dev in ["all", iface] {
         for (k, v) in ARP_KEYS {
-            saved.set(&format!("net.ipv4.conf.{dev}.{k}"), v)?;
+            saved.set(&conf_key(dev, k), v)?;
         }
     }
     Ok(())
@@ -95,7 +111,7 @@ mod tests {
     fn knobs(keys: &[(&str, &str)]) -> Dir {
         let d = Dir::new("");
         for (k, v) in keys {
-            let p = d.path().join(k.replace('.', "/"));
+            let p = d.path().join(key_path(k));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, format!("{v}\n")).unwrap();
         }
@@ -103,7 +119,7 @@ mod tests {
     }
 
     fn value(d: &Dir, key: &str) -> String {
-        let p = d.path().join(key.replace('.', "/"));
+        let p = d.path().join(key_path(key));
         std::fs::read_to_string(p).unwrap().trim().to_string()
     }
 
@@ -131,7 +147,7 @@ mod tests {
         assert_eq!(value(&d, IGNORE), "0");
         assert!(s.entries().is_empty());
         // A second restore has nothing left to put back.
-        std::fs::write(d.path().join(IGNORE.replace('.', "/")), "1").unwrap();
+        std::fs::write(d.path().join(key_path(IGNORE)), "1").unwrap();
         s.restore();
         assert_eq!(value(&d, IGNORE), "1");
     }
@@ -178,15 +194,25 @@ mod tests {
 
     #[test]
     fn arp_settings_cover_all_and_the_interface() {
+        // A VLAN device's name has a dot: its knobs are still its own.
+        let (all_i, all_a) = (
+            conf_key("all", "arp_ignore"),
+            conf_key("all", "arp_announce"),
+        );
+        let (dev_i, dev_a) = (
+            conf_key("eth0.100", "arp_ignore"),
+            conf_key("eth0.100", "arp_announce"),
+        );
         let keys = [
-            (IGNORE, "0"),
-            (ANNOUNCE, "0"),
-            ("net.ipv4.conf.eth0.arp_ignore", "1"),
-            ("net.ipv4.conf.eth0.arp_announce", "0"),
+            (all_i.as_str(), "0"),
+            (all_a.as_str(), "0"),
+            (dev_i.as_str(), "1"),
+            (dev_a.as_str(), "0"),
         ];
         let d = knobs(&keys);
         let mut s = Saved::under(d.path(), Vec::new());
-        arp_settings(&mut s, "eth0").unwrap();
+        arp_settings(&mut s, "eth0.100").unwrap();
+        assert!(d.path().join("net/ipv4/conf/eth0.100/arp_ignore").is_file());
         let want = [("1", true), ("2", true), ("1", false), ("2", true)];
         let mut changed = Vec::new();
         for ((k, old), (v, was_changed)) in keys.iter().zip(want) {
@@ -196,5 +222,7 @@ mod tests {
             }
         }
         assert_eq!(entries(&s), changed);
+        // Dotted keys an earlier version stored are still put back.
+        assert_eq!(key_path(IGNORE), key_path(&all_i));
     }
 }
