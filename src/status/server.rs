@@ -50,7 +50,6 @@ use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -190,12 +189,8 @@ impl StatusServer {
         // has SYNs dropped, and a legitimate client among them waits for a
         // retransmit (1 s, then 3 s). Listening again only resizes the
         // queue (the kernel caps it at net.core.somaxconn).
-        // SAFETY: a valid, bound TCP socket.
-        if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
-            log::debug!(
-                "status: listen backlog: {}",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = rustix::net::listen(&listener, 4096) {
+            log::debug!("status: listen backlog: {}", std::io::Error::from(e));
         }
         let listener = smol::Async::new(listener)?;
         let backend = Arc::new(Backend::start(&cfg.runtime_dir)?);

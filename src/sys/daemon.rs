@@ -404,12 +404,9 @@ fn peers_of(cfg: &Config, me: Ipv4Addr) -> Vec<Ipv4Addr> {
 /// OS at start) should `getrandom(2)` fail.
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == b.len() as isize {
-        u64::from_ne_bytes(b)
-    } else {
-        fastrand::u64(..)
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(n) if n == b.len() => u64::from_ne_bytes(b),
+        _ => fastrand::u64(..),
     }
 }
 
