@@ -169,3 +169,123 @@ pub async fn relay_body(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::Framing;
+    use super::*;
+    use async_net::TcpListener;
+
+    /// A connected pair over loopback: (the side the test writes, the
+    /// side a `Reader` reads).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Everything `s` receives until its peer closes.
+    async fn all(mut s: TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[test]
+    fn reader_keeps_what_follows_a_message() {
+        smol::block_on(async {
+            let (w, r) = pair().await;
+            let mut rd = Reader::new(r);
+            send(&w, b"GET / HTTP/1.1\r\n\r\nGET /next").await.unwrap();
+            while rd.data().len() < 27 {
+                assert!(rd.fill_head().await.unwrap() > 0);
+            }
+            rd.consume(18);
+            assert_eq!(rd.data(), b"GET /next");
+            // Consuming past the end is clamped, and leaves nothing.
+            rd.consume(100);
+            assert!(rd.data().is_empty());
+            drop(w);
+            assert_eq!(rd.fill_head().await.unwrap(), 0, "end of input");
+        })
+    }
+
+    #[test]
+    fn an_upstream_reader_waits_for_the_answer_instead_of_failing() {
+        smol::block_on(async {
+            let (w, r) = pair().await;
+            // Nothing has been sent yet: the first read must wait for
+            // readiness and then return the bytes, not EAGAIN.
+            let mut rd = Reader::upstream(r);
+            let writer = smol::spawn(async move {
+                smol::Timer::after(std::time::Duration::from_millis(20)).await;
+                send(&w, b"HTTP/1.1 200 OK\r\n").await.unwrap();
+                w
+            });
+            assert_eq!(rd.fill_head().await.unwrap(), 17);
+            assert_eq!(rd.data(), b"HTTP/1.1 200 OK\r\n");
+            drop(writer.await);
+        })
+    }
+
+    /// Relays `input` framed as `framing` with `limit`; the result, what
+    /// the receiver got, and what stayed in the reader.
+    fn relay(
+        input: &'static [u8],
+        framing: Framing,
+        limit: Option<u64>,
+        lead: &[u8],
+    ) -> (Result<u64, String>, Vec<u8>, Vec<u8>) {
+        let lead = lead.to_vec();
+        smol::block_on(async move {
+            let (src_w, src_r) = pair().await;
+            let (dst_w, dst_r) = pair().await;
+            send(&src_w, input).await.unwrap();
+            src_w.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rd = Reader::new(src_r);
+            let mut body = Body::new(framing);
+            let r = relay_body(&mut rd, &dst_w, &mut body, limit, lead).await;
+            drop(dst_w);
+            let got = all(dst_r).await;
+            (r.map_err(|e| e.to_string()), got, rd.data().to_vec())
+        })
+    }
+
+    #[test]
+    fn a_body_is_relayed_exactly_and_the_rest_stays() {
+        let (r, got, rest) = relay(b"hello, worldNEXT", Framing::Length(12), None, b"HEAD ");
+        assert_eq!(r, Ok(12));
+        assert_eq!(
+            got, b"HEAD hello, world",
+            "the head goes out before the body"
+        );
+        assert_eq!(rest, b"NEXT");
+
+        let (r, got, rest) = relay(b"5\r\nhello\r\n0\r\n\r\nNEXT", Framing::Chunked, None, b"");
+        assert_eq!(r, Ok(15));
+        assert_eq!(got, b"5\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(rest, b"NEXT");
+
+        let (r, got, _) = relay(b"all of it", Framing::UntilClose, None, b"");
+        assert_eq!(r, Ok(9));
+        assert_eq!(got, b"all of it");
+
+        // No body: the head alone goes out, and nothing is read (what
+        // follows is the next message's, still in the socket).
+        let (r, got, rest) = relay(b"NEXT", Framing::Empty, None, b"HEAD");
+        assert_eq!(r, Ok(0));
+        assert_eq!(got, b"HEAD");
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_short_oversized_or_misframed_body_is_an_error() {
+        let (r, _, _) = relay(b"short", Framing::Length(12), None, b"");
+        assert!(r.unwrap_err().starts_with("sender:"));
+        let (r, _, _) = relay(b"0123456789", Framing::Length(10), Some(4), b"");
+        assert_eq!(r.unwrap_err(), "over max_body");
+        let (r, _, _) = relay(b"zz\r\nhello\r\n", Framing::Chunked, None, b"");
+        assert!(r.unwrap_err().starts_with("framing:"));
+    }
+}
