@@ -27,6 +27,17 @@ pub struct Ctx<'a> {
     pub client: &'a TcpStream,
 }
 
+impl Ctx<'_> {
+    fn log(&self, req: &Rewritten, status: u16, bytes: u64) {
+        let fields = LogFields {
+            req: Some(req),
+            status,
+            bytes,
+        };
+        self.st.log_request(self.svc, self.peer, fields);
+    }
+}
+
 struct Upstream {
     addr: SocketAddrV4,
     rd: Reader,
@@ -118,15 +129,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                 keep_client,
                 reuse,
             } => {
-                ctx.st.log_request(
-                    svc,
-                    ctx.peer,
-                    LogFields {
-                        req: Some(&req),
-                        status,
-                        bytes,
-                    },
-                );
+                ctx.log(&req, status, bytes);
                 if reuse && svc.opts.persist_backend {
                     let expires = Instant::now() + svc.opts.backend_idle_timeout;
                     lock(&ctx.st.idle).put(
@@ -139,15 +142,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                 return Ok(keep_client && !ctx.st.winding_down());
             }
             Attempt::Switched => {
-                ctx.st.log_request(
-                    svc,
-                    ctx.peer,
-                    LogFields {
-                        req: Some(&req),
-                        status: 101,
-                        bytes: 0,
-                    },
-                );
+                ctx.log(&req, 101, 0);
                 tunnel(rd, &mut up.rd, ctx.client).await?;
                 return Ok(false);
             }
@@ -186,15 +181,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                     return refuse(ctx, &req, code).await;
                 }
                 Next::Close => {
-                    ctx.st.log_request(
-                        svc,
-                        ctx.peer,
-                        LogFields {
-                            req: Some(&req),
-                            status,
-                            bytes: 0,
-                        },
-                    );
+                    ctx.log(&req, status, 0);
                     return Ok(false);
                 }
             },
@@ -220,15 +207,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The proxy's own answer; the connection closes after it.
 async fn refuse(ctx: &Ctx<'_>, req: &Rewritten, status: u16) -> std::io::Result<bool> {
-    ctx.st.log_request(
-        ctx.svc,
-        ctx.peer,
-        LogFields {
-            req: Some(req),
-            status,
-            bytes: 0,
-        },
-    );
+    ctx.log(req, status, 0);
     answer(ctx.client, status).await?;
     Ok(false)
 }
