@@ -134,7 +134,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                     let expires = Instant::now() + svc.opts.backend_idle_timeout;
                     lock(&ctx.st.idle).put(
                         (svc.port, up.addr),
-                        up.rd.stream,
+                        up.rd.for_reuse(),
                         expires,
                         svc.opts.backend_idle_max,
                     );
@@ -224,11 +224,11 @@ async fn obtain(
     // Without persist_backend nothing is ever put in the idle pool.
     loop {
         let taken = lock(&ctx.st.idle).take(&(svc.port, addr), Instant::now());
-        let Some(s) = taken else { break };
-        if still_open(&s).await {
+        let Some(rd) = taken else { break };
+        if still_open(&rd.stream).await {
             return Some(Upstream {
                 addr,
-                rd: Reader::upstream(s),
+                rd,
                 reused: true,
             });
         }

@@ -2,6 +2,7 @@
 //! forwarding headers set, the connection kept open or not, plus what the
 //! relay needs to know about the request (body framing, keep-alive,
 //! routing and sticky inputs, the access log's fields).
+use std::io::Write;
 use std::net::Ipv4Addr;
 
 use super::frame::Framing;
@@ -79,6 +80,12 @@ pub(crate) const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 const FORWARDING: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
+/// Whether header `name` is one of `names` (lower case), without
+/// lowering a copy of it for every header of every message.
+pub(crate) fn one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
 
 /// Whether a `Connection` header value lists `token`.
 pub fn lists_token(value: &[u8], token: &str) -> bool {
@@ -168,16 +175,17 @@ pub fn rewrite_head(
         _ => lists_token(connection, "keep-alive"),
     };
     let mut out = Vec::with_capacity(consumed + 128);
-    out.extend_from_slice(format!("{method} {path} HTTP/1.{version}\r\n").as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{method} {path} HTTP/1.{version}\r\n");
     let mut xff = None;
     for h in req.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        if lower == "x-forwarded-for" && trust {
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("x-forwarded-for") && trust {
             xff = Some(String::from_utf8_lossy(h.value).into_owned());
             continue;
         }
         // duet's own cookie is for duet: the backend sees the others.
-        if let (Some(name), "cookie") = (rules.sticky_cookie, lower.as_str()) {
+        if let (Some(name), true) = (rules.sticky_cookie, is("cookie")) {
             match without_cookie(h.value, name) {
                 Some(rest) if rest.is_empty() => {}
                 Some(rest) => push_header(&mut out, h.name, &rest),
@@ -185,8 +193,9 @@ pub fn rewrite_head(
             }
             continue;
         }
-        if HOP_BY_HOP.contains(&lower.as_str()) || FORWARDING.contains(&lower.as_str()) {
-            if trust && lower != "x-forwarded-for" && FORWARDING.contains(&lower.as_str()) {
+        let forwarding = one_of(h.name, FORWARDING);
+        if one_of(h.name, HOP_BY_HOP) || forwarding {
+            if trust && forwarding && !is("x-forwarded-for") {
                 push_header(&mut out, h.name, h.value);
             }
             continue;

@@ -3,7 +3,9 @@
 //! reused), whether the backend keeps its connection, and whether it is an
 //! interim (1xx) answer or a protocol switch.
 use super::frame::Framing;
-use super::head::{body_headers, lists_token, push_header, HOP_BY_HOP, MAX_HEADERS};
+use std::io::Write;
+
+use super::head::{body_headers, lists_token, one_of, push_header, HOP_BY_HOP, MAX_HEADERS};
 
 /// The backend sent something that is not an HTTP/1.x response (502).
 #[derive(Debug, PartialEq, Eq)]
@@ -65,11 +67,11 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<Response>
         _ => lists_token(&connection, "keep-alive"),
     };
     let mut head = Vec::with_capacity(consumed + 64);
-    head.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(head, "HTTP/1.1 {status} {reason}\r\n");
     for h in resp.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        let keep_for_switch = switching && lower == "upgrade";
-        if HOP_BY_HOP.contains(&lower.as_str()) && !keep_for_switch {
+        let keep_for_switch = switching && h.name.eq_ignore_ascii_case("upgrade");
+        if one_of(h.name, HOP_BY_HOP) && !keep_for_switch {
             continue;
         }
         push_header(&mut head, h.name, h.value);

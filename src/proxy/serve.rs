@@ -36,7 +36,8 @@ pub struct State {
     pub picker: Mutex<Picker>,
     open: AtomicUsize,
     /// Idle backend connections by (service port, backend).
-    pub idle: Mutex<IdlePool<(u16, SocketAddrV4), TcpStream>>,
+    /// Kept with their read buffers: a reused connection allocates none.
+    pub idle: Mutex<IdlePool<(u16, SocketAddrV4), Reader>>,
     pub sticky_key: Vec<u8>,
     logs: Sinks,
     /// Closed when this node winds down, which wakes every connection

@@ -49,6 +49,16 @@ impl Reader {
         }
     }
 
+    /// For the idle pool, after a message that left nothing unread: a
+    /// buffer a body grew goes, so idle connections hold a head's worth.
+    pub fn for_reuse(mut self) -> Reader {
+        if self.buf.capacity() > HEAD_CHUNK {
+            self.buf = Vec::new();
+        }
+        self.drained = true;
+        self
+    }
+
     /// Read but not yet consumed.
     pub fn data(&self) -> &[u8] {
         &self.buf[self.pos..]
