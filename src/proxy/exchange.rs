@@ -5,7 +5,7 @@
 use std::net::SocketAddrV4;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_net::TcpStream;
 use futures_util::future::{select, Either};
@@ -117,9 +117,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
         .find(|b| b.addr == up.addr)
         .filter(|b| svc.opts.sticky && stuck.map(|s| s.addr) != Some(b.addr))
         .map(|b| sticky::set_cookie(svc.port, &sticky::token(key, b)));
-    // Resending is safe only when nothing of the request was consumed
-    // beyond its head and the method allows it.
-    let resendable = req.idempotent && req.body == Framing::Empty && !req.upgrade;
+    let resendable = resendable(&req);
     loop {
         let reused = up.reused;
         match attempt(ctx, rd, &mut up, &req, cookie.as_deref()).await {
@@ -189,6 +187,12 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
     }
 }
 
+/// Resending is safe only when nothing of the request was consumed
+/// beyond its head and the method allows it.
+fn resendable(req: &Rewritten) -> bool {
+    req.idempotent && req.body == Framing::Empty && !req.upgrade
+}
+
 /// A request in flight on `addr`, for lc/wlc, until dropped.
 struct Busy<'a> {
     st: &'a State,
@@ -222,10 +226,13 @@ async fn obtain(
 ) -> Option<Upstream> {
     let svc = ctx.svc;
     // Without persist_backend nothing is ever put in the idle pool.
+    let resendable = resendable(req);
     loop {
-        let taken = lock(&ctx.st.idle).take(&(svc.port, addr), Instant::now());
-        let Some(rd) = taken else { break };
-        if still_open(&rd.stream).await {
+        let now = Instant::now();
+        let taken = lock(&ctx.st.idle).take(&(svc.port, addr), now);
+        let Some((rd, expires)) = taken else { break };
+        let idle_for = svc.opts.backend_idle_timeout.saturating_sub(expires - now);
+        if !needs_check(idle_for, resendable) || still_open(&rd.stream).await {
             return Some(Upstream {
                 addr,
                 rd,
@@ -260,6 +267,19 @@ fn fresh(addr: SocketAddrV4, s: TcpStream) -> Upstream {
         reused: false,
     }
 }
+
+/// Whether a connection idle for `idle_for` must be checked before use
+/// (a `peek`, one system call). A backend closes an idle connection, or
+/// sends an unasked 408 first, on its own idle timer, seconds long: one
+/// idle briefly is checked only for a request that could not be sent
+/// again if it turned out closed.
+fn needs_check(idle_for: Duration, resendable: bool) -> bool {
+    !resendable || idle_for >= UNCHECKED_IDLE
+}
+
+/// Below every common backend's keep-alive timeout (nginx 75 s, Apache
+/// 5 s, HAProxy 1 s by default).
+const UNCHECKED_IDLE: Duration = Duration::from_millis(500);
 
 /// An idle connection with anything to read (its close, or bytes no
 /// request asked for) is of no use.
@@ -493,6 +513,20 @@ async fn relay(client: TcpStream, upstream: TcpStream) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_briefly_idle_connection_goes_unchecked_only_for_a_resendable_request() {
+        let ms = Duration::from_millis;
+        for (idle, resendable, want) in [
+            (ms(0), true, false),
+            (ms(499), true, false),
+            (ms(500), true, true),
+            (ms(0), false, true),
+            (ms(4000), false, true),
+        ] {
+            assert_eq!(needs_check(idle, resendable), want, "{idle:?} {resendable}");
+        }
+    }
 
     #[test]
     fn only_a_silent_kept_connection_is_tried_again() {

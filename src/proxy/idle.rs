@@ -29,11 +29,12 @@ impl<K: Hash + Eq, C> IdlePool<K, C> {
         }
     }
 
-    /// The newest unexpired connection of `key`; expired ones are dropped.
-    pub fn take(&mut self, key: &K, now: Instant) -> Option<C> {
+    /// The newest unexpired connection of `key`, with its expiry;
+    /// expired ones are dropped.
+    pub fn take(&mut self, key: &K, now: Instant) -> Option<(C, Instant)> {
         let list = self.idle.get_mut(key)?;
         list.retain(|(_, exp)| *exp > now);
-        let got = list.pop().map(|(c, _)| c);
+        let got = list.pop();
         if list.is_empty() {
             self.idle.remove(key);
         }
@@ -67,10 +68,10 @@ mod tests {
             p.put("a", c, t0 + s * c, 3);
         }
         p.put("b", 9, t0 + s, 3);
-        assert_eq!(p.take(&"a", t0), Some(4));
+        assert_eq!(p.take(&"a", t0), Some((4, t0 + s * 4)));
         assert_eq!(p.take(&"c", t0), None);
         // At t0 + 2.5 s connection 2 has expired; 3 is left.
-        assert_eq!(p.take(&"a", t0 + s * 5 / 2), Some(3));
+        assert_eq!(p.take(&"a", t0 + s * 5 / 2).map(|(c, _)| c), Some(3));
         // 1 went past the cap of 3, and 2 has expired.
         assert_eq!(p.take(&"a", t0), None);
         p.put("c", 7, t0 + s * 9, 3);
