@@ -1,6 +1,7 @@
-//! Status and admin: the report model, its three views (HTML page, JSON,
-//! Prometheus text; `render`), the HTTP server that serves them with bounded resources,
-//! and the small HTTP client the CLI uses to talk to a running daemon.
+//! Status and admin: the report model, its views (HTML page, JSON and
+//! Prometheus text in `render`; the lines of `duet status` in `text`),
+//! the HTTP server that serves them with bounded resources, and the small
+//! HTTP client the CLI uses to talk to a running daemon.
 
 pub mod chart;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod model;
 mod page;
 pub mod render;
 pub mod server;
+pub mod text;
 
 pub use model::{
     BackendStatus, DataplaneStats, EventRecord, HeartbeatStats, PeerStatus, StatusReport, SyncStats,
