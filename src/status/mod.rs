@@ -14,6 +14,7 @@ mod page;
 pub mod render;
 pub mod server;
 
+pub use frontdoor::Upload;
 pub use model::{
     BackendStatus, DataplaneStats, EventRecord, HeartbeatStats, PeerStatus, StatusReport, SyncStats,
 };
