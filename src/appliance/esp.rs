@@ -338,7 +338,7 @@ pub(super) fn at_init(params: &BootParams, started: Instant) -> Option<TrialWatc
             say!(
                 "upgrade: ROLLED BACK: slot {from} was not confirmed ({}); back on slot {booted}",
                 if reached_init {
-                    "it started but its daemon never heard its peer"
+                    "its init ran, but it was not confirmed: see that boot's console lines"
                 } else {
                     "it never reached init"
                 }

@@ -473,24 +473,26 @@ pub fn verify_archive(bytes: &[u8]) -> Result<Upgrade, UpgradeError> {
         .find(|(n, _)| n == MANIFEST)
         .ok_or_else(|| bad(format!("no {MANIFEST}")))?;
     let sums = parse_manifest(&String::from_utf8_lossy(&manifest.1)).map_err(bad)?;
+
     let mut parts = Vec::new();
     for part in PARTS {
-        let data = files
+        // Moved out, not copied: an image is some 14 MB.
+        let at = files
             .iter()
-            .find(|(n, _)| n == part)
-            .map(|(_, d)| d)
+            .position(|(n, _)| n == part)
             .ok_or_else(|| bad(format!("no {part}")))?;
+        let (_, data) = files.swap_remove(at);
         let want = sums
             .iter()
             .find(|(n, _)| n == part)
             .ok_or_else(|| bad(format!("{MANIFEST} has no digest for {part}")))?;
-        if Sha256::digest(data).as_slice() != want.1 {
+        if Sha256::digest(&data).as_slice() != want.1 {
             return Err(bad(format!("{part}: SHA-256 does not match {MANIFEST}")));
         }
         if data.is_empty() {
             return Err(bad(format!("{part} is empty")));
         }
-        parts.push((part, data.clone()));
+        parts.push((part, data));
     }
     let cmdline = String::from_utf8_lossy(&parts[2].1).into_owned();
     if cmdline.trim_end().contains('\n') {

@@ -585,9 +585,9 @@ async fn exchange(
         head.push_str(&format!("Authorization: {a}\r\n"));
     }
     head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&req.body);
-    s.write_all(&out).await?;
+    // Apart: an upload's body is not copied again.
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&req.body).await?;
     let mut resp = Vec::with_capacity(16 * 1024);
     // On the heap, as in `read_head`.
     let mut chunk = vec![0u8; 16 * 1024];

@@ -715,8 +715,10 @@ fn handle(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Reply {
         AdminAction::Reload => shared.admin.reload(),
         AdminAction::Pair => shared.admin.pair_offer(),
         AdminAction::Upgrade => {
-            let mut archive = Vec::new();
             let limit = crate::appliance::upgrade::MAX_ARCHIVE as u64 + 1;
+            // Sized once: growing by doubling would hold twice an image.
+            let size = rq.body_length().unwrap_or(0).min(limit as usize);
+            let mut archive = Vec::with_capacity(size);
             match rq.as_reader().take(limit).read_to_end(&mut archive) {
                 Ok(_) => shared.admin.upgrade(&archive),
                 Err(e) => Err(format!("reading the upgrade: {e}")),
