@@ -38,7 +38,8 @@
 # VM_TEST_ALLOW_NO_DAEMON=1 turns checks 3-5 into
 # SKIPs when no status page answers (for testing the image before the
 # daemon exists), HEARTBEAT_RE (regex of the daemon's heartbeat log line),
-# VM_MEM (default 256M), BOOT_TIMEOUT (s, default 180).
+# VM_MEM (default 256M; DISK_VM_MEM, default 384M, for the disk boots of
+# check 7), BOOT_TIMEOUT (s, default 180).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/image/out}
@@ -432,6 +433,8 @@ echo "vm-test: $n /data/state holds: ${state:-(empty)}"
 
 # --- upgrades with rollback -----------------------------------------------------
 DUET=${DUET:-$ROOT/target/x86_64-unknown-linux-gnu/release/duet}
+# Under OVMF (q35) the daemon is OOM-killed at -m 256M; 384M leaves room.
+DISK_VM_MEM=${DISK_VM_MEM:-384M}
 OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
 OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
 # Boots NAME from its own disk with FIRMWARE (bios|uefi), the way a box
@@ -448,7 +451,7 @@ start_disk_vm() {
     echo "=== boot $(date -u +%H:%M:%S) from disk ($fw) ===" >>"$log"
     START[$n]=$(now)
     ip netns exec "$LAB" qemu-system-x86_64 "${fwargs[@]}" \
-        -cpu max -m "$VM_MEM" -smp 1 -nodefaults -nographic \
+        -cpu max -m "$DISK_VM_MEM" -smp 1 -nodefaults -nographic \
         -serial "file:$log.cur" -monitor none \
         -drive "file=$WORK/disk-$n.img,format=raw,if=virtio" \
         -device virtio-rng-pci \

@@ -61,10 +61,16 @@ impl Esp {
             .and_then(|()| f.sync_all())
             .map_err(|e| io_err(&tmp, e))?;
         fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))?;
-        // The rename is in the directory: sync that too.
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(&dir, e))
+        self.sync()
+    }
+
+    /// vfat writes a renamed file's directory entry with the file's inode,
+    /// not with its directory: without a sync of the whole filesystem a
+    /// power cut seconds later loses the rename (and the next mount finds
+    /// clusters the FAT no longer agrees with).
+    fn sync(&self) -> Result<(), String> {
+        let root = fs::File::open(&self.root).map_err(|e| io_err(&self.root, e))?;
+        rustix::fs::syncfs(&root).map_err(|e| io_err(&self.root, e.into()))
     }
 
     fn write_state(&self, s: &BootState) -> Result<(), String> {
@@ -138,7 +144,8 @@ impl Esp {
                 }
             }
         }
-        self.set_boot_once(None)
+        self.set_boot_once(None)?;
+        self.sync()
     }
 }
 
