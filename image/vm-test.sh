@@ -29,7 +29,11 @@
 #      image (upgrade.tar) boots the other slot once and PID 1 confirms it
 #      when the daemon hears web1; `duet upgrade` of a broken image (its
 #      initramfs loads no NIC driver, so its daemon cannot start) returns to
-#      the old slot by itself; the data partition's files are unchanged.
+#      the old slot by itself, and so does one whose kernel panics before
+#      /init (the boot loader's one-shot alone); on BIOS also a good image
+#      while web1 is down (never confirmed: PID 1 gives up after 90 s); the
+#      boot partition records the slot; the data partition's files are
+#      unchanged.
 #      VM_TEST_UPGRADE=0 skips it.
 # Measures: QEMU start -> first heartbeat line on the console, RSS per QEMU.
 #
@@ -506,6 +510,11 @@ while i < len(d):
 sys.stdout.buffer.write(out)' | zstd -q -12 -c >"$dir/initrd.new" && mv "$dir/initrd.new" "$dir/initrd.img"
     (cd "$dir" && sha256sum vmlinuz initrd.img cmdline >SHA256SUMS)
     tar --format=ustar -C "$dir" -cf "$WORK/broken.tar" SHA256SUMS vmlinuz initrd.img cmdline
+    # And one whose kernel never reaches /init: its initrd is noise, so the
+    # kernel finds no root and panics (panic=-1 reboots at once).
+    head -c 65536 /dev/urandom >"$dir/initrd.img"
+    (cd "$dir" && sha256sum vmlinuz initrd.img cmdline >SHA256SUMS)
+    tar --format=ustar -C "$dir" -cf "$WORK/noinit.tar" SHA256SUMS vmlinuz initrd.img cmdline
 }
 esp_state() { mtype -i "$WORK/disk-$1.img@@1048576" ::/duet/state 2>/dev/null | awk -F= '/^confirmed=/ {print $2}'; }
 data_files() { for f in duet.toml key node admin_token; do data_read "$1" "cat /$f"; done | sha256sum | cut -c1-16; }
@@ -556,6 +565,39 @@ if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
         else
             bad "$FW: upgrade to a broken image did not roll back to slot $new (cli: $out)"
             tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+        fi
+        # A kernel that never reaches /init: only the boot loader's
+        # one-shot brings the old slot back.
+        mark=$(console_size web2)
+        tu=$(now)
+        out=$(upgrade_cli "$WORK/noinit.tar")
+        echo "vm-test: duet upgrade noinit.tar: $out"
+        if grep -q "slot $old written" <<<"$out" &&
+            wait_after web2 "$mark" "upgrade: ROLLED BACK: slot $old was not confirmed \(it never reached init\); back on slot $new" "$BOOT_TIMEOUT" >/dev/null &&
+            wait_after web2 "$mark" "$HEARTBEAT_RE" 60 >/dev/null; then
+            ok "$FW: upgrade to a kernel that panics before /init: the boot loader's one-shot returned to slot $new ($(since "$tu") s after duet upgrade)"
+        else
+            bad "$FW: upgrade to a kernel that never reaches /init did not return to slot $new (cli: $out)"
+            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init\|Kernel panic' | tail -8 | sed 's/^/  web2| /'
+        fi
+        # A good image while the peer is down: never confirmed, so PID 1
+        # gives up after its bound and the box returns (once, on BIOS).
+        if [ "$fw" = bios ]; then
+            stop_vm web1
+            mark=$(console_size web2)
+            tu=$(now)
+            out=$(upgrade_cli "$OUT/upgrade.tar")
+            echo "vm-test: duet upgrade upgrade.tar with web1 down: $out"
+            if grep -q "slot $old written" <<<"$out" &&
+                wait_after web2 "$mark" "upgrade: slot $old not confirmed within [0-9]+ s" "$((BOOT_TIMEOUT + 120))" >/dev/null &&
+                wait_after web2 "$mark" "upgrade: ROLLED BACK: slot $old was not confirmed.*back on slot $new" "$BOOT_TIMEOUT" >/dev/null; then
+                ok "$FW: upgrade while the peer is down: the trial's daemon never heard it, so the box went back to slot $new by itself ($(since "$tu") s after duet upgrade)"
+            else
+                bad "$FW: upgrade while the peer is down did not roll back to slot $new (cli: $out)"
+                tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+            fi
+            start_vm web1
+            wait_after web2 "$mark" "$HEARTBEAT_RE" "$BOOT_TIMEOUT" >/dev/null
         fi
         sleep 2
         stop_vm web2
