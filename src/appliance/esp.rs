@@ -193,15 +193,6 @@ pub fn reboot_soon(delay: Duration) {
     });
 }
 
-/// True when this process runs under the appliance's init from a slot
-/// (only then may an upgrade ask PID 1 to reboot).
-pub fn slot_booted() -> bool {
-    fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|c| BootParams::parse(&c).ok())
-        .is_some_and(|p| p.slot.is_some())
-}
-
 /// A trial boot in progress, watched by PID 1.
 pub(super) struct TrialWatch {
     esp: Esp,

@@ -76,7 +76,7 @@ use storage::setup_storage;
 use supervisor::supervise;
 
 pub use cmdline::{cmdline_node, BootParams};
-pub use esp::{install_upgrade, reboot_soon, slot_booted};
+pub use esp::{install_upgrade, reboot_soon};
 pub use fnmatch::glob_match;
 pub use modules::{parse_module_list, ModuleBlock, ModuleLine};
 pub use net::{plan_network, NetPlan, CONFIG_PREFIX};
