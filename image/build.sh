@@ -7,6 +7,7 @@
 #   initramfs.img  /init = duet, modules, default config (zstd cpio)
 #   cmdline        the kernel command line of firmware/cmdline
 #   disk.img       raw GPT disk: ESP (BIOS + UEFI boot) + DUETDATA partition
+#   upgrade.tar    kernel + initramfs + cmdline + SHA256SUMS for `duet upgrade`
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/image/out}
@@ -46,8 +47,19 @@ python3 "$ROOT/image/mkinitramfs.py" \
 bash "$ROOT/image/mkdisk.sh" "$OUT/disk.img" "$OUT/vmlinuz" "$OUT/initramfs.img" \
     "$ROOT/firmware/cmdline" "$ROOT/firmware/duet.toml" "$OUT/pkg"
 
+# The upgrade archive: what `duet upgrade` writes into a box's inactive
+# slot, with the digests the box checks before it writes anything.
+stage=$OUT/upgrade.stage
+rm -rf "$stage" && mkdir -p "$stage"
+cp "$OUT/vmlinuz" "$stage/vmlinuz"
+cp "$OUT/initramfs.img" "$stage/initrd.img"
+cp "$OUT/cmdline" "$stage/cmdline" && echo >>"$stage/cmdline"
+(cd "$stage" && sha256sum vmlinuz initrd.img cmdline >SHA256SUMS)
+tar --format=ustar --owner=0 --group=0 -C "$stage" -cf "$OUT/upgrade.tar" SHA256SUMS vmlinuz initrd.img cmdline
+rm -rf "$stage"
+
 echo "image: kernel $kver"
-for f in vmlinuz vmlinux initramfs.img disk.img; do
+for f in vmlinuz vmlinux initramfs.img disk.img upgrade.tar; do
     printf '  %-14s %6s MiB (%s bytes)\n' "$f" \
         "$(awk -v b="$(stat -c %s "$OUT/$f")" 'BEGIN{printf "%.1f", b/1048576}')" \
         "$(stat -c %s "$OUT/$f")"

@@ -17,4 +17,4 @@ vm-test: image
 
 image-clean:
 	rm -rf $(IMAGE_OUT)/vmlinux $(IMAGE_OUT)/vmlinuz $(IMAGE_OUT)/initramfs.img \
-	    $(IMAGE_OUT)/disk.img $(IMAGE_OUT)/cmdline $(IMAGE_OUT)/vm-test
+	    $(IMAGE_OUT)/disk.img $(IMAGE_OUT)/cmdline $(IMAGE_OUT)/upgrade.tar $(IMAGE_OUT)/vm-test

@@ -1,9 +1,11 @@
 #!/bin/bash
 # Assembles the raw appliance disk image without loop devices or root mounts:
-#   GPT, partition 1: ESP (FAT32, label DUETBOOT) with the bzImage + initramfs,
-#                     systemd-boot for UEFI and syslinux for BIOS
-#                     (syslinux's gptmbr.bin in the MBR boots the partition
-#                     flagged LegacyBIOSBootable);
+#   GPT, partition 1: ESP (FAT32, label DUETBOOT) with the bzImage + initramfs
+#                     in boot slot /a (slot /b empty until the first
+#                     upgrade; see src/appliance/upgrade.rs), systemd-boot
+#                     for UEFI and syslinux for BIOS (syslinux's gptmbr.bin
+#                     in the MBR boots the partition flagged
+#                     LegacyBIOSBootable);
 #   partition 2: data (ext4, label DUETDATA) with duet.toml and state/, and
 #                no key: a fresh box comes up in setup mode.
 # Usage: mkdisk.sh OUT/disk.img BZIMAGE INITRAMFS CMDLINE_FILE CONFIG PKGDIR
@@ -23,25 +25,32 @@ sl_mbr=$pkg/syslinux/usr/lib/SYSLINUX/gptmbr.bin
 esp=$work/esp.img
 mkfs.vfat -C -F 32 -S 512 -s 1 -h 2048 -n DUETBOOT "$esp" $((ESP_MB * 1024)) >/dev/null
 export MTOOLS_SKIP_CHECK=1
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/syslinux
-mcopy -i "$esp" "$bzimage" ::/vmlinuz
-mcopy -i "$esp" "$initrd" ::/initrd.img
+mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/syslinux ::/a ::/b ::/duet
+printf '%s\n' "$cmdline" >"$work/cmdline"
+mcopy -i "$esp" "$bzimage" ::/a/vmlinuz
+mcopy -i "$esp" "$initrd" ::/a/initrd.img
+mcopy -i "$esp" "$work/cmdline" ::/a/cmdline
 mcopy -i "$esp" "$sb" ::/EFI/BOOT/BOOTX64.EFI
-printf 'default duet.conf\ntimeout 0\neditor no\n' >"$work/loader.conf"
-printf 'title duet appliance\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' "$cmdline" >"$work/duet.conf"
+# The same files the appliance writes when slots change (upgrade.rs:
+# LOADER_CONF, sdboot_entry, syslinux_cfg, BootState::emit).
+printf 'default duet-*\ntimeout 0\neditor no\n' >"$work/loader.conf"
+printf 'title duet appliance (slot a)\nlinux /a/vmlinuz\ninitrd /a/initrd.img\noptions %s duet.slot=a\n' \
+    "$cmdline" >"$work/duet-good.conf"
 mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
-mcopy -i "$esp" "$work/duet.conf" ::/loader/entries/duet.conf
+mcopy -i "$esp" "$work/duet-good.conf" ::/loader/entries/duet-good.conf
 cat >"$work/syslinux.cfg" <<CFG
 SERIAL 0 115200
-DEFAULT duet
+DEFAULT a
 PROMPT 0
 TIMEOUT 0
-LABEL duet
-  LINUX /vmlinuz
-  INITRD /initrd.img
-  APPEND $cmdline
+LABEL a
+  LINUX /a/vmlinuz
+  INITRD /a/initrd.img
+  APPEND $cmdline duet.slot=a
 CFG
 mcopy -i "$esp" "$work/syslinux.cfg" ::/syslinux/syslinux.cfg
+printf '# duet A/B boot slots; written by the appliance\nconfirmed=a\n' >"$work/state"
+mcopy -i "$esp" "$work/state" ::/duet/state
 # Writes the FAT boot sector and ldlinux.sys + ldlinux.c32 (as hidden
 # system files) into /syslinux.
 "$sl_bin" --install --directory /syslinux "$esp"

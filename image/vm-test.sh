@@ -22,7 +22,19 @@
 #      reported as SKIP otherwise);
 #   5. killing the director's QEMU makes the other VM director;
 #   6. a config change written to a VM's data partition is in effect after
-#      it reboots and is still there after a second reboot.
+#      it reboots and is still there after a second reboot;
+#   7. upgrades with rollback, with web2 booting its own disk through
+#      firmware and boot loader (BIOS: SeaBIOS + syslinux, then UEFI: OVMF +
+#      systemd-boot) and web1 as its peer: `duet upgrade` of the rebuilt
+#      image (upgrade.tar) boots the other slot once and PID 1 confirms it
+#      when the daemon hears web1; `duet upgrade` of a broken image (its
+#      initramfs loads no NIC driver, so its daemon cannot start) returns to
+#      the old slot by itself, and so does one whose kernel panics before
+#      /init (the boot loader's one-shot alone); on BIOS also a good image
+#      while web1 is down (never confirmed: PID 1 gives up after 90 s); the
+#      boot partition records the slot; the data partition's files are
+#      unchanged.
+#      VM_TEST_UPGRADE=0 skips it.
 # Measures: QEMU start -> first heartbeat line on the console, RSS per QEMU.
 #
 # Env: OUT (image/out), VM_TEST_ONLY=boot stops after check 2 and prints
@@ -30,7 +42,8 @@
 # VM_TEST_ALLOW_NO_DAEMON=1 turns checks 3-5 into
 # SKIPs when no status page answers (for testing the image before the
 # daemon exists), HEARTBEAT_RE (regex of the daemon's heartbeat log line),
-# VM_MEM (default 256M), BOOT_TIMEOUT (s, default 180).
+# VM_MEM (default 256M; DISK_VM_MEM, default 384M, for the disk boots of
+# check 7), BOOT_TIMEOUT (s, default 180).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/image/out}
@@ -421,6 +434,184 @@ else
 fi
 state=$(data_read "$disk" "ls -l /state" | awk 'NF>=9 && $NF!="." && $NF!=".." {print $NF}' | tr '\n' ' ')
 echo "vm-test: $n /data/state holds: ${state:-(empty)}"
+
+# --- upgrades with rollback -----------------------------------------------------
+DUET=${DUET:-$ROOT/target/x86_64-unknown-linux-gnu/release/duet}
+# Under OVMF (q35) the daemon is OOM-killed at -m 256M; 384M leaves room.
+DISK_VM_MEM=${DISK_VM_MEM:-384M}
+OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
+OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
+# Boots NAME from its own disk with FIRMWARE (bios|uefi), the way a box
+# starts: no -kernel, and a reset reboots through the firmware again.
+start_disk_vm() {
+    local n=$1 fw=$2 i=${1#web}
+    local log=$WORK/console-$n.log fwargs=(-machine pc)
+    if [ "$fw" = uefi ]; then
+        [ -f "$WORK/vars-$n.fd" ] || cp "$OVMF_VARS" "$WORK/vars-$n.fd"
+        fwargs=(-machine q35
+            -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
+            -drive "if=pflash,format=raw,file=$WORK/vars-$n.fd")
+    fi
+    echo "=== boot $(date -u +%H:%M:%S) from disk ($fw) ===" >>"$log"
+    START[$n]=$(now)
+    ip netns exec "$LAB" qemu-system-x86_64 "${fwargs[@]}" \
+        -cpu max -m "$DISK_VM_MEM" -smp 1 -nodefaults -nographic \
+        -serial "file:$log.cur" -monitor none \
+        -drive "file=$WORK/disk-$n.img,format=raw,if=virtio" \
+        -device virtio-rng-pci \
+        -netdev "tap,id=lan,ifname=tap$i,script=no,downscript=no" \
+        -device "virtio-net-pci,netdev=lan,mac=${MAC[$n]},romfile=" \
+        >"$WORK/qemu-$n.out" 2>&1 &
+    QPID[$n]=$!
+}
+# wait_after NAME BYTES REGEX TIMEOUT: like wait_console, on what the
+# console printed after its first BYTES; prints the matching line.
+wait_after() {
+    local n=$1 from=$2 re=$3 limit=$4 t0 line
+    t0=$(now)
+    while [ "$(since "$t0" | cut -d. -f1)" -lt "$limit" ]; do
+        line=$(tail -c +"$((from + 1))" "$WORK/console-$n.log.cur" 2>/dev/null | grep -aEm1 "$re")
+        if [ -n "$line" ]; then echo "$line"; return 0; fi
+        kill -0 "${QPID[$n]}" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
+console_size() { stat -c %s "$WORK/console-$1.log.cur" 2>/dev/null || echo 0; }
+upgrade_cli() { # FILE: duet upgrade against web2, from the client
+    ip netns exec "$CLI" "$DUET" upgrade "$1" --addr "${IP[web2]}:8080" \
+        --token-file "$WORK/admin_token" 2>&1
+}
+# The broken image: the same initramfs, with virtio_net dropped from init's
+# module list, so eth0 never appears and init cannot start the daemon.
+make_broken_upgrade() {
+    local dir=$WORK/broken
+    rm -rf "$dir" && mkdir -p "$dir"
+    tar -C "$dir" -xf "$OUT/upgrade.tar"
+    zstd -qdc "$dir/initrd.img" | python3 -c '
+import sys
+d = sys.stdin.buffer.read(); out = bytearray(); i = 0
+while i < len(d):
+    f = [int(d[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
+    ns, fs = f[11], f[6]
+    name = d[i + 110:i + 110 + ns - 1]
+    o = (i + 110 + ns + 3) & ~3
+    data = d[o:o + fs]
+    if name == b"etc/duet/modules":
+        data = b"".join(l for l in data.splitlines(True) if not l.rstrip().endswith(b"/virtio_net.ko"))
+        f[6] = len(data)
+    hdr = b"070701" + b"".join(b"%08x" % v for v in f)
+    out += hdr + d[i + 110:i + 110 + ns]
+    out += b"\0" * (-len(out) % 4) + data
+    out += b"\0" * (-len(out) % 4)
+    i = (o + fs + 3) & ~3
+    if name == b"TRAILER!!!":
+        break
+sys.stdout.buffer.write(out)' | zstd -q -12 -c >"$dir/initrd.new" && mv "$dir/initrd.new" "$dir/initrd.img"
+    (cd "$dir" && sha256sum vmlinuz initrd.img cmdline >SHA256SUMS)
+    tar --format=ustar -C "$dir" -cf "$WORK/broken.tar" SHA256SUMS vmlinuz initrd.img cmdline
+    # And one whose kernel never reaches /init: its initrd is noise, so the
+    # kernel finds no root and panics (panic=-1 reboots at once).
+    head -c 65536 /dev/urandom >"$dir/initrd.img"
+    (cd "$dir" && sha256sum vmlinuz initrd.img cmdline >SHA256SUMS)
+    tar --format=ustar -C "$dir" -cf "$WORK/noinit.tar" SHA256SUMS vmlinuz initrd.img cmdline
+}
+esp_state() { mtype -i "$WORK/disk-$1.img@@1048576" ::/duet/state 2>/dev/null | awk -F= '/^confirmed=/ {print $2}'; }
+data_files() { for f in duet.toml key node admin_token; do data_read "$1" "cat /$f"; done | sha256sum | cut -c1-16; }
+
+if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
+    [ -n "${QPID[web1]:-}" ] || start_vm web1
+    [ -z "${QPID[web2]:-}" ] || stop_vm web2
+    export MTOOLS_SKIP_CHECK=1
+    data_before=$(data_files "$WORK/disk-web2.img")
+    if ! make_broken_upgrade; then bad "could not build the broken upgrade image"; fi
+    for fw in bios uefi; do
+        FW=${fw^^}
+        start_disk_vm web2 "$fw"
+        line=$(wait_after web2 0 'duet-init: (boot slot [ab]|upgrade: ROLLED)' "$BOOT_TIMEOUT")
+        old=$(grep -o 'slot [ab]' <<<"$line" | tail -1 | cut -c6)
+        if [ -z "$old" ] || ! wait_after web2 0 "$HEARTBEAT_RE" 60 >/dev/null; then
+            bad "$FW: web2 did not boot from its disk into a slot and hear web1 (${line:-no slot line})"
+            tail -20 "$WORK/console-web2.log.cur" 2>/dev/null | sed 's/^/  web2| /'
+            stop_vm web2
+            continue
+        fi
+        new=$([ "$old" = a ] && echo b || echo a)
+        echo "vm-test: $FW: web2 runs slot $old, peer web1 heard"
+        # A good upgrade: the other slot boots once and is confirmed.
+        mark=$(console_size web2)
+        tu=$(now)
+        out=$(upgrade_cli "$OUT/upgrade.tar")
+        echo "vm-test: duet upgrade upgrade.tar: $out"
+        if grep -q "slot $new written" <<<"$out" &&
+            wait_after web2 "$mark" "upgrade: slot $new on trial" "$BOOT_TIMEOUT" >/dev/null &&
+            wait_after web2 "$mark" "upgrade: slot $new confirmed good" 120 >/dev/null; then
+            ok "$FW: upgrade to the rebuilt image: slot $new booted once and was confirmed when its daemon heard web1 ($(since "$tu") s after duet upgrade)"
+        else
+            bad "$FW: upgrade to the rebuilt image was not confirmed (cli: $out)"
+            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+        fi
+        # A broken one: back on the confirmed slot by itself.
+        wait_after web2 "$mark" "$HEARTBEAT_RE" 60 >/dev/null
+        mark=$(console_size web2)
+        tu=$(now)
+        out=$(upgrade_cli "$WORK/broken.tar")
+        echo "vm-test: duet upgrade broken.tar: $out"
+        if grep -q "slot $old written" <<<"$out" &&
+            wait_after web2 "$mark" "upgrade: the trial system cannot start" "$BOOT_TIMEOUT" >/dev/null &&
+            wait_after web2 "$mark" "upgrade: ROLLED BACK: slot $old was not confirmed.*back on slot $new" "$BOOT_TIMEOUT" >/dev/null &&
+            wait_after web2 "$mark" "$HEARTBEAT_RE" 60 >/dev/null; then
+            ok "$FW: upgrade to a broken image (no NIC driver, daemon cannot start) rolled back to slot $new by itself, peer heard again ($(since "$tu") s after duet upgrade)"
+        else
+            bad "$FW: upgrade to a broken image did not roll back to slot $new (cli: $out)"
+            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+        fi
+        # A kernel that never reaches /init: only the boot loader's
+        # one-shot brings the old slot back.
+        mark=$(console_size web2)
+        tu=$(now)
+        out=$(upgrade_cli "$WORK/noinit.tar")
+        echo "vm-test: duet upgrade noinit.tar: $out"
+        if grep -q "slot $old written" <<<"$out" &&
+            wait_after web2 "$mark" "upgrade: ROLLED BACK: slot $old was not confirmed \(it never reached init\); back on slot $new" "$BOOT_TIMEOUT" >/dev/null &&
+            wait_after web2 "$mark" "$HEARTBEAT_RE" 60 >/dev/null; then
+            ok "$FW: upgrade to a kernel that panics before /init: the boot loader's one-shot returned to slot $new ($(since "$tu") s after duet upgrade)"
+        else
+            bad "$FW: upgrade to a kernel that never reaches /init did not return to slot $new (cli: $out)"
+            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init\|Kernel panic' | tail -8 | sed 's/^/  web2| /'
+        fi
+        # A good image while the peer is down: never confirmed, so PID 1
+        # gives up after its bound and the box returns (once, on BIOS).
+        if [ "$fw" = bios ]; then
+            stop_vm web1
+            mark=$(console_size web2)
+            tu=$(now)
+            out=$(upgrade_cli "$OUT/upgrade.tar")
+            echo "vm-test: duet upgrade upgrade.tar with web1 down: $out"
+            if grep -q "slot $old written" <<<"$out" &&
+                wait_after web2 "$mark" "upgrade: slot $old not confirmed within [0-9]+ s" "$((BOOT_TIMEOUT + 120))" >/dev/null &&
+                wait_after web2 "$mark" "upgrade: ROLLED BACK: slot $old was not confirmed.*back on slot $new" "$BOOT_TIMEOUT" >/dev/null; then
+                ok "$FW: upgrade while the peer is down: the trial's daemon never heard it, so the box went back to slot $new by itself ($(since "$tu") s after duet upgrade)"
+            else
+                bad "$FW: upgrade while the peer is down did not roll back to slot $new (cli: $out)"
+                tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+            fi
+            start_vm web1
+            wait_after web2 "$mark" "$HEARTBEAT_RE" "$BOOT_TIMEOUT" >/dev/null
+        fi
+        sleep 2
+        stop_vm web2
+        st=$(esp_state web2)
+        if [ "$st" = "$new" ]; then ok "$FW: the boot partition records slot $new as confirmed"
+        else bad "$FW: the boot partition records slot '${st}', not $new"; fi
+    done
+    data_after=$(data_files "$WORK/disk-web2.img")
+    if [ "$data_before" = "$data_after" ]; then
+        ok "upgrades left web2's data partition files (duet.toml, key, node, admin_token) unchanged"
+    else
+        bad "web2's data partition files changed across the upgrades"
+    fi
+fi
 
 # --- report -----------------------------------------------------------------
 echo

@@ -67,6 +67,14 @@ enum Cmd {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Appliance: install an upgrade archive (image/out/upgrade.tar) into
+    /// the box's inactive boot slot and boot it once; it stays only if its
+    /// daemon hears its peer, else the box returns to the current slot.
+    Upgrade {
+        file: PathBuf,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Configure a plain real server: VIP on lo and the ARP sysctls.
     Realserver {
         #[arg(value_parser = ["up", "down"])]
@@ -159,6 +167,22 @@ fn status_addr(config: &std::path::Path, addr: Option<SocketAddr>) -> Result<Soc
 }
 
 fn admin(t: &AdminTarget, path: &str) -> Result<(), String> {
+    let (addr, token) = admin_target(t)?;
+    let (code, body) = client::request(addr, "POST", path, Some(&token), Duration::from_secs(5))?;
+    answered(code, &body)
+}
+
+fn answered(code: u16, body: &str) -> Result<(), String> {
+    if code == 200 {
+        println!("{}", body.trim());
+        Ok(())
+    } else {
+        Err(format!("{code}: {}", body.trim()))
+    }
+}
+
+/// The status address and admin token an admin command uses.
+fn admin_target(t: &AdminTarget) -> Result<(SocketAddr, String), String> {
     let addr = status_addr(&t.config, t.addr)?;
     let token_file = match &t.token_file {
         Some(f) => f.clone(),
@@ -169,13 +193,31 @@ fn admin(t: &AdminTarget, path: &str) -> Result<(), String> {
             .ok_or("no --token-file and no cluster.admin_token_file")?,
     };
     let token = String::from_utf8_lossy(&config::read_secret(&token_file)?).into_owned();
-    let (code, body) = client::request(addr, "POST", path, Some(&token), Duration::from_secs(5))?;
-    if code == 200 {
-        println!("{}", body.trim());
-        Ok(())
-    } else {
-        Err(format!("{code}: {}", body.trim()))
+    Ok((addr, token))
+}
+
+/// Sends the archive whole; the box verifies it before writing anything.
+fn upgrade(file: &std::path::Path, t: &AdminTarget) -> Result<(), String> {
+    let archive = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let max = duet::appliance::upgrade::MAX_ARCHIVE;
+    if archive.len() > max {
+        return Err(format!(
+            "{}: {} bytes, more than an upgrade may have ({max})",
+            file.display(),
+            archive.len()
+        ));
     }
+    let (addr, token) = admin_target(t)?;
+    let (code, body) = client::request_with_bytes(
+        addr,
+        "POST",
+        "/api/upgrade",
+        Some(&token),
+        Some("application/x-tar"),
+        &archive,
+        Duration::from_secs(180),
+    )?;
+    answered(code, &body)
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -225,6 +267,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Undrain(a) => admin(&a.target, &format!("/api/backends/{}/undrain", a.backend)),
         Cmd::Failover { target } => admin(&target, "/api/failover"),
         Cmd::Reload { target } => admin(&target, "/api/reload"),
+        Cmd::Upgrade { file, target } => upgrade(&file, &target),
         Cmd::Realserver {
             action,
             vip,

@@ -4,6 +4,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use super::upgrade::Slot;
 use super::{InitError, DEFAULT_DATA_LABEL};
 
 /// What the `duet.*` kernel parameters ask for.
@@ -18,6 +19,9 @@ pub struct BootParams {
     pub data_label: Option<String>,
     pub data_wait: Duration,
     pub rescue: bool,
+    /// The boot-partition slot this kernel was started from (the boot
+    /// loader entries add it); None for a direct kernel boot.
+    pub slot: Option<Slot>,
 }
 
 impl Default for BootParams {
@@ -30,6 +34,7 @@ impl Default for BootParams {
             data_label: Some(DEFAULT_DATA_LABEL.into()),
             data_wait: Duration::from_secs(2),
             rescue: false,
+            slot: None,
         }
     }
 }
@@ -103,6 +108,10 @@ impl BootParams {
                     p.data_wait = Duration::from_secs_f64(secs);
                 }
                 "rescue" => p.rescue = true,
+                "slot" => {
+                    let v = need(value)?;
+                    p.slot = Some(Slot::parse(&v).ok_or_else(|| param_err(word, "a or b"))?);
+                }
                 _ => return Err(param_err(word, "unknown duet.* parameter")),
             }
         }
@@ -126,7 +135,7 @@ mod tests {
         assert_eq!(p, BootParams::default());
         let p = BootParams::parse(
             "console=ttyS0 duet.ip=198.18.0.1/24 duet.gw=198.18.0.254 duet.node=web1 \
-             duet.if=ens3 duet.data=CONF duet.data_wait=0.5 duet.rescue",
+             duet.if=ens3 duet.data=CONF duet.data_wait=0.5 duet.rescue duet.slot=b",
         )
         .unwrap();
         assert_eq!(p.ip, Some((Ipv4Addr::new(198, 18, 0, 1), 24)));
@@ -136,6 +145,7 @@ mod tests {
         assert_eq!(p.data_label.as_deref(), Some("CONF"));
         assert_eq!(p.data_wait, Duration::from_millis(500));
         assert!(p.rescue);
+        assert_eq!(p.slot, Some(Slot::B));
         let p = BootParams::parse("duet.ip=10.0.0.5 duet.data=none").unwrap();
         assert_eq!(p.ip, Some((Ipv4Addr::new(10, 0, 0, 5), 24)));
         assert_eq!(p.data_label, None);
@@ -151,6 +161,7 @@ mod tests {
             "duet.if=averyveryverylongname",
             "duet.data_wait=-1",
             "duet.bogus=1",
+            "duet.slot=c",
         ] {
             match BootParams::parse(bad) {
                 Err(InitError::Param { param, .. }) => assert_eq!(param, bad),

@@ -47,6 +47,7 @@ macro_rules! say {
 }
 
 mod cmdline;
+mod esp;
 mod fnmatch;
 mod modules;
 mod mounts;
@@ -55,6 +56,7 @@ mod rescue;
 pub mod setup;
 mod storage;
 mod supervisor;
+pub mod upgrade;
 
 use std::fmt;
 use std::fs;
@@ -74,6 +76,7 @@ use storage::setup_storage;
 use supervisor::supervise;
 
 pub use cmdline::{cmdline_node, BootParams};
+pub use esp::{install_upgrade, reboot_soon};
 pub use fnmatch::glob_match;
 pub use modules::{parse_module_list, ModuleBlock, ModuleLine};
 pub use net::{plan_network, NetPlan, CONFIG_PREFIX};
@@ -175,14 +178,33 @@ pub fn boot() -> Result<PathBuf, InitError> {
     let cmdline =
         fs::read_to_string("/proc/cmdline").map_err(|e| file_err(Path::new("/proc/cmdline"), e))?;
     let params = BootParams::parse(&cmdline)?;
-    let t = Instant::now();
+    let started = Instant::now();
     let (ok, failed) = load_modules(Path::new(MODULE_LIST))?;
     say!(
         "loaded {ok} modules ({failed} failed) in {} ms",
-        t.elapsed().as_millis()
+        started.elapsed().as_millis()
     );
-    let storage = setup_storage(&params)?;
-    let (config_text, lan_ip) = network_for(&params, &storage.config)?;
+    // vfat is a module: this is the earliest the boot partition can be read.
+    let trial = esp::at_init(&params, started);
+    let previous = trial.as_ref().map(esp::TrialWatch::previous);
+    match start(&params, trial) {
+        // A trial system that cannot come up goes back at once rather than
+        // waiting at a rescue shell.
+        Err(e) if previous.is_some() => {
+            say!(
+                "upgrade: the trial system cannot start: {e}; rebooting into slot {}",
+                previous.map_or("?", upgrade::Slot::name)
+            );
+            supervisor::reboot()
+        }
+        r => r,
+    }
+}
+
+/// The rest of [`boot`]: storage, network, setup mode, supervision.
+fn start(params: &BootParams, mut trial: Option<esp::TrialWatch>) -> Result<PathBuf, InitError> {
+    let storage = setup_storage(params)?;
+    let (config_text, lan_ip) = network_for(params, &storage.config)?;
     let size = config_text.len();
     say!(
         "config {} ({size} bytes), state {} ({})",
@@ -214,9 +236,38 @@ pub fn boot() -> Result<PathBuf, InitError> {
         };
         setup_mode(&why, &config_text, lan_ip, &target);
         // The submitted config may give this node another address.
-        network_for(&params, &storage.config)?;
+        network_for(params, &storage.config)?;
     }
-    supervise(storage.config)
+    if let Some(t) = trial.as_mut() {
+        let text = fs::read_to_string(&storage.config).unwrap_or_default();
+        t.set_status(local_status_addr(&text));
+    }
+    supervise(storage.config, trial)
+}
+
+/// `cluster.status_listen` of a config (default 0.0.0.0:8080).
+fn status_listen(config_text: &str) -> std::net::SocketAddr {
+    config_text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| {
+            t.get("cluster")?
+                .get("status_listen")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8080)))
+}
+
+/// Where PID 1 reaches the daemon's status server: a wildcard listen
+/// address on loopback.
+fn local_status_addr(config_text: &str) -> std::net::SocketAddr {
+    let mut a = status_listen(config_text);
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
 }
 
 /// The node's name (the command line, else a one-line file on /data, so
@@ -254,17 +305,7 @@ fn setup_mode(
     lan_ip: Option<std::net::Ipv4Addr>,
     target: &setup::Target,
 ) {
-    let listen = config_text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| {
-            t.get("cluster")?
-                .get("status_listen")?
-                .as_str()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let listen = status_listen(config_text);
     loop {
         let code = match setup::setup_code() {
             Ok(c) => c,

@@ -58,7 +58,7 @@ pub fn probe_label(head: &[u8]) -> Option<(FsKind, String)> {
     None
 }
 
-fn find_labelled(label: &str) -> Option<(PathBuf, FsKind)> {
+pub(super) fn find_labelled(label: &str) -> Option<(PathBuf, FsKind)> {
     let mut names: Vec<String> = fs::read_dir("/sys/class/block")
         .ok()?
         .filter_map(|e| e.ok())

@@ -9,6 +9,7 @@ use rustix::mount::UnmountFlags;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use rustix::system::RebootCommand;
 
+use super::esp::{TrialWatch, Verdict};
 use super::{InitError, DATA_DIR, STATE_DIR};
 
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
@@ -29,7 +30,8 @@ enum Halt {
     PowerOff,
 }
 
-/// Stops the daemon, unmounts the data partition and ends the machine.
+/// Stops the daemon, unmounts the data and boot partitions and ends the
+/// machine.
 fn shutdown(daemon: Option<Pid>, how: Halt) -> ! {
     say!("shutting down ({how:?})");
     if let Some(pid) = daemon {
@@ -46,7 +48,7 @@ fn shutdown(daemon: Option<Pid>, how: Halt) -> ! {
     // no call for it).
     unsafe { libc::kill(-1, libc::SIGKILL) };
     rustix::fs::sync();
-    for target in [STATE_DIR, DATA_DIR] {
+    for target in [STATE_DIR, DATA_DIR, super::esp::ESP_DIR] {
         let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
     }
     rustix::fs::sync();
@@ -58,6 +60,11 @@ fn shutdown(daemon: Option<Pid>, how: Halt) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Reboots at once from PID 1 before anything is supervised.
+pub(super) fn reboot() -> ! {
+    shutdown(None, Halt::Reboot)
 }
 
 /// When a supervised process may (re)start, driven by an explicit clock so
@@ -173,8 +180,12 @@ fn extra_services() -> Vec<Service> {
 }
 
 /// Runs as PID 1 for the rest of the machine's life; returns only in the
-/// forked child, which goes on to run the daemon.
-pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
+/// forked child, which goes on to run the daemon. On a trial boot it also
+/// watches for the daemon to hear its peer (see [`super::upgrade`]).
+pub(super) fn supervise(
+    config: PathBuf,
+    mut trial: Option<TrialWatch>,
+) -> Result<PathBuf, InitError> {
     let handled = [
         libc::SIGCHLD,
         libc::SIGTERM,
@@ -248,6 +259,13 @@ pub(super) fn supervise(config: PathBuf) -> Result<PathBuf, InitError> {
                 }
             }
             _ => {}
+        }
+        if let Some(t) = trial.as_mut() {
+            match t.poll(Instant::now()) {
+                Some(Verdict::Running) => {}
+                Some(Verdict::Reboot) => shutdown(daemon, Halt::Reboot),
+                None => trial = None,
+            }
         }
         // Reap everything: orphans re-parented to us and our services.
         while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {

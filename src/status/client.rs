@@ -32,6 +32,20 @@ pub fn request_with_body(
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    let kind = (!body.is_empty()).then_some("application/json");
+    request_with_bytes(addr, method, path, token, kind, body.as_bytes(), timeout)
+}
+
+/// Like [`request`], sending `body` of type `content_type` with a POST or PUT.
+pub fn request_with_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
         return Err(format!("invalid method {method:?}"));
     }
@@ -40,6 +54,9 @@ pub fn request_with_body(
     }
     if token.is_some_and(|t| t.bytes().any(|b| b == b'\r' || b == b'\n')) {
         return Err("token contains a line break".into());
+    }
+    if content_type.is_some_and(|t| t.contains(['\r', '\n'])) {
+        return Err("content type contains a line break".into());
     }
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
@@ -51,15 +68,16 @@ pub fn request_with_body(
     }
     if method == "POST" || method == "PUT" {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
+        if let Some(t) = content_type {
+            req.push_str(&format!("Content-Type: {t}\r\n"));
         }
     }
     req.push_str("\r\n");
-    req.push_str(body);
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
     set_timeouts(&stream, deadline)?;
     stream
-        .write_all(req.as_bytes())
+        .write_all(&req)
         .map_err(|e| format!("cannot send request to {addr}: {e}"))?;
 
     let mut buf = Vec::with_capacity(8192);

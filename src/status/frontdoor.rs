@@ -6,7 +6,7 @@
 //! tiny_http on a Unix socket; tiny_http's answer goes back with
 //! `Connection: close` added.
 
-use super::server::{text, with, Backend, Limits, Reply, PEER_HEADER};
+use super::server::{text, token_matches, with, Backend, Limits, Reply, PEER_HEADER};
 use crate::log_limit::LogLimiter;
 use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,13 +29,28 @@ const MAX_RESPONSE: usize = 32 << 20;
 pub(crate) struct Door {
     pub backend: Arc<Backend>,
     pub max_body: usize,
+    /// The one route that takes large bodies, and the admin token it
+    /// needs before the front door buffers one.
+    pub upload: Option<(Upload, String)>,
     /// Requests relayed to tiny_http at once; beyond this, 503.
     pub in_flight_cap: usize,
     pub limits: Limits,
 }
 
+/// A route whose requests may carry a large body (an upgrade image): only
+/// with the admin token, one at a time, with time for its size.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub path: &'static str,
+    pub max_body: usize,
+    /// For the whole request, and again for the handler's answer.
+    pub timeout: Duration,
+}
+
 struct Ctx {
     door: Door,
+    /// An upload is being read or answered.
+    uploading: Cell<bool>,
     in_flight: Cell<usize>,
     timeouts: RefCell<Tally>,
 }
@@ -46,6 +61,7 @@ struct Ctx {
 pub(crate) fn run(listener: Async<TcpListener>, door: Door, stop: smol::channel::Receiver<()>) {
     let ctx = Rc::new(Ctx {
         door,
+        uploading: Cell::new(false),
         in_flight: Cell::new(0),
         timeouts: RefCell::new(Tally::new("requests or answers not complete in time")),
     });
@@ -220,8 +236,37 @@ async fn serve_conn(
 ) {
     let limits = &ctx.door.limits;
     let deadline = Instant::now() + limits.request_timeout;
-    let read = read_request(&mut stream, ctx.door.max_body, limits.max_head);
-    let read = before(deadline, read).await;
+    let head = before(deadline, read_head(&mut stream, limits.max_head)).await;
+    // Held until the answer is written: one upload's memory at a time.
+    let mut _upload = None;
+    let read = match head {
+        None => None,
+        Some(Err(e)) => Some(Err(e)),
+        Some(Ok((head, rest))) => match upload_slot(ctx, &head.request) {
+            UploadSlot::Busy => Some(Err(ReadError::Reject(with(
+                text(503, "another upload is in progress\n"),
+                "Retry-After",
+                "10",
+            )))),
+            slot => {
+                let (max_body, deadline) = match slot {
+                    UploadSlot::Granted(guard, u) => {
+                        _upload = Some(guard);
+                        (u.max_body, Instant::now() + u.timeout)
+                    }
+                    _ => (ctx.door.max_body, deadline),
+                };
+                let upload = _upload.is_some();
+                let read = read_body(&mut stream, head, rest, max_body);
+                before(deadline, read).await.map(|r| {
+                    r.map(|mut req| {
+                        req.upload = upload;
+                        req
+                    })
+                })
+            }
+        },
+    };
     open.borrow_mut()
         .advance(id, Phase::Reading, Phase::Answering);
     let bytes = match read {
@@ -249,7 +294,7 @@ async fn serve_conn(
     // the client has read the answer. Bounded in time and bytes.
     let linger = Instant::now() + Duration::from_millis(500);
     // On the heap, as every buffer a connection's task holds across an
-    // await (see `read_request`).
+    // await (see `read_head`).
     let mut sink = vec![0u8; 4096];
     let mut left = 256 * 1024usize;
     while left > 0 {
@@ -267,6 +312,8 @@ struct Request {
     target: String,
     authorization: Option<String>,
     body: Vec<u8>,
+    /// On the upload route, with its longer deadline.
+    upload: bool,
 }
 
 enum ReadError {
@@ -354,17 +401,56 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, ReadError> {
             target: target.to_string(),
             authorization,
             body: Vec::new(),
+            upload: false,
         },
         content_length: content_length.unwrap_or(0),
         expects_continue,
     }))
 }
 
-async fn read_request(
+/// Clears [`Ctx::uploading`] when the upload's connection is done.
+struct UploadGuard<'a>(&'a Cell<bool>);
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+enum UploadSlot<'a> {
+    /// Not the upload route (or without the token): the usual limits.
+    No,
+    Busy,
+    Granted(UploadGuard<'a>, &'a Upload),
+}
+
+/// Whether `req` may send a large body: a POST to the upload route with
+/// the admin token, while no other upload is under way.
+fn upload_slot<'a>(ctx: &'a Ctx, req: &Request) -> UploadSlot<'a> {
+    let Some((u, token)) = &ctx.door.upload else {
+        return UploadSlot::No;
+    };
+    let path = req.target.split('?').next().unwrap_or("");
+    let bearer = req.authorization.as_deref().and_then(|a| {
+        let (scheme, cred) = a.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| cred.trim_matches([' ', '\t']))
+    });
+    if req.method != "POST" || path != u.path || !bearer.is_some_and(|b| token_matches(token, b)) {
+        return UploadSlot::No;
+    }
+    if ctx.uploading.replace(true) {
+        return UploadSlot::Busy;
+    }
+    UploadSlot::Granted(UploadGuard(&ctx.uploading), u)
+}
+
+/// Reads until the head is complete; returns it and the bytes after it.
+async fn read_head(
     stream: &mut Async<TcpStream>,
-    max_body: usize,
     max_head: usize,
-) -> Result<Request, ReadError> {
+) -> Result<(Head, Vec<u8>), ReadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     // On the heap: an array held across an await lives in the task's
     // future, which is moved (copied) as it is spawned. With the relay's
@@ -384,6 +470,17 @@ async fn read_request(
             break head;
         }
     };
+    let rest = buf[head.len..].to_vec();
+    Ok((head, rest))
+}
+
+/// Reads the body announced in `head` (`rest` is what came with the head).
+async fn read_body(
+    stream: &mut Async<TcpStream>,
+    head: Head,
+    rest: Vec<u8>,
+    max_body: usize,
+) -> Result<Request, ReadError> {
     if head.content_length > max_body as u64 {
         return Err(ReadError::Reject(text(
             413,
@@ -392,7 +489,10 @@ async fn read_request(
     }
     let len = head.content_length as usize;
     let mut req = head.request;
-    let mut body: Vec<u8> = buf[head.len..].to_vec();
+    let mut body = rest;
+    body.reserve(len.saturating_sub(body.len()));
+    // On the heap, as in `read_head`.
+    let mut chunk = vec![0u8; 16 * 1024];
     if body.len() < len {
         if head.expects_continue {
             stream
@@ -436,7 +536,11 @@ async fn relay(req: &Request, peer: SocketAddr, ctx: &Ctx) -> Vec<u8> {
     }
     ctx.in_flight.set(ctx.in_flight.get() + 1);
     let _slot = InFlight(&ctx.in_flight);
-    let deadline = Instant::now() + ctx.door.limits.response_timeout;
+    let answer_time = match &ctx.door.upload {
+        Some((u, _)) if req.upload => u.timeout,
+        _ => ctx.door.limits.response_timeout,
+    };
+    let deadline = Instant::now() + answer_time;
     let Some((path, generation)) = ctx.door.backend.target() else {
         return finish(text(503, "stopping\n"), head_only);
     };
@@ -481,11 +585,11 @@ async fn exchange(
         head.push_str(&format!("Authorization: {a}\r\n"));
     }
     head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&req.body);
-    s.write_all(&out).await?;
+    // Apart: an upload's body is not copied again.
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&req.body).await?;
     let mut resp = Vec::with_capacity(16 * 1024);
-    // On the heap, as in `read_request`.
+    // On the heap, as in `read_head`.
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let n = s.read(&mut chunk).await?;

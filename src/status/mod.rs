@@ -16,6 +16,7 @@ pub mod render;
 pub mod server;
 pub mod text;
 
+pub use frontdoor::Upload;
 pub use model::{
     BackendStatus, DataplaneStats, EventRecord, HeartbeatStats, PeerStatus, StatusReport, SyncStats,
 };

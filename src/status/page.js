@@ -27,8 +27,9 @@ $("updated").textContent="updated "+new Date(t).toLocaleTimeString();document.bo
 function msg(s){$("msg").textContent=s;}
 function act(a,name){var tok="";try{tok=localStorage.getItem(TK)||"";}catch(e){}
 if(!tok){msg("paste the admin token under Admin first");var d=document.querySelector("#admin details");if(d)d.open=true;return;}
-var u=(a==="failover"||a==="reload"||a==="pair")?"/api/"+a:"/api/backends/"+encodeURIComponent(name)+"/"+a;
-fetch(u,{method:"POST",headers:{"Authorization":"Bearer "+tok}}).then(function(x){return x.text().then(function(b){msg(a+(name?" "+name:"")+": "+x.status+" "+b);poll();});})
+var body=null;if(a==="upgrade"){body=$("upgrade-file").files[0]||null;if(!body){msg("choose an upgrade.tar first");return;}msg("uploading "+body.name+"…");}
+var u=(a==="failover"||a==="reload"||a==="pair"||a==="upgrade")?"/api/"+a:"/api/backends/"+encodeURIComponent(name)+"/"+a;
+fetch(u,{method:"POST",headers:{"Authorization":"Bearer "+tok},body:body}).then(function(x){return x.text().then(function(b){msg(a+(name?" "+name:"")+": "+x.status+" "+b);poll();});})
 .catch(function(e){msg(a+" failed: "+e.message);});}
 document.addEventListener("click",function(ev){var b=ev.target.closest?ev.target.closest("button"):null;if(!b)return;
 if(b.id==="save-token"){try{localStorage.setItem(TK,$("token").value.trim());$("token").value="";msg("token saved in this browser");}catch(e){msg("cannot store token: "+e.message);}return;}

@@ -365,12 +365,15 @@ pub fn html(r: &StatusReport) -> String {
     let _ = write!(
         out,
         "<section id=\"admin\"><details><summary>Admin</summary>\
-         <p>Drain, undrain, failover and reload need the admin token; it is kept in this browser only.</p>\
+         <p>Drain, undrain, failover, reload and upgrade need the admin token; it is kept in this browser only.</p>\
          <input id=\"token\" type=\"password\" autocomplete=\"off\" placeholder=\"admin token\">\
          <button type=\"button\" id=\"save-token\">save token</button> \
          <button type=\"button\" data-action=\"failover\">failover</button> \
          <button type=\"button\" data-action=\"reload\" title=\"read the config file again\">reload config</button> \
-         <button type=\"button\" data-action=\"pair\" title=\"a one-time code for the other box's setup page\">pair a box</button></details>\
+         <button type=\"button\" data-action=\"pair\" title=\"a one-time code for the other box's setup page\">pair a box</button>\
+         <p>Upgrade (appliance): the image's <code>upgrade.tar</code> goes into the other boot slot, boots once and stays only if this box then hears its peer.</p>\
+         <input id=\"upgrade-file\" type=\"file\" accept=\".tar\"> \
+         <button type=\"button\" data-action=\"upgrade\">upgrade</button></details>\
          <p id=\"msg\" role=\"status\"></p></section></main>\
          <footer>duet <span id=\"version\" data-live>{ver}</span> · <span id=\"updated\">rendered by server</span></footer>\
          <script>{SCRIPT}</script></body></html>",
@@ -402,6 +405,7 @@ mod tests {
         assert!(page.contains("2023-11-14 22:13:20Z"));
         assert_eq!(page.matches("<tr class=\"backend").count(), 2);
         assert_eq!(page.matches("<li class=\"event\"").count(), 1);
+        assert!(page.contains("id=\"upgrade-file\" type=\"file\""));
         assert!(page.contains("id=\"dp-tables\">3 / 49152 / 0 · evicted 120000 / 0 · SYN flood<"));
         // Self-contained: nothing is loaded from elsewhere.
         assert!(!page.contains("src=\"http"));

@@ -48,7 +48,7 @@ use super::render::{self, View};
 use crate::log_limit::LogLimiter;
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -79,6 +79,14 @@ pub trait Admin: Send + Sync {
     fn pair_exchange(&self, _request: &str) -> Result<String, crate::pair::PairError> {
         Err(crate::pair::PairError::NoOffer)
     }
+    /// Installs an upgrade archive into the inactive boot slot and has the
+    /// box boot it once (the appliance only).
+    fn upgrade(&self, _archive: &[u8]) -> Result<String, String> {
+        Err(
+            "upgrades are for the appliance image (duet upgrade installs into its boot slots)"
+                .into(),
+        )
+    }
 }
 
 /// What answers the requests the front door relays: the status routes, or
@@ -98,6 +106,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// A route that takes larger bodies, with the token only.
+    pub upload: Option<frontdoor::Upload>,
     /// Where the Unix socket between the front door and tiny_http lives (in
     /// a `status-http` subdirectory made for it, removed at stop). The daemon
     /// uses its state directory.
@@ -112,6 +122,7 @@ impl ServerConfig {
             token: None,
             workers: 4,
             max_body: 4096,
+            upload: None,
             runtime_dir: runtime_dir.into(),
         }
     }
@@ -215,6 +226,10 @@ impl StatusServer {
         let door = frontdoor::Door {
             backend: backend.clone(),
             max_body: cfg.max_body,
+            upload: cfg
+                .upload
+                .clone()
+                .zip(cfg.token.clone().filter(|t| !t.is_empty())),
             in_flight_cap: n_workers + limits.queue,
             limits,
         };
@@ -555,7 +570,7 @@ fn serve(site: &dyn Site, mut rq: tiny_http::Request) {
 
 /// Constant-time in the token contents: both sides are hashed first so the
 /// comparison depends neither on where they differ nor on their lengths.
-fn token_matches(expected: &str, given: &str) -> bool {
+pub(crate) fn token_matches(expected: &str, given: &str) -> bool {
     let a = Sha256::digest(expected.as_bytes());
     let b = Sha256::digest(given.as_bytes());
     a.ct_eq(&b).into()
@@ -583,6 +598,7 @@ enum AdminAction {
     Failover,
     Reload,
     Pair,
+    Upgrade,
 }
 
 /// Routes one request. Runs on a worker thread.
@@ -625,6 +641,7 @@ fn handle(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Reply {
         "/api/failover" => AdminAction::Failover,
         "/api/reload" => AdminAction::Reload,
         "/api/pair" => AdminAction::Pair,
+        "/api/upgrade" => AdminAction::Upgrade,
         _ => {
             let rest = path.strip_prefix("/api/backends/");
             let parsed = rest.and_then(|rest| {
@@ -692,6 +709,16 @@ fn handle(shared: &Shared, rq: &mut tiny_http::Request, peer: &str) -> Reply {
         AdminAction::Failover => shared.admin.failover(),
         AdminAction::Reload => shared.admin.reload(),
         AdminAction::Pair => shared.admin.pair_offer(),
+        AdminAction::Upgrade => {
+            let limit = crate::appliance::upgrade::MAX_ARCHIVE as u64 + 1;
+            // Sized once: growing by doubling would hold twice an image.
+            let size = rq.body_length().unwrap_or(0).min(limit as usize);
+            let mut archive = Vec::with_capacity(size);
+            match rq.as_reader().take(limit).read_to_end(&mut archive) {
+                Ok(_) => shared.admin.upgrade(&archive),
+                Err(e) => Err(format!("reading the upgrade: {e}")),
+            }
+        }
     };
     match result {
         Ok(msg) => {
@@ -768,6 +795,13 @@ mod tests {
         fn reload(&self) -> Result<String, String> {
             self.calls.lock().unwrap().push("reload".into());
             Err("duet.toml:3:7: bad address".into())
+        }
+        fn upgrade(&self, archive: &[u8]) -> Result<String, String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("upgrade {} bytes", archive.len()));
+            Ok("slot b written".into())
         }
     }
 
@@ -868,6 +902,11 @@ mod tests {
             token: token.map(str::to_string),
             workers: 2,
             max_body: 1024,
+            upload: Some(frontdoor::Upload {
+                path: "/api/upgrade",
+                max_body: 64 * 1024,
+                timeout: Duration::from_secs(5),
+            }),
             runtime_dir: rt_dir(),
         };
         let s = StatusServer::start_with(cfg, admin.clone(), limits).unwrap();
@@ -995,6 +1034,31 @@ mod tests {
                 "reload"
             ]
         );
+        s.stop();
+    }
+
+    /// Only the upload route takes a large body, and only with the token:
+    /// without it the front door buffers no more than for any request.
+    #[test]
+    fn uploads_need_the_token_before_their_body_is_read() {
+        let (s, admin) = start(Some("secret-token"), Limits::default());
+        let a = s.local_addr();
+        let image = vec![7u8; 40 * 1024];
+        let post = |path: &str, token: Option<&str>, body: &[u8]| {
+            client::request_with_bytes(a, "POST", path, token, Some("application/x-tar"), body, T)
+                .unwrap()
+                .0
+        };
+        assert_eq!(post("/api/upgrade", None, &image), 413);
+        assert_eq!(post("/api/upgrade", Some("wrong"), &image), 413);
+        assert_eq!(post("/api/upgrade", Some("wrong"), b"small"), 401);
+        assert_eq!(post("/api/reload", Some("secret-token"), &image), 413);
+        assert_eq!(post("/api/upgrade", Some("secret-token"), &image), 200);
+        assert_eq!(
+            post("/api/upgrade", Some("secret-token"), &vec![0; 65 * 1024]),
+            413
+        );
+        assert_eq!(admin.calls(), ["upgrade 40960 bytes"]);
         s.stop();
     }
 

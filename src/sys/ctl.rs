@@ -325,6 +325,19 @@ impl Admin for Ctl {
             grant.node
         ))
     }
+    fn upgrade(&self, archive: &[u8]) -> Result<String, String> {
+        // Refused, it writes nothing; installed, the box was booted from a
+        // slot by the appliance's init, which reboots on SIGTERM.
+        let r = crate::appliance::install_upgrade(archive);
+        match &r {
+            Ok(msg) => {
+                self.event("admin", &format!("upgrade: {msg}"));
+                crate::appliance::reboot_soon(std::time::Duration::from_secs(1));
+            }
+            Err(e) => self.event("admin", &format!("upgrade refused: {e}")),
+        }
+        r
+    }
     fn pair_exchange(&self, request: &str) -> Result<String, crate::pair::PairError> {
         // Without an offer nothing is logged: requests cost no event.
         if !lock_pairing(self).has_offer(Instant::now()) {

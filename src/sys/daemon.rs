@@ -242,6 +242,13 @@ fn run_inner(cfg: &Arc<Config>, start: Start, host: &mut HostSetup) -> Result<()
             token,
             workers: 4,
             max_body: 4096,
+            // An upgrade image under QEMU TCG: ~14 MB in a few seconds,
+            // then hashed and written to the boot partition.
+            upload: Some(crate::status::Upload {
+                path: "/api/upgrade",
+                max_body: crate::appliance::upgrade::MAX_ARCHIVE,
+                timeout: std::time::Duration::from_secs(120),
+            }),
             runtime_dir: cfg.cluster.state_dir.clone(),
         },
         ctl.clone(),
