@@ -809,6 +809,10 @@ impl Plane {
                     log::error!("eBPF engine (active={active}): {e}");
                 }
             }
+            if active {
+                self.engine
+                    .hold_unknown_until(now + crate::forward::TAKEOVER_HOLD);
+            }
             self.active = active;
         }
         self.announcer.set_holding(now, c.holding);

@@ -280,15 +280,22 @@ pub enum ForwardDrop {
     /// A packet that must not create state (ICMP error, RST) for which no
     /// connection, persistence template or hash gives a backend.
     NoConnection,
+    /// A mid-flow packet of an unknown TCP flow just after a takeover
+    /// ([`Engine::hold_unknown_until`]): its entry is likely still on its
+    /// way from the predecessor's sync stream, and the client's
+    /// retransmission will find it, where scheduling it afresh would
+    /// most likely reset it.
+    AwaitingSync,
 }
 
 impl ForwardDrop {
-    pub const ALL: [ForwardDrop; 5] = [
+    pub const ALL: [ForwardDrop; 6] = [
         ForwardDrop::NoService,
         ForwardDrop::NoBackend,
         ForwardDrop::TableFull,
         ForwardDrop::BackendDown,
         ForwardDrop::NoConnection,
+        ForwardDrop::AwaitingSync,
     ];
 
     /// A stable snake_case label for metrics.
@@ -299,6 +306,7 @@ impl ForwardDrop {
             ForwardDrop::TableFull => "table_full",
             ForwardDrop::BackendDown => "backend_down",
             ForwardDrop::NoConnection => "no_connection",
+            ForwardDrop::AwaitingSync => "awaiting_sync",
         }
     }
 }
@@ -311,6 +319,7 @@ pub struct DropCounters {
     pub table_full: u64,
     pub backend_down: u64,
     pub no_connection: u64,
+    pub awaiting_sync: u64,
     /// Not a drop: a new flow was scheduled without persistence because the
     /// persistence table was full.
     pub persist_table_full: u64,
@@ -324,6 +333,7 @@ impl DropCounters {
             ForwardDrop::TableFull => self.table_full,
             ForwardDrop::BackendDown => self.backend_down,
             ForwardDrop::NoConnection => self.no_connection,
+            ForwardDrop::AwaitingSync => self.awaiting_sync,
         }
     }
 
@@ -334,6 +344,7 @@ impl DropCounters {
             ForwardDrop::TableFull => &mut self.table_full,
             ForwardDrop::BackendDown => &mut self.backend_down,
             ForwardDrop::NoConnection => &mut self.no_connection,
+            ForwardDrop::AwaitingSync => &mut self.awaiting_sync,
         };
         *c += 1;
     }
@@ -703,7 +714,16 @@ pub struct Engine {
     drops: DropCounters,
     conn_log: ChangeLog,
     persist_log: ChangeLog,
+    /// See [`Engine::hold_unknown_until`].
+    hold_unknown: Option<Instant>,
 }
+
+/// How long after a takeover a mid-flow packet of an unknown TCP flow is
+/// held back: longer than the predecessor's sync stream takes to bring a
+/// flow it created in its last moments (its data plane and sync thread
+/// trade every few tens of ms), shorter than the client's retransmission
+/// of what it sent, which then finds the entry.
+pub const TAKEOVER_HOLD: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Engine {
     /// `capacity` bounds the confirmed connections and the persistence
@@ -745,9 +765,24 @@ impl Engine {
             // taken stay in the log, so churn between two takes needs room.
             conn_log: ChangeLog::new(capacity.saturating_mul(2)),
             persist_log: ChangeLog::new(capacity.saturating_mul(2)),
+            hold_unknown: None,
         };
         e.set_snapshot(snapshot);
         e
+    }
+
+    /// This node has just started to forward (a takeover): until `until`,
+    /// mid-flow packets of unknown TCP flows are dropped, counted as
+    /// [`ForwardDrop::AwaitingSync`], instead of being scheduled (sloppy
+    /// TCP). A flow the predecessor created just before the LAN moved the
+    /// virtual MAC reaches this node through sync a little after its
+    /// handshake's ACK can; scheduled afresh, that ACK most likely goes to
+    /// a backend without the connection, which resets it. Held, the
+    /// client's retransmission finds the synced entry; past `until`
+    /// (a dead predecessor syncs nothing) such packets are picked up as
+    /// before.
+    pub fn hold_unknown_until(&mut self, until: Instant) {
+        self.hold_unknown = Some(until);
     }
 
     /// Swaps in a new configuration. Work is O(services + backends + tracked
@@ -1028,6 +1063,9 @@ impl Engine {
         };
         if tcp && tcp_flags & TCP_RST != 0 {
             return self.stateless(now, si, key, len);
+        }
+        if tcp && tcp_flags & TCP_SYN == 0 && self.hold_unknown.is_some_and(|t| now < t) {
+            return self.drop(ForwardDrop::AwaitingSync);
         }
         // Every new flow starts unconfirmed, in a part of its own.
         let kind = if tcp { Kind::Embryonic } else { Kind::Udp };

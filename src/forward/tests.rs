@@ -577,6 +577,42 @@ fn mh_survives_takeover_without_sync() {
 }
 
 #[test]
+fn after_a_takeover_unknown_mid_flow_packets_wait_for_sync() {
+    let rr = svc(6, 80, Scheduler::Rr, vec![be(1, 1), be(2, 1)]);
+    let mut old = engine(vec![rr.clone()], 100);
+    let mut new = engine(vec![rr], 100);
+    let t0 = Instant::now();
+    // The predecessor's last flow: its SYN went to backend `b` there.
+    let k = tcp_key(1, 1);
+    let b = backend_of(old.decide(t0, &k, SYN, 60));
+    new.hold_unknown_until(t0 + TAKEOVER_HOLD);
+    // Its handshake's ACK reaches the new director before the entry does.
+    assert_eq!(
+        new.decide(t0, &k, ACK, 60),
+        Verdict::Drop(ForwardDrop::AwaitingSync)
+    );
+    assert_eq!(new.drops().awaiting_sync, 1);
+    assert_eq!(new.len(), 0, "nothing scheduled");
+    // New flows are not held, nor are resets (they create no state).
+    backend_of(new.decide(t0, &tcp_key(2, 1), SYN, 60));
+    assert_eq!(
+        new.decide(t0, &tcp_key(3, 1), RST, 60),
+        Verdict::Drop(ForwardDrop::NoConnection)
+    );
+    // The entry arrives through sync; the retransmission follows it.
+    for c in old.export(t0) {
+        assert!(new.install(t0, c));
+    }
+    let later = t0 + Duration::from_millis(200);
+    assert_eq!(backend_of(new.decide(later, &k, ACK, 60)), b);
+    // Past the hold (a predecessor that died syncs nothing), unknown
+    // mid-flow packets are picked up again.
+    let after = t0 + TAKEOVER_HOLD;
+    backend_of(new.decide(after, &tcp_key(4, 1), ACK, 60));
+    assert_eq!(new.drops().awaiting_sync, 1);
+}
+
+#[test]
 fn mh_removal_moves_few_flows_through_the_engine() {
     let all: Vec<BackendSnap> = (1..=10).map(|i| be(i, 1)).collect();
     let keys: Vec<FlowKey> = (0..20_000)
