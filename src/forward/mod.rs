@@ -12,7 +12,10 @@
 //!   get an entry, like IPVS with `sloppy_tcp = 1`: after a takeover without
 //!   synced state, mh/sh send them to the backend that already has the
 //!   connection, and other schedulers send them somewhere that answers with
-//!   a RST rather than letting the client hang.
+//!   a RST rather than letting the client hang. For [`TAKEOVER_HOLD`] after
+//!   a node starts forwarding they are dropped instead, counted as
+//!   `awaiting_sync`, so that a flow still on its way from the
+//!   predecessor's sync stream is not reset.
 //! - **RST of an unknown flow and ICMP errors** never create state: they
 //!   follow an existing entry, else a persistence template, else the sh/mh
 //!   hash; otherwise they are dropped as [`ForwardDrop::NoConnection`].
