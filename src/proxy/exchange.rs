@@ -129,11 +129,11 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
             } => {
                 ctx.log(&req, status, bytes);
                 if reuse && svc.opts.persist_backend {
-                    let expires = Instant::now() + svc.opts.backend_idle_timeout;
                     lock(&ctx.st.idle).put(
                         (svc.port, up.addr),
                         up.rd.for_reuse(),
-                        expires,
+                        Instant::now(),
+                        svc.opts.backend_idle_timeout,
                         svc.opts.backend_idle_max,
                     );
                 }
@@ -155,13 +155,7 @@ pub async fn exchange(ctx: &Ctx<'_>, rd: &mut Reader, req: Rewritten) -> std::io
                     up.addr
                 );
                     match connect(up.addr, ctx).await {
-                        Ok(s) => {
-                            up = Upstream {
-                                addr: up.addr,
-                                rd: Reader::upstream(s),
-                                reused: false,
-                            }
-                        }
+                        Ok(s) => up = fresh(up.addr, s),
                         Err(e) => {
                             log::warn!("proxy: backend {}: {e}", up.addr);
                             return refuse(ctx, &req, 502).await;
@@ -230,9 +224,8 @@ async fn obtain(
     loop {
         let now = Instant::now();
         let taken = lock(&ctx.st.idle).take(&(svc.port, addr), now);
-        let Some((rd, expires)) = taken else { break };
-        let idle_for = svc.opts.backend_idle_timeout.saturating_sub(expires - now);
-        if !needs_check(idle_for, resendable) || still_open(&rd.stream).await {
+        let Some((rd, since)) = taken else { break };
+        if !needs_check(now - since, resendable) || still_open(&rd.stream).await {
             return Some(Upstream {
                 addr,
                 rd,
