@@ -517,6 +517,10 @@ sys.stdout.buffer.write(out)' | zstd -q -12 -c >"$dir/initrd.new" && mv "$dir/in
     tar --format=ustar -C "$dir" -cf "$WORK/noinit.tar" SHA256SUMS vmlinuz initrd.img cmdline
 }
 esp_state() { mtype -i "$WORK/disk-$1.img@@1048576" ::/duet/state 2>/dev/null | awk -F= '/^confirmed=/ {print $2}'; }
+# web2's console lines matching PATTERN since byte MARK: a failed check's context.
+web2_console_since() { # MARK PATTERN
+    tail -c +"$(($1 + 1))" "$WORK/console-web2.log.cur" | grep -a "$2" | tail -8 | sed 's/^/  web2| /'
+}
 data_files() { for f in duet.toml key node admin_token; do data_read "$1" "cat /$f"; done | sha256sum | cut -c1-16; }
 
 if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
@@ -549,7 +553,7 @@ if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
             ok "$FW: upgrade to the rebuilt image: slot $new booted once and was confirmed when its daemon heard web1 ($(since "$tu") s after duet upgrade)"
         else
             bad "$FW: upgrade to the rebuilt image was not confirmed (cli: $out)"
-            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+            web2_console_since "$mark" 'duet-init'
         fi
         # A broken one: back on the confirmed slot by itself.
         wait_after web2 "$mark" "$HEARTBEAT_RE" 60 >/dev/null
@@ -564,7 +568,7 @@ if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
             ok "$FW: upgrade to a broken image (no NIC driver, daemon cannot start) rolled back to slot $new by itself, peer heard again ($(since "$tu") s after duet upgrade)"
         else
             bad "$FW: upgrade to a broken image did not roll back to slot $new (cli: $out)"
-            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+            web2_console_since "$mark" 'duet-init'
         fi
         # A kernel that never reaches /init: only the boot loader's
         # one-shot brings the old slot back.
@@ -578,7 +582,7 @@ if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
             ok "$FW: upgrade to a kernel that panics before /init: the boot loader's one-shot returned to slot $new ($(since "$tu") s after duet upgrade)"
         else
             bad "$FW: upgrade to a kernel that never reaches /init did not return to slot $new (cli: $out)"
-            tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init\|Kernel panic' | tail -8 | sed 's/^/  web2| /'
+            web2_console_since "$mark" 'duet-init\|Kernel panic'
         fi
         # A good image while the peer is down: never confirmed, so PID 1
         # gives up after its bound and the box returns (once, on BIOS).
@@ -594,7 +598,7 @@ if [ "${VM_TEST_UPGRADE:-1}" = 1 ]; then
                 ok "$FW: upgrade while the peer is down: the trial's daemon never heard it, so the box went back to slot $new by itself ($(since "$tu") s after duet upgrade)"
             else
                 bad "$FW: upgrade while the peer is down did not roll back to slot $new (cli: $out)"
-                tail -c +"$((mark + 1))" "$WORK/console-web2.log.cur" | grep -a 'duet-init' | tail -8 | sed 's/^/  web2| /'
+                web2_console_since "$mark" 'duet-init'
             fi
             start_vm web1
             wait_after web2 "$mark" "$HEARTBEAT_RE" "$BOOT_TIMEOUT" >/dev/null
